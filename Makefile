@@ -1,0 +1,55 @@
+# Quick start: `make run` (agent demo on embedded defaults), `make test` (installs and tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test deps install build lint typecheck pytest bench bench-quick wheel-check clean
+
+# System packages the tests need (etcd from Debian). Root only; skipped when present.
+deps:
+	bash scripts/install-system-deps.sh
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Rebuild the compiled modules in place after editing pyx/ or csrc/.
+build: install
+	$(BIN)/python setup.py -q build_ext --inplace
+
+lint: install
+	$(BIN)/ruff check src tests benches setup.py
+	$(BIN)/ruff format --check src tests benches setup.py
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: build
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: deps build lint typecheck pytest
+
+run: build
+	$(BIN)/datasync demo
+
+bench: build
+	$(BIN)/python -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+# CI: each benchmark body runs once so benches keep working; no timings.
+bench-quick: build
+	$(BIN)/python -m pytest benches --benchmark-disable -q
+
+wheel-check: install
+	bash scripts/wheel-check.sh
+
+clean:
+	rm -rf build dist *.egg-info src/*.egg-info
+	find src -name '*.so' -delete
+	find pyx -name '*.c' -delete

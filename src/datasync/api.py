@@ -1,0 +1,370 @@
+"""The datasync API: what plugins see of the northbound sources.
+
+This is the brief's ``datasync_api.go`` as typed Python. Plugins never see a
+transport: they get resync and change events through a ``Registration`` (the
+low-level channels) or implement ``Plugin`` (the high-level callbacks).
+
+Events carry ``done(err=None)``: idempotent, never blocking, first call wins; an
+error is a fault report that schedules a new resync round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+from .errors import ClosedError, InvalidKeyError
+
+__all__ = [
+    "Ack",
+    "Change",
+    "ChangeEvent",
+    "Channel",
+    "KeyVal",
+    "Op",
+    "Plugin",
+    "Publisher",
+    "Registration",
+    "ResyncEvent",
+    "Snapshot",
+    "Source",
+    "SourceState",
+    "Watcher",
+    "validate_key",
+    "validate_prefix",
+]
+
+
+class Op(enum.IntEnum):
+    """What a change does to its key."""
+
+    PUT = 1
+    DELETE = 2
+
+
+class KeyVal(NamedTuple):
+    """One key of a snapshot: its value and the revision that last modified it."""
+
+    key: str
+    value: bytes
+    revision: int
+
+
+class Change(NamedTuple):
+    """One change of one key at one revision of its source.
+
+    A tuple on purpose: the compiled buffer and filter read its fields by index.
+    Field order is part of the contract (key, op, value, revision, ...).
+    """
+
+    key: str
+    op: Op
+    value: bytes | None
+    revision: int
+    prev_value: bytes | None = None
+    source: str = ""
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a usable key, else raise ``InvalidKeyError`` naming it."""
+    if not isinstance(key, str):
+        raise InvalidKeyError(repr(key), f"keys are str, got {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError(key, "empty key")
+    if "\x00" in key:
+        raise InvalidKeyError(key, "NUL byte in key")
+    if key != key.strip():
+        raise InvalidKeyError(key, "leading or trailing whitespace")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like ``validate_key``, for watched prefixes."""
+    return validate_key(prefix)
+
+
+# --- acknowledgement -----------------------------------------------------------------------
+
+_PENDING, _DONE, _EXPIRED = 0, 1, 2
+
+
+class Ack:
+    """A one-shot acknowledgement: ``done(err=None)`` is idempotent and never blocks.
+
+    The first call wins. After the waiter gave up (``expire()``, on a timeout) a late
+    ``done()`` is counted through ``on_late`` and otherwise ignored.
+    """
+
+    __slots__ = ("_err", "_on_done", "_on_late", "_state", "_waiter")
+
+    def __init__(
+        self,
+        on_done: Callable[[BaseException | None], None] | None = None,
+        on_late: Callable[[], None] | None = None,
+    ) -> None:
+        self._state = _PENDING
+        self._err: BaseException | None = None
+        self._waiter: asyncio.Future[BaseException | None] | None = None
+        self._on_done = on_done
+        self._on_late = on_late
+
+    def done(self, err: BaseException | None = None) -> None:
+        """Mark finished; ``err`` reports a fault. Calls after the first are ignored."""
+        if self._state != _PENDING:
+            if self._state == _EXPIRED and self._on_late is not None:
+                self._on_late()
+            return
+        self._state = _DONE
+        self._err = err
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(err)
+        if self._on_done is not None:
+            self._on_done(err)
+
+    @property
+    def is_done(self) -> bool:
+        """True once ``done()`` was called in time."""
+        return self._state == _DONE
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error passed to the first ``done()``."""
+        return self._err
+
+    def expire(self) -> None:
+        """The waiter gave up: later ``done()`` calls count as late."""
+        if self._state == _PENDING:
+            self._state = _EXPIRED
+
+    async def wait(self) -> BaseException | None:
+        """Wait for ``done()`` and return its error (None on success). No timeout here."""
+        if self._state == _DONE:
+            return self._err
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._waiter)
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class ResyncEvent:
+    """The complete desired state of the prefixes a plugin watches, at revision(s) R.
+
+    Empty ``kvs`` means "delete everything of mine". ``revisions`` maps each source
+    name to its snapshot revision.
+    """
+
+    __slots__ = ("ack", "kvs", "revisions")
+
+    def __init__(
+        self,
+        kvs: Mapping[str, KeyVal],
+        revisions: Mapping[str, int],
+        ack: Ack | None = None,
+    ) -> None:
+        self.kvs = kvs
+        self.revisions = revisions
+        self.ack = ack if ack is not None else Ack()
+
+    def done(self, err: BaseException | None = None) -> None:
+        """Report the resync finished (``err`` None) or failed."""
+        self.ack.done(err)
+
+    def __repr__(self) -> str:
+        return f"ResyncEvent(keys={len(self.kvs)}, revisions={dict(self.revisions)})"
+
+
+class ChangeEvent:
+    """The changes of one revision (or transaction) of one source."""
+
+    __slots__ = ("ack", "changes", "revision", "source")
+
+    def __init__(
+        self,
+        changes: Sequence[Change],
+        source: str,
+        revision: int,
+        ack: Ack | None = None,
+    ) -> None:
+        self.changes = changes
+        self.source = source
+        self.revision = revision
+        self.ack = ack if ack is not None else Ack()
+
+    def done(self, err: BaseException | None = None) -> None:
+        """Report the changes applied (``err`` None) or failed."""
+        self.ack.done(err)
+
+    def __repr__(self) -> str:
+        return f"ChangeEvent(source={self.source!r}, revision={self.revision}, n={len(self.changes)})"
+
+
+# --- channels ------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Channel(Generic[T], AsyncIterator[T]):
+    """An unbounded FIFO async iterator that ends when closed.
+
+    Unbounded on purpose: the producers (the orchestrator) bound what they put in
+    (one resync at a time, coalesced changes), and a put must never block them.
+    """
+
+    __slots__ = ("_closed", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def put(self, item: T) -> None:
+        """Append an item; raises ``ClosedError`` after ``close()``."""
+        if self._closed:
+            raise ClosedError("channel is closed")
+        self._items.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def close(self) -> None:
+        """End the iteration once the items already put are consumed."""
+        self._closed = True
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_nowait(self) -> T | None:
+        """The next item, or None when there is none now."""
+        return self._items.popleft() if self._items else None
+
+    def __aiter__(self) -> Channel[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._items:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+# --- watcher side --------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Registration(Protocol):
+    """One watcher's registration: its own resync and change channels."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def prefixes(self) -> tuple[str, ...]: ...
+
+    @property
+    def resync_events(self) -> Channel[ResyncEvent]: ...
+
+    @property
+    def change_events(self) -> Channel[ChangeEvent]: ...
+
+    def register(self, prefix: str) -> None:
+        """Watch one more prefix; its data arrives through a resync."""
+
+    def unregister(self, prefix: str) -> None:
+        """Stop watching a prefix."""
+
+    async def close(self) -> None:
+        """Close this registration only; others keep running."""
+
+
+class Watcher(Protocol):
+    """Hands out registrations (the brief's KeyValProtoWatcher)."""
+
+    def watch(
+        self, name: str, prefixes: Iterable[str], depends_on: Iterable[str] = ()
+    ) -> Registration: ...
+
+
+class Publisher(Protocol):
+    """Writes to a store."""
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Put one key; returns the revision."""
+
+    async def delete(self, key: str) -> int:
+        """Delete one key; returns the revision."""
+
+    async def txn(self, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
+        """Several puts and deletes at one revision; returns it."""
+
+
+class Plugin(Protocol):
+    """The high-level API: return from a callback to mark it done, raise to report the error."""
+
+    name: str
+    prefixes: Sequence[str]
+    depends_on: Sequence[str]
+
+    async def resync(self, ev: ResyncEvent) -> None: ...
+
+    async def change(self, ev: ChangeEvent) -> None: ...
+
+
+# --- source side ---------------------------------------------------------------------------
+
+
+class SourceState(enum.Enum):
+    """Connection state of a northbound source, as shown in status."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    STALLED = "stalled"
+    RESYNCING = "resyncing"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every key under some prefixes at one revision, with each key's own mod revision."""
+
+    revision: int
+    kvs: Sequence[KeyVal]
+    #: store identity (etcd cluster id, Kafka topic id...): a change means the store was reset.
+    store_id: str = ""
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    """A northbound store, as the orchestrator uses it.
+
+    ``watch`` yields batches of changes in revision order, all strictly above
+    ``start_revision - 1``. It raises ``CompactedError`` when history from
+    ``start_revision`` is gone, ``StoreResetError`` when the store went back in time,
+    and ``SourceUnavailableError`` when it lost the store for good; a source that can
+    resume by itself (etcd after a leader change) does so without raising.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def snapshot(self, prefixes: Sequence[str]) -> Snapshot: ...
+
+    def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[Change]]: ...
+
+    async def close(self) -> None: ...
