@@ -11,7 +11,7 @@ from setuptools import Extension, setup
 
 # (module name, source): explicit names because pyx/ lives outside the package.
 CYTHON_EXTENSIONS = [
-    # ("datasync._buffer_c", "pyx/_buffer.pyx"),  -- added with the buffer
+    ("datasync._buffer_c", "pyx/_buffer.pyx"),
 ]
 CFFI_MODULES: list[str] = []
 

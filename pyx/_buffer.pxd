@@ -1,0 +1,30 @@
+# C-level declarations for _buffer.pyx (compiled as datasync._buffer_c), cimported by name:
+# the extension's module name differs from this file's, so Cython would not pair them
+# implicitly. Only structs and extern functions live here, so cimporting it needs no module
+# at run time.
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
+
+
+cdef struct _Entry:
+    # One held change in drain order: its revision and its slot in the arrival list.
+    int64_t rev
+    Py_ssize_t slot
+
+
+cdef extern from "Python.h":
+    # Borrowed-reference accessors, declared on PyObject* so no reference counting happens.
+    PyObject* PyList_GET_ITEM(object lst, Py_ssize_t i)
+    Py_ssize_t PyList_GET_SIZE(object lst)
+    int PyList_Append(object lst, PyObject* item) except -1
+    PyObject* PyTuple_GET_ITEM(PyObject* t, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(PyObject* t)
+    bint PyTuple_Check(PyObject* o)
+    bint PyUnicode_CheckExact(PyObject* o)
+    Py_ssize_t PyUnicode_GET_LENGTH(PyObject* o)
+    bint PyLong_Check(PyObject* o)
+    bint PyBool_Check(PyObject* o)
+    long long PyLong_AsLongLong(PyObject* o)
+    # Keys are validated plain str, so lookups cannot fail or run Python code.
+    PyObject* PyDict_GetItem(object d, PyObject* key)
+    int PyDict_SetItem(object d, PyObject* key, object value) except -1
