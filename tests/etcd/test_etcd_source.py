@@ -1,0 +1,164 @@
+"""EtcdSource against a real etcd: the shared contract plus etcd specifics."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from datasync.api import Op, SourceState
+from datasync.errors import CompactedError, SourceUnavailableError
+from datasync.transport.etcd import EtcdSource, _cover, _ranges, prefix_range_end
+from tests.source_contract import SourceContract, aclose, collect
+
+
+@dataclass
+class Harness:
+    source: EtcdSource
+    publisher: EtcdSource
+    name: str = "etcd"
+    atomic_txn: bool = True
+    prev_values: bool = True
+
+
+class TestEtcdContract(SourceContract):
+    @pytest.fixture
+    async def harness(
+        self, etcd_endpoints: list[str], make_source: Callable[..., EtcdSource]
+    ) -> Harness:
+        src = make_source(etcd_endpoints)
+        return Harness(source=src, publisher=src)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/t/{uuid.uuid4().hex[:10]}/"
+
+
+def test_prefix_ranges() -> None:
+    assert prefix_range_end(b"/a/") == b"/a0"
+    assert prefix_range_end(b"a\xff") == b"b"
+    assert prefix_range_end(b"\xff\xff") == b"\0"
+    assert _ranges(["/a/b/", "/a/", "/c/"]) == [(b"/a/", b"/a0"), (b"/c/", b"/c0")]
+    assert _cover(["/c/", "/a/"]) == (b"/a/", b"/c0")
+    with pytest.raises(ValueError, match="empty prefix"):
+        _ranges([""])
+
+
+async def test_paginated_snapshot_is_pinned_at_one_revision(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    src = make_source(etcd_endpoints, page_size=7)
+    for i in range(0, 50, 10):
+        await src.txn({f"{prefix}k{j:03d}": b"v1" for j in range(i, i + 10)})
+    # Writes racing the pages must not show up: every page is read at R.
+    r_before = await src.current_revision()
+
+    async def writer() -> None:
+        for j in range(50):
+            await src.put(f"{prefix}k{j:03d}", b"v2")
+
+    w = asyncio.create_task(writer())
+    snap = await src.snapshot([prefix])
+    await w
+    assert len(snap.kvs) == 50
+    assert snap.revision >= r_before
+    assert all(kv.revision <= snap.revision for kv in snap.kvs)
+    # Consistent: a key has v2 exactly when it was written at or before R.
+    for kv in snap.kvs:
+        assert kv.value == (b"v2" if kv.revision > r_before else b"v1")
+    assert src.stats["pages"] >= 8
+
+
+async def test_oversized_values_are_dropped_and_counted(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    src = make_source(etcd_endpoints, max_value_bytes=100)
+    await src.put(prefix + "small", b"x" * 10)
+    await src.put(prefix + "big", b"x" * 101)
+    snap = await src.snapshot([prefix])
+    assert [kv.key for kv in snap.kvs] == [prefix + "small"]
+    assert src.stats["oversized"] == 1
+    it = src.watch([prefix], snap.revision + 1)
+    try:
+        await src.put(prefix + "big2", b"y" * 500)
+        await src.put(prefix + "ok", b"y")
+        changes = await collect(it, 1)
+    finally:
+        await aclose(it)
+    assert [c.key for c in changes] == [prefix + "ok"]
+    assert src.stats["oversized"] == 2
+
+
+async def test_large_snapshot_over_grpc_default_limit(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    # 6 MiB of values: more than gRPC's 4 MiB default receive limit in one range.
+    src = make_source(etcd_endpoints, page_size=100_000)
+    value = b"v" * 60_000
+    for i in range(0, 100, 20):
+        await src.txn({f"{prefix}{j:03d}": value for j in range(i, i + 20)})
+    snap = await src.snapshot([prefix])
+    assert len(snap.kvs) == 100
+
+
+async def test_watch_from_compacted_revision_raises(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    src = make_source(etcd_endpoints)
+    r1 = await src.put(prefix + "a", b"1")
+    r2 = await src.put(prefix + "a", b"2")
+    await src.compact(r2)
+    it = src.watch([prefix], r1)
+    with pytest.raises(CompactedError) as info:
+        await anext(it)
+    assert info.value.compact_revision == r2
+    # A snapshot pinned below the compaction fails the same way, never partially.
+    assert src.stats["compacted"] == 1
+
+
+async def test_state_listener_and_give_up(make_source: Callable[..., EtcdSource]) -> None:
+    from tests.etcd.etcdserver import free_port
+
+    src = make_source([f"127.0.0.1:{free_port()}"], max_retries=2, connect_timeout=0.5)
+    seen: list[tuple[str, SourceState]] = []
+    src.add_state_listener(lambda name, st, reason: seen.append((name, st)))
+    with pytest.raises(SourceUnavailableError):
+        await src.snapshot(["/x/"])
+    it = src.watch(["/x/"], 1)
+    with pytest.raises(SourceUnavailableError, match="gave up after 2 reconnects"):
+        await anext(it)
+    assert src.state == SourceState.DISCONNECTED
+    assert src.stats["reconnects"] == 3
+
+
+async def test_state_listener_sees_connect(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    src = make_source(etcd_endpoints)
+    seen: list[tuple[str, SourceState, str]] = []
+    src.add_state_listener(lambda *a: seen.append(a))
+    await src.snapshot([prefix])
+    assert seen and seen[-1][:2] == ("etcd", SourceState.CONNECTED)
+    assert src.cluster_id
+
+
+async def test_lease_keys_vanish_on_revoke(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    src = make_source(etcd_endpoints)
+    snap = await src.snapshot([prefix])
+    it = src.watch([prefix], snap.revision + 1)
+    try:
+        lease = await src.put_with_lease(prefix + "alive", b"1", ttl=5)
+        await lease.revoke()
+        changes = await collect(it, 2)
+    finally:
+        await aclose(it)
+    assert [(c.key, c.op) for c in changes] == [
+        (prefix + "alive", Op.PUT),
+        (prefix + "alive", Op.DELETE),
+    ]
