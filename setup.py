@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 CYTHON_EXTENSIONS = [
     ("datasync._buffer_c", "pyx/_buffer.pyx"),
 ]
-CFFI_MODULES: list[str] = []
+CFFI_MODULES: list[str] = ["csrc/build_shmring.py:ffibuilder"]
 
 NO_EXTENSIONS = os.environ.get("DATASYNC_NO_EXTENSIONS", "") == "1"
 DEBUG = os.environ.get("DATASYNC_DEBUG", "") == "1"
