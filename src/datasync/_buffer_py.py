@@ -5,9 +5,10 @@ included. ``datasync.buffer`` picks one of the two.
 
 Validation (both classes): a change is a tuple (normally ``datasync.api.Change``) of at
 least four fields ``(key, op, value, revision, ...)``. Its key must be a non-empty plain
-``str``, not a subclass (else ``InvalidKeyError``), its revision an ``int`` (not ``bool``, else ``TypeError``) in
-``0 .. 2**63-1`` (else ``ValueError``). Every error names the key. Batch calls validate the
-whole batch first: a bad item raises and leaves the buffer or filter untouched.
+``str``, not a subclass (else ``InvalidKeyError``); its revision an ``int``, not ``bool``
+(else ``TypeError``), in ``0 .. 2**63-1`` (else ``ValueError``). Every error names the
+key. Batch calls validate the whole batch first: a bad item raises and leaves the buffer
+or filter untouched.
 """
 
 from __future__ import annotations
@@ -125,9 +126,10 @@ class RevisionFilter:
 
         Validates the whole batch before touching any state.
         """
-        for change in changes:
+        batch = changes if isinstance(changes, (list, tuple)) else list(changes)
+        for change in batch:
             _check(change)
-        return self._filter_valid(changes)
+        return self._filter_valid(batch)
 
     def _filter_valid(self, changes: Sequence[Change]) -> list[Change]:
         snapshot = self._snapshot
