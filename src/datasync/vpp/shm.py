@@ -199,9 +199,9 @@ class _CffiEnd:
 
     def recv_many(self, max_bytes: int, max_frames: int) -> list[bytes] | int:
         ffi, lib = self._ffi, self._lib
-        if max_bytes > self._bufcap:
-            self._buf = ffi.new("char[]", max_bytes)
-            self._bufcap = max_bytes
+        if max_bytes > self._bufcap or self._buf is None:
+            self._bufcap = max(max_bytes, 4096)
+            self._buf = ffi.new("char[]", self._bufcap)
         if max_frames > self._lencap:
             self._lens = ffi.new("uint32_t[]", max_frames)
             self._lencap = max_frames
