@@ -1,0 +1,734 @@
+"""The asyncio VPP API client: pipelined calls, dumps, events, health probe, reconnect.
+
+``client = VppClient(path); await client.connect()`` performs VPP's socket handshake
+(``sockclnt_create``), resolves every message of our definitions by ``name_crc`` in the
+table VPP returns, and then keeps up to ``max_in_flight`` requests outstanding, matched
+to replies by ``context``. Dumps are sent together with a ``control_ping`` carrying the
+same context; the ping's reply ends the dump (VPP processes one socket strictly in
+order). Context-less messages (``sw_interface_event``) go to subscribers.
+
+A ``control_ping`` every ``probe_interval`` is the health probe; its ``vpe_pid`` tells a
+VPP restart from a mere reconnect. A lost connection fails the calls in flight with
+:class:`VppConnectionError`, is reported through ``on_fault(kind, detail)`` and is
+followed by a reconnect loop with capped, jittered backoff that only ``close()`` stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ..errors import ClosedError, DatasyncError
+from .codec import codec_for
+from .defs import ApiDefinitions, builtin_definitions
+from .retvals import VppApiError
+from .transport import SocketTransport, VppConnectionError, VppProtocolError
+
+__all__ = [
+    "FaultCallback",
+    "Subscription",
+    "VppApiError",
+    "VppClient",
+    "VppConnectionError",
+    "VppMessageError",
+    "VppProtocolError",
+    "VppTimeoutError",
+]
+
+log = logging.getLogger("datasync.vpp.client")
+
+FaultCallback = Callable[[str, Mapping[str, Any]], Any]
+
+_SOCKCLNT_CREATE_ID = 15  # hard-coded by VPP (memclnt messages are numbered 1..28)
+_SOCKCLNT_CREATE_REPLY_ID = 16
+_HANDSHAKE_CONTEXT = 124  # what papi sends; any value works
+
+
+class VppTimeoutError(DatasyncError, TimeoutError):
+    """A call got no reply in time. A timeout is never a success; the late reply is dropped."""
+
+    retriable = True
+
+    def __init__(self, message: str, timeout: float) -> None:
+        self.message = message
+        self.timeout = timeout
+        super().__init__(f"VPP call {message} got no reply within {timeout:g} s")
+
+
+class VppMessageError(DatasyncError):
+    """A message is unknown to our definitions, or VPP does not offer it with our CRC."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"VPP message {name!r}: {reason}")
+
+
+class _Call:
+    """One request in flight: a plain call, or a dump collecting details until the ping."""
+
+    __slots__ = ("details", "future", "name")
+
+    def __init__(self, name: str, future: asyncio.Future[Any], dump: bool) -> None:
+        self.name = name
+        self.future = future
+        self.details: list[Any] | None = [] if dump else None
+
+
+class Subscription:
+    """A handle on an event subscription; ``close()`` stops delivery (idempotent)."""
+
+    def __init__(self, client: VppClient, name: str, callback: Callable[[Any], Any]) -> None:
+        self._client = client
+        self.name = name
+        self.callback = callback
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            subs = self._client._subscribers.get(self.name)
+            if subs is not None and self in subs:
+                subs.remove(self)
+
+
+class _Conn:
+    """Per-connection message table: ids resolved by name_crc."""
+
+    def __init__(self, table: Mapping[str, int], defs: ApiDefinitions, client_index: int) -> None:
+        self.client_index = client_index
+        self.name_to_id: dict[str, int] = {}
+        self.by_id: dict[int, tuple[str, Any, bool]] = {}  # id -> (name, codec, has_context)
+        self.mismatched: dict[str, str] = {}
+        by_name = {}
+        for name_crc, msg_id in table.items():
+            name, _, crc = name_crc.rpartition("_")
+            by_name[name] = crc
+            msg = defs.messages.get(name)
+            if msg is None:
+                continue
+            if msg.name_crc != name_crc:
+                continue
+            self.name_to_id[name] = msg_id
+            self.by_id[msg_id] = (name, codec_for(defs, name), msg.has_context)
+        for name in defs.messages:
+            if name not in self.name_to_id and name in by_name:
+                self.mismatched[name] = by_name[name]
+
+
+class VppClient:
+    """An asyncio client of the VPP binary API over its AF_UNIX socket.
+
+    ``call(name, **fields)`` returns the decoded reply and raises :class:`VppApiError`
+    (with VPP's error name and ``retriable``) on a negative retval; ``dump(name, **fields)``
+    returns the list of details. Both take a per-call ``timeout``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "/run/vpp/api.sock",
+        defs: ApiDefinitions | None = None,
+        *,
+        name: str = "datasync",
+        max_in_flight: int = 1024,
+        timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        probe_interval: float | None = 1.0,
+        probe_timeout: float = 0.25,
+        probe_failures: int = 1,
+        reconnect: bool = True,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        require: Iterable[str] = (),
+        on_fault: FaultCallback | None = None,
+        event_queue_size: int = 10000,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self.path = os.fspath(path)
+        self.defs = defs if defs is not None else builtin_definitions()
+        self.name = name
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.probe_failures = max(1, probe_failures)
+        self.reconnect = reconnect
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.require = tuple(require)
+        self.on_fault = on_fault
+        self.event_queue_size = event_queue_size
+        #: VPP's pid as reported by control_ping (None until known)
+        self.vpe_pid: int | None = None
+        self.stats: dict[str, int] = {
+            "requests": 0,
+            "replies": 0,
+            "late_replies": 0,
+            "unsolicited": 0,
+            "unknown_msg_id": 0,
+            "decode_errors": 0,
+            "events": 0,
+            "event_callback_errors": 0,
+            "events_dropped": 0,
+            "connects": 0,
+            "disconnects": 0,
+            "timeouts": 0,
+        }
+        self._transport: SocketTransport | None = None
+        self._conn: _Conn | None = None
+        self._pending: dict[int, _Call] = {}
+        self._timed_out: set[int] = set()
+        self._context = 0
+        self._in_flight = 0
+        self._window_waiters: deque[asyncio.Future[None]] = deque()
+        self._subscribers: dict[str, list[Subscription]] = {}
+        self._wants: dict[str, dict[str, Any]] = {}
+        self._handshake: asyncio.Future[Any] | None = None
+        self._closed = False
+        self._connected = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._fault_tasks: set[asyncio.Task[Any]] = set()
+        self._rng = random.Random()
+
+    # -- connection ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the handshake is done and the socket is up."""
+        return self._conn is not None and self._transport is not None
+
+    async def connect(self) -> None:
+        """Connect and handshake; raises :class:`VppConnectionError` or :class:`VppMessageError`."""
+        if self._closed:
+            raise ClosedError("VppClient is closed")
+        if self.connected:
+            return
+        await self._connect_once()
+        self._start_probe()
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport = await SocketTransport.connect(self.path, self)
+        self._transport = transport
+        self._handshake = loop.create_future()
+        try:
+            codec = codec_for(self.defs, "sockclnt_create")
+            transport.send(
+                codec.encode(
+                    _SOCKCLNT_CREATE_ID, {"context": _HANDSHAKE_CONTEXT, "name": self.name[:63]}
+                )
+            )
+            async with asyncio.timeout(self.connect_timeout):
+                reply = await self._handshake
+            if reply.response != 0:
+                raise VppConnectionError(f"sockclnt_create refused (response {reply.response})")
+            table = {e.name: e.index for e in reply.message_table[: reply.count]}
+            conn = _Conn(table, self.defs, reply.index)
+            missing = [n for n in self.require if n not in conn.name_to_id]
+            for need in ("control_ping", "control_ping_reply"):
+                if need not in conn.name_to_id:
+                    missing.append(need)
+            if missing:
+                raise VppMessageError(missing[0], self._why_missing(conn, missing))
+            self._conn = conn
+        except BaseException as exc:
+            self._handshake = None
+            self._transport = None
+            transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise VppConnectionError(
+                    f"no sockclnt_create_reply from {self.path} within {self.connect_timeout:g} s"
+                ) from exc
+            raise
+        self._handshake = None
+        self.stats["connects"] += 1
+        self._connected.set()
+        # learn vpe_pid at once, so a restart is detected even before the first probe
+        reply = await self.call("control_ping", timeout=self.connect_timeout)
+        previous, self.vpe_pid = self.vpe_pid, int(reply.vpe_pid)
+        if previous is not None and previous != self.vpe_pid:
+            self._fault("vpp_restarted", {"old_vpe_pid": previous, "vpe_pid": self.vpe_pid})
+        await self._replay_wants()
+
+    def _why_missing(self, conn: _Conn, names: Sequence[str]) -> str:
+        parts = []
+        for n in names:
+            if n in conn.mismatched:
+                ours = self.defs.name_crc(n) if n in self.defs.messages else "?"
+                parts.append(f"{n}: CRC mismatch (ours {ours}, VPP has {n}_{conn.mismatched[n]})")
+            else:
+                parts.append(f"{n}: not offered by VPP")
+        return "; ".join(parts)
+
+    async def close(self) -> None:
+        """Say goodbye (sockclnt_delete), close the socket, stop probe and reconnect tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._probe_task, self._reconnect_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._probe_task = self._reconnect_task = None
+        if self.connected:
+            assert self._conn is not None
+            with contextlib.suppress(DatasyncError, OSError):
+                await self._request(
+                    "sockclnt_delete",
+                    {"index": self._conn.client_index},
+                    timeout=min(self.timeout, 1.0),
+                    check=False,
+                    closing_ok=True,
+                )
+        transport = self._transport
+        self._drop_connection(ClosedError("VppClient closed"))
+        if transport is not None:
+            transport.close()
+        for task in list(self._fault_tasks):
+            task.cancel()
+        for waiter in self._window_waiters:
+            if not waiter.done():
+                waiter.set_exception(ClosedError("VppClient closed"))
+                waiter.exception()
+        self._window_waiters.clear()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> VppClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the sink interface the transport calls --------------------------------------
+
+    def frames_received(self, bodies: list[bytes]) -> None:
+        conn = self._conn
+        if conn is None:
+            self._handshake_frames(bodies)
+            return
+        by_id = conn.by_id
+        pending = self._pending
+        stats = self.stats
+        for body in bodies:
+            if len(body) < 6:
+                stats["decode_errors"] += 1
+                continue
+            entry = by_id.get((body[0] << 8) | body[1])
+            if entry is None:
+                stats["unknown_msg_id"] += 1
+                continue
+            name, codec, has_context = entry
+            if not has_context:
+                self._deliver_event(name, codec, body)
+                continue
+            ctx = int.from_bytes(body[2:6], "big")
+            call = pending.get(ctx)
+            if call is None:
+                if ctx in self._timed_out:
+                    stats["late_replies"] += 1
+                    if not name.endswith("_details"):
+                        self._timed_out.discard(ctx)
+                else:
+                    stats["unsolicited"] += 1
+                continue
+            try:
+                msg = codec.decode(body)
+            except Exception as exc:  # codec errors fail just that call
+                stats["decode_errors"] += 1
+                self._finish(ctx, call, exc=exc)
+                continue
+            details = call.details
+            if details is not None:
+                if name == "control_ping_reply":
+                    self._finish(ctx, call, result=details)
+                else:
+                    details.append(msg)
+            else:
+                self._finish(ctx, call, result=msg)
+
+    def _handshake_frames(self, bodies: list[bytes]) -> None:
+        fut = self._handshake
+        for body in bodies:
+            if fut is None or fut.done():
+                self.stats["unsolicited"] += 1
+                continue
+            if len(body) < 2 or ((body[0] << 8) | body[1]) != _SOCKCLNT_CREATE_REPLY_ID:
+                fut.set_exception(
+                    VppProtocolError("first message from VPP is not sockclnt_create_reply (id 16)")
+                )
+                continue
+            try:
+                fut.set_result(codec_for(self.defs, "sockclnt_create_reply").decode(body))
+            except Exception as exc:
+                fut.set_exception(VppProtocolError(f"bad sockclnt_create_reply: {exc}"))
+
+    def transport_lost(self, exc: BaseException | None) -> None:
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(
+                VppConnectionError(f"VPP closed the connection during the handshake ({exc})")
+            )
+        was_connected = self.connected
+        self._drop_connection(
+            exc
+            if isinstance(exc, VppConnectionError)
+            else VppConnectionError(f"VPP API connection lost{': ' + str(exc) if exc else ''}")
+        )
+        if was_connected and not self._closed:
+            self.stats["disconnects"] += 1
+            self._fault("disconnected", {"error": str(exc) if exc else "closed by VPP"})
+            self._start_reconnect()
+
+    def _drop_connection(self, exc: BaseException) -> None:
+        self._conn = None
+        self._transport = None
+        self._connected.clear()
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            if not call.future.done():
+                call.future.set_exception(exc)
+        self._in_flight = 0
+        self._timed_out.clear()
+        self._wake_window()
+
+    # -- requests ------------------------------------------------------------------
+
+    def _next_context(self) -> int:
+        ctx = self._context + 1
+        if ctx > 0xFFFFFFFF:
+            ctx = 1
+        self._context = ctx
+        return ctx
+
+    def _finish(
+        self, ctx: int, call: _Call, result: Any = None, exc: BaseException | None = None
+    ) -> None:
+        del self._pending[ctx]
+        self.stats["replies"] += 1
+        fut = call.future
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+        self._in_flight -= 1
+        if self._window_waiters:
+            self._wake_window()
+
+    def _wake_window(self) -> None:
+        waiters = self._window_waiters
+        free = self.max_in_flight - self._in_flight
+        while waiters and free > 0:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                free -= 1
+
+    async def _acquire_window(self) -> None:
+        while self._in_flight >= self.max_in_flight:
+            waiter = asyncio.get_running_loop().create_future()
+            self._window_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_window()  # pass our slot on
+                raise
+
+    def _encode(self, name: str, fields: Mapping[str, Any] | None, ctx: int) -> tuple[bytes, bool]:
+        conn = self._conn
+        if conn is None:
+            raise VppConnectionError(f"not connected to VPP (calling {name})")
+        msg_id = conn.name_to_id.get(name)
+        if msg_id is None:
+            if name not in self.defs.messages:
+                raise VppMessageError(name, "unknown message (not in our definitions)")
+            raise VppMessageError(name, self._why_missing(conn, [name]))
+        codec = conn.by_id[msg_id][1]
+        data = dict(fields) if fields else {}
+        data["context"] = ctx
+        data["client_index"] = conn.client_index
+        return codec.encode(msg_id, data), self.defs.is_dump(name)
+
+    async def call(
+        self,
+        name: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        check: bool = True,
+        **kw: Any,
+    ) -> Any:
+        """Send request ``name`` and return its decoded reply (a dump returns its details).
+
+        A negative ``retval`` raises :class:`VppApiError` unless ``check=False``.
+        """
+        if kw:
+            fields = {**fields, **kw} if fields else kw
+        return await self._request(name, fields, timeout=timeout, check=check)
+
+    async def dump(
+        self,
+        name: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **kw: Any,
+    ) -> list[Any]:
+        """Send dump request ``name`` and return its details (ends at the control_ping reply)."""
+        if not self.defs.is_dump(name):
+            raise VppMessageError(name, "not a dump request (use call())")
+        if kw:
+            fields = {**fields, **kw} if fields else kw
+        result = await self._request(name, fields, timeout=timeout, check=False)
+        assert isinstance(result, list)
+        return result
+
+    async def _request(
+        self,
+        name: str,
+        fields: Mapping[str, Any] | None,
+        *,
+        timeout: float | None,  # noqa: ASYNC109
+        check: bool,
+        closing_ok: bool = False,
+    ) -> Any:
+        if self._closed and not closing_ok:
+            raise ClosedError("VppClient is closed")
+        if self._in_flight >= self.max_in_flight:
+            await self._acquire_window()
+        ctx = self._next_context()
+        body, is_dump = self._encode(name, fields, ctx)
+        transport = self._transport
+        assert transport is not None and self._conn is not None
+        fut = asyncio.get_running_loop().create_future()
+        call = _Call(name, fut, is_dump)
+        self._pending[ctx] = call
+        self._in_flight += 1
+        self.stats["requests"] += 1
+        if is_dump:
+            ping = self._conn.name_to_id["control_ping"]
+            transport.send_many(
+                (
+                    body,
+                    self._conn.by_id[ping][1].encode(
+                        ping, {"context": ctx, "client_index": self._conn.client_index}
+                    ),
+                )
+            )
+        else:
+            transport.send(body)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                reply = await fut
+        except TimeoutError:
+            self._abandon(ctx)
+            self.stats["timeouts"] += 1
+            raise VppTimeoutError(name, limit) from None
+        except asyncio.CancelledError:
+            self._abandon(ctx)
+            raise
+        if check and not is_dump:
+            rv = getattr(reply, "retval", 0)
+            if rv < 0:
+                raise VppApiError(rv, name)
+        return reply
+
+    def _abandon(self, ctx: int) -> None:
+        call = self._pending.pop(ctx, None)
+        if call is not None:
+            self._timed_out.add(ctx)
+            if len(self._timed_out) > 100_000:
+                self._timed_out.clear()  # bounded: very old contexts are just "unsolicited"
+            self._in_flight -= 1
+            self._wake_window()
+
+    async def call_many(
+        self,
+        name: str,
+        requests: Iterable[Mapping[str, Any] | None],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        check: bool = True,
+    ) -> list[Any]:
+        """Pipeline many ``name`` requests (respecting ``max_in_flight``); replies in order.
+
+        The first failure (API error, timeout) is raised after all requests settled.
+        """
+        futs = [
+            asyncio.ensure_future(self._request(name, f, timeout=timeout, check=check))
+            for f in requests
+        ]
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    # -- events ------------------------------------------------------------------------
+
+    def _deliver_event(self, name: str, codec: Any, body: bytes) -> None:
+        self.stats["events"] += 1
+        subs = self._subscribers.get(name)
+        if not subs:
+            return
+        try:
+            msg = codec.decode(body)
+        except Exception:
+            self.stats["decode_errors"] += 1
+            return
+        for sub in list(subs):
+            try:
+                result = sub.callback(msg)
+                if inspect.isawaitable(result):
+                    self._spawn(result)
+            except Exception:  # a subscriber's bug must not kill the reader
+                self.stats["event_callback_errors"] += 1
+                log.exception("VPP event callback for %s failed", name)
+
+    def subscribe(self, name: str, callback: Callable[[Any], Any]) -> Subscription:
+        """Call ``callback(msg)`` for every context-less message ``name`` (e.g. an event).
+
+        This only routes; VPP sends events after a ``want_*`` call (see :meth:`want`).
+        """
+        if name not in self.defs.messages:
+            raise VppMessageError(name, "unknown message (not in our definitions)")
+        if self.defs.message(name).has_context:
+            raise VppMessageError(name, "has a context: it is a reply, not an event")
+        sub = Subscription(self, name, callback)
+        self._subscribers.setdefault(name, []).append(sub)
+        return sub
+
+    async def events(self, name: str) -> AsyncIterator[Any]:
+        """Iterate over events ``name``; keeps at most ``event_queue_size`` (drops the oldest)."""
+        queue: deque[Any] = deque()
+        wake: asyncio.Event = asyncio.Event()
+
+        def put(msg: Any) -> None:
+            if len(queue) >= self.event_queue_size:
+                queue.popleft()
+                self.stats["events_dropped"] += 1
+            queue.append(msg)
+            wake.set()
+
+        sub = self.subscribe(name, put)
+        try:
+            while True:
+                while queue:
+                    yield queue.popleft()
+                wake.clear()
+                await wake.wait()
+        finally:
+            sub.close()
+
+    async def want(self, name: str, fields: Mapping[str, Any] | None = None, **kw: Any) -> Any:
+        """Register for events with ``want_*`` (enable) and re-register after every reconnect."""
+        data = {**(fields or {}), **kw}
+        data.setdefault("enable_disable", True)
+        data.setdefault("pid", os.getpid())
+        reply = await self.call(name, data)
+        if data["enable_disable"]:
+            self._wants[name] = data
+        else:
+            self._wants.pop(name, None)
+        return reply
+
+    async def _replay_wants(self) -> None:
+        for name, data in list(self._wants.items()):
+            try:
+                await self.call(name, data)
+            except DatasyncError as exc:
+                log.warning("re-registering %s after reconnect failed: %s", name, exc)
+
+    # -- faults, probe, reconnect ------------------------------------------------------
+
+    def _spawn(self, aw: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(aw)
+        self._fault_tasks.add(task)
+        task.add_done_callback(self._fault_tasks.discard)
+
+    def _fault(self, kind: str, detail: Mapping[str, Any]) -> None:
+        log.info("VPP fault %s: %s", kind, dict(detail))
+        if self.on_fault is None:
+            return
+        try:
+            result = self.on_fault(kind, detail)
+            if inspect.isawaitable(result):
+                self._spawn(result)
+        except Exception:
+            log.exception("on_fault callback failed for %s", kind)
+
+    def _start_probe(self) -> None:
+        if self.probe_interval and (self._probe_task is None or self._probe_task.done()):
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        assert self.probe_interval
+        failures = 0
+        while not self._closed:
+            await asyncio.sleep(self.probe_interval)
+            if not self.connected:
+                continue
+            try:
+                reply = await self.call("control_ping", timeout=self.probe_timeout)
+            except VppTimeoutError:
+                failures += 1
+                if failures >= self.probe_failures and self._transport is not None:
+                    self._fault("unresponsive", {"timeout": self.probe_timeout})
+                    # treat a hung VPP like a lost one: reconnect and let the pid tell
+                    self._transport.abort()
+                continue
+            except DatasyncError:
+                continue
+            failures = 0
+            pid = int(reply.vpe_pid)
+            if self.vpe_pid is not None and pid != self.vpe_pid:
+                old, self.vpe_pid = self.vpe_pid, pid
+                self._fault("vpp_restarted", {"old_vpe_pid": old, "vpe_pid": pid})
+            else:
+                self.vpe_pid = pid
+
+    def _start_reconnect(self) -> None:
+        if not self.reconnect or self._closed:
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        attempt = 0
+        old_pid = self.vpe_pid
+        while not self._closed:
+            delay = min(self.backoff_max, self.backoff_initial * (2**attempt))
+            await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))  # jitter
+            attempt = min(attempt + 1, 30)
+            try:
+                await self._connect_once()
+            except (DatasyncError, OSError) as exc:
+                log.debug("VPP reconnect attempt %d failed: %s", attempt, exc)
+                continue
+            restarted = old_pid is not None and self.vpe_pid != old_pid
+            self._fault(
+                "reconnected",
+                {"attempts": attempt, "vpe_pid": self.vpe_pid, "vpp_restarted": restarted},
+            )
+            self._start_probe()
+            return
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until (re)connected."""
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()

@@ -1,0 +1,974 @@
+"""The simulator's socket server: VPP's framing, handshake, dispatch and fault API.
+
+Wire behaviour follows ``shared/vpp-api/README.md``: 16-byte ``>QII`` headers (only
+``data_len`` matters), memclnt messages numbered 1..28 in file order so that
+``sockclnt_create`` is 15 and its reply 16, other modules numbered in blocks after,
+replies routed by the ``client_index`` inside each request, strictly in-order processing
+per connection, dumps answered by details and terminated by the client's control_ping.
+Malformed input (short bodies, unknown ids, unknown client_index, undecodable bodies)
+is dropped without a reply and counted, as VPP does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import signal
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..codec import codec_for
+from ..defs import ApiDefinitions, builtin_definitions, load_api_dir
+from . import state as st
+from .state import U32_MAX, Dataplane, Path
+
+log = logging.getLogger("datasync.vpp.sim")
+
+_HDR = struct.Struct(">QII")
+_REQ_HEAD = struct.Struct(">HII")  # _vl_msg_id, client_index, context
+_HDR_LEN = 16
+
+#: messages the simulator handles (requests); their replies/details/events follow.
+HANDLED = (
+    "sockclnt_create",
+    "sockclnt_delete",
+    "control_ping",
+    "get_api_json",
+    "sock_init_shm",
+    "show_version",
+    "create_loopback",
+    "create_loopback_instance",
+    "delete_loopback",
+    "sw_interface_set_flags",
+    "sw_interface_set_mtu",
+    "hw_interface_set_mtu",
+    "sw_interface_add_del_address",
+    "sw_interface_tag_add_del",
+    "sw_interface_set_mac_address",
+    "sw_interface_set_table",
+    "sw_interface_dump",
+    "want_interface_events",
+    "ip_address_dump",
+    "ip_table_add_del",
+    "ip_route_add_del",
+    "ip_route_dump",
+    "tap_create_v3",
+    "tap_delete_v2",
+    "sw_interface_tap_v2_dump",
+    "memif_socket_filename_add_del_v2",
+    "memif_create_v2",
+    "memif_delete",
+    "memif_dump",
+    "bridge_domain_add_del_v2",
+    "sw_interface_set_l2_bridge",
+    "bridge_domain_dump",
+)
+EVENTS = ("sw_interface_event",)
+
+
+class _Registration:
+    """A client registered with sockclnt_create (VPP's api registration)."""
+
+    __slots__ = ("conn", "handle", "interface_events_pid", "pool_index")
+
+    def __init__(self, pool_index: int, conn: _Connection) -> None:
+        self.pool_index = pool_index
+        self.handle = 0x80000000 | pool_index
+        self.conn = conn
+        self.interface_events_pid: int | None = None
+
+
+class _Connection(asyncio.Protocol):
+    """One client socket: reassembles frames and feeds them to the simulator in order."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.out: list[bytes] = []
+        self.backlog: deque[bytes] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.registrations: list[_Registration] = []
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.sim._conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.sim._conns.discard(self)
+        for reg in self.registrations:
+            self.sim._regs.pop(reg.handle, None)
+            self.sim._free_pool.append(reg.pool_index)
+        self.registrations.clear()
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker = None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        bodies = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= _HDR_LEN:
+            length = int.from_bytes(buf[pos + 8 : pos + 12], "big")
+            if end - pos - _HDR_LEN < length:
+                break
+            bodies.append(bytes(buf[pos + _HDR_LEN : pos + _HDR_LEN + length]))
+            pos += _HDR_LEN + length
+        if pos:
+            del buf[:pos]
+        if not bodies:
+            return
+        sim = self.sim
+        if self.backlog or sim._latency_active():
+            self.backlog.extend(bodies)
+            if self.worker is None:
+                self.worker = asyncio.get_running_loop().create_task(self._drain())
+            return
+        for body in bodies:
+            sim._process(self, body)
+        sim._flush()
+
+    async def _drain(self) -> None:
+        # slow path used while latency faults are set: one message at a time, in order
+        try:
+            while self.backlog and not self.closing:
+                body = self.backlog.popleft()
+                delay = self.sim._latency_for(body)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self.closing:
+                    return
+                self.sim._process(self, body)
+                self.sim._flush()
+        finally:
+            self.worker = None
+
+    def send(self, body: bytes) -> None:
+        if not self.out:
+            self.sim._dirty.append(self)
+        self.out.append(_HDR.pack(0, len(body), 0))
+        self.out.append(body)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.closing and out:
+            self.transport.write(b"".join(out))
+
+
+class _Fault:
+    __slots__ = ("match", "message", "remaining", "retval")
+
+    def __init__(
+        self, message: str, retval: int, count: int | None, match: dict[str, Any] | None
+    ) -> None:
+        self.message = message
+        self.retval = retval
+        self.remaining = count
+        self.match = dict(match or {})
+
+
+class Simulator:
+    """A VPP binary-API server with dataplane state and a fault API.
+
+    ``sim = Simulator(); await sim.start(path); ...; await sim.stop()`` runs it inside the
+    current event loop. ``state`` is the live :class:`Dataplane`; ``counters()``,
+    ``dump_state()`` and the fault methods are what tests (and the HTTP admin) use.
+    """
+
+    def __init__(
+        self,
+        defs: ApiDefinitions | None = None,
+        *,
+        strict: bool = False,
+        seed: int | None = None,
+        vpe_pid: int | None = None,
+        program: str = "vpe",
+        version: str = "26.10-datasync-sim",
+    ) -> None:
+        self.defs = defs if defs is not None else builtin_definitions()
+        self.strict = strict
+        self.rng = random.Random(seed)
+        self.program = program
+        self.version = version
+        self.path: str | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[_Connection] = set()
+        self._regs: dict[int, _Registration] = {}
+        self._free_pool: list[int] = []
+        self._next_pool = 1
+        self._dirty: list[_Connection] = []
+        self._event_flush_scheduled = False
+        self._faults: list[_Fault] = []
+        self._latency: float = 0.0
+        self._latency_by_id: dict[int, float] = {}
+        self.epoch = 0
+        self.stats: dict[str, int] = {
+            "requests": 0,
+            "dropped_short": 0,
+            "dropped_unknown_id": 0,
+            "dropped_unknown_client": 0,
+            "dropped_malformed": 0,
+            "injected_errors": 0,
+            "events_sent": 0,
+            "connections": 0,
+        }
+        self.message_counts: dict[str, int] = {}
+        self._build_tables()
+        self.state = self._new_state(vpe_pid if vpe_pid is not None else os.getpid(), 0)
+
+    # -- message numbering -------------------------------------------------------------
+
+    def _build_tables(self) -> None:
+        defs = self.defs
+        handled = [n for n in HANDLED if n in defs.messages]
+        wanted: set[str] = set(handled)
+        for name in handled:
+            svc = defs.services.get(name)
+            if svc is not None:
+                if svc.reply:
+                    wanted.add(svc.reply)
+                if svc.stream_msg:
+                    wanted.add(svc.stream_msg)
+        wanted.update(n for n in EVENTS if n in defs.messages)
+        wanted.update(
+            n for n in ("control_ping_reply", "sock_init_shm_reply") if n in defs.messages
+        )
+        modules = sorted(defs.modules.values(), key=lambda m: m.name != "memclnt")
+        self.ids: dict[str, int] = {}
+        next_id = 1
+        for module in modules:
+            for name in module.message_names:
+                if name in wanted:
+                    self.ids[name] = next_id
+                next_id += 1  # every message of a module takes an id, as in VPP
+        self.names: dict[int, str] = {i: n for n, i in self.ids.items()}
+        self._codecs = {n: codec_for(defs, n) for n in self.ids}
+        self._table = [
+            (defs.name_crc(n), i) for n, i in sorted(self.ids.items(), key=lambda x: x[1])
+        ]
+        max_id = max(self.ids.values(), default=0)
+        self._dispatch: list[tuple[str, Callable[..., None]] | None] = [None] * (max_id + 1)
+        for name in handled:
+            handler = getattr(self, "_h_" + name)
+            self._dispatch[self.ids[name]] = (name, handler)
+        self._api_json: str | None = None
+        self._ping_reply_id = self.ids.get("control_ping_reply", 0)
+        self._ping_id = self.ids.get("control_ping", 0)
+        self._create_id = self.ids.get("sockclnt_create", 15)
+
+    def msg_id(self, name: str) -> int:
+        """The id this simulator gives message ``name``."""
+        return self.ids[name]
+
+    def _enc(self, name: str, fields: dict[str, Any]) -> bytes:
+        return self._codecs[name].encode(self.ids[name], fields)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _new_state(self, vpe_pid: int, index_offset: int) -> Dataplane:
+        dp = Dataplane(vpe_pid, index_offset=index_offset, rng=self.rng, strict=self.strict)
+        dp.on_event = self._schedule_events
+        return dp
+
+    async def start(self, path: str | os.PathLike[str]) -> None:
+        """Listen on the AF_UNIX socket ``path`` (an existing stale socket file is replaced)."""
+        path = os.fspath(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Connection(self), path)
+        self.path = path
+
+    async def stop(self) -> None:
+        """Stop listening, drop every connection and remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+            self.drop_connections()
+            await self._server.wait_closed()
+            self._server = None
+        else:
+            self.drop_connections()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = None
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Simulator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- processing --------------------------------------------------------------------
+
+    def _latency_active(self) -> bool:
+        return self._latency > 0 or bool(self._latency_by_id)
+
+    def _latency_for(self, body: bytes) -> float:
+        if len(body) >= 2:
+            msg_id = (body[0] << 8) | body[1]
+            if msg_id in self._latency_by_id:
+                return self._latency_by_id[msg_id]
+        return self._latency
+
+    def _process(self, conn: _Connection, body: bytes) -> None:
+        stats = self.stats
+        if len(body) < 2:
+            stats["dropped_short"] += 1
+            return
+        msg_id = (body[0] << 8) | body[1]
+        entry = self._dispatch[msg_id] if msg_id < len(self._dispatch) else None
+        if entry is None:
+            stats["dropped_unknown_id"] += 1
+            return
+        name, handler = entry
+        if msg_id == self._create_id:  # sockclnt_create: the one request without client_index
+            reg = None
+        else:
+            if len(body) < 10:
+                stats["dropped_short"] += 1
+                return
+            reg = self._regs.get(int.from_bytes(body[2:6], "big"))
+            if reg is None:
+                # VPP routes by client_index and silently drops unknown ones
+                stats["dropped_unknown_client"] += 1
+                return
+        try:
+            msg = self._codecs[name].decode(body)
+        except Exception:  # any undecodable body is dropped like VPP's size check
+            stats["dropped_malformed"] += 1
+            return
+        stats["requests"] += 1
+        counts = self.message_counts
+        counts[name] = counts.get(name, 0) + 1
+        if self._faults and reg is not None and self._inject(reg, name, msg):
+            return
+        try:
+            handler(reg if reg is not None else conn, msg)
+        except (ValueError, TypeError, KeyError) as exc:
+            # a value the codec accepted but the model cannot (e.g. a bad address union)
+            log.debug("sim: %s rejected: %s", name, exc)
+            self._reply_rv(reg, name, msg.context, st.INVALID_VALUE)
+
+    def _inject(self, reg: _Registration, name: str, msg: Any) -> bool:
+        for fault in self._faults:
+            if fault.message != name:
+                continue
+            if any(getattr(msg, k, None) != v for k, v in fault.match.items()):
+                continue
+            if fault.remaining is not None:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+            self.stats["injected_errors"] += 1
+            self._reply_rv(reg, name, msg.context, fault.retval)
+            return True
+        return False
+
+    def _flush(self) -> None:
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for conn in dirty:
+                conn.flush()
+
+    def _reply_rv(self, reg: _Registration | None, request: str, context: int, rv: int) -> None:
+        if reg is None:
+            return
+        reply = self.defs.reply_of(request)
+        if reply is None or reply not in self.ids:
+            return
+        if self.defs.is_dump(request):
+            return  # details have no retval; an empty answer is what the client sees
+        reg.conn.send(self._enc(reply, {"context": context, "retval": rv}))
+
+    def _reply(
+        self, reg: _Registration, request: str, context: int, rv: int, fields: dict[str, Any]
+    ) -> None:
+        reply = self.defs.reply_of(request)
+        assert reply is not None
+        fields["context"] = context
+        fields["retval"] = rv
+        reg.conn.send(self._enc(reply, fields))
+
+    def _details(self, reg: _Registration, name: str, context: int, fields: dict[str, Any]) -> None:
+        fields["context"] = context
+        reg.conn.send(self._enc(name, fields))
+
+    # -- events ------------------------------------------------------------------------
+
+    def _schedule_events(self) -> None:
+        if not self._event_flush_scheduled:
+            self._event_flush_scheduled = True
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._flush_events)
+                return
+            self._event_flush_scheduled = False
+
+    def _flush_events(self) -> None:
+        self._event_flush_scheduled = False
+        events = self.state.take_events()
+        if not events or "sw_interface_event" not in self.ids:
+            return
+        codec = self._codecs["sw_interface_event"]
+        msg_id = self.ids["sw_interface_event"]
+        for reg in list(self._regs.values()):
+            pid = reg.interface_events_pid
+            if pid is None:
+                continue
+            for sw_if_index, flags, deleted in events:
+                reg.conn.send(
+                    codec.encode(
+                        msg_id,
+                        {
+                            "client_index": reg.handle,
+                            "pid": pid,
+                            "sw_if_index": sw_if_index,
+                            "flags": flags,
+                            "deleted": bool(deleted),
+                        },
+                    )
+                )
+                self.stats["events_sent"] += 1
+        self._flush()
+
+    # -- memclnt handlers --------------------------------------------------------------
+
+    def _h_sockclnt_create(self, conn: _Connection, msg: Any) -> None:
+        if self._free_pool:
+            pool_index = self._free_pool.pop()
+        else:
+            pool_index = self._next_pool
+            self._next_pool += 1
+        reg = _Registration(pool_index, conn)
+        self._regs[reg.handle] = reg
+        conn.registrations.append(reg)
+        self.stats["connections"] += 1
+        table = [{"index": i, "name": n} for n, i in self._table]
+        conn.send(
+            self._enc(
+                "sockclnt_create_reply",
+                {
+                    "client_index": 0,
+                    "context": msg.context,
+                    "response": 0,
+                    "index": reg.handle,
+                    "count": len(table),
+                    "message_table": table,
+                },
+            )
+        )
+
+    def _h_sockclnt_delete(self, reg: _Registration, msg: Any) -> None:
+        target = self._regs.get(int(msg.index))
+        conn = reg.conn
+        if target is None:
+            conn.send(self._enc("sockclnt_delete_reply", {"context": msg.context, "response": -1}))
+            return
+        conn.send(self._enc("sockclnt_delete_reply", {"context": msg.context, "response": 1}))
+        self._regs.pop(target.handle, None)
+        if target in target.conn.registrations:
+            target.conn.registrations.remove(target)
+        self._free_pool.append(target.pool_index)
+        # VPP closes the socket after the reply
+        self._flush()
+        if conn.transport is not None:
+            conn.transport.close()
+
+    def _h_control_ping(self, reg: _Registration, msg: Any) -> None:
+        reg.conn.send(
+            self._codecs["control_ping_reply"].encode(
+                self._ping_reply_id,
+                {
+                    "context": msg.context,
+                    "retval": 0,
+                    "client_index": msg.client_index,
+                    "vpe_pid": self.state.vpe_pid,
+                },
+            )
+        )
+
+    def _h_get_api_json(self, reg: _Registration, msg: Any) -> None:
+        if self._api_json is None:
+            self._api_json = "[" + ",".join(m.to_json() for m in self.defs.modules.values()) + "]"
+        self._reply(reg, "get_api_json", msg.context, 0, {"json": self._api_json})
+
+    def _h_sock_init_shm(self, reg: _Registration, msg: Any) -> None:
+        # shared memory is not offered on this path: VPP answers an error when it cannot
+        self._reply(reg, "sock_init_shm", msg.context, st.UNSUPPORTED, {})
+
+    def _h_show_version(self, reg: _Registration, msg: Any) -> None:
+        self._reply(
+            reg,
+            "show_version",
+            msg.context,
+            0,
+            {
+                "program": self.program,
+                "version": self.version,
+                "build_date": "simulated",
+                "build_directory": "/datasync/sim",
+            },
+        )
+
+    # -- interface handlers ------------------------------------------------------------
+
+    def _h_create_loopback(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.create_loopback(st.mac_bytes(msg.mac_address))
+        self._reply(reg, "create_loopback", msg.context, rv, out)
+
+    def _h_create_loopback_instance(self, reg: _Registration, msg: Any) -> None:
+        instance = int(msg.user_instance) if msg.is_specified else None
+        rv, out = self.state.create_loopback(st.mac_bytes(msg.mac_address), instance)
+        self._reply(reg, "create_loopback_instance", msg.context, rv, out)
+
+    def _h_delete_loopback(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.delete_loopback(int(msg.sw_if_index))
+        self._reply(reg, "delete_loopback", msg.context, rv, out)
+
+    def _h_sw_interface_set_flags(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.set_flags(int(msg.sw_if_index), int(msg.flags))
+        self._reply(reg, "sw_interface_set_flags", msg.context, rv, out)
+
+    def _h_sw_interface_set_mtu(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.set_mtu(int(msg.sw_if_index), list(msg.mtu))
+        self._reply(reg, "sw_interface_set_mtu", msg.context, rv, out)
+
+    def _h_hw_interface_set_mtu(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.hw_set_mtu(int(msg.sw_if_index), int(msg.mtu))
+        self._reply(reg, "hw_interface_set_mtu", msg.context, rv, out)
+
+    def _h_sw_interface_tag_add_del(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.set_tag(int(msg.sw_if_index), bool(msg.is_add), str(msg.tag))
+        self._reply(reg, "sw_interface_tag_add_del", msg.context, rv, out)
+
+    def _h_sw_interface_set_mac_address(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.set_mac(int(msg.sw_if_index), st.mac_bytes(msg.mac_address))
+        self._reply(reg, "sw_interface_set_mac_address", msg.context, rv, out)
+
+    def _h_sw_interface_add_del_address(self, reg: _Registration, msg: Any) -> None:
+        addr, length = st.to_interface(msg.prefix)
+        rv, out = self.state.add_del_address(
+            int(msg.sw_if_index), bool(msg.is_add), bool(msg.del_all), addr, length
+        )
+        self._reply(reg, "sw_interface_add_del_address", msg.context, rv, out)
+
+    def _h_sw_interface_set_table(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.set_table(int(msg.sw_if_index), bool(msg.is_ipv6), int(msg.vrf_id))
+        self._reply(reg, "sw_interface_set_table", msg.context, rv, out)
+
+    def _h_want_interface_events(self, reg: _Registration, msg: Any) -> None:
+        enable = bool(msg.enable_disable)
+        if enable == (reg.interface_events_pid is not None):
+            rv = st.INVALID_REGISTRATION  # enabling twice or disabling when not enabled
+        else:
+            rv = 0
+            reg.interface_events_pid = int(msg.pid) if enable else None
+        self._reply(reg, "want_interface_events", msg.context, rv, {})
+
+    def _h_sw_interface_dump(self, reg: _Registration, msg: Any) -> None:
+        wanted = int(msg.sw_if_index)
+        ifaces = self.state.interfaces
+        if wanted in (U32_MAX, 0):
+            selected = [ifaces[k] for k in sorted(ifaces)]
+        else:
+            one = ifaces.get(wanted)
+            selected = [one] if one is not None else []
+        if msg.name_filter_valid:
+            needle = str(msg.name_filter).lower()
+            selected = [i for i in selected if needle in i.name.lower()]
+        for iface in selected:
+            self._details(reg, "sw_interface_details", msg.context, _iface_details(iface))
+
+    def _h_ip_address_dump(self, reg: _Registration, msg: Any) -> None:
+        iface = self.state.interfaces.get(int(msg.sw_if_index))
+        if iface is None:
+            return
+        v6 = bool(msg.is_ipv6)
+        for addr, length in iface.addresses:
+            if (addr.version == 6) == v6:
+                self._details(
+                    reg,
+                    "ip_address_details",
+                    msg.context,
+                    {"sw_if_index": iface.sw_if_index, "prefix": st.prefix_struct(addr, length)},
+                )
+
+    def _h_ip_table_add_del(self, reg: _Registration, msg: Any) -> None:
+        t = msg.table
+        rv, out = self.state.table_add_del(
+            bool(msg.is_add), int(t.table_id), bool(t.is_ip6), str(t.name)
+        )
+        self._reply(reg, "ip_table_add_del", msg.context, rv, out)
+
+    def _h_ip_route_add_del(self, reg: _Registration, msg: Any) -> None:
+        route = msg.route
+        addr, length = st.to_interface(route.prefix)
+        paths = [_path_from_wire(p) for p in list(route.paths)[: int(route.n_paths)]]
+        rv, out = self.state.route_add_del(
+            bool(msg.is_add), bool(msg.is_multipath), int(route.table_id), addr, length, paths
+        )
+        self._reply(reg, "ip_route_add_del", msg.context, rv, out)
+
+    def _h_ip_route_dump(self, reg: _Registration, msg: Any) -> None:
+        t = msg.table
+        table_id = int(t.table_id)
+        for prefix, paths, stats_index in self.state.route_entries(table_id, bool(t.is_ip6)):
+            self._details(
+                reg,
+                "ip_route_details",
+                msg.context,
+                {
+                    "route": {
+                        "table_id": table_id,
+                        "stats_index": stats_index,
+                        "prefix": st.prefix_struct(prefix.network_address, prefix.prefixlen),
+                        "n_paths": len(paths),
+                        "paths": [p.to_wire() for p in paths],
+                    }
+                },
+            )
+
+    # -- tap / memif -------------------------------------------------------------------
+
+    def _h_tap_create_v3(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.tap_create(msg, tag=str(msg.tag))
+        self._reply(reg, "tap_create_v3", msg.context, rv, out)
+
+    def _h_tap_delete_v2(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.tap_delete(int(msg.sw_if_index))
+        self._reply(reg, "tap_delete_v2", msg.context, rv, out)
+
+    def _h_sw_interface_tap_v2_dump(self, reg: _Registration, msg: Any) -> None:
+        wanted = int(msg.sw_if_index)
+        for idx in sorted(self.state.interfaces):
+            iface = self.state.interfaces[idx]
+            if iface.kind != "tap" or wanted not in (U32_MAX, idx):
+                continue
+            x = iface.extra
+            p4 = x.get("host_ip4_prefix")
+            p6 = x.get("host_ip6_prefix")
+            self._details(
+                reg,
+                "sw_interface_tap_v2_details",
+                msg.context,
+                {
+                    "sw_if_index": idx,
+                    "id": x["id"],
+                    "tx_ring_sz": x["tx_ring_sz"],
+                    "rx_ring_sz": x["rx_ring_sz"],
+                    "host_mtu_size": x["host_mtu_size"],
+                    "host_mac_addr": x["host_mac_addr"],
+                    "host_ip4_prefix": _prefix_or_zero(p4, 4),
+                    "host_ip6_prefix": _prefix_or_zero(p6, 6),
+                    "tap_flags": x["tap_flags"],
+                    "dev_name": iface.name,
+                    "host_if_name": x["host_if_name"],
+                    "host_namespace": x["host_namespace"],
+                    "host_bridge": x["host_bridge"],
+                },
+            )
+
+    def _h_memif_socket_filename_add_del_v2(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.memif_socket(
+            bool(msg.is_add), int(msg.socket_id), str(msg.socket_filename)
+        )
+        self._reply(reg, "memif_socket_filename_add_del_v2", msg.context, rv, out)
+
+    def _h_memif_create_v2(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.memif_create(msg)
+        self._reply(reg, "memif_create_v2", msg.context, rv, out)
+
+    def _h_memif_delete(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.memif_delete(int(msg.sw_if_index))
+        self._reply(reg, "memif_delete", msg.context, rv, out)
+
+    def _h_memif_dump(self, reg: _Registration, msg: Any) -> None:
+        for idx in sorted(self.state.interfaces):
+            iface = self.state.interfaces[idx]
+            if iface.kind != "memif":
+                continue
+            x = iface.extra
+            self._details(
+                reg,
+                "memif_details",
+                msg.context,
+                {
+                    "sw_if_index": idx,
+                    "hw_addr": iface.mac,
+                    "id": x["id"],
+                    "role": x["role"],
+                    "mode": x["mode"],
+                    "zero_copy": x["zero_copy"],
+                    "socket_id": x["socket_id"],
+                    "ring_size": x["ring_size"],
+                    "buffer_size": x["buffer_size"],
+                    "flags": 1 if iface.admin_up else 0,
+                    "if_name": iface.name,
+                },
+            )
+
+    # -- bridge domains ----------------------------------------------------------------
+
+    def _h_bridge_domain_add_del_v2(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.bd_add_del(msg)
+        self._reply(reg, "bridge_domain_add_del_v2", msg.context, rv, out)
+
+    def _h_sw_interface_set_l2_bridge(self, reg: _Registration, msg: Any) -> None:
+        rv, out = self.state.set_l2_bridge(
+            int(msg.rx_sw_if_index),
+            int(msg.bd_id),
+            int(msg.port_type),
+            int(msg.shg),
+            bool(msg.enable),
+        )
+        self._reply(reg, "sw_interface_set_l2_bridge", msg.context, rv, out)
+
+    def _h_bridge_domain_dump(self, reg: _Registration, msg: Any) -> None:
+        bd_id = int(msg.bd_id)
+        if int(msg.sw_if_index) != U32_MAX or bd_id == 0:
+            return  # VPP: filtering by interface is not implemented; bd 0 is never shown
+        bds = self.state.bridge_domains
+        ids = sorted(bds) if bd_id == U32_MAX else [bd_id] if bd_id in bds else []
+        for i in ids:
+            bd = bds[i]
+            members = [
+                {"context": 0, "sw_if_index": sw, "shg": shg} for sw, shg in bd.members.items()
+            ]
+            self._details(
+                reg,
+                "bridge_domain_details",
+                msg.context,
+                {
+                    "bd_id": bd.bd_id,
+                    "flood": bd.flood,
+                    "uu_flood": bd.uu_flood,
+                    "forward": bd.forward,
+                    "learn": bd.learn,
+                    "arp_term": bd.arp_term,
+                    "arp_ufwd": bd.arp_ufwd,
+                    "mac_age": bd.mac_age,
+                    "bd_tag": bd.tag,
+                    "bvi_sw_if_index": bd.bvi,
+                    "uu_fwd_sw_if_index": bd.uu_fwd,
+                    "n_sw_ifs": len(members),
+                    "sw_if_details": members,
+                },
+            )
+
+    # -- fault API ---------------------------------------------------------------------
+
+    def restart(self, *, shuffle: bool = True) -> int:
+        """Simulate a VPP restart: state wiped, new vpe_pid, indices renumbered, clients dropped.
+
+        Returns the new vpe_pid.
+        """
+        old = self.state.vpe_pid
+        new_pid = old
+        while new_pid == old:
+            new_pid = self.rng.randrange(1000, 1 << 22)
+        offset = self.rng.randrange(0, 64) if shuffle else 0
+        self.epoch += 1
+        self.state = self._new_state(new_pid, offset)
+        self.drop_connections()
+        return new_pid
+
+    def drop_connections(self) -> int:
+        """Close every client connection (VPP alive, state kept). Returns how many."""
+        conns = list(self._conns)
+        for conn in conns:
+            conn.closing = True
+            if conn.transport is not None:
+                conn.transport.abort()
+        return len(conns)
+
+    def inject_error(
+        self,
+        message: str,
+        retval: int,
+        count: int | None = 1,
+        match: dict[str, Any] | None = None,
+    ) -> None:
+        """Answer the next ``count`` ``message`` requests (None: all, until cleared) with
+        ``retval`` instead of handling them; ``match`` restricts it to requests whose
+        decoded fields equal the given values."""
+        if message not in self.ids:
+            raise ValueError(f"inject_error: the simulator does not handle {message!r}")
+        if count is not None and count <= 0:
+            raise ValueError("inject_error: count must be positive (or None for unlimited)")
+        self._faults.append(_Fault(message, int(retval), count, match))
+
+    def clear_faults(self) -> None:
+        """Remove injected errors and latency."""
+        self._faults.clear()
+        self._latency = 0.0
+        self._latency_by_id.clear()
+
+    def set_latency(self, seconds: float, message: str | None = None) -> None:
+        """Delay each call (or only ``message`` calls) by ``seconds``; 0 removes it."""
+        if seconds < 0:
+            raise ValueError("latency must be >= 0")
+        if message is None:
+            self._latency = float(seconds)
+            return
+        if message not in self.ids:
+            raise ValueError(f"set_latency: the simulator does not handle {message!r}")
+        if seconds:
+            self._latency_by_id[self.ids[message]] = float(seconds)
+        else:
+            self._latency_by_id.pop(self.ids[message], None)
+
+    def drift(self, action: str, **params: Any) -> None:
+        """Change state behind the client's back (see :meth:`Dataplane.drift`)."""
+        self.state.drift(action, **params)
+
+    def counters(self) -> dict[str, Any]:
+        """Write-op counters per object kind, protocol counters, strict-mode violations."""
+        writes: dict[str, dict[str, int]] = {}
+        for (kind, op), n in self.state.counters.items():
+            writes.setdefault(kind, {"create": 0, "update": 0, "delete": 0, "noop": 0})[op] = n
+        total = sum(self.state.counters.values())
+        changes = sum(n for (_, op), n in self.state.counters.items() if op != "noop")
+        return {
+            "epoch": self.epoch,
+            "vpe_pid": self.state.vpe_pid,
+            "writes": writes,
+            "write_ops": total,
+            "changes": changes,
+            "violations": len(self.state.violations),
+            "protocol": dict(self.stats),
+            "messages": dict(self.message_counts),
+        }
+
+    def reset_counters(self) -> None:
+        """Zero the write-op and message counters (state is kept)."""
+        self.state.counters.clear()
+        self.message_counts.clear()
+
+    def dump_state(self) -> dict[str, Any]:
+        """The whole dataplane as a JSON-able dict."""
+        out = self.state.to_json()
+        out["epoch"] = self.epoch
+        out["clients"] = len(self._regs)
+        return out
+
+
+def _iface_details(iface: st.Interface) -> dict[str, Any]:
+    return {
+        "sw_if_index": iface.sw_if_index,
+        "sup_sw_if_index": iface.sw_if_index,
+        "l2_address": iface.mac,
+        "flags": iface.flags,
+        "type": 0,
+        "link_duplex": 0,
+        "link_speed": 0,
+        "link_mtu": iface.link_mtu,
+        "mtu": list(iface.mtu),
+        "interface_name": iface.name,
+        "interface_dev_type": iface.dev_type,
+        "tag": iface.tag,
+    }
+
+
+def _prefix_or_zero(value: Any, version: int) -> dict[str, Any]:
+    if value is not None:
+        with contextlib.suppress(Exception):
+            addr, length = st.to_interface(value)
+            return st.prefix_struct(addr, length)
+    zero = ipaddress.IPv4Address(0) if version == 4 else ipaddress.IPv6Address(0)
+    return st.prefix_struct(zero, 0)
+
+
+def _path_from_wire(p: Any) -> Path:
+    proto = int(p.proto)
+    nh_raw = p.nh.address
+    nh = st.union_address(nh_raw, 1 if proto == 1 else 0)
+    return Path(
+        sw_if_index=int(p.sw_if_index),
+        table_id=int(p.table_id),
+        rpf_id=int(p.rpf_id),
+        weight=int(p.weight) or 1,
+        preference=int(p.preference),
+        type=int(p.type),
+        flags=int(p.flags),
+        proto=proto,
+        nh=None if int(nh) == 0 else nh,
+        via_label=int(p.nh.via_label),
+        obj_id=int(p.nh.obj_id),
+        classify_table_index=int(p.nh.classify_table_index),
+    )
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def _parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``datasync vppsim``: run the simulator in the foreground until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="datasync vppsim", description="VPP API simulator")
+    parser.add_argument("--socket", required=True, help="AF_UNIX socket path to listen on")
+    parser.add_argument("--http", type=_parse_hostport, help="admin HTTP endpoint HOST:PORT")
+    parser.add_argument("--api-dir", help="serve the .api.json definitions of this directory")
+    parser.add_argument("--strict", action="store_true", help="count dangling references")
+    parser.add_argument("--seed", type=int, help="seed for random MACs, ids and restarts")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    return int(runner(_serve(args)))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    defs = load_api_dir(args.api_dir) if args.api_dir else None
+    sim = Simulator(defs, strict=args.strict, seed=args.seed)
+    await sim.start(args.socket)
+    admin = None
+    if args.http:
+        from .admin import AdminServer
+
+        admin = AdminServer(sim)
+        host, port = await admin.start(*args.http)
+        log.info("vppsim admin HTTP on http://%s:%d", host, port)
+    log.info(
+        "vppsim listening on %s (vpe_pid %d, %d messages)",
+        args.socket,
+        sim.state.vpe_pid,
+        len(sim.ids),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("vppsim stopping")
+        if admin is not None:
+            await admin.stop()
+        await sim.stop()
+    return 0
