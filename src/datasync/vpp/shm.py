@@ -174,6 +174,11 @@ class _CffiEnd:
         self._buf: Any = None
         self._lencap = 0
         self._lens: Any = None
+        self._grow(1 << 16, 64)
+        # bound once: attribute lookups on a cffi lib cost as much as the copy
+        self._recv = lib.shmring_recv_many
+        self._send = lib.shmring_send
+        self._unpack = ffi.unpack
         self._nbytes = ffi.new("size_t *")
         self._need = ffi.new("uint32_t *")
 
@@ -186,7 +191,7 @@ class _CffiEnd:
         return bool(self._lib.shmring_peer_closed(self._p))
 
     def send(self, body: bytes) -> int:
-        return int(self._lib.shmring_send(self._p, body, len(body)))
+        return self._send(self._p, body, len(body))  # type: ignore[no-any-return]
 
     def send_many(self, bodies: Sequence[bytes]) -> int:
         lens = array.array("I", [len(b) for b in bodies])
@@ -197,31 +202,36 @@ class _CffiEnd:
             )
         )
 
-    def recv_many(self, max_bytes: int, max_frames: int) -> list[bytes] | int:
-        ffi, lib = self._ffi, self._lib
+    def _grow(self, max_bytes: int, max_frames: int) -> None:
         if max_bytes > self._bufcap or self._buf is None:
             self._bufcap = max(max_bytes, 4096)
-            self._buf = ffi.new("char[]", self._bufcap)
+            self._buf = self._ffi.new("char[]", self._bufcap)
         if max_frames > self._lencap:
-            self._lens = ffi.new("uint32_t[]", max_frames)
-            self._lencap = max_frames
+            self._lencap = max(max_frames, 64)
+            self._lens = self._ffi.new("uint32_t[]", self._lencap)
+
+    def recv_many(self, max_bytes: int, max_frames: int) -> list[bytes] | int:
+        if max_bytes > self._bufcap or max_frames > self._lencap:
+            self._grow(max_bytes, max_frames)
         buf = self._buf
-        n = lib.shmring_recv_many(
-            self._p, buf, max_bytes, self._lens, max_frames, self._nbytes, self._need
-        )
-        if n == lib.SHMRING_ENOBUFS:
+        n = self._recv(self._p, buf, max_bytes, self._lens, max_frames, self._nbytes, self._need)
+        if n == 1:
+            return [self._unpack(buf, self._nbytes[0])]
+        if n == 0:
+            return []
+        if n == _twin.SHMRING_ENOBUFS:
             # the next frame alone is bigger than max_bytes: it is returned alone
             size = self._need[0]
-            buf = ffi.new("char[]", size)
-            n = lib.shmring_recv_many(self._p, buf, size, self._lens, 1, self._nbytes, self._need)
-        if n <= 0:
-            return [] if n == 0 else int(n)
-        data = ffi.buffer(buf, self._nbytes[0])[:]
+            buf = self._ffi.new("char[]", size)
+            n = self._recv(self._p, buf, size, self._lens, 1, self._nbytes, self._need)
+        if n < 0:
+            return int(n)
+        data = self._unpack(buf, self._nbytes[0])
         if n == 1:
             return [data]
         out = []
         pos = 0
-        for length in ffi.unpack(self._lens, n):
+        for length in self._unpack(self._lens, n):
             out.append(data[pos : pos + length])
             pos += length
         return out

@@ -1,0 +1,231 @@
+"""Shared-memory ring vs. a socketpair: ping-pong round trips and one-way throughput.
+
+The peer is a separate process (it attaches the segment received over SCM_RIGHTS), so
+both ends run in parallel as they do between the agent and VPP. Ids read
+``[compiled]`` (C ring through cffi), ``[twin]`` (pure-Python ring on both sides) and
+``[socketpair]`` (u32-length-framed messages over an AF_UNIX stream socketpair).
+
+    .venv/bin/python -m pytest benches/bench_shm.py --benchmark-only \\
+        --benchmark-columns=min,median,mean,ops,rounds
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from datasync.vpp import shm
+
+MSG = bytes(range(64))
+THROUGHPUT_MSGS = 20_480  # a multiple of BATCH
+BATCH = 64
+SPIN = 2000  # polls before sleeping on the eventfd: a round trip stays in shared memory
+
+_PEER = textwrap.dedent(
+    """
+    import socket, struct, sys
+    from datasync.vpp import shm, _shmring_py
+    import datasync._shmring
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    kind, mode = sys.argv[2], sys.argv[3]
+
+    def recv_exact(n):
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = sock.recv_into(view[got:])
+            if not k:
+                raise SystemExit(0)
+            got += k
+        return bytes(buf)
+
+    if kind == "socketpair" and mode == "echo":
+        while True:
+            n = struct.unpack("<I", recv_exact(4))[0]
+            sock.sendall(struct.pack("<I", n) + recv_exact(n))
+    if kind == "socketpair":  # sink: parse every frame into bytes, as a transport would
+        buf, count = bytearray(), 0
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise SystemExit(0)
+            buf += chunk
+            off = 0
+            while off + 4 <= len(buf):
+                n = struct.unpack_from("<I", buf, off)[0]
+                if off + 4 + n > len(buf):
+                    break
+                m = bytes(buf[off + 4 : off + 4 + n])
+                off += 4 + n
+                if m == b"FLUSH":
+                    sock.sendall(str(count).encode().ljust(8))
+                    count = 0
+                else:
+                    count += 1
+            del buf[:off]
+    impl = {"compiled": datasync._shmring, "twin": _shmring_py}[kind]
+    _, fds = shm.recv_fds(sock, 3)
+    seg = shm.ShmSegment.attach(fds, impl=impl)
+    end = seg.server_end()
+    count = 0
+    while True:
+        end.wait(spin=int(sys.argv[4]))
+        try:
+            msgs = end.recv_many(1 << 16)
+        except shm.ShmClosedError:
+            break
+        if mode == "echo":
+            sent = 0
+            while sent < len(msgs):
+                sent += end.send_many(msgs[sent:])
+        else:
+            for m in msgs:
+                if m == b"FLUSH":
+                    end.send(str(count).encode())
+                    count = 0
+                else:
+                    count += 1
+    """
+)
+
+
+@dataclass
+class Peer:
+    kind: str
+    sock: socket.socket
+    proc: subprocess.Popen[bytes]
+    seg: shm.ShmSegment | None
+    end: shm.ShmEndpoint | None
+
+
+def _start(kind: str, mode: str) -> Peer:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PEER, str(b.fileno()), kind, mode, str(SPIN)],
+        pass_fds=[b.fileno()],
+    )
+    b.close()
+    if kind == "socketpair":
+        return Peer(kind, a, proc, None, None)
+    import datasync._shmring
+    from datasync.vpp import _shmring_py
+
+    impl = {"compiled": datasync._shmring, "twin": _shmring_py}[kind]
+    seg = shm.ShmSegment.create(1 << 20, impl=impl)
+    shm.send_fds(a, seg.fds)
+    return Peer(kind, a, proc, seg, seg.client_end())
+
+
+def _stop(peer: Peer) -> None:
+    if peer.seg is not None:
+        peer.seg.close()
+    peer.sock.close()
+    try:
+        peer.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        peer.proc.kill()
+        peer.proc.wait()
+
+
+@pytest.fixture(scope="module", params=["compiled", "twin", "socketpair"])
+def echo_peer(request: pytest.FixtureRequest) -> Iterator[Peer]:
+    peer = _start(request.param, "echo")
+    yield peer
+    _stop(peer)
+
+
+@pytest.fixture(scope="module", params=["compiled", "twin", "socketpair"])
+def sink_peer(request: pytest.FixtureRequest) -> Iterator[Peer]:
+    peer = _start(request.param, "sink")
+    yield peer
+    _stop(peer)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise EOFError("peer closed")
+        got += k
+    return bytes(buf)
+
+
+def _wait_room(end: shm.ShmEndpoint, need: int) -> None:
+    # a synchronous producer sleeps on the eventfd until the consumer frees space
+    if not end.arm_send(need):
+        select.select([end.fileno()], [], [], 0.05)
+        end.ack()
+
+
+def test_ping_pong_64b(benchmark, echo_peer: Peer) -> None:  # type: ignore[no-untyped-def]
+    """One 64-byte message to the peer process and back."""
+    if echo_peer.end is None:
+        sock = echo_peer.sock
+        frame = struct.pack("<I", len(MSG)) + MSG
+
+        def round_trip() -> bytes:
+            sock.sendall(frame)
+            n = struct.unpack("<I", _recv_exact(sock, 4))[0]
+            return _recv_exact(sock, n)
+
+    else:
+        end = echo_peer.end
+
+        def round_trip() -> bytes:
+            end.send(MSG)
+            while True:
+                end.wait(spin=SPIN)
+                got = end.recv_many()
+                if got:
+                    return got[0]
+
+    assert benchmark.pedantic(round_trip, rounds=3000, warmup_rounds=100) == MSG
+
+
+def test_one_way_throughput_64b(benchmark, sink_peer: Peer) -> None:  # type: ignore[no-untyped-def]
+    """THROUGHPUT_MSGS messages of 64 bytes into the peer process, sent in batches."""
+    if sink_peer.end is None:
+        sock = sink_peer.sock
+        pack = struct.Struct("<I").pack
+        msgs = [MSG] * BATCH
+
+        def run() -> int:
+            for _ in range(THROUGHPUT_MSGS // BATCH):
+                # framing per message, as the socket transport does
+                sock.sendall(b"".join([pack(len(m)) + m for m in msgs]))
+            sock.sendall(pack(5) + b"FLUSH")
+            return int(_recv_exact(sock, 8))
+
+    else:
+        end = sink_peer.end
+        msgs = [MSG] * BATCH
+        need = shm.frame_size(len(MSG))
+
+        def run() -> int:
+            sent = 0
+            while sent < THROUGHPUT_MSGS:
+                k = end.send_many(msgs[: min(BATCH, THROUGHPUT_MSGS - sent)])
+                if k == 0:
+                    _wait_room(end, need)
+                sent += k
+            while not end.try_send(b"FLUSH"):
+                _wait_room(end, need)
+            while True:
+                end.wait(spin=SPIN)
+                got = end.recv_many()
+                if got:
+                    return int(got[0])
+
+    count = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    assert count == THROUGHPUT_MSGS
+    benchmark.extra_info["messages_per_round"] = count
