@@ -1,0 +1,570 @@
+"""Compiles message definitions into flat op programs, shared by the compiled codec and its twin.
+
+One program per struct (message, type or union): a tuple of ``Op`` in wire order. Both
+interpreters (``pyx/_codec.pyx`` and ``_codec_py.py``) run the same program, so they can
+only differ in how they walk bytes, never in what a definition means.
+
+Representation of converted types (what vpp-papi 2.4.2 does, so that comparing a decoded
+message with vpp-papi's unpack is plain ``==``):
+
+=========================== ======================================= ========================
+type                        decoded as                              also accepted on encode
+=========================== ======================================= ========================
+ip4_address / ip6_address   ``IPv4Address`` / ``IPv6Address``       bytes, str, ``.packed``
+address                     ``IPv4Address`` / ``IPv6Address``       str, dict {af, un}
+                            (None for an unknown af)
+prefix                      ``IPv4Network`` / ``IPv6Network``       "10.0.0.1/24", Network,
+                            (host bits masked, like strict=False)   Interface, dict
+address_with_prefix         ``IPv4Interface`` / ``IPv6Interface``   same as prefix
+ip4/ip6_prefix, …_with_…    Network / Interface                     same as prefix
+mac_address                 ``MacAddress`` (a bytes subclass whose  6 bytes, "aa:bb:…",
+                            str() is "aa:bb:cc:dd:ee:ff")           ``.packed``
+timestamp / timedelta (f64) ``datetime`` / ``timedelta``            float, datetime
+=========================== ======================================= ========================
+
+Everything else: integers and enums as ``int`` (an enum field also accepts its value's
+name on encode), ``bool``, ``float``, strings as ``str`` (UTF-8; fixed ``string x[N]``
+holds at most N-1 bytes), ``u8`` arrays as ``bytes``, other arrays as ``list``, types as
+nested namedtuples, unions as a namedtuple of every arm decoded from the same bytes.
+Missing fields encode as their default or zero; a variable array's length field, when
+left out, is filled from the array.
+"""
+
+from __future__ import annotations
+
+import binascii
+import collections
+import datetime
+import ipaddress
+import socket
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from .defs import BASE_TYPES, ApiDefinitions, DefinitionError, FieldDef
+
+# Op kinds. pyx/_codec.pyx mirrors these numbers in a cdef enum (a test checks they agree).
+K_U8, K_I8, K_U16, K_I16, K_U32, K_I32, K_U64, K_I64, K_F64, K_BOOL = range(10)
+K_BYTES = 10  # u8[N]
+K_STR = 11  # string[N], NUL padded
+K_VSTR = 12  # string[]: u32 BE length + bytes
+K_VBYTES = 13  # u8[n], n an earlier field
+K_LBYTES = 14  # legacy u8[0]: the rest of the message
+K_STRUCT = 15
+K_UNION = 16
+K_ARRAY = 17  # T[N]
+K_VLA = 18  # T[n]
+K_LVLA = 19  # legacy T[0]
+
+# Conversions between wire structs and Python objects, keyed by the type name as vpp-papi does.
+(
+    C_NONE,
+    C_IP4,
+    C_IP6,
+    C_ADDRESS,
+    C_PREFIX,
+    C_AWP,
+    C_IP4_PREFIX,
+    C_IP6_PREFIX,
+    C_IP4_AWP,
+    C_IP6_AWP,
+    C_MAC,
+    C_TIMESTAMP,
+    C_TIMEDELTA,
+) = range(13)
+
+CONVERSIONS = {
+    "ip4_address": C_IP4,
+    "ip6_address": C_IP6,
+    "address": C_ADDRESS,
+    "prefix": C_PREFIX,
+    "address_with_prefix": C_AWP,
+    "ip4_prefix": C_IP4_PREFIX,
+    "ip6_prefix": C_IP6_PREFIX,
+    "ip4_address_with_prefix": C_IP4_AWP,
+    "ip6_address_with_prefix": C_IP6_AWP,
+    "mac_address": C_MAC,
+    "timestamp": C_TIMESTAMP,
+    "timedelta": C_TIMEDELTA,
+}
+
+INT_KINDS = {
+    "u8": K_U8,
+    "i8": K_I8,
+    "u16": K_U16,
+    "i16": K_I16,
+    "u32": K_U32,
+    "i32": K_I32,
+    "u64": K_U64,
+    "i64": K_I64,
+    "f64": K_F64,
+    "bool": K_BOOL,
+}
+#: (size, min, max) of the integer kinds
+INT_RANGE = {
+    K_U8: (1, 0, 0xFF),
+    K_I8: (1, -0x80, 0x7F),
+    K_U16: (2, 0, 0xFFFF),
+    K_I16: (2, -0x8000, 0x7FFF),
+    K_U32: (4, 0, 0xFFFFFFFF),
+    K_I32: (4, -0x80000000, 0x7FFFFFFF),
+    K_U64: (8, 0, 0xFFFFFFFFFFFFFFFF),
+    K_I64: (8, -0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
+}
+
+
+class FieldError(Exception):
+    """Raised inside the interpreters; the path is completed on the way out, then CodecError."""
+
+    def __init__(self, reason: str, path: str = "") -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(reason)
+
+    def under(self, name: str) -> FieldError:
+        """Prefix the path with the enclosing field's name."""
+        if not self.path:
+            self.path = name
+        elif self.path.startswith("["):
+            self.path = name + self.path
+        else:
+            self.path = f"{name}.{self.path}"
+        return self
+
+
+class Op:
+    """One field of a program: what to read or write, and how to convert it."""
+
+    __slots__ = (
+        "conv",
+        "count_for",
+        "default",
+        "elem",
+        "enum",
+        "kind",
+        "layout",
+        "len_index",
+        "name",
+        "size",
+        "type_name",
+    )
+
+    def __init__(self, name: str, kind: int, size: int, type_name: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.size = size  # wire size of a fixed op; element count of K_ARRAY; -1 if variable
+        self.type_name = type_name
+        self.len_index = -1  # VLA: index of its length field in the same layout
+        self.count_for = -1  # length field: index of the array it counts
+        self.elem: Op | None = None  # arrays: the element
+        self.layout: Layout | None = None  # struct / union
+        self.conv = C_NONE
+        self.default: Any = None
+        self.enum: dict[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"Op({self.name!r}, kind={self.kind}, size={self.size}, conv={self.conv})"
+
+
+class Layout:
+    """A compiled struct or union: ops in wire order, and the namedtuple it decodes into."""
+
+    __slots__ = ("fixed_size", "index", "is_union", "name", "names", "ops", "skip", "tuple_type")
+
+    def __init__(self, name: str, is_union: bool, skip: int = 0) -> None:
+        self.name = name
+        self.is_union = is_union
+        self.skip = skip  # leading ops not exposed (messages: _vl_msg_id)
+        self.ops: tuple[Op, ...] = ()
+        self.names: tuple[str, ...] = ()
+        self.index: dict[str, int] = {}
+        self.fixed_size = -1
+        self.tuple_type: Any = None
+
+    def finish(self, ops: list[Op]) -> None:
+        self.ops = tuple(ops)
+        self.names = tuple(op.name for op in ops[self.skip :])
+        self.index = {op.name: i for i, op in enumerate(ops)}
+        # Field names may be Python keywords; vpp-papi renames those the same way.
+        self.tuple_type = collections.namedtuple(  # type: ignore[misc]
+            self.name, self.names, rename=True
+        )
+        sizes = [_fixed_size(op) for op in ops]
+        if any(n < 0 for n in sizes):
+            self.fixed_size = -1
+        else:
+            self.fixed_size = (max(sizes) if self.is_union else sum(sizes)) if sizes else 0
+
+
+def _fixed_size(op: Op) -> int:
+    if op.kind == K_ARRAY:
+        assert op.elem is not None
+        es = _fixed_size(op.elem)
+        return -1 if es < 0 else es * op.size
+    return op.size
+
+
+class Compiler:
+    """Compiles messages of one ``ApiDefinitions`` (types are compiled once and shared)."""
+
+    def __init__(self, defs: ApiDefinitions) -> None:
+        self.defs = defs
+        self._types: dict[str, Layout] = {}
+
+    def message(self, name: str) -> Layout:
+        m = self.defs.message(name)
+        if not m.fields or m.fields[0].name != "_vl_msg_id" or m.fields[0].type != "u16":
+            raise DefinitionError(f"{name}: a message starts with u16 _vl_msg_id")
+        layout = Layout(name, False, skip=1)
+        layout.finish(self._fields(name, m.fields, False))
+        return layout
+
+    def _struct(self, type_name: str, stack: tuple[str, ...]) -> Layout:
+        layout = self._types.get(type_name)
+        if layout is not None:
+            return layout
+        if type_name in stack:
+            raise DefinitionError(f"type {type_name} contains itself")
+        t = self.defs.type(type_name)
+        layout = Layout(type_name, t.kind == "union")
+        layout.finish(self._fields(type_name, t.fields, t.kind == "union", (*stack, type_name)))
+        self._types[type_name] = layout
+        return layout
+
+    def _fields(
+        self, owner: str, fields: tuple[FieldDef, ...], is_union: bool, stack: tuple[str, ...] = ()
+    ) -> list[Op]:
+        ops: list[Op] = []
+        index: dict[str, int] = {}
+        for f in fields:
+            where = f"{owner}.{f.name}"
+            op = self._field(where, f, stack)
+            if f.length_field is not None:
+                if is_union:
+                    raise DefinitionError(f"{where}: variable arrays in a union")
+                li = index.get(f.length_field)
+                if li is None:
+                    raise DefinitionError(f"{where}: length field {f.length_field} not found")
+                if ops[li].kind not in (K_U8, K_U16, K_U32, K_U64, K_I8, K_I16, K_I32, K_I64):
+                    raise DefinitionError(f"{where}: length field {f.length_field} is not an int")
+                op.len_index = li
+                if ops[li].count_for < 0:
+                    ops[li].count_for = len(ops)
+            index[f.name] = len(ops)
+            ops.append(op)
+        return ops
+
+    def _field(self, where: str, f: FieldDef, stack: tuple[str, ...]) -> Op:
+        if f.length is None:
+            return self._scalar(where, f.name, f.type, f.options, stack)
+        if f.type == "string":
+            if f.length_field is not None:
+                raise DefinitionError(f"{where}: string with a length field is not supported")
+            return (
+                Op(f.name, K_STR, f.length, "string")
+                if f.length
+                else Op(f.name, K_VSTR, -1, "string")
+            )
+        if f.type == "u8" and f.length_field is None:
+            return (
+                Op(f.name, K_BYTES, f.length, "u8") if f.length else Op(f.name, K_LBYTES, -1, "u8")
+            )
+        if f.type == "u8":
+            return Op(f.name, K_VBYTES, -1, "u8")
+        elem = self._scalar(where, f.name, f.type, {}, stack)
+        if _fixed_size(elem) < 0:
+            raise DefinitionError(f"{where}: arrays of variable-size elements are not supported")
+        if f.length_field is not None:
+            op = Op(f.name, K_VLA, -1, f.type)
+        elif f.length:
+            op = Op(f.name, K_ARRAY, f.length, f.type)
+        else:
+            op = Op(f.name, K_LVLA, -1, f.type)
+        op.elem = elem
+        return op
+
+    def _scalar(
+        self,
+        where: str,
+        name: str,
+        type_name: str,
+        options: Mapping[str, Any],
+        stack: tuple[str, ...],
+    ) -> Op:
+        """A field of one value of ``type_name`` (resolving aliases and enums)."""
+        conv = CONVERSIONS.get(type_name, C_NONE)
+        if type_name in INT_KINDS:
+            kind = INT_KINDS[type_name]
+            op = Op(name, kind, BASE_TYPES[type_name], type_name)
+        elif type_name == "string":
+            raise DefinitionError(f"{where}: a string needs a length ([N] or [])")
+        elif type_name in BASE_TYPES:
+            raise DefinitionError(f"{where}: unsupported type {type_name}")
+        else:
+            t = self.defs.type(type_name)
+            if t.kind in ("enum", "enumflag"):
+                kind = INT_KINDS[t.enumtype]
+                op = Op(name, kind, INT_RANGE[kind][0], type_name)
+                op.enum = dict(t.values)
+            elif t.kind == "alias":
+                assert t.alias is not None
+                target = FieldDef(t.alias.type, name, t.alias.length)
+                op = self._field(where, target, stack)
+                op.type_name = type_name
+            else:
+                layout = self._struct(type_name, stack)
+                op = Op(
+                    name, K_UNION if layout.is_union else K_STRUCT, layout.fixed_size, type_name
+                )
+                op.layout = layout
+        if "default" in options and op.kind <= K_BOOL:
+            d = options["default"]
+            if op.kind == K_BOOL:
+                d = bool(d)  # vpp-papi packs the JSON value with ">?": "true" (and "False") -> 1
+            elif op.kind == K_F64:
+                d = float(d)
+            else:
+                d = int(d)
+            op.default = d
+        if conv != C_NONE:
+            if op.size < 0:
+                raise DefinitionError(f"{where}: converted type {type_name} of variable size")
+            op.conv = conv
+        return op
+
+
+# --- conversions ---------------------------------------------------------------------------
+
+
+class MacAddress(bytes):
+    """A MAC address: 6 bytes, printed as ``aa:bb:cc:dd:ee:ff``; equal to its bytes and text.
+
+    Compares equal to vpp-papi's ``MACAddress`` (through ``.packed``) and to its string form.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: Any) -> MacAddress:
+        if isinstance(value, str):
+            value = mac_from_str(value)
+        elif not isinstance(value, bytes | bytearray | memoryview):
+            value = getattr(value, "packed", value)
+        b = bytes.__new__(cls, value)
+        if len(b) != 6:
+            raise ValueError(f"a MAC address has 6 bytes, got {len(b)}")
+        return b
+
+    @property
+    def packed(self) -> bytes:
+        """The 6 bytes (the attribute name ipaddress and vpp-papi use)."""
+        return bytes(self)
+
+    def __str__(self) -> str:
+        return self.hex(":")
+
+    def __repr__(self) -> str:
+        return f"MacAddress('{self.hex(':')}')"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, bytes | bytearray):
+            return bytes.__eq__(self, bytes(other))
+        if isinstance(other, str):
+            try:
+                return bytes.__eq__(self, mac_from_str(other))
+            except ValueError:
+                return False
+        packed = getattr(other, "packed", None)
+        if isinstance(packed, bytes):
+            return bytes.__eq__(self, packed)
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = bytes.__hash__
+
+
+def mac_from_str(s: str) -> bytes:
+    """``"aa:bb:cc:dd:ee:ff"`` (or with ``-`` / no separators) -> 6 bytes."""
+    try:
+        b = binascii.unhexlify(s.replace(":", "").replace("-", ""))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"not a MAC address: {s!r}") from None
+    if len(b) != 6:
+        raise ValueError(f"not a MAC address: {s!r}")
+    return b
+
+
+_inet_pton = socket.inet_pton
+_AF4 = socket.AF_INET
+_AF6 = socket.AF_INET6
+_V4_TYPES = (ipaddress.IPv4Address, ipaddress.IPv4Network, ipaddress.IPv4Interface)
+_NUL16 = bytes(16)
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _ip_text(s: str) -> tuple[int, bytes]:
+    """(af, packed) of an IP address in text: IPv6 tried first, as vpp-papi does."""
+    try:
+        return 1, _inet_pton(_AF6, s)
+    except OSError:
+        pass
+    try:
+        return 0, _inet_pton(_AF4, s)
+    except OSError:
+        raise ValueError(f"not an IP address: {s!r}") from None
+
+
+def _ip_obj(v: Any) -> tuple[int, bytes]:
+    if isinstance(v, str):
+        return _ip_text(v)
+    if isinstance(v, ipaddress.IPv4Address):
+        return 0, v.packed
+    if isinstance(v, ipaddress.IPv6Address):
+        return 1, v.packed
+    raise TypeError(f"expected an IP address (str or ipaddress), got {type(v).__name__}")
+
+
+def _prefix_obj(v: Any) -> tuple[int, bytes, int]:
+    """(af, packed address, length) of "a/len", a Network (its network address) or an Interface."""
+    if isinstance(v, str):
+        addr, sep, plen = v.partition("/")
+        if not sep:
+            raise ValueError(f"not a prefix (address/len): {v!r}")
+        af, packed = _ip_text(addr)
+        try:
+            n = int(plen)
+        except ValueError:
+            raise ValueError(f"bad prefix length in {v!r}") from None
+        return af, packed, n
+    if isinstance(v, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return (0 if v.version == 4 else 1), v.network_address.packed, v.prefixlen
+    if isinstance(v, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return (0 if v.version == 4 else 1), v.packed, v.network.prefixlen
+    raise TypeError(f"expected a prefix (str, ip_network or ip_interface), got {type(v).__name__}")
+
+
+def _u8(n: int) -> bytes:
+    if not 0 <= n <= 255:
+        raise ValueError(f"prefix length {n} out of range")
+    return bytes((n,))
+
+
+def conv_pack(conv: int, v: Any) -> bytes:
+    """Wire bytes of a non-structural value of a converted type (raises TypeError/ValueError)."""
+    if conv in (C_IP4, C_IP6):
+        want = 0 if conv == C_IP4 else 1
+        if isinstance(v, str):
+            try:
+                return _inet_pton(_AF4 if want == 0 else _AF6, v)
+            except OSError:
+                raise ValueError(f"not an IPv{4 if want == 0 else 6} address: {v!r}") from None
+        packed = getattr(v, "packed", None)
+        if isinstance(packed, bytes) and len(packed) == (4 if want == 0 else 16):
+            return packed
+        raise TypeError(f"expected an IPv{4 if want == 0 else 6} address, got {v!r}")
+    if conv == C_MAC:
+        if isinstance(v, str):
+            return mac_from_str(v)
+        packed = getattr(v, "packed", None)
+        if isinstance(packed, bytes) and len(packed) == 6:
+            return packed
+        raise TypeError(f"expected a MAC address, got {v!r}")
+    if conv == C_ADDRESS:
+        af, packed = _ip_obj(v)
+        return bytes((af,)) + packed + _NUL16[len(packed) :]
+    if conv in (C_PREFIX, C_AWP):
+        af, packed, n = _prefix_obj(v)
+        return bytes((af,)) + packed + _NUL16[len(packed) :] + _u8(n)
+    if conv in (C_IP4_PREFIX, C_IP4_AWP, C_IP6_PREFIX, C_IP6_AWP):
+        af, packed, n = _prefix_obj(v)
+        want = 0 if conv in (C_IP4_PREFIX, C_IP4_AWP) else 1
+        if af != want:
+            raise ValueError(f"expected an IPv{4 if want == 0 else 6} prefix, got {v!r}")
+        return packed + _u8(n)
+    if conv in (C_TIMESTAMP, C_TIMEDELTA):
+        if isinstance(v, datetime.datetime):
+            secs = (v - _EPOCH).total_seconds()
+        elif isinstance(v, datetime.timedelta):
+            secs = v.total_seconds()
+        else:
+            secs = float(v)
+        return struct.pack("=d", secs)
+    raise TypeError(f"no conversion {conv}")
+
+
+def _ip4(b: bytes) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(b)
+
+
+def _ip6(b: bytes) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(b)
+
+
+def _net(af: int, b: bytes, n: int) -> Any:
+    if af == 0:
+        return ipaddress.IPv4Network((b[:4], n), False)
+    return ipaddress.IPv6Network((b[:16], n), False)
+
+
+def _iface(af: int, b: bytes, n: int) -> Any:
+    if af == 0:
+        return ipaddress.IPv4Interface((b[:4], n))
+    return ipaddress.IPv6Interface((b[:16], n))
+
+
+def conv_unpack(conv: int, b: bytes) -> Any:
+    """The Python object of a converted type from its wire bytes (raises ValueError)."""
+    if conv == C_IP4:
+        return _ip4(b)
+    if conv == C_IP6:
+        return _ip6(b)
+    if conv == C_MAC:
+        return MacAddress(b)
+    if conv == C_ADDRESS:
+        af = b[0]
+        if af == 0:
+            return _ip4(b[1:5])
+        if af == 1:
+            return _ip6(b[1:17])
+        return None  # vpp-papi: an unknown address family decodes to None
+    if conv in (C_PREFIX, C_AWP):
+        af = b[0]
+        if af > 1:
+            return None
+        return (_net if conv == C_PREFIX else _iface)(af, b[1:], b[17])
+    if conv == C_IP4_PREFIX:
+        return _net(0, b, b[4])
+    if conv == C_IP6_PREFIX:
+        return _net(1, b, b[16])
+    if conv == C_IP4_AWP:
+        return _iface(0, b, b[4])
+    if conv == C_IP6_AWP:
+        return _iface(1, b, b[16])
+    if conv == C_TIMESTAMP:
+        return datetime.datetime.fromtimestamp(struct.unpack("=d", b)[0])
+    if conv == C_TIMEDELTA:
+        return datetime.timedelta(seconds=struct.unpack("=d", b)[0])
+    raise TypeError(f"no conversion {conv}")
+
+
+def is_record(v: Any) -> bool:
+    """A namedtuple (what decode returns), accepted on encode like a mapping."""
+    return isinstance(v, tuple) and hasattr(type(v), "_fields")
+
+
+def check_names(layout: Layout, keys: Any) -> None:
+    """Raise FieldError naming the first key that is not a field of ``layout``."""
+    for k in keys:
+        if k not in layout.index or layout.index[k] < layout.skip:
+            raise FieldError(f"unknown field {k!r} (fields: {', '.join(layout.names)})", str(k))
+
+
+def enum_value(op: Op, v: str) -> int:
+    """The value of an enum member given by name."""
+    if op.enum is None:
+        raise FieldError("expected an integer, got str")
+    if v not in op.enum:
+        raise FieldError(f"{v!r} is not a member of enum {op.type_name}")
+    return op.enum[v]
