@@ -347,7 +347,17 @@ class Simulator:
                 return
         try:
             msg = self._codecs[name].decode(body)
-        except Exception:  # any undecodable body is dropped like VPP's size check
+        except Exception as exc:  # any undecodable body is dropped like VPP's size check
+            reason = str(getattr(exc, "reason", ""))
+            if (
+                reg is not None
+                and "prefix" in str(getattr(exc, "field", ""))
+                and ("netmask" in reason or "prefix" in reason)
+            ):
+                # complete message, impossible prefix length: VPP's handler answers it
+                stats["requests"] += 1
+                self._reply_rv(reg, name, int.from_bytes(body[6:10], "big"), -171)
+                return
             stats["dropped_malformed"] += 1
             return
         stats["requests"] += 1
@@ -359,7 +369,7 @@ class Simulator:
             handler(reg if reg is not None else conn, msg)
         except (ValueError, TypeError, KeyError) as exc:
             # a value the codec accepted but the model cannot (e.g. a bad address union)
-            log.debug("sim: %s rejected: %s", name, exc)
+            log.warning("sim: %s rejected: %s", name, exc)
             self._reply_rv(reg, name, msg.context, st.INVALID_VALUE)
 
     def _inject(self, reg: _Registration, name: str, msg: Any) -> bool:
@@ -882,13 +892,13 @@ def _iface_details(iface: st.Interface) -> dict[str, Any]:
     }
 
 
-def _prefix_or_zero(value: Any, version: int) -> dict[str, Any]:
+def _prefix_or_zero(value: Any, version: int) -> Any:
+    # tap host prefixes are ip4/ip6_address_with_prefix: plain interface objects
     if value is not None:
         with contextlib.suppress(Exception):
             addr, length = st.to_interface(value)
-            return st.prefix_struct(addr, length)
-    zero = ipaddress.IPv4Address(0) if version == 4 else ipaddress.IPv6Address(0)
-    return st.prefix_struct(zero, 0)
+            return ipaddress.ip_interface((addr, length))
+    return ipaddress.ip_interface("0.0.0.0/0" if version == 4 else "::/0")
 
 
 def _path_from_wire(p: Any) -> Path:
