@@ -104,24 +104,27 @@ class Peer:
     proc: subprocess.Popen[bytes]
     seg: shm.ShmSegment | None
     end: shm.ShmEndpoint | None
+    spin: int
 
 
 def _start(kind: str, mode: str) -> Peer:
+    spin = 0 if kind.endswith("-nospin") else SPIN
+    kind = kind.removesuffix("-nospin")
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _PEER, str(b.fileno()), kind, mode, str(SPIN)],
+        [sys.executable, "-c", _PEER, str(b.fileno()), kind, mode, str(spin)],
         pass_fds=[b.fileno()],
     )
     b.close()
     if kind == "socketpair":
-        return Peer(kind, a, proc, None, None)
+        return Peer(kind, a, proc, None, None, 0)
     import datasync._shmring
     from datasync.vpp import _shmring_py
 
     impl = {"compiled": datasync._shmring, "twin": _shmring_py}[kind]
     seg = shm.ShmSegment.create(1 << 20, impl=impl)
     shm.send_fds(a, seg.fds)
-    return Peer(kind, a, proc, seg, seg.client_end())
+    return Peer(kind, a, proc, seg, seg.client_end(), spin)
 
 
 def _stop(peer: Peer) -> None:
@@ -135,7 +138,8 @@ def _stop(peer: Peer) -> None:
         peer.proc.wait()
 
 
-@pytest.fixture(scope="module", params=["compiled", "twin", "socketpair"])
+# "-nospin": both sides sleep on the eventfd at once, the path ShmStream takes
+@pytest.fixture(scope="module", params=["compiled", "compiled-nospin", "twin", "socketpair"])
 def echo_peer(request: pytest.FixtureRequest) -> Iterator[Peer]:
     peer = _start(request.param, "echo")
     yield peer
@@ -180,11 +184,12 @@ def test_ping_pong_64b(benchmark, echo_peer: Peer) -> None:  # type: ignore[no-u
 
     else:
         end = echo_peer.end
+        spin = echo_peer.spin
 
         def round_trip() -> bytes:
             end.send(MSG)
             while True:
-                end.wait(spin=SPIN)
+                end.wait(spin=spin)
                 got = end.recv_many()
                 if got:
                     return got[0]
@@ -229,3 +234,60 @@ def test_one_way_throughput_64b(benchmark, sink_peer: Peer) -> None:  # type: ig
     count = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert count == THROUGHPUT_MSGS
     benchmark.extra_info["messages_per_round"] = count
+
+
+STREAM_ROUND_TRIPS = 500
+
+
+@pytest.fixture(scope="module", params=["compiled-stream", "compiled-stream-poll", "socket-stream"])
+def stream_case(request: pytest.FixtureRequest) -> Iterator[tuple[str, Peer]]:
+    # the echo peer spins briefly, as an asyncio server with poll_spins would
+    peer = _start("socketpair" if request.param == "socket-stream" else "compiled", "echo")
+    yield request.param, peer
+    _stop(peer)
+
+
+def test_asyncio_ping_pong_64b(benchmark, stream_case: tuple[str, Peer]) -> None:  # type: ignore[no-untyped-def]
+    """STREAM_ROUND_TRIPS sequential request/replies on uvloop: ShmStream vs asyncio streams."""
+    import asyncio
+
+    import uvloop
+
+    kind, peer = stream_case
+    loop = uvloop.new_event_loop()
+    try:
+        if kind == "socket-stream":
+            peer.sock.setblocking(False)
+            reader, writer = loop.run_until_complete(asyncio.open_unix_connection(sock=peer.sock))
+            frame = struct.pack("<I", len(MSG)) + MSG
+
+            async def run() -> int:
+                for _ in range(STREAM_ROUND_TRIPS):
+                    writer.write(frame)
+                    n = struct.unpack("<I", await reader.readexactly(4))[0]
+                    assert await reader.readexactly(n) == MSG
+                return STREAM_ROUND_TRIPS
+
+        else:
+            assert peer.end is not None
+            end = peer.end
+
+            async def make() -> shm.ShmStream:
+                return shm.ShmStream(end, poll_spins=50 if kind.endswith("-poll") else 0)
+
+            stream = loop.run_until_complete(make())
+
+            async def run() -> int:
+                for _ in range(STREAM_ROUND_TRIPS):
+                    stream.write(MSG)
+                    assert await stream.read() == MSG
+                return STREAM_ROUND_TRIPS
+
+        count = benchmark.pedantic(
+            lambda: loop.run_until_complete(run()), rounds=5, warmup_rounds=1
+        )
+        assert count == STREAM_ROUND_TRIPS
+        if kind == "socket-stream":
+            writer.transport.abort()  # the peer socket is closed by _stop
+    finally:
+        loop.close()

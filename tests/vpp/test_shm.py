@@ -542,3 +542,22 @@ async def test_stream_close_wakes_own_reader(impl: ModuleType) -> None:
         async with asyncio.timeout(30):
             with pytest.raises(ShmClosedError):
                 await reader
+
+
+async def test_stream_polling_reader_and_single_reader_rule(impl: ModuleType) -> None:
+    with ShmSegment.create(4096, impl=impl) as s:
+        tx, rx = ShmStream(s.client_end()), ShmStream(s.server_end(), poll_spins=20)
+        reader = asyncio.ensure_future(rx.read())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already reading"):
+            await rx.read_many()
+        tx.write(b"polled")
+        async with asyncio.timeout(30):
+            assert await reader == b"polled"
+            # past the polling budget the reader sleeps on the eventfd and still wakes
+            reader = asyncio.ensure_future(rx.read())
+            await asyncio.sleep(0.05)
+            tx.write(b"woken")
+            assert await reader == b"woken"
+        tx.close()
+        rx.close()
