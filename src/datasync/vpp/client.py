@@ -182,6 +182,7 @@ class VppClient:
             "connects": 0,
             "disconnects": 0,
             "timeouts": 0,
+            "max_in_flight_seen": 0,
         }
         self._transport: SocketTransport | None = None
         self._conn: _Conn | None = None
@@ -518,7 +519,10 @@ class VppClient:
         call = _Call(name, fut, is_dump)
         self._pending[ctx] = call
         self._in_flight += 1
-        self.stats["requests"] += 1
+        stats = self.stats
+        stats["requests"] += 1
+        if self._in_flight > stats["max_in_flight_seen"]:
+            stats["max_in_flight_seen"] = self._in_flight
         if is_dump:
             ping = self._conn.name_to_id["control_ping"]
             transport.send_many(
