@@ -17,6 +17,11 @@ cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(object lst, Py_ssize_t i)
     Py_ssize_t PyList_GET_SIZE(object lst)
     int PyList_Append(object lst, PyObject* item) except -1
+    list PyList_New(Py_ssize_t n)
+    void PyList_SET_ITEM(object lst, Py_ssize_t i, PyObject* item)  # steals the reference
+    int PyList_SetSlice(object lst, Py_ssize_t lo, Py_ssize_t hi, PyObject* items) except -1
+    void Py_DECREF(PyObject* o)
+    void Py_INCREF(PyObject* o)
     PyObject* PyTuple_GET_ITEM(PyObject* t, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(PyObject* t)
     bint PyTuple_Check(PyObject* o)
@@ -26,5 +31,5 @@ cdef extern from "Python.h":
     bint PyBool_Check(PyObject* o)
     long long PyLong_AsLongLong(PyObject* o)
     # Keys are validated plain str, so lookups cannot fail or run Python code.
-    PyObject* PyDict_GetItem(object d, PyObject* key)
+    PyObject* PyDict_GetItemWithError(object d, PyObject* key)
     int PyDict_SetItem(object d, PyObject* key, object value) except -1

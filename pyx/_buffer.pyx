@@ -18,11 +18,16 @@ from libc.string cimport memcpy
 
 from _buffer cimport (
     PyBool_Check,
-    PyDict_GetItem,
+    Py_DECREF,
+    Py_INCREF,
+    PyDict_GetItemWithError,
     PyDict_SetItem,
     PyList_Append,
     PyList_GET_ITEM,
     PyList_GET_SIZE,
+    PyList_New,
+    PyList_SET_ITEM,
+    PyList_SetSlice,
     PyLong_AsLongLong,
     PyLong_Check,
     PyTuple_Check,
@@ -40,9 +45,13 @@ from datasync._buffer_py import _collect_key_revisions as _py_collect_key_revisi
 
 __all__ = ["EventBuffer", "RevisionFilter"]
 
+cdef extern from *:
+    # Changes live all over the heap: fetch the next ones while this one is filtered.
+    void __builtin_prefetch(const void* addr) nogil
 
-cdef inline int64_t _revision_of(PyObject* c) except -1:
-    """The revision of a valid change; otherwise the twin's check raises its error."""
+
+cdef inline int64_t _fast_revision(PyObject* c) noexcept:
+    """The revision of a valid change, or -1 (no exception set) if it is not valid."""
     cdef PyObject* key
     cdef PyObject* rev
     cdef long long v
@@ -60,8 +69,21 @@ cdef inline int64_t _revision_of(PyObject* c) except -1:
                 return v
             if PyErr_Occurred() != NULL:
                 PyErr_Clear()  # overflow: the twin reports it as out of range
+    return -1
+
+
+cdef int _raise_invalid(PyObject* c) except -1:
+    """Raise the twin's error for an invalid change."""
     _py_check(<object>c)
     raise AssertionError("compiled and twin buffer disagree on a change's validity")
+
+
+cdef inline int64_t _revision_of(PyObject* c) except -1:
+    """The revision of a valid change; otherwise the twin's check raises its error."""
+    cdef int64_t rev = _fast_revision(c)
+    if rev < 0:
+        _raise_invalid(c)
+    return rev
 
 
 cdef inline int64_t _valid_revision(PyObject* c):
@@ -75,7 +97,7 @@ cdef inline int _admit(RevisionFilter f, PyObject* key, int64_t rev) except -1:
     cdef _KeyState st
     if rev <= f._snapshot:
         return 0
-    p = PyDict_GetItem(f._last, key)
+    p = PyDict_GetItemWithError(f._last, key)
     if p != NULL:
         if rev <= (<_KeyState>p).rev:
             return 0
@@ -162,17 +184,26 @@ cdef class RevisionFilter:
         """
         cdef list seq = changes if type(changes) is list else list(changes)
         cdef Py_ssize_t n = PyList_GET_SIZE(seq)
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, kept = 0
         cdef PyObject* c
-        cdef list out = []
+        cdef list out
         for i in range(n):
             _revision_of(PyList_GET_ITEM(seq, i))
-        # Keys are plain str, so no Python code runs below and ``seq`` cannot change.
-        for i in range(n):
-            c = PyList_GET_ITEM(seq, i)
-            if _admit(self, PyTuple_GET_ITEM(c, 0), _valid_revision(c)):
-                PyList_Append(out, c)
-        self._dropped += <unsigned long long>(n - PyList_GET_SIZE(out))
+        out = PyList_New(n)
+        try:
+            # Keys are plain str, so no Python code runs here and ``seq`` cannot change.
+            for i in range(n):
+                if i + 8 < n:
+                    __builtin_prefetch(PyList_GET_ITEM(seq, i + 8))
+                c = PyList_GET_ITEM(seq, i)
+                if _admit(self, PyTuple_GET_ITEM(c, 0), _valid_revision(c)):
+                    Py_INCREF(c)
+                    PyList_SET_ITEM(out, kept, c)
+                    kept += 1
+                else:
+                    self._dropped += 1
+        finally:
+            PyList_SetSlice(out, kept, n, NULL)
         return out
 
     def last_applied(self, key):
@@ -193,22 +224,15 @@ cdef class RevisionFilter:
         )
 
 
-cdef int _sort_entries(_Entry* a, Py_ssize_t n) except -1:
-    """Stable sort by revision: insertion sort of short blocks, then natural merges.
+cdef int _merge_sort(_Entry* a, _Entry* tmp, Py_ssize_t n) noexcept nogil:
+    """Stable sort by revision: insertion sort of blocks of 32, then pairwise run merges.
 
-    Changes mostly arrive in revision order, so the common case is one check pass.
+    ``tmp`` has room for ``n`` entries.
     """
     cdef Py_ssize_t i, j, k, o, lo, hi, runs
     cdef _Entry e
-    cdef _Entry* src
-    cdef _Entry* dst
-    cdef _Entry* tmp
-    for i in range(1, n):
-        if a[i].rev < a[i - 1].rev:
-            break
-    else:
-        return 0
-    # Blocks of 32 sorted by insertion, so random input does not start from n/2 runs.
+    cdef _Entry* src = a
+    cdef _Entry* dst = tmp
     lo = 0
     while lo < n:
         hi = lo + 32 if lo + 32 < n else n
@@ -220,11 +244,6 @@ cdef int _sort_entries(_Entry* a, Py_ssize_t n) except -1:
                 j -= 1
             a[j] = e
         lo = hi
-    tmp = <_Entry*>malloc(n * sizeof(_Entry))
-    if tmp == NULL:
-        raise MemoryError()
-    src = a
-    dst = tmp
     while True:
         runs = 0
         lo = 0
@@ -262,7 +281,56 @@ cdef int _sort_entries(_Entry* a, Py_ssize_t n) except -1:
             break
     if src != a:
         memcpy(a, src, n * sizeof(_Entry))
-    free(tmp)
+    return 0
+
+
+cdef int _sort_entries(_Entry* a, Py_ssize_t n) except -1:
+    """Sort entries by (revision, slot): revision order, arrival order among equal ones.
+
+    Entries come in slot order and changes mostly arrive in revision order, with a few
+    re-deliveries of older revisions. So: keep the ascending majority in place, move the
+    out-of-order minority aside, sort only that (stable), and merge it back from the end.
+    """
+    cdef Py_ssize_t i, m = 0, k = 0, o
+    cdef int64_t top
+    cdef _Entry* out
+    cdef _Entry* tmp
+    for i in range(1, n):
+        if a[i].rev < a[i - 1].rev:
+            break
+    else:
+        return 0
+    # out-of-order entries, then scratch space for sorting them
+    out = <_Entry*>malloc(2 * n * sizeof(_Entry))
+    if out == NULL:
+        raise MemoryError()
+    tmp = out + n
+    with nogil:
+        top = a[0].rev
+        for i in range(n):
+            if a[i].rev >= top:
+                top = a[i].rev
+                a[m] = a[i]
+                m += 1
+            else:
+                out[k] = a[i]
+                k += 1
+        _merge_sort(out, tmp, k)
+        # Merge a[0:m] and out[0:k] into a[0:n] from the back; on equal revisions the
+        # entry that arrived later (higher slot) goes last.
+        o = n
+        while k > 0:
+            o -= 1
+            if m > 0 and (
+                a[m - 1].rev > out[k - 1].rev
+                or (a[m - 1].rev == out[k - 1].rev and a[m - 1].slot > out[k - 1].slot)
+            ):
+                a[o] = a[m - 1]
+                m -= 1
+            else:
+                a[o] = out[k - 1]
+                k -= 1
+    free(out)
     return 0
 
 
@@ -279,7 +347,7 @@ cdef class EventBuffer:
     """
 
     cdef list _items  # arrival order; None marks a replaced change (keyed mode)
-    cdef int64_t* _revs  # revision of each slot of _items
+    cdef _Entry* _ents  # _ents[i] = (revision of _items[i], i); drain sorts it in place
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _live
     cdef object _index  # None (plain appends) or dict: key -> _Slot
@@ -288,7 +356,7 @@ cdef class EventBuffer:
 
     def __cinit__(self, *args, **kwargs):
         self._items = []
-        self._revs = NULL
+        self._ents = NULL
         self._cap = 0
         self._live = 0
         self._index = None
@@ -299,7 +367,7 @@ cdef class EventBuffer:
         self._coalesce_above = _py_check_int("coalesce_above", coalesce_above, MAX_COALESCE_ABOVE)
 
     def __dealloc__(self):
-        free(self._revs)
+        free(self._ents)
 
     @property
     def coalesced(self):
@@ -317,16 +385,16 @@ cdef class EventBuffer:
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t cap
-        cdef int64_t* revs
+        cdef _Entry* ents
         if n <= self._cap:
             return 0
         cap = self._cap * 2 if self._cap * 2 > n else n
         if cap < 64:
             cap = 64
-        revs = <int64_t*>realloc(self._revs, cap * sizeof(int64_t))
-        if revs == NULL:
+        ents = <_Entry*>realloc(self._ents, cap * sizeof(_Entry))
+        if ents == NULL:
             raise MemoryError()
-        self._revs = revs
+        self._ents = ents
         self._cap = cap
         return 0
 
@@ -344,18 +412,28 @@ cdef class EventBuffer:
         cdef Py_ssize_t n = PyList_GET_SIZE(seq)
         cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
         cdef Py_ssize_t i
+        cdef int64_t rev
         cdef PyObject* c
-        self._reserve(base + n)
-        # Revisions go past the end of the held ones; committed only if all are valid.
-        for i in range(n):
-            self._revs[base + i] = _revision_of(PyList_GET_ITEM(seq, i))
         if self._index is None and self._live + n <= self._coalesce_above:
-            self._items.extend(seq)
+            # Plain appends: validate and append in one pass (each change is touched
+            # once), and take the batch back out if an item is invalid.
+            self._reserve(base + n)
+            for i in range(n):
+                c = PyList_GET_ITEM(seq, i)
+                rev = _fast_revision(c)
+                if rev < 0:
+                    PyList_SetSlice(self._items, base, PyList_GET_SIZE(self._items), NULL)
+                    _raise_invalid(c)
+                self._ents[base + i].rev = rev
+                self._ents[base + i].slot = base + i
+                PyList_Append(self._items, c)
             self._live += n
             return
         for i in range(n):
+            _revision_of(PyList_GET_ITEM(seq, i))
+        for i in range(n):
             c = PyList_GET_ITEM(seq, i)
-            self._push(<object>c, _valid_revision(c))
+            self._push(<object>c, _fast_revision(c))
 
     cdef int _push(self, object change, int64_t rev) except -1:
         cdef Py_ssize_t n = PyList_GET_SIZE(self._items)
@@ -363,22 +441,24 @@ cdef class EventBuffer:
         cdef Py_ssize_t old = -1
         self._reserve(n + 1)
         if self._index is None:
-            self._revs[n] = rev
+            self._ents[n].rev = rev
+            self._ents[n].slot = n
             PyList_Append(self._items, <PyObject*>change)
             self._live += 1
             if self._live > self._coalesce_above:
                 self._coalesce()
             return 0
-        p = PyDict_GetItem(self._index, PyTuple_GET_ITEM(<PyObject*>change, 0))
+        p = PyDict_GetItemWithError(self._index, PyTuple_GET_ITEM(<PyObject*>change, 0))
         if p != NULL:
             old = (<_Slot>p).slot
             self._coalesced += 1
-            if rev <= self._revs[old]:
+            if rev <= self._ents[old].rev:
                 return 0  # older or duplicate: the held change is newer (or arrived first)
             (<_Slot>p).slot = n
         else:
             PyDict_SetItem(self._index, PyTuple_GET_ITEM(<PyObject*>change, 0), _new_slot(n))
-        self._revs[n] = rev
+        self._ents[n].rev = rev
+        self._ents[n].slot = n
         PyList_Append(self._items, <PyObject*>change)
         self._live += 1
         if old >= 0:
@@ -407,16 +487,17 @@ cdef class EventBuffer:
                 c = PyList_GET_ITEM(items, i)
                 if <object>c is None:
                     continue
-                p = PyDict_GetItem(best, PyTuple_GET_ITEM(c, 0))
+                p = PyDict_GetItemWithError(best, PyTuple_GET_ITEM(c, 0))
                 if p == NULL:
                     PyDict_SetItem(best, PyTuple_GET_ITEM(c, 0), _new_slot(i))
-                elif self._revs[i] > self._revs[(<_Slot>p).slot]:
+                elif self._ents[i].rev > self._ents[(<_Slot>p).slot].rev:
                     (<_Slot>p).slot = i
             for s in best.values():
                 keep[(<_Slot>s).slot] = 1
             for i in range(n):
                 if keep[i]:
-                    self._revs[kept] = self._revs[i]
+                    self._ents[kept].rev = self._ents[i].rev
+                    self._ents[kept].slot = kept
                     PyList_Append(kept_items, PyList_GET_ITEM(items, i))
                     kept += 1
         finally:
@@ -429,7 +510,7 @@ cdef class EventBuffer:
         else:
             for i in range(kept):
                 c = PyList_GET_ITEM(kept_items, i)
-                (<_Slot>PyDict_GetItem(best, PyTuple_GET_ITEM(c, 0))).slot = i
+                (<_Slot>PyDict_GetItemWithError(best, PyTuple_GET_ITEM(c, 0))).slot = i
             self._index = best
         self._items = kept_items  # last: may free the replaced changes
         return 0
@@ -445,8 +526,9 @@ cdef class EventBuffer:
             c = PyList_GET_ITEM(items, i)
             if <object>c is None:
                 continue
-            self._revs[kept] = self._revs[i]
-            (<_Slot>PyDict_GetItem(index, PyTuple_GET_ITEM(c, 0))).slot = kept
+            self._ents[kept].rev = self._ents[i].rev
+            self._ents[kept].slot = kept
+            (<_Slot>PyDict_GetItemWithError(index, PyTuple_GET_ITEM(c, 0))).slot = kept
             PyList_Append(kept_items, c)
             kept += 1
         self._items = kept_items
@@ -460,30 +542,53 @@ cdef class EventBuffer:
         cdef RevisionFilter f = <RevisionFilter>filt
         cdef list items = self._items
         cdef Py_ssize_t n = PyList_GET_SIZE(items)
-        cdef Py_ssize_t i, m = 0
+        cdef Py_ssize_t i, m = n, kept = 0
         cdef PyObject* c
-        cdef list out = []
-        cdef _Entry* entries = <_Entry*>malloc((n + 1) * sizeof(_Entry))
-        if entries == NULL:
-            raise MemoryError()
-        try:
+        cdef int keep
+        cdef list out
+        cdef _Entry* ents = self._ents
+        cdef Py_ssize_t cap = self._cap
+        if self._index is not None:
+            m = 0
             for i in range(n):
-                if <object>PyList_GET_ITEM(items, i) is not None:
-                    entries[m].rev = self._revs[i]
-                    entries[m].slot = i
+                if PyList_GET_ITEM(items, i) != <PyObject*>None:
+                    ents[m] = ents[i]
                     m += 1
-            _sort_entries(entries, m)
-            # Detached first: ``items`` keeps the changes alive while the buffer is empty.
-            self._items = []
-            self._live = 0
-            self._index = None
+        _sort_entries(ents, m)
+        out = PyList_New(m)
+        # Detach everything first, so that nothing re-entering this buffer (a change freed
+        # below could run a finalizer) sees the arrays being consumed.
+        self._items = []
+        self._ents = NULL
+        self._cap = 0
+        self._live = 0
+        self._index = None
+        try:
             for i in range(m):
-                c = PyList_GET_ITEM(items, entries[i].slot)
-                if _admit(f, PyTuple_GET_ITEM(c, 0), entries[i].rev):
-                    PyList_Append(out, c)
+                if i + 16 < m:
+                    __builtin_prefetch(PyList_GET_ITEM(items, ents[i + 16].slot))
+                if i + 8 < m:
+                    __builtin_prefetch(
+                        PyTuple_GET_ITEM(PyList_GET_ITEM(items, ents[i + 8].slot), 0)
+                    )
+                c = PyList_GET_ITEM(items, ents[i].slot)
+                keep = _admit(f, PyTuple_GET_ITEM(c, 0), ents[i].rev)
+                # The reference held in ``items`` moves to ``out`` or is released here: no
+                # second pass over the changes to decref them when ``items`` goes.
+                PyList_SET_ITEM(items, ents[i].slot, NULL)
+                if keep:
+                    PyList_SET_ITEM(out, kept, c)
+                    kept += 1
+                else:
+                    f._dropped += 1
+                    Py_DECREF(c)
         finally:
-            free(entries)
-        f._dropped += <unsigned long long>(m - PyList_GET_SIZE(out))
+            if self._ents == NULL:
+                self._ents = ents  # keep the capacity for the next round
+                self._cap = cap
+            else:
+                free(ents)
+        PyList_SetSlice(out, kept, m, NULL)
         return out
 
     def clear(self):
