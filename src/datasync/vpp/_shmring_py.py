@@ -4,12 +4,12 @@ Same memory layout, same algorithm and same return codes as the C code, so a twi
 endpoint can talk to a C endpoint over one segment. The C side is the reference:
 read ``csrc/shmring.h`` for the layout and the contract.
 
-Python has no atomics. The twin relies on what CPython and x86-64 give: ``struct``
-in native mode ("@Q") copies with one aligned 8-byte ``memcpy`` (a single store or
-load, never torn), x86 stores are release and loads acquire (TSO), and the one full
-fence the wake-up protocol needs is taken from a lock acquire/release (a locked
-instruction). On weakly ordered CPUs only the compiled backend is correct across
-processes.
+Python has no atomics. The twin relies on what CPython and x86-64 give: item access
+on a ``memoryview`` cast to "Q"/"I" copies with one aligned ``memcpy`` (a single store
+or load, never torn; ``struct.pack_into`` is not usable for this, it zero-fills first),
+x86 stores are release and loads acquire (TSO), and the one full fence the wake-up
+protocol needs is taken from a lock acquire/release (a locked instruction). On weakly
+ordered CPUs only the compiled backend is correct across processes.
 """
 
 from __future__ import annotations
@@ -126,20 +126,22 @@ class RingEnd:
         )
         a_data, b_data = SHMRING_HEADER_SIZE, SHMRING_HEADER_SIZE + cap
         self._mm = seg.mm
+        self._q = seg.q
+        self._i = seg.i
         self._cap = cap
         self._mask = cap - 1
-        self._tx_head = tx_ctl + CTL_HEAD
-        self._tx_tail = tx_ctl + CTL_TAIL
-        self._tx_space_waiting = tx_ctl + CTL_SPACE_WAITING
-        self._tx_data_waiting = tx_ctl + CTL_DATA_WAITING
+        self._tx_head = (tx_ctl + CTL_HEAD) >> 3
+        self._tx_tail = (tx_ctl + CTL_TAIL) >> 3
+        self._tx_space_waiting = (tx_ctl + CTL_SPACE_WAITING) >> 2
+        self._tx_data_waiting = (tx_ctl + CTL_DATA_WAITING) >> 2
         self._tx_data = a_data if role == SHMRING_CLIENT else b_data
-        self._rx_head = rx_ctl + CTL_HEAD
-        self._rx_tail = rx_ctl + CTL_TAIL
-        self._rx_space_waiting = rx_ctl + CTL_SPACE_WAITING
-        self._rx_data_waiting = rx_ctl + CTL_DATA_WAITING
+        self._rx_head = (rx_ctl + CTL_HEAD) >> 3
+        self._rx_tail = (rx_ctl + CTL_TAIL) >> 3
+        self._rx_space_waiting = (rx_ctl + CTL_SPACE_WAITING) >> 2
+        self._rx_data_waiting = (rx_ctl + CTL_DATA_WAITING) >> 2
         self._rx_data = b_data if role == SHMRING_CLIENT else a_data
-        self._my_closed = OFF_CLOSED + 4 * role
-        self._peer_closed = OFF_CLOSED + 4 * (1 - role)
+        self._my_closed = (OFF_CLOSED + 4 * role) >> 2
+        self._peer_closed = (OFF_CLOSED + 4 * (1 - role)) >> 2
         self.fd = seg.fds[1 + role]
         self._peer_efd = seg.fds[2 - role]
         self.max_body = cap - 4
@@ -166,26 +168,24 @@ class RingEnd:
         return self._mm[base + idx : base + self._cap] + self._mm[base : base + n - first]
 
     def _publish_head(self, head: int) -> None:
-        mm = self._mm
-        _U64.pack_into(mm, self._tx_head, head)
+        self._q[self._tx_head] = head
         _fence()
-        if _U32.unpack_from(mm, self._tx_data_waiting)[0]:
+        if self._i[self._tx_data_waiting]:
             # the C side uses an atomic exchange; a double wake is harmless
-            _U32.pack_into(mm, self._tx_data_waiting, 0)
+            self._i[self._tx_data_waiting] = 0
             _wake(self._peer_efd)
 
     def _publish_tail(self, tail: int) -> None:
-        mm = self._mm
-        _U64.pack_into(mm, self._rx_tail, tail)
+        self._q[self._rx_tail] = tail
         _fence()
-        if _U32.unpack_from(mm, self._rx_space_waiting)[0]:
-            _U32.pack_into(mm, self._rx_space_waiting, 0)
+        if self._i[self._rx_space_waiting]:
+            self._i[self._rx_space_waiting] = 0
             _wake(self._peer_efd)
 
     def _send_check(self, length: int) -> int:
         if self.closed:
             return SHMRING_EBADF
-        if _U32.unpack_from(self._mm, self._peer_closed)[0]:
+        if self._i[self._peer_closed]:
             return SHMRING_EPIPE
         if length + 4 > self._cap:
             return SHMRING_EMSGSIZE
@@ -198,13 +198,13 @@ class RingEnd:
         if self.closed:
             return
         self.closed = True
-        _U32.pack_into(self._mm, self._my_closed, 1)
+        self._i[self._my_closed] = 1
         _fence()
         _wake(self._peer_efd)
 
     def peer_closed(self) -> bool:
         """True when the peer closed its end."""
-        return bool(_U32.unpack_from(self._mm, self._peer_closed)[0])
+        return bool(self._i[self._peer_closed])
 
     def send(self, body: bytes) -> int:
         """Send one frame: 0 or a negative SHMRING_E* code."""
@@ -212,13 +212,12 @@ class RingEnd:
         rc = self._send_check(n)
         if rc < 0:
             return rc
-        mm = self._mm
-        head = _U64.unpack_from(mm, self._tx_head)[0]
-        tail = _U64.unpack_from(mm, self._tx_tail)[0]
+        head = self._q[self._tx_head]
+        tail = self._q[self._tx_tail]
         fsize = (n + 11) & ~7
         if head - tail + fsize > self._cap:
             return SHMRING_EAGAIN
-        _U32.pack_into(mm, self._tx_data + (head & self._mask), n)
+        self._i[(self._tx_data + (head & self._mask)) >> 2] = n
         self._put(self._tx_data, head + 4, body)
         self._publish_head(head + fsize)
         return SHMRING_OK
@@ -230,10 +229,9 @@ class RingEnd:
         rc = self._send_check(len(bodies[0]))
         if rc < 0:
             return rc
-        mm = self._mm
         cap = self._cap
-        start = head = _U64.unpack_from(mm, self._tx_head)[0]
-        tail = _U64.unpack_from(mm, self._tx_tail)[0]
+        start = head = self._q[self._tx_head]
+        tail = self._q[self._tx_tail]
         sent = 0
         for body in bodies:
             n = len(body)
@@ -241,10 +239,10 @@ class RingEnd:
             if n + 4 > cap:
                 break
             if head - tail + fsize > cap:
-                tail = _U64.unpack_from(mm, self._tx_tail)[0]
+                tail = self._q[self._tx_tail]
                 if head - tail + fsize > cap:
                     break
-            _U32.pack_into(mm, self._tx_data + (head & self._mask), n)
+            self._i[(self._tx_data + (head & self._mask)) >> 2] = n
             self._put(self._tx_data, head + 4, body)
             head += fsize
             sent += 1
@@ -258,12 +256,12 @@ class RingEnd:
         if self.closed:
             return SHMRING_EBADF
         mm = self._mm
-        start = tail = _U64.unpack_from(mm, self._rx_tail)[0]
-        head = _U64.unpack_from(mm, self._rx_head)[0]
+        start = tail = self._q[self._rx_tail]
+        head = self._q[self._rx_head]
         if head == tail:
-            if not _U32.unpack_from(mm, self._peer_closed)[0]:
+            if not self._i[self._peer_closed]:
                 return []
-            head = _U64.unpack_from(mm, self._rx_head)[0]
+            head = self._q[self._rx_head]
             if head == tail:
                 return SHMRING_EPIPE
         out: list[bytes] = []
@@ -272,7 +270,7 @@ class RingEnd:
         mask = self._mask
         data = self._rx_data
         while tail != head and len(out) < max_frames:
-            n = _U32.unpack_from(mm, data + (tail & mask))[0]
+            n = self._i[(data + (tail & mask)) >> 2]
             fsize = (n + 11) & ~7
             if n + 4 > cap or fsize > head - tail:
                 return SHMRING_EBADMSG
@@ -291,26 +289,24 @@ class RingEnd:
 
     def arm_recv(self) -> int:
         """Arm the data-waiting flag; 1 when there is already something to read."""
-        mm = self._mm
-        _U32.pack_into(mm, self._rx_data_waiting, 1)
+        self._i[self._rx_data_waiting] = 1
         _fence()
         if (
-            _U64.unpack_from(mm, self._rx_head)[0] != _U64.unpack_from(mm, self._rx_tail)[0]
-            or _U32.unpack_from(mm, self._peer_closed)[0]
+            self._q[self._rx_head] != self._q[self._rx_tail]
+            or self._i[self._peer_closed]
             or self.closed
         ):
-            _U32.pack_into(mm, self._rx_data_waiting, 0)
+            self._i[self._rx_data_waiting] = 0
             return 1
         return 0
 
     def arm_send(self, need: int) -> int:
         """Arm the space-waiting flag; 1 when ``need`` bytes are already free."""
-        mm = self._mm
-        _U32.pack_into(mm, self._tx_space_waiting, 1)
+        self._i[self._tx_space_waiting] = 1
         _fence()
-        used = _U64.unpack_from(mm, self._tx_head)[0] - _U64.unpack_from(mm, self._tx_tail)[0]
-        if used + need <= self._cap or _U32.unpack_from(mm, self._peer_closed)[0] or self.closed:
-            _U32.pack_into(mm, self._tx_space_waiting, 0)
+        used = self._q[self._tx_head] - self._q[self._tx_tail]
+        if used + need <= self._cap or self._i[self._peer_closed] or self.closed:
+            self._i[self._tx_space_waiting] = 0
             return 1
         return 0
 
@@ -322,11 +318,7 @@ class RingEnd:
             pass
 
     def _recv_ready(self) -> bool:
-        mm = self._mm
-        return bool(
-            _U64.unpack_from(mm, self._rx_head)[0] != _U64.unpack_from(mm, self._rx_tail)[0]
-            or _U32.unpack_from(mm, self._peer_closed)[0]
-        )
+        return bool(self._q[self._rx_head] != self._q[self._rx_tail] or self._i[self._peer_closed])
 
     def wait_recv(self, timeout_ms: int, spin: int) -> int:
         """Block until a frame can be read or the peer closed: 0 or SHMRING_ETIMEDOUT."""
@@ -346,10 +338,10 @@ class RingEnd:
             if ready:
                 self.ack()
             if self._recv_ready():
-                _U32.pack_into(self._mm, self._rx_data_waiting, 0)
+                self._i[self._rx_data_waiting] = 0
                 return SHMRING_OK
             if not ready and left == 0:
-                _U32.pack_into(self._mm, self._rx_data_waiting, 0)
+                self._i[self._rx_data_waiting] = 0
                 return SHMRING_ETIMEDOUT
 
 
@@ -358,6 +350,10 @@ class RingSegment:
 
     def __init__(self, mm: mmap.mmap, capacity: int, fds: tuple[int, int, int]) -> None:
         self.mm = mm
+        # the shared counters and flags go through these views, never through struct:
+        # pack_into zero-fills its target before it writes, so a reader could see a torn 0
+        self.q = memoryview(mm).cast("Q")
+        self.i = memoryview(mm).cast("I")
         self.capacity = capacity
         self.fds = fds
         self._ends = (RingEnd(self, SHMRING_CLIENT), RingEnd(self, SHMRING_SERVER))
@@ -379,6 +375,8 @@ class RingSegment:
         for end in self._ends:
             if end.used:
                 end.close()
+        self.q.release()
+        self.i.release()
         self.mm.close()
         for fd in self.fds:
             os.close(fd)
