@@ -407,7 +407,7 @@ _CHILD = textwrap.dedent(
     seg = shm.ShmSegment.attach(fds, impl=impl)
     end = seg.server_end()
     while True:
-        end.wait()
+        end.wait(spin=1000)
         try:
             msgs = end.recv_many()
         except shm.ShmClosedError:
@@ -421,7 +421,8 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("parent", "child"), [("compiled", "compiled"), ("twin", "compiled"), ("compiled", "twin")]
+    ("parent", "child"),
+    [("compiled", "compiled"), ("twin", "compiled"), ("compiled", "twin"), ("twin", "twin")],
 )
 def test_echo_across_processes(parent: str, child: str) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -443,6 +444,15 @@ def test_echo_across_processes(parent: str, child: str) -> None:
                     continue
                 got.extend(c.recv_many())
             assert got == want
+            # ping-pong: the reader polls head while the writer moves it (torn reads show here)
+            for i in range(3000):
+                msg = body(i, 64)
+                c.send(msg)
+                reply: list[bytes] = []
+                while not reply:
+                    assert c.wait(timeout=30, spin=1000)
+                    reply = c.recv_many()
+                assert reply == [msg]
             c.close()
             assert a.recv(3) == b"bye"
             assert proc.wait(timeout=60) == 0
