@@ -200,6 +200,9 @@ class VppClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._fault_tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set on connect
 
     # -- connection ------------------------------------------------------------------
 
@@ -218,7 +221,7 @@ class VppClient:
         self._start_probe()
 
     async def _connect_once(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         transport = await SocketTransport.connect(self.path, self)
         self._transport = transport
         self._handshake = loop.create_future()
@@ -392,6 +395,7 @@ class VppClient:
             self._start_reconnect()
 
     def _drop_connection(self, exc: BaseException) -> None:
+        self._out = []
         self._conn = None
         self._transport = None
         self._connected.clear()
@@ -423,29 +427,36 @@ class VppClient:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+        self._release_slot()
+
+    def _wake_window(self) -> None:
+        # hand free slots to waiters in FIFO order; the slot is taken on their behalf so
+        # that replies arriving before a waiter runs cannot wake more waiters than slots
+        waiters = self._window_waiters
+        while waiters and self._in_flight < self.max_in_flight:
+            w = waiters.popleft()
+            if not w.done():
+                self._in_flight += 1
+                w.set_result(None)
+
+    async def _take_slot(self) -> None:
+        """Take one in-flight slot, waiting (FIFO) while the window is full."""
+        if self._in_flight < self.max_in_flight and not self._window_waiters:
+            self._in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._window_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # we were handed a slot: pass it on
+            raise
+
+    def _release_slot(self) -> None:
         self._in_flight -= 1
         if self._window_waiters:
             self._wake_window()
-
-    def _wake_window(self) -> None:
-        waiters = self._window_waiters
-        free = self.max_in_flight - self._in_flight
-        while waiters and free > 0:
-            w = waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                free -= 1
-
-    async def _acquire_window(self) -> None:
-        while self._in_flight >= self.max_in_flight:
-            waiter = asyncio.get_running_loop().create_future()
-            self._window_waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_window()  # pass our slot on
-                raise
 
     def _encode(self, name: str, fields: Mapping[str, Any] | None, ctx: int) -> tuple[bytes, bool]:
         conn = self._conn
@@ -498,6 +509,48 @@ class VppClient:
         assert isinstance(result, list)
         return result
 
+    def _submit(self, name: str, fields: Mapping[str, Any] | None) -> tuple[int, _Call]:
+        """Encode and queue one request; the caller holds a window slot (released on error)."""
+        ctx = self._next_context()
+        try:
+            body, is_dump = self._encode(name, fields, ctx)
+        except BaseException:
+            self._release_slot()
+            raise
+        conn = self._conn
+        assert conn is not None
+        call = _Call(name, self._loop.create_future(), is_dump)
+        self._pending[ctx] = call
+        stats = self.stats
+        stats["requests"] += 1
+        if self._in_flight > stats["max_in_flight_seen"]:
+            stats["max_in_flight_seen"] = self._in_flight
+        out = self._out
+        out.append(body)
+        if is_dump:
+            # VPP handles one socket in order: the ping's reply marks the end of the details
+            ping = conn.name_to_id["control_ping"]
+            out.append(
+                conn.by_id[ping][1].encode(
+                    ping, {"context": ctx, "client_index": conn.client_index}
+                )
+            )
+        if not self._flush_scheduled:
+            # coalesce the writes of every request made in this loop iteration
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_out)
+        return ctx, call
+
+    def _flush_out(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is not None:
+            transport.send_many(out)
+
     async def _request(
         self,
         name: str,
@@ -509,36 +562,12 @@ class VppClient:
     ) -> Any:
         if self._closed and not closing_ok:
             raise ClosedError("VppClient is closed")
-        if self._in_flight >= self.max_in_flight:
-            await self._acquire_window()
-        ctx = self._next_context()
-        body, is_dump = self._encode(name, fields, ctx)
-        transport = self._transport
-        assert transport is not None and self._conn is not None
-        fut = asyncio.get_running_loop().create_future()
-        call = _Call(name, fut, is_dump)
-        self._pending[ctx] = call
-        self._in_flight += 1
-        stats = self.stats
-        stats["requests"] += 1
-        if self._in_flight > stats["max_in_flight_seen"]:
-            stats["max_in_flight_seen"] = self._in_flight
-        if is_dump:
-            ping = self._conn.name_to_id["control_ping"]
-            transport.send_many(
-                (
-                    body,
-                    self._conn.by_id[ping][1].encode(
-                        ping, {"context": ctx, "client_index": self._conn.client_index}
-                    ),
-                )
-            )
-        else:
-            transport.send(body)
+        await self._take_slot()
+        ctx, call = self._submit(name, fields)
         limit = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
-                reply = await fut
+                reply = await call.future
         except TimeoutError:
             self._abandon(ctx)
             self.stats["timeouts"] += 1
@@ -546,7 +575,7 @@ class VppClient:
         except asyncio.CancelledError:
             self._abandon(ctx)
             raise
-        if check and not is_dump:
+        if check and call.details is None:
             rv = getattr(reply, "retval", 0)
             if rv < 0:
                 raise VppApiError(rv, name)
@@ -558,8 +587,7 @@ class VppClient:
             self._timed_out.add(ctx)
             if len(self._timed_out) > 100_000:
                 self._timed_out.clear()  # bounded: very old contexts are just "unsolicited"
-            self._in_flight -= 1
-            self._wake_window()
+            self._release_slot()
 
     async def call_many(
         self,
@@ -569,18 +597,58 @@ class VppClient:
         timeout: float | None = None,  # noqa: ASYNC109
         check: bool = True,
     ) -> list[Any]:
-        """Pipeline many ``name`` requests (respecting ``max_in_flight``); replies in order.
+        """Pipeline many ``name`` requests within ``max_in_flight``; replies in request order.
 
-        The first failure (API error, timeout) is raised after all requests settled.
+        No task per request: requests are written in batches as window slots free up.
+        ``timeout`` bounds the wait for each batch of replies. The first failure (API error,
+        timeout, lost connection) is raised once every request has settled or was abandoned.
         """
-        futs = [
-            asyncio.ensure_future(self._request(name, f, timeout=timeout, check=check))
-            for f in requests
-        ]
-        results = await asyncio.gather(*futs, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        if self._closed:
+            raise ClosedError("VppClient is closed")
+        limit = self.timeout if timeout is None else timeout
+        submitted: list[tuple[int, _Call]] = []
+        try:
+            async with asyncio.timeout(limit) as scope:
+                for fields in requests:
+                    if self._in_flight >= self.max_in_flight or self._window_waiters:
+                        self._flush_out()
+                        await self._take_slot()
+                        scope.reschedule(self._loop.time() + limit)  # progress: a fresh deadline
+                    else:
+                        self._in_flight += 1
+                    submitted.append(self._submit(name, fields))
+                self._flush_out()
+                for _, call in submitted:
+                    fut = call.future
+                    if not fut.done():
+                        with contextlib.suppress(Exception):
+                            await fut
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            for ctx, call in submitted:
+                if call.future.done():
+                    if not call.future.cancelled():
+                        call.future.exception()  # retrieved: we raise our own error
+                else:
+                    self._abandon(ctx)
+                    call.future.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.stats["timeouts"] += 1
+            raise VppTimeoutError(name, limit) from None
+        results = []
+        error: BaseException | None = None
+        for _, call in submitted:
+            fut = call.future
+            failure = fut.exception()
+            if failure is not None:
+                error = error or failure
+                continue
+            reply = fut.result()
+            if check and call.details is None and getattr(reply, "retval", 0) < 0:
+                error = error or VppApiError(reply.retval, name)
+            results.append(reply)
+        if error is not None:
+            raise error
         return results
 
     # -- events ------------------------------------------------------------------------

@@ -166,6 +166,18 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
+class _LazyCodecs(dict[str, Any]):
+    """Message name -> codec, compiled on first use (a full API dir has hundreds)."""
+
+    def __init__(self, defs: ApiDefinitions) -> None:
+        super().__init__()
+        self.defs = defs
+
+    def __missing__(self, name: str) -> Any:
+        codec = self[name] = codec_for(self.defs, name)
+        return codec
+
+
 class _Fault:
     __slots__ = ("match", "message", "remaining", "retval")
 
@@ -232,28 +244,18 @@ class Simulator:
     def _build_tables(self) -> None:
         defs = self.defs
         handled = [n for n in HANDLED if n in defs.messages]
-        wanted: set[str] = set(handled)
-        for name in handled:
-            svc = defs.services.get(name)
-            if svc is not None:
-                if svc.reply:
-                    wanted.add(svc.reply)
-                if svc.stream_msg:
-                    wanted.add(svc.stream_msg)
-        wanted.update(n for n in EVENTS if n in defs.messages)
-        wanted.update(
-            n for n in ("control_ping_reply", "sock_init_shm_reply") if n in defs.messages
-        )
         modules = sorted(defs.modules.values(), key=lambda m: m.name != "memclnt")
         self.ids: dict[str, int] = {}
         next_id = 1
         for module in modules:
+            # every message of a served module gets an id and a table entry, as in VPP
+            # (vpp_papi_async insists that every message it loaded is in the table); only
+            # the HANDLED ones are dispatched, others are dropped as "no handler"
             for name in module.message_names:
-                if name in wanted:
-                    self.ids[name] = next_id
-                next_id += 1  # every message of a module takes an id, as in VPP
+                self.ids[name] = next_id
+                next_id += 1
         self.names: dict[int, str] = {i: n for n, i in self.ids.items()}
-        self._codecs = {n: codec_for(defs, n) for n in self.ids}
+        self._codecs = _LazyCodecs(defs)
         self._table = [
             (defs.name_crc(n), i) for n, i in sorted(self.ids.items(), key=lambda x: x[1])
         ]
