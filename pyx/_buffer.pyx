@@ -12,8 +12,8 @@ per change.
 
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
 
 from _buffer cimport (
@@ -287,49 +287,81 @@ cdef int _merge_sort(_Entry* a, _Entry* tmp, Py_ssize_t n) noexcept nogil:
 cdef int _sort_entries(_Entry* a, Py_ssize_t n) except -1:
     """Sort entries by (revision, slot): revision order, arrival order among equal ones.
 
-    Entries come in slot order and changes mostly arrive in revision order, with a few
-    re-deliveries of older revisions. So: keep the ascending majority in place, move the
-    out-of-order minority aside, sort only that (stable), and merge it back from the end.
+    Entries come in slot order. Changes mostly arrive in revision order, with a few
+    re-deliveries of older revisions: then the ascending majority stays in place, the
+    out-of-order minority is moved aside, sorted (stable) and merged back from the end.
+    Revisions of one buffer are usually dense, so heavily shuffled input takes a stable
+    counting sort over the revision span; anything else a stable merge sort.
+
+    The GIL stays held: the entries belong to the buffer, which another thread could grow.
     """
-    cdef Py_ssize_t i, m = 0, k = 0, o
-    cdef int64_t top
+    cdef Py_ssize_t i, m = 0, k = 0, o, span
+    cdef int64_t top, lo, hi
     cdef _Entry* out
     cdef _Entry* tmp
-    for i in range(1, n):
-        if a[i].rev < a[i - 1].rev:
-            break
-    else:
+    cdef Py_ssize_t* counts
+    if n < 2:
         return 0
-    # out-of-order entries, then scratch space for sorting them
-    out = <_Entry*>malloc(2 * n * sizeof(_Entry))
+    lo = hi = top = a[0].rev
+    for i in range(1, n):
+        if a[i].rev >= top:
+            top = a[i].rev
+        else:
+            k += 1
+            if a[i].rev < lo:
+                lo = a[i].rev
+    if k == 0:
+        return 0
+    hi = top
+    span = <Py_ssize_t>(hi - lo) + 1 if <uint64_t>(hi - lo) < <uint64_t>(4 * n + 1024) else -1
+    if k > n // 8 and span > 0:
+        counts = <Py_ssize_t*>calloc(span + 1, sizeof(Py_ssize_t))
+        tmp = <_Entry*>malloc(n * sizeof(_Entry))
+        if counts == NULL or tmp == NULL:
+            free(counts)
+            free(tmp)
+            raise MemoryError()
+        for i in range(n):
+            counts[a[i].rev - lo + 1] += 1
+        for i in range(1, span + 1):
+            counts[i] += counts[i - 1]
+        for i in range(n):  # in slot order, so equal revisions keep arrival order
+            o = a[i].rev - lo
+            tmp[counts[o]] = a[i]
+            counts[o] += 1
+        memcpy(a, tmp, n * sizeof(_Entry))
+        free(counts)
+        free(tmp)
+        return 0
+    out = <_Entry*>malloc(2 * k * sizeof(_Entry))
     if out == NULL:
         raise MemoryError()
-    tmp = out + n
-    with nogil:
-        top = a[0].rev
-        for i in range(n):
-            if a[i].rev >= top:
-                top = a[i].rev
-                a[m] = a[i]
-                m += 1
-            else:
-                out[k] = a[i]
-                k += 1
-        _merge_sort(out, tmp, k)
-        # Merge a[0:m] and out[0:k] into a[0:n] from the back; on equal revisions the
-        # entry that arrived later (higher slot) goes last.
-        o = n
-        while k > 0:
-            o -= 1
-            if m > 0 and (
-                a[m - 1].rev > out[k - 1].rev
-                or (a[m - 1].rev == out[k - 1].rev and a[m - 1].slot > out[k - 1].slot)
-            ):
-                a[o] = a[m - 1]
-                m -= 1
-            else:
-                a[o] = out[k - 1]
-                k -= 1
+    tmp = out + k
+    k = 0
+    top = a[0].rev
+    for i in range(n):
+        if a[i].rev >= top:
+            top = a[i].rev
+            a[m] = a[i]
+            m += 1
+        else:
+            out[k] = a[i]
+            k += 1
+    _merge_sort(out, tmp, k)
+    # Merge a[0:m] and out[0:k] into a[0:n] from the back; on equal revisions the
+    # entry that arrived later (higher slot) goes last.
+    o = n
+    while k > 0:
+        o -= 1
+        if m > 0 and (
+            a[m - 1].rev > out[k - 1].rev
+            or (a[m - 1].rev == out[k - 1].rev and a[m - 1].slot > out[k - 1].slot)
+        ):
+            a[o] = a[m - 1]
+            m -= 1
+        else:
+            a[o] = out[k - 1]
+            k -= 1
     free(out)
     return 0
 
@@ -411,7 +443,7 @@ cdef class EventBuffer:
         cdef list seq = changes if type(changes) is list else list(changes)
         cdef Py_ssize_t n = PyList_GET_SIZE(seq)
         cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, j
         cdef int64_t rev
         cdef PyObject* c
         if self._index is None and self._live + n <= self._coalesce_above:
@@ -431,9 +463,33 @@ cdef class EventBuffer:
             return
         for i in range(n):
             _revision_of(PyList_GET_ITEM(seq, i))
-        for i in range(n):
+        # As append() of each: what fits before the limit goes in bulk, then one push
+        # coalesces, and so on; in keyed mode, one by one.
+        i = 0
+        while i < n:
+            if self._index is None and self._live < self._coalesce_above:
+                j = min(n, i + (self._coalesce_above - self._live))
+                self._bulk(seq, i, j)
+                i = j
+            else:
+                c = PyList_GET_ITEM(seq, i)
+                self._push(<object>c, _fast_revision(c))
+                i += 1
+
+    cdef int _bulk(self, list seq, Py_ssize_t start, Py_ssize_t stop) except -1:
+        """Plain appends of validated ``seq[start:stop]``, known to fit under the limit."""
+        cdef Py_ssize_t i
+        cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
+        cdef PyObject* c
+        self._reserve(base + stop - start)
+        for i in range(start, stop):
             c = PyList_GET_ITEM(seq, i)
-            self._push(<object>c, _fast_revision(c))
+            self._ents[base].rev = _fast_revision(c)
+            self._ents[base].slot = base
+            PyList_Append(self._items, c)
+            base += 1
+        self._live += stop - start
+        return 0
 
     cdef int _push(self, object change, int64_t rev) except -1:
         cdef Py_ssize_t n = PyList_GET_SIZE(self._items)
