@@ -447,8 +447,8 @@ int shmring_wait_recv(shmring_end *e, int timeout_ms, int spin) {
         }
         struct pollfd p = {.fd = e->my_efd, .events = POLLIN};
         int rc = poll(&p, 1, left);
-        if (rc < 0 && errno != EINTR)
-            return -errno;
+        if (rc < 0) /* EINTR too: the caller runs its signal handlers, then waits again */
+            return errno == EINTR ? SHMRING_EINTR : -errno;
         if (rc > 0)
             shmring_ack(e);
         if (recv_ready(e)) {

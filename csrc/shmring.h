@@ -59,6 +59,7 @@
 #define SHMRING_F_POSIX_SHM 1
 
 #define SHMRING_OK 0
+#define SHMRING_EINTR (-4)     /* a signal interrupted a wait: check signals, wait again */
 #define SHMRING_EBADF (-9)     /* this end is closed, or a bad fd */
 #define SHMRING_EAGAIN (-11)   /* ring full (send) */
 #define SHMRING_ENOMEM (-12)

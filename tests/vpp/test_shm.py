@@ -183,6 +183,9 @@ _ops = st.lists(
         st.tuples(st.just("recv"), st.integers(0, 300), st.integers(1, 5)),
         st.tuples(st.just("arm_recv"), st.just(0)),
         st.tuples(st.just("arm_send"), st.integers(0, 200)),
+        st.tuples(st.just("send"), st.integers(0, 60)),
+        st.tuples(st.just("recv"), st.integers(0, 300), st.integers(1, 5)),
+        st.tuples(st.just("close"), st.just(0)),
     ),
     max_size=60,
 )
@@ -200,6 +203,8 @@ def _apply(s: ShmSegment, ops: list[tuple]) -> list[object]:
                 results.append(end.send_many([body(k + j, n) for j, n in enumerate(op[1])]))
             elif op[0] == "recv":
                 results.append(end.recv_many(op[1], op[2]))
+            elif op[0] == "close":
+                results.append(end.close())
             elif op[0] == "arm_recv":
                 results.append(end.arm_recv())
             else:
@@ -209,7 +214,7 @@ def _apply(s: ShmSegment, ops: list[tuple]) -> list[object]:
     return results
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(ops=_ops)
 def test_differential_compiled_equals_twin(ops: list[tuple]) -> None:
     with (

@@ -27,6 +27,7 @@ import array
 import asyncio
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from types import ModuleType, TracebackType
@@ -404,7 +405,7 @@ class ShmEndpoint:
             bodies = list(bodies)
         rc = self._end.send_many(bodies)
         if rc < 0:
-            raise _error(rc, f"send of {len(bodies[0])} bytes")
+            raise _error(rc, f"send of {len(bodies[0])} bytes" if bodies else "send")
         return rc
 
     def recv_many(self, max_bytes: int = 1 << 16, max_frames: int = 4096) -> list[bytes]:
@@ -427,8 +428,13 @@ class ShmEndpoint:
 
         Blocking: for threads and child processes, not for the event loop (use
         :class:`ShmStream` there). ``spin`` polls that many times before sleeping."""
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        rc = self._end.wait_recv(ms, spin)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            rc = self._end.wait_recv(ms, spin)
+            # back in Python after EINTR: a signal handler (KeyboardInterrupt) runs here
+            if rc != _twin.SHMRING_EINTR:
+                break
         if rc == _twin.SHMRING_ETIMEDOUT:
             return False
         if rc:
