@@ -484,6 +484,34 @@ def test_drain_order_for_every_input_shape(impl: ModuleType, shape: str) -> None
     assert b.drain(f) == reference_drain(changes, 0, {})
 
 
+def test_no_reference_leaks(impl: ModuleType) -> None:
+    """Every path (plain and keyed holding, coalescing, drops, rollback) releases what it held."""
+    import gc
+    import sys
+
+    changes = [put(f"k{i % 7}", 1 + (i * 13) % 50) for i in range(200)]
+    before = [sys.getrefcount(c) for c in changes]
+    for limit in (0, 5, 40, 10_000):
+        b = impl.EventBuffer(coalesce_above=limit)
+        f = impl.RevisionFilter()
+        f.reset(10)
+        b.extend(changes[:100])
+        for change in changes[100:150]:
+            b.append(change)
+        del change
+        with pytest.raises(TypeError):
+            b.extend([*changes[150:], 42])
+        b.extend(changes[150:])
+        out = b.drain(f)
+        out += f.filter(changes)
+        out += [c for c in changes if f.accept(c)]
+        b.extend(changes)
+        b.clear()
+        del b, f, out
+    gc.collect()
+    assert [sys.getrefcount(c) for c in changes] == before
+
+
 # --- differential: compiled == twin ----------------------------------------------------------
 
 keys = st.sampled_from(["a", "b", "c", "d", "e"])
