@@ -20,6 +20,7 @@ from datasync.errors import (
     StoreResetError,
 )
 from datasync.transport.kafka import (
+    KafkaLogTruncatedError,
     KafkaPublisher,
     KafkaSource,
     KafkaTopicRecreatedError,
@@ -389,6 +390,25 @@ async def test_restarted_agent_with_persisted_store_id_notices_a_new_topic(
             await anext(src2.watch(["/"], 5))
     finally:
         await src2.close()
+
+
+async def test_resuming_past_the_log_end_is_a_store_reset(
+    tansu: TansuBroker, topic: str, pub: KafkaPublisher
+) -> None:
+    """F8: an agent persisted revision 10, the log it resumes on ends at 2 (no store id
+    persisted, so only the high watermark can tell). Never a silent jump to "latest"."""
+    await pub.put("/e/1", b"1")
+    await pub.put("/e/2", b"2")
+    src = fast_source(tansu.bootstrap, topic)
+    try:
+        it = src.watch(["/e/"], 3)  # exactly at the end: fine, nothing to yield yet
+        r = await pub.put("/e/3", b"3")
+        assert [c.revision for c in await collect(it, 1)] == [r] == [3]
+        await it.aclose()
+        with pytest.raises(KafkaLogTruncatedError, match="below our position 9"):
+            await collect(src.watch(["/e/"], 10), 1)
+    finally:
+        await src.close()
 
 
 async def test_broker_down_gives_up_only_when_configured(fresh_tansu: TansuBroker) -> None:

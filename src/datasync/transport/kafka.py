@@ -42,6 +42,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -212,7 +213,7 @@ class _Reader:
         self._consumer: Consumer | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datasync-kafka")
         # error_cb runs on the executor thread during consume(); drained on the loop side.
-        self.errors: list[KafkaError] = []
+        self.errors: deque[KafkaError] = deque()
         self._closing = False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -248,7 +249,10 @@ class _Reader:
             return await self._call(self._fetch, batch, wait)
 
     def take_errors(self) -> list[KafkaError]:
-        errs, self.errors = self.errors, []
+        errs = []
+        with contextlib.suppress(IndexError):
+            while True:
+                errs.append(self.errors.popleft())
         return errs
 
     def _close(self) -> None:
@@ -651,8 +655,15 @@ class KafkaSource:
                         self._set_state(SourceState.CONNECTED, "read to the end")
                         return revision, list(latest.values())
                     off = msg.offset()
-                    if off is None or off < position:
+                    if off is None:
                         continue
+                    if off < position:
+                        # The consumer went back (an out-of-range start reset to the log
+                        # start of a new log): what was read so far is stale.
+                        log.info(
+                            "kafka source %s: offsets went back during the snapshot", self._name
+                        )
+                        return None
                     position = off + 1
                     kv = self._decode(msg, prefixes)
                     if kv is None:
