@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 # (module name, source): explicit names because pyx/ lives outside the package.
 CYTHON_EXTENSIONS = [
     ("datasync._buffer_c", "pyx/_buffer.pyx"),
+    ("datasync._codec_c", "pyx/_codec.pyx"),
 ]
 CFFI_MODULES: list[str] = ["csrc/build_shmring.py:ffibuilder"]
 

@@ -79,8 +79,8 @@ class MessageCodec:
         layout = self._layout
         out = bytearray()
         try:
-            if not 0 <= msg_id <= 0xFFFF:
-                raise FieldError(f"message id {msg_id} out of range", "_vl_msg_id")
+            if not isinstance(msg_id, int) or not 0 <= msg_id <= 0xFFFF:
+                raise FieldError(f"bad message id {msg_id!r}: an int in [0, 65535]", "_vl_msg_id")
             out += _U16.pack(msg_id)
             if not isinstance(values, Mapping) and not is_record(values):
                 raise FieldError(f"expected a mapping of fields, got {type(values).__name__}")
@@ -94,7 +94,7 @@ class MessageCodec:
         layout = self._layout
         try:
             buf = memoryview(data).cast("B")
-        except TypeError:
+        except (TypeError, BufferError):
             raise CodecError(self.name, "", f"cannot decode {type(data).__name__}") from None
         try:
             if len(buf) < 2:

@@ -1,0 +1,841 @@
+# cython: language_level=3
+"""Compiled VPP message codec (``datasync._codec_c``).
+
+Runs the op programs of ``datasync.vpp._codec_plan`` over raw buffers: encoding writes
+into a stack buffer (moved to the heap only for big messages) and makes one ``bytes`` at
+the end; decoding walks a ``(const unsigned char*, length)`` cursor and builds each
+namedtuple in place (``tp_alloc`` + ``PyTuple_SET_ITEM``), one Python object per field
+value and none per wire byte.
+
+The pure-Python twin ``datasync.vpp._codec_py`` is the readable spec. Anything off the fast
+paths (unusual input types, conversions from ipaddress objects, every error) is handed to
+the twin's functions, so results and error messages are the same by construction.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.object cimport PyObject
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memchr, memcpy, memset
+
+from _codec cimport (
+    AF_INET,
+    AF_INET6,
+    C_ADDRESS,
+    C_AWP,
+    C_IP4,
+    C_IP4_AWP,
+    C_IP4_PREFIX,
+    C_IP6,
+    C_IP6_AWP,
+    C_IP6_PREFIX,
+    C_MAC,
+    C_NONE,
+    C_PREFIX,
+    K_ARRAY,
+    K_BOOL,
+    K_BYTES,
+    K_F64,
+    K_I8,
+    K_I16,
+    K_I32,
+    K_I64,
+    K_LBYTES,
+    K_LVLA,
+    K_STR,
+    K_STRUCT,
+    K_U8,
+    K_U16,
+    K_U32,
+    K_U64,
+    K_UNION,
+    K_VBYTES,
+    K_VLA,
+    K_VSTR,
+    COp,
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+    PyDict_CheckExact,
+    PyDict_GetItem,
+    PyFloat_AsDouble,
+    PyFloat_CheckExact,
+    PyFloat_FromDouble,
+    PyList_CheckExact,
+    PyList_New,
+    PyList_SET_ITEM,
+    PyLong_AsLongLongAndOverflow,
+    PyLong_AsUnsignedLongLong,
+    PyLong_Check,
+    PyLong_FromLongLong,
+    PyLong_FromUnsignedLongLong,
+    PyObject_IsTrue,
+    PyTuple_Check,
+    PyTuple_CheckExact,
+    PyTuple_SET_ITEM,
+    PyUnicode_AsUTF8AndSize,
+    PyUnicode_CheckExact,
+    PyUnicode_DecodeUTF8,
+    Py_INCREF,
+    WBuf,
+    inet_pton,
+)
+
+from collections.abc import Mapping
+
+from datasync.vpp import _codec_plan as _plan
+from datasync.vpp._codec_plan import DECODERS as _DECODERS
+from datasync.vpp._codec_plan import INT_RANGE as _INT_RANGE
+from datasync.vpp._codec_plan import FieldError, MacAddress, check_names, is_record
+from datasync.vpp._codec_py import _encode_int as _py_encode_int
+from datasync.vpp._codec_py import _encode_op as _py_encode_op
+from datasync.vpp._codec_py import _encode_vla as _py_encode_vla
+from datasync.vpp.defs import CodecError
+
+__all__ = ["MessageCodec", "peek_msg_id"]
+
+#: the op-kind and conversion numbers compiled in (a test compares them with _codec_plan)
+CONSTANTS = {
+    "K_U8": K_U8, "K_I8": K_I8, "K_U16": K_U16, "K_I16": K_I16, "K_U32": K_U32,
+    "K_I32": K_I32, "K_U64": K_U64, "K_I64": K_I64, "K_F64": K_F64, "K_BOOL": K_BOOL,
+    "K_BYTES": K_BYTES, "K_STR": K_STR, "K_VSTR": K_VSTR, "K_VBYTES": K_VBYTES,
+    "K_LBYTES": K_LBYTES, "K_STRUCT": K_STRUCT, "K_UNION": K_UNION, "K_ARRAY": K_ARRAY,
+    "K_VLA": K_VLA, "K_LVLA": K_LVLA,
+    "C_NONE": C_NONE, "C_IP4": C_IP4, "C_IP6": C_IP6, "C_ADDRESS": C_ADDRESS,
+    "C_PREFIX": C_PREFIX, "C_AWP": C_AWP, "C_IP4_PREFIX": C_IP4_PREFIX,
+    "C_IP6_PREFIX": C_IP6_PREFIX, "C_IP4_AWP": C_IP4_AWP, "C_IP6_AWP": C_IP6_AWP,
+    "C_MAC": C_MAC,
+}
+
+cdef extern from *:
+    """
+    /* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM. */
+    static PyObject* ds_record_new(PyObject* type, Py_ssize_t n) {
+        return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
+    }
+    """
+    object ds_record_new(object type, Py_ssize_t n)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+
+
+cdef object _bytes_new = bytes.__new__
+cdef object _DECODE_ERRORS = (TypeError, ValueError, OverflowError, OSError)
+cdef object _BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+# --- compiled programs ---------------------------------------------------------------------
+
+
+cdef class _Layout:
+    """A compiled struct, union, message, or a one-op holder of an array element."""
+
+    cdef COp* ops
+    cdef Py_ssize_t n
+    cdef Py_ssize_t skip
+    cdef Py_ssize_t fixed_size
+    cdef bint is_union
+    cdef object tuple_type
+    cdef object plan
+    cdef dict index
+    cdef list keep
+
+    def __dealloc__(self):
+        free(self.ops)
+
+
+cdef _Layout _new_layout(Py_ssize_t n):
+    cdef _Layout L = _Layout.__new__(_Layout)
+    L.ops = <COp*>calloc(n if n > 0 else 1, sizeof(COp))
+    if L.ops == NULL:
+        raise MemoryError()
+    L.n = n
+    L.keep = []
+    return L
+
+
+cdef _Layout _build(object pl, dict memo):
+    cdef _Layout L = memo.get(id(pl))
+    if L is not None:
+        return L
+    L = _new_layout(len(pl.ops))
+    memo[id(pl)] = L
+    L.keep.append(pl)  # keeps memo ids valid while the program lives
+    L.skip = pl.skip
+    L.fixed_size = pl.fixed_size
+    L.is_union = pl.is_union
+    L.tuple_type = pl.tuple_type
+    L.plan = pl
+    L.index = dict(pl.index)
+    for i, op in enumerate(pl.ops):
+        _fill(&L.ops[i], op, L, memo)
+    return L
+
+
+cdef int _fill(COp* c, object op, _Layout owner, dict memo) except -1:
+    cdef _Layout sub
+    c.kind = op.kind
+    c.conv = op.conv
+    c.size = op.size
+    c.len_index = op.len_index
+    c.count_for = op.count_for
+    if op.kind in _INT_RANGE and op.kind != K_U64:
+        c.lo = _INT_RANGE[op.kind][1]
+        c.hi = _INT_RANGE[op.kind][2]
+    owner.keep.append(op.name)
+    c.name = <PyObject*>op.name
+    owner.keep.append(op)
+    c.plan_op = <PyObject*>op
+    if op.default is not None:
+        owner.keep.append(op.default)
+        c.dflt = <PyObject*>op.default
+    if op.layout is not None:
+        sub = _build(op.layout, memo)
+    elif op.elem is not None:
+        sub = _new_layout(1)
+        sub.plan = None
+        sub.index = {}
+        _fill(&sub.ops[0], op.elem, sub, memo)
+    else:
+        sub = None
+    if sub is not None:
+        owner.keep.append(sub)
+        c.sub = <PyObject*>sub
+    return 0
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+cdef int _reserve(WBuf* w, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t need = w.len + extra
+    cdef Py_ssize_t cap
+    cdef char* p
+    if need <= w.cap:
+        return 0
+    cap = w.cap * 2
+    if cap < need:
+        cap = need
+    if w.heap == NULL:
+        p = <char*>malloc(cap)
+        if p == NULL:
+            raise MemoryError()
+        memcpy(p, w.data, w.len)
+    else:
+        p = <char*>realloc(w.heap, cap)
+        if p == NULL:
+            raise MemoryError()
+    w.heap = p
+    w.data = p
+    w.cap = cap
+    return 0
+
+
+cdef inline void _put_be(char* p, unsigned long long v, Py_ssize_t size) noexcept:
+    cdef Py_ssize_t i = size
+    while i > 0:
+        i -= 1
+        p[i] = <char>(v & 0xFF)
+        v >>= 8
+
+
+cdef int _append(WBuf* w, const char* src, Py_ssize_t n) except -1:
+    _reserve(w, n)
+    memcpy(w.data + w.len, src, n)
+    w.len += n
+    return 0
+
+
+cdef int _zeros(WBuf* w, Py_ssize_t n) except -1:
+    _reserve(w, n)
+    memset(w.data + w.len, 0, n)
+    w.len += n
+    return 0
+
+
+cdef int _append_bytes(WBuf* w, object tmp) except -1:
+    cdef bytes b = bytes(tmp)
+    return _append(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+
+cdef int _slow_op(COp* op, object v, WBuf* w) except -1:
+    """The twin encodes what the fast paths do not take (and raises its errors)."""
+    tmp = bytearray()
+    _py_encode_op(<object>op.plan_op, v, tmp)
+    return _append_bytes(w, tmp)
+
+
+cdef long long _slow_int(COp* op, object v, WBuf* w) except? -1:
+    tmp = bytearray()
+    n = _py_encode_int(<object>op.plan_op, v, tmp)
+    _append_bytes(w, tmp)
+    return n
+
+
+cdef long long _enc_int(COp* op, object v, WBuf* w) except? -1:
+    cdef int overflow = 0
+    cdef long long x
+    cdef Py_ssize_t size
+    if v is None:
+        if op.dflt == NULL:
+            size = 1 if op.kind == K_BOOL else op.size
+            _zeros(w, size)
+            return 0
+        v = <object>op.dflt
+    if op.kind == K_BOOL:
+        x = 1 if PyObject_IsTrue(v) else 0
+        _reserve(w, 1)
+        w.data[w.len] = <char>x
+        w.len += 1
+        return x
+    if not PyLong_Check(v):
+        return _slow_int(op, v, w)  # enum names, __index__ objects, errors
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if op.kind == K_U64:
+        if overflow < 0 or (overflow == 0 and x < 0):
+            return _slow_int(op, v, w)
+        if overflow > 0:
+            try:
+                x = <long long>PyLong_AsUnsignedLongLong(v)
+            except OverflowError:
+                return _slow_int(op, v, w)
+    elif overflow or x < op.lo or x > op.hi:
+        return _slow_int(op, v, w)
+    _reserve(w, op.size)
+    _put_be(w.data + w.len, <unsigned long long>x, op.size)
+    w.len += op.size
+    return x
+
+
+cdef inline int _hexval(char c) noexcept:
+    if c >= 48 and c <= 57:
+        return c - 48
+    if c >= 97 and c <= 102:
+        return c - 87
+    if c >= 65 and c <= 70:
+        return c - 55
+    return -1
+
+
+cdef bint _parse_mac(const char* s, Py_ssize_t n, char* out) noexcept:
+    """``aa:bb:cc:dd:ee:ff`` -> 6 bytes; anything else is left to the twin."""
+    cdef int i, hi, lo
+    if n != 17:
+        return 0
+    for i in range(6):
+        if i and s[3 * i - 1] != 58:  # ':'
+            return 0
+        hi = _hexval(s[3 * i])
+        lo = _hexval(s[3 * i + 1])
+        if hi < 0 or lo < 0:
+            return 0
+        out[i] = <char>(hi * 16 + lo)
+    return True
+
+
+cdef int _pton(const char* s, Py_ssize_t n, char* out) noexcept:
+    """af of an IP address text (0 v4, 1 v6; ':' decides, as in _codec_plan), -1 if invalid."""
+    cdef char tmp[64]
+    if n <= 0 or n >= 64 or memchr(s, 0, n) != NULL:
+        return -1
+    memcpy(tmp, s, n)
+    tmp[n] = 0
+    if memchr(s, 58, n) != NULL:
+        return 1 if inet_pton(AF_INET6, tmp, out) == 1 else -1
+    return 0 if inet_pton(AF_INET, tmp, out) == 1 else -1
+
+
+cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
+    """Fast paths for text forms of addresses, prefixes and MACs: 1 taken, 0 not taken."""
+    cdef Py_ssize_t n, i, alen
+    cdef const char* s = PyUnicode_AsUTF8AndSize(v, &n)
+    cdef char out[18]
+    cdef int af, plen, want
+    cdef const char* slash
+    if op.conv == C_MAC:
+        if not _parse_mac(s, n, out):
+            return 0
+        return _append(w, out, 6) + 1
+    memset(out, 0, 18)
+    if op.conv == C_IP4 or op.conv == C_IP6:
+        af = _pton(s, n, out)
+        if af != (0 if op.conv == C_IP4 else 1):
+            return 0
+        return _append(w, out, op.size) + 1
+    if op.conv == C_ADDRESS:
+        af = _pton(s, n, out + 1)
+        if af < 0:
+            return 0
+        out[0] = <char>af
+        return _append(w, out, 17) + 1
+    # prefixes: "address/len", len 1-3 plain digits (anything else goes to the twin)
+    slash = <const char*>memchr(s, 47, n)
+    if slash == NULL:
+        return 0
+    alen = slash - s
+    if n - alen - 1 < 1 or n - alen - 1 > 3:
+        return 0
+    plen = 0
+    for i in range(alen + 1, n):
+        if s[i] < 48 or s[i] > 57:
+            return 0
+        plen = plen * 10 + (s[i] - 48)
+    if plen > 255:
+        return 0
+    if op.conv == C_PREFIX or op.conv == C_AWP:
+        af = _pton(s, alen, out + 1)
+        if af < 0:
+            return 0
+        out[0] = <char>af
+        out[17] = <char>plen
+        return _append(w, out, 18) + 1
+    want = 0 if op.conv == C_IP4_PREFIX or op.conv == C_IP4_AWP else 1
+    af = _pton(s, alen, out)
+    if af != want:
+        return 0
+    i = 4 if want == 0 else 16
+    out[i] = <char>plen
+    return _append(w, out, i + 1) + 1
+
+
+cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
+    cdef int kind = op.kind
+    cdef Py_ssize_t n, j, start
+    cdef const char* s
+    cdef double d
+    cdef _Layout sub
+    if kind <= K_BOOL:
+        if kind != K_F64:
+            _enc_int(op, v, w)
+            return 0
+        if v is None:
+            v = <object>op.dflt if op.dflt != NULL else 0.0
+        if not PyFloat_CheckExact(v):
+            return _slow_op(op, v, w)
+        d = PyFloat_AsDouble(v)
+        return _append(w, <const char*>&d, 8)  # f64 in host byte order
+    if kind == K_BYTES:
+        if v is None:
+            return _zeros(w, op.size)
+        if PyBytes_CheckExact(v):
+            n = PyBytes_GET_SIZE(v)
+            if n > op.size:
+                return _slow_op(op, v, w)
+            _append(w, PyBytes_AS_STRING(v), n)
+            return _zeros(w, op.size - n)
+        if op.conv != C_NONE and PyUnicode_CheckExact(v) and _conv_str(op, v, w):
+            return 0
+        return _slow_op(op, v, w)
+    if kind == K_STR:
+        if v is None:
+            return _zeros(w, op.size)
+        if not PyUnicode_CheckExact(v):
+            return _slow_op(op, v, w)
+        s = PyUnicode_AsUTF8AndSize(v, &n)
+        if n >= op.size:
+            return _slow_op(op, v, w)
+        _append(w, s, n)
+        return _zeros(w, op.size - n)
+    if kind == K_VSTR:
+        if v is None:
+            return _zeros(w, 4)
+        if not PyUnicode_CheckExact(v):
+            return _slow_op(op, v, w)
+        s = PyUnicode_AsUTF8AndSize(v, &n)
+        if n > 0xFFFFFFFF:
+            return _slow_op(op, v, w)
+        _reserve(w, 4 + n)
+        _put_be(w.data + w.len, <unsigned long long>n, 4)
+        w.len += 4
+        return _append(w, s, n)
+    if kind == K_STRUCT:
+        if v is None or PyDict_CheckExact(v) or (PyTuple_Check(v) and is_record(v)):
+            return _enc_struct(<_Layout>op.sub, v, w, 0)
+        if op.conv != C_NONE and PyUnicode_CheckExact(v) and _conv_str(op, v, w):
+            return 0
+        return _slow_op(op, v, w)
+    if kind == K_UNION:
+        if v is None:
+            return _zeros(w, op.size)
+        if not PyDict_CheckExact(v) or len(v) != 1:
+            return _slow_op(op, v, w)
+        sub = <_Layout>op.sub
+        for k, item in (<dict>v).items():
+            idx = sub.index.get(k)
+            if idx is None:
+                return _slow_op(op, v, w)
+            start = w.len
+            try:
+                _enc_op(&sub.ops[<Py_ssize_t>idx], item, w)
+            except FieldError as exc:
+                raise exc.under(k)
+            return _zeros(w, op.size - (w.len - start))
+    if kind == K_ARRAY:
+        sub = <_Layout>op.sub
+        if v is None:
+            for j in range(op.size):
+                _enc_op(&sub.ops[0], None, w)
+            return 0
+        if not (PyList_CheckExact(v) or PyTuple_CheckExact(v)) or len(v) != op.size:
+            return _slow_op(op, v, w)
+        return _enc_items(&sub.ops[0], v, w)
+    return _slow_op(op, v, w)
+
+
+cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
+    cdef Py_ssize_t j = 0
+    try:
+        for item in items:
+            _enc_op(elem, item, w)
+            j += 1
+    except FieldError as exc:
+        raise exc.under(f"[{j}]")
+    return 0
+
+
+cdef int _enc_vla(COp* op, object v, long long count, WBuf* w) except -1:
+    if v is None and count == 0:
+        return 0
+    if op.kind == K_VBYTES:
+        if PyBytes_CheckExact(v) and PyBytes_GET_SIZE(v) == count:
+            return _append(w, PyBytes_AS_STRING(v), count)
+    elif PyList_CheckExact(v) or PyTuple_CheckExact(v):
+        if len(v) == count:
+            return _enc_items(&(<_Layout>op.sub).ops[0], v, w)
+    tmp = bytearray()
+    _py_encode_vla(<object>op.plan_op, v, count, tmp)
+    return _append_bytes(w, tmp)
+
+
+cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except -1:
+    """Encode a struct (a message's fields from ``start``) from a dict, mapping or namedtuple."""
+    cdef Py_ssize_t i = start, found = 0
+    cdef int mode
+    cdef COp* op
+    cdef PyObject* pv
+    cdef long long ints_stack[64]
+    cdef long long* ints = ints_stack
+    if value is None:
+        mode = 0
+    elif PyDict_CheckExact(value):
+        mode = 1
+    elif PyTuple_Check(value) and is_record(value):
+        mode = 3
+    elif isinstance(value, Mapping):
+        mode = 2
+        check_names(L.plan, value)
+    else:
+        raise FieldError(f"expected a mapping for {L.plan.name}, got {type(value).__name__}")
+    if L.n > 64:
+        ints = <long long*>malloc(L.n * sizeof(long long))
+        if ints == NULL:
+            raise MemoryError()
+    try:
+        while i < L.n:
+            op = &L.ops[i]
+            if mode == 1:
+                pv = PyDict_GetItem(value, <object>op.name)
+                if pv != NULL:
+                    found += 1
+                    v = <object>pv
+                else:
+                    v = None
+            elif mode == 0:
+                v = None
+            elif mode == 3:
+                v = getattr(value, <object>op.name, None)
+            else:
+                v = value.get(<object>op.name)
+            if v is None and op.count_for >= 0:
+                arr = _lookup(value, mode, <object>L.ops[op.count_for].name)
+                v = len(arr) if arr is not None else None
+            if op.kind <= K_BOOL and op.kind != K_F64:
+                ints[i] = _enc_int(op, v, w)
+            elif op.len_index >= 0:
+                _enc_vla(op, v, ints[op.len_index], w)
+            else:
+                _enc_op(op, v, w)
+            i += 1
+    except FieldError as exc:
+        if mode == 1:
+            check_names(L.plan, value)  # an unknown field is reported first, as the twin does
+        raise exc.under(<object>L.ops[i].name)
+    finally:
+        if ints != ints_stack:
+            free(ints)
+    if mode == 1 and found != len(value):
+        check_names(L.plan, value)
+    return 0
+
+
+cdef object _lookup(object value, int mode, object name):
+    if mode == 1 or mode == 2:
+        return value.get(name)
+    if mode == 3:
+        return getattr(value, name, None)
+    return None
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+cdef inline unsigned long long _get_be(const unsigned char* p, Py_ssize_t size) noexcept:
+    cdef unsigned long long v = 0
+    cdef Py_ssize_t i
+    for i in range(size):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline int _need(Py_ssize_t off, Py_ssize_t n, Py_ssize_t end) except -1:
+    if n < 0 or n > end - off:
+        raise FieldError(
+            f"truncated: need {n} bytes at offset {off}, have {max(end - off, 0)}"
+        )
+    return 0
+
+
+cdef object _conv(COp* op, const unsigned char* p):
+    cdef object b = PyBytes_FromStringAndSize(<const char*>p, op.size)
+    if op.conv == C_MAC:
+        return _bytes_new(MacAddress, b)
+    try:
+        return _DECODERS[op.conv](b)
+    except _DECODE_ERRORS as exc:
+        raise FieldError(f"bad {(<object>op.plan_op).type_name}: {exc}") from None
+
+
+cdef object _dec_int(COp* op, const unsigned char* p):
+    cdef unsigned long long u = _get_be(p, op.size)
+    cdef int kind = op.kind
+    if kind == K_U8 or kind == K_U16 or kind == K_U32 or kind == K_U64:
+        return PyLong_FromUnsignedLongLong(u)
+    if kind == K_I8:
+        return PyLong_FromLongLong(<signed char>u)
+    if kind == K_I16:
+        return PyLong_FromLongLong(<short>u)
+    if kind == K_I32:
+        return PyLong_FromLongLong(<int>u)
+    return PyLong_FromLongLong(<long long>u)
+
+
+cdef object _count_error(object count, Py_ssize_t esize, Py_ssize_t off, Py_ssize_t end):
+    n = count * esize
+    return FieldError(f"truncated: need {n} bytes at offset {off}, have {max(end - off, 0)}")
+
+
+cdef object _dec_op(
+    COp* op, const unsigned char* buf, Py_ssize_t end, Py_ssize_t* off, object rec, Py_ssize_t start
+):
+    cdef int kind = op.kind
+    cdef Py_ssize_t o = off[0], n, j, esize
+    cdef int overflow = 0
+    cdef long long count
+    cdef double d
+    cdef const unsigned char* nul
+    cdef _Layout sub
+    if kind <= K_BOOL:
+        if kind == K_BOOL:
+            _need(o, 1, end)
+            off[0] = o + 1
+            return buf[o] != 0
+        _need(o, op.size, end)
+        off[0] = o + op.size
+        if kind == K_F64:
+            if op.conv != C_NONE:
+                return _conv(op, buf + o)
+            memcpy(&d, buf + o, 8)
+            return PyFloat_FromDouble(d)
+        return _dec_int(op, buf + o)
+    if kind == K_BYTES:
+        _need(o, op.size, end)
+        off[0] = o + op.size
+        if op.conv != C_NONE:
+            return _conv(op, buf + o)
+        return PyBytes_FromStringAndSize(<const char*>buf + o, op.size)
+    if kind == K_STR:
+        _need(o, op.size, end)
+        off[0] = o + op.size
+        nul = <const unsigned char*>memchr(buf + o, 0, op.size)
+        n = (nul - (buf + o)) if nul != NULL else op.size
+        return PyUnicode_DecodeUTF8(<const char*>buf + o, n, "replace")
+    if kind == K_VSTR:
+        _need(o, 4, end)
+        n = <Py_ssize_t>_get_be(buf + o, 4)
+        o += 4
+        _need(o, n, end)
+        off[0] = o + n
+        return PyUnicode_DecodeUTF8(<const char*>buf + o, n, "replace")
+    if kind == K_STRUCT or kind == K_UNION:
+        if op.conv != C_NONE:
+            _need(o, op.size, end)
+            off[0] = o + op.size
+            return _conv(op, buf + o)
+        sub = <_Layout>op.sub
+        if sub.is_union:
+            _need(o, sub.fixed_size, end)
+        return _dec_struct(sub, buf, end, off, 0)
+    if kind == K_LBYTES:
+        off[0] = end
+        return PyBytes_FromStringAndSize(<const char*>buf + o, end - o)
+    if kind == K_VBYTES:
+        cobj = <object>PyTuple_GET_ITEM(rec, op.len_index - start)
+        count = PyLong_AsLongLongAndOverflow(cobj, &overflow)
+        if overflow or count < 0 or count > end - o:
+            raise _count_error(cobj, 1, o, end)
+        off[0] = o + count
+        return PyBytes_FromStringAndSize(<const char*>buf + o, count)
+    sub = <_Layout>op.sub
+    esize = sub.ops[0].size
+    if kind == K_ARRAY:
+        count = op.size
+    elif kind == K_VLA:
+        cobj = <object>PyTuple_GET_ITEM(rec, op.len_index - start)
+        count = PyLong_AsLongLongAndOverflow(cobj, &overflow)
+        if overflow or count < 0 or (esize > 0 and count > (end - o) // esize):
+            raise _count_error(cobj, esize, o, end)
+    else:  # K_LVLA: as many whole elements as are left
+        if esize <= 0:
+            raise FieldError("legacy array of variable-size elements")
+        if (end - o) % esize:
+            raise FieldError(
+                f"{end - o} bytes left, not a multiple of the element size {esize}"
+            )
+        count = (end - o) // esize
+    if esize > 0:
+        _need(o, count * esize, end)
+    items = PyList_New(count)
+    j = 0
+    try:
+        while j < count:
+            item = _dec_op(&sub.ops[0], buf, end, off, rec, start)
+            Py_INCREF(<PyObject*>item)
+            PyList_SET_ITEM(items, j, <PyObject*>item)
+            j += 1
+    except FieldError as exc:
+        # the list's unfilled slots are NULL; give them None so it can be freed
+        while j < count:
+            Py_INCREF(<PyObject*>None)
+            PyList_SET_ITEM(items, j, <PyObject*>None)
+            j += 1
+        raise exc.under(f"[{j}]")
+    return items
+
+
+cdef object _dec_struct(
+    _Layout L, const unsigned char* buf, Py_ssize_t end, Py_ssize_t* off, Py_ssize_t start
+):
+    cdef Py_ssize_t i = start
+    cdef Py_ssize_t base = off[0]
+    cdef Py_ssize_t arm_off
+    rec = ds_record_new(L.tuple_type, L.n - start)
+    try:
+        while i < L.n:
+            if L.is_union:
+                arm_off = base
+                v = _dec_op(&L.ops[i], buf, end, &arm_off, rec, start)
+            else:
+                v = _dec_op(&L.ops[i], buf, end, off, rec, start)
+            Py_INCREF(<PyObject*>v)
+            PyTuple_SET_ITEM(rec, i - start, <PyObject*>v)
+            i += 1
+    except FieldError as exc:
+        raise exc.under(<object>L.ops[i].name)
+    if L.is_union:
+        off[0] = base + L.fixed_size
+    return rec
+
+
+# --- the codec -----------------------------------------------------------------------------
+
+
+def peek_msg_id(data):
+    """The message id: u16 big-endian at offset 0 of a message body."""
+    cdef const unsigned char* p
+    if PyBytes_CheckExact(data) and PyBytes_GET_SIZE(data) >= 2:
+        p = <const unsigned char*>PyBytes_AS_STRING(data)
+        return (p[0] << 8) | p[1]
+    if len(data) < 2:
+        raise CodecError("?", "_vl_msg_id", f"message of {len(data)} bytes has no id")
+    return (data[0] << 8) | data[1]
+
+
+cdef class MessageCodec:
+    """Encodes and decodes one message of one set of definitions (compiled)."""
+
+    cdef _Layout _layout
+    cdef readonly str name
+    cdef readonly str name_crc
+    cdef readonly tuple field_names
+    cdef readonly object tuple_type
+
+    def __init__(self, layout, name_crc):
+        self._layout = _build(layout, {})
+        self.name = layout.name
+        self.name_crc = name_crc
+        self.field_names = layout.names
+        self.tuple_type = layout.tuple_type
+
+    def __repr__(self):
+        return f"<MessageCodec {self.name_crc} (compiled)>"
+
+    def encode(self, msg_id, fields=None, /, **kw):
+        """The message body, starting with ``_vl_msg_id = msg_id``; missing fields are zero."""
+        cdef char stack[1024]
+        cdef WBuf w
+        cdef int overflow = 0
+        cdef long long mid
+        if fields is None:
+            values = kw
+        elif kw:
+            values = {**fields, **kw}
+        else:
+            values = fields
+        w.data = stack
+        w.len = 0
+        w.cap = sizeof(stack)
+        w.heap = NULL
+        try:
+            if not PyLong_Check(msg_id):
+                raise FieldError(f"bad message id {msg_id!r}: an int in [0, 65535]", "_vl_msg_id")
+            mid = PyLong_AsLongLongAndOverflow(msg_id, &overflow)
+            if overflow or mid < 0 or mid > 0xFFFF:
+                raise FieldError(f"bad message id {msg_id!r}: an int in [0, 65535]", "_vl_msg_id")
+            _put_be(w.data, <unsigned long long>mid, 2)
+            w.len = 2
+            if not PyDict_CheckExact(values) and not isinstance(values, Mapping) and not is_record(values):
+                raise FieldError(f"expected a mapping of fields, got {type(values).__name__}")
+            _enc_struct(self._layout, values, &w, 1)
+            return PyBytes_FromStringAndSize(w.data, w.len)
+        except FieldError as exc:
+            raise CodecError(self.name, exc.path, exc.reason) from None
+        finally:
+            if w.heap != NULL:
+                free(w.heap)
+
+    def decode(self, data):
+        """The fields (all but ``_vl_msg_id``) as a namedtuple; CodecError on bad bytes."""
+        cdef Py_buffer view
+        cdef const unsigned char* buf
+        cdef Py_ssize_t end
+        cdef Py_ssize_t off = 2
+        cdef bint release = False
+        if PyBytes_CheckExact(data):
+            buf = <const unsigned char*>PyBytes_AS_STRING(data)
+            end = PyBytes_GET_SIZE(data)
+        else:
+            try:
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            except (TypeError, BufferError):
+                raise CodecError(self.name, "", f"cannot decode {type(data).__name__}") from None
+            release = True
+            buf = <const unsigned char*>view.buf
+            end = view.len
+        try:
+            if end < 2:
+                raise FieldError(f"truncated: need 2 bytes at offset 0, have {end}", "_vl_msg_id")
+            return _dec_struct(self._layout, buf, end, &off, 1)
+        except FieldError as exc:
+            raise CodecError(self.name, exc.path, exc.reason) from None
+        finally:
+            if release:
+                PyBuffer_Release(&view)

@@ -1,0 +1,21 @@
+"""Types of the compiled VPP message codec (pyx/_codec.pyx); twin: datasync.vpp._codec_py."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from datasync.vpp._codec_plan import Layout
+
+CONSTANTS: dict[str, int]
+
+def peek_msg_id(data: bytes | bytearray | memoryview) -> int: ...
+
+class MessageCodec:
+    name: str
+    name_crc: str
+    field_names: tuple[str, ...]
+    tuple_type: Any
+    def __init__(self, layout: Layout, name_crc: str) -> None: ...
+    def encode(
+        self, msg_id: int, fields: Mapping[str, Any] | None = None, /, **kw: Any
+    ) -> bytes: ...
+    def decode(self, data: bytes | bytearray | memoryview) -> Any: ...
