@@ -129,6 +129,20 @@ async def test_timeout_and_late_reply_dropped(sim: Simulator, client: VppClient)
     assert client._in_flight == 0
 
 
+async def test_default_timeout_expires_calls(sim: Simulator, make_client: Any) -> None:
+    c = await make_client(timeout=0.05, max_in_flight=4)
+    sim.set_latency(0.1, "show_version")
+    results = await asyncio.gather(
+        *(c.call("show_version") for _ in range(6)), return_exceptions=True
+    )
+    assert all(isinstance(r, VppTimeoutError) for r in results)
+    assert c.stats["timeouts"] == 6 and c._in_flight == 0
+    sim.clear_faults()
+    await eventually(lambda: c.stats["late_replies"] == 6, limit=5)
+    assert (await c.call("control_ping")).retval == 0
+    assert not c._deadlines
+
+
 async def test_cancelled_call_frees_its_slot(sim: Simulator, make_client: Any) -> None:
     c = await make_client(max_in_flight=1)
     sim.set_latency(0.1, "show_version")

@@ -202,6 +202,8 @@ class VppClient:
         self._rng = random.Random()
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._deadlines: deque[tuple[float, int, _Call]] = deque()
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set on connect
 
     # -- connection ------------------------------------------------------------------
@@ -396,6 +398,10 @@ class VppClient:
 
     def _drop_connection(self, exc: BaseException) -> None:
         self._out = []
+        self._deadlines.clear()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         self._conn = None
         self._transport = None
         self._connected.clear()
@@ -427,6 +433,9 @@ class VppClient:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+        dq = self._deadlines
+        while dq and dq[0][2].future.done():
+            dq.popleft()  # replies come mostly in order: the deadline queue stays short
         self._release_slot()
 
     def _wake_window(self) -> None:
@@ -564,22 +573,52 @@ class VppClient:
             raise ClosedError("VppClient is closed")
         await self._take_slot()
         ctx, call = self._submit(name, fields)
+        # The deadline expires the call's future (a VppTimeoutError) rather than cancelling
+        # the task: no cancel/uncancel race, and no per-call timer for the common timeout.
         limit = self.timeout if timeout is None else timeout
+        handle = None
+        deadline = self._loop.time() + limit
+        if limit == self.timeout:
+            self._deadlines.append((deadline, ctx, call))
+            if self._sweep_handle is None:
+                self._sweep_handle = self._loop.call_at(deadline, self._sweep)
+        else:
+            handle = self._loop.call_at(deadline, self._expire, ctx, call, limit)
         try:
-            async with asyncio.timeout(limit):
-                reply = await call.future
-        except TimeoutError:
-            self._abandon(ctx)
-            self.stats["timeouts"] += 1
-            raise VppTimeoutError(name, limit) from None
+            reply = await call.future
         except asyncio.CancelledError:
             self._abandon(ctx)
             raise
+        finally:
+            if handle is not None:
+                handle.cancel()
         if check and call.details is None:
             rv = getattr(reply, "retval", 0)
             if rv < 0:
                 raise VppApiError(rv, name)
         return reply
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        dq = self._deadlines
+        now = self._loop.time()
+        pending = self._pending
+        while dq and dq[0][0] <= now:
+            _, ctx, call = dq.popleft()
+            if pending.get(ctx) is call:
+                self._expire(ctx, call, self.timeout)
+        while dq and dq[0][2].future.done():
+            dq.popleft()
+        if dq:
+            self._sweep_handle = self._loop.call_at(dq[0][0], self._sweep)
+
+    def _expire(self, ctx: int, call: _Call, limit: float) -> None:
+        if self._pending.get(ctx) is not call:
+            return
+        self._abandon(ctx)
+        self.stats["timeouts"] += 1
+        if not call.future.done():
+            call.future.set_exception(VppTimeoutError(call.name, limit))
 
     def _abandon(self, ctx: int) -> None:
         call = self._pending.pop(ctx, None)
