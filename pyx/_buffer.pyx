@@ -530,16 +530,16 @@ cdef class EventBuffer:
         cdef list items = self._items
         cdef Py_ssize_t n = PyList_GET_SIZE(items)
         cdef dict best = {}
-        cdef list kept_items = []
+        cdef list kept_items
         cdef Py_ssize_t i, kept = 0
         cdef PyObject* c
         cdef PyObject* p
-        cdef char* keep = <char*>malloc(n + 1)
-        if keep == NULL:
+        # keepers[i]: the _Slot of the key whose newest change sits at i, else NULL
+        cdef PyObject** keepers = <PyObject**>calloc(n + 1, sizeof(PyObject*))
+        if keepers == NULL:
             raise MemoryError()
         try:
             for i in range(n):
-                keep[i] = 0
                 c = PyList_GET_ITEM(items, i)
                 if <object>c is None:
                     continue
@@ -549,32 +549,32 @@ cdef class EventBuffer:
                 elif self._ents[i].rev > self._ents[(<_Slot>p).slot].rev:
                     (<_Slot>p).slot = i
             for s in best.values():
-                keep[(<_Slot>s).slot] = 1
+                keepers[(<_Slot>s).slot] = <PyObject*>s
+            kept_items = PyList_New(len(best))
+            # Kept changes move over without touching their reference counts; the rest
+            # are released with ``items`` below.
             for i in range(n):
-                if keep[i]:
+                if keepers[i] != NULL:
+                    c = PyList_GET_ITEM(items, i)
+                    PyList_SET_ITEM(items, i, NULL)
+                    PyList_SET_ITEM(kept_items, kept, c)
                     self._ents[kept].rev = self._ents[i].rev
                     self._ents[kept].slot = kept
-                    PyList_Append(kept_items, PyList_GET_ITEM(items, i))
+                    (<_Slot>keepers[i]).slot = kept
                     kept += 1
         finally:
-            free(keep)
+            free(keepers)
         self._coalesced += <unsigned long long>(self._live - kept)
         self._live = kept
-        if kept * 2 <= self._coalesce_above:
-            # Mostly duplicates: back to cheap plain appends until the next overflow.
-            self._index = None
-        else:
-            for i in range(kept):
-                c = PyList_GET_ITEM(kept_items, i)
-                (<_Slot>PyDict_GetItemWithError(best, PyTuple_GET_ITEM(c, 0))).slot = i
-            self._index = best
+        # Mostly duplicates: back to cheap plain appends until the next overflow.
+        self._index = None if kept * 2 <= self._coalesce_above else best
         self._items = kept_items  # last: may free the replaced changes
         return 0
 
     cdef int _compact(self) except -1:
         """Drop the empty slots left by replaced changes."""
         cdef list items = self._items
-        cdef list kept_items = []
+        cdef list kept_items = PyList_New(self._live)
         cdef Py_ssize_t i, kept = 0
         cdef PyObject* c
         cdef dict index = self._index
@@ -582,10 +582,11 @@ cdef class EventBuffer:
             c = PyList_GET_ITEM(items, i)
             if <object>c is None:
                 continue
+            PyList_SET_ITEM(items, i, NULL)
+            PyList_SET_ITEM(kept_items, kept, c)
             self._ents[kept].rev = self._ents[i].rev
             self._ents[kept].slot = kept
             (<_Slot>PyDict_GetItemWithError(index, PyTuple_GET_ITEM(c, 0))).slot = kept
-            PyList_Append(kept_items, c)
             kept += 1
         self._items = kept_items
         return 0

@@ -365,6 +365,13 @@ def test_buffer_invalid_limit(impl: ModuleType, value: Any, exc: type) -> None:
         impl.EventBuffer(coalesce_above=value)
 
 
+def test_counters_are_read_only(impl: ModuleType) -> None:
+    f, b = impl.RevisionFilter(), impl.EventBuffer()
+    for obj, name in ((f, "dropped"), (f, "snapshot_revision"), (b, "coalesced")):
+        with pytest.raises(AttributeError):
+            setattr(obj, name, 5)
+
+
 def test_buffer_default_limit(impl: ModuleType) -> None:
     assert impl.EventBuffer().coalesce_above == 65536
 
