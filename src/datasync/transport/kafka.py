@@ -275,6 +275,11 @@ class _Reader:
             self._executor.shutdown(wait=False)
 
 
+_BAD_KEY, _OUTSIDE = 0, 1
+_new_tuple = tuple.__new__
+_KEY_CACHE_SIZE = 1 << 17
+
+
 def _under(key: str, prefixes: Sequence[str]) -> bool:
     return not prefixes or any(key.startswith(p) for p in prefixes)
 
@@ -320,6 +325,7 @@ class KafkaSource:
         backoff_max: float = 5.0,
         give_up_after: float | None = None,
         request_timeout: float = 5.0,
+        fetch_wait_ms: int = 100,
         track_prev_values: bool = False,
         store_id: str | None = None,
         config: Mapping[str, Any] | None = None,
@@ -366,7 +372,10 @@ class KafkaSource:
             "enable.partition.eof": True,
             "auto.offset.reset": "error",
             "allow.auto.create.topics": False,
-            "fetch.wait.max.ms": 100,
+            # The broker holds an idle fetch this long: it bounds the tail latency on
+            # brokers that do not answer a waiting fetch early (tansu), at one request
+            # per wait while idle.
+            "fetch.wait.max.ms": fetch_wait_ms,
             "topic.metadata.refresh.interval.ms": max(1000, int(check_interval * 1000)),
             **(config or {}),
         }
@@ -503,25 +512,41 @@ class KafkaSource:
 
     # -- records
 
-    def _decode(self, msg: Message, prefixes: Sequence[str]) -> tuple[str, bytes | None] | None:
-        """(key, value or None for a tombstone) of a data record, or None when dropped."""
+    def _classify(self, raw: str | bytes | None, prefixes: Sequence[str]) -> str | int:
+        """The key of a record, or why it is dropped (``_BAD_KEY``, ``_OUTSIDE``)."""
+        if raw is None:
+            return _BAD_KEY
+        try:
+            key = validate_key(raw.decode() if isinstance(raw, bytes) else raw)
+        except (UnicodeDecodeError, ValueError):
+            return _BAD_KEY
+        return key if _under(key, prefixes) else _OUTSIDE
+
+    def _decode(
+        self, msg: Message, prefixes: Sequence[str], keys: dict[Any, str | int]
+    ) -> tuple[str, bytes | None] | None:
+        """(key, value or None for a tombstone) of a data record, or None when dropped.
+
+        ``keys`` caches the verdict per raw key: config topics repeat a few keys often.
+        """
         self.stats.records += 1
         raw = msg.key()
-        off = msg.offset()
-        if raw is None:
-            self.stats.dropped_bad_key += 1
-            log.warning("kafka %s@%s: record without key dropped", self._topic, off)
+        verdict = keys.get(raw)
+        if verdict is None:
+            verdict = self._classify(raw, prefixes)
+            if len(keys) < _KEY_CACHE_SIZE:
+                keys[raw] = verdict
+        if verdict.__class__ is int:
+            if verdict == _OUTSIDE:
+                self.stats.dropped_outside_prefix += 1
+                log.debug(
+                    "kafka %s@%s: key %r outside the prefixes", self._topic, msg.offset(), raw
+                )
+            else:
+                self.stats.dropped_bad_key += 1
+                log.warning("kafka %s@%s: bad key %r dropped", self._topic, msg.offset(), raw)
             return None
-        try:
-            key = validate_key(raw.decode() if isinstance(raw, bytes) else str(raw))
-        except (UnicodeDecodeError, ValueError) as exc:
-            self.stats.dropped_bad_key += 1
-            log.warning("kafka %s@%s: bad key %r dropped: %s", self._topic, off, raw, exc)
-            return None
-        if not _under(key, prefixes):
-            self.stats.dropped_outside_prefix += 1
-            log.debug("kafka %s@%s: key %r outside the watched prefixes", self._topic, off, key)
-            return None
+        key = str(verdict)
         value = msg.value()
         if not value:
             return key, None
@@ -532,7 +557,7 @@ class KafkaSource:
             log.warning(
                 "kafka %s@%s: value of key %r dropped: %d bytes > max_value_bytes %d",
                 self._topic,
-                off,
+                msg.offset(),
                 key,
                 len(value),
                 self._max_value_bytes,
@@ -632,7 +657,8 @@ class KafkaSource:
         self, prefixes: Sequence[str], store_id: str, deadline: float | None
     ) -> tuple[int, list[KeyVal]] | None:
         """(high watermark, live keys) read from the log start, or None to start over."""
-        latest: dict[str, KeyVal] = {}
+        latest: dict[str, tuple[bytes, int]] = {}
+        keys: dict[Any, str | int] = {}
         reader = self._new_reader(snapshot=True)
         try:
             await reader.open(0)
@@ -653,7 +679,7 @@ class KafkaSource:
                         if await self._topic_id() != store_id:
                             return None
                         self._set_state(SourceState.CONNECTED, "read to the end")
-                        return revision, list(latest.values())
+                        return revision, [KeyVal(k, v, r) for k, (v, r) in latest.items()]
                     off = msg.offset()
                     if off is None:
                         continue
@@ -665,13 +691,13 @@ class KafkaSource:
                         )
                         return None
                     position = off + 1
-                    kv = self._decode(msg, prefixes)
+                    kv = self._decode(msg, prefixes, keys)
                     if kv is None:
                         continue
                     if kv[1] is None:
                         latest.pop(kv[0], None)
                     else:
-                        latest[kv[0]] = KeyVal(kv[0], kv[1], position)
+                        latest[kv[0]] = (kv[1], position)
                 if 0 <= hwm < position:
                     log.info("kafka source %s: log truncated during the snapshot", self._name)
                     return None
@@ -706,6 +732,8 @@ class KafkaSource:
         self._check_store(store_id)
         self._store_id = store_id
         prev: dict[str, bytes] = {}
+        keys: dict[Any, str | int] = {}
+        name = self._name
         reader = self._new_reader()
         try:
             await reader.open(offset)
@@ -732,7 +760,7 @@ class KafkaSource:
                     if off is None or off < position:
                         continue  # defensive: never yield a revision twice
                     position = off + 1
-                    kv = self._decode(msg, prefixes)
+                    kv = self._decode(msg, prefixes, keys)
                     if kv is None:
                         continue
                     key, value = kv
@@ -742,7 +770,8 @@ class KafkaSource:
                         if value is not None:
                             prev[key] = value
                     op = Op.DELETE if value is None else Op.PUT
-                    batch.append(Change(key, op, value, position, old, self._name))
+                    # tuple.__new__ skips the NamedTuple's Python-level __new__ (hot loop).
+                    batch.append(_new_tuple(Change, (key, op, value, position, old, name)))
                 self._check_position(hwm, position)
                 if batch:
                     self._set_state(SourceState.CONNECTED, "records arriving")
