@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,32 +13,33 @@ import uvloop
 import datasync._extensions as _ext
 
 # Tests run on uvloop, as the agent does; DATASYNC_TEST_LOOP=asyncio runs them on stock asyncio.
-import os
-
 _LOOP = os.environ.get("DATASYNC_TEST_LOOP", "uvloop")
 
+# Unhandled exceptions reported by the loop of the running test (see _fail_on_loop_exceptions).
+_LOOP_ERRORS: list[dict[str, Any]] = []
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    if _LOOP == "asyncio":
-        return asyncio.DefaultEventLoopPolicy()
-    return uvloop.EventLoopPolicy()
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop() if _LOOP == "asyncio" else uvloop.new_event_loop()
+    loop.set_exception_handler(lambda _loop, ctx: _LOOP_ERRORS.append(ctx))
+    return loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    return {_LOOP: _new_loop}
 
 
 @pytest.fixture(autouse=True)
-def _fail_on_loop_exceptions(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Record unhandled exceptions of the test's event loop and fail the test on them."""
-    errors: list[dict[str, Any]] = []
-    if "asyncio" not in request.keywords and not request.node.get_closest_marker("asyncio"):
-        yield
-        return
-    loop = asyncio.get_event_loop_policy().get_event_loop()
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+def _fail_on_loop_exceptions() -> Iterator[None]:
+    """An exception nobody retrieved (a crashed task, a failing callback) fails the test."""
+    _LOOP_ERRORS.clear()
     yield
-    loop.set_exception_handler(None)
-    if errors:
-        pytest.fail(f"unhandled event-loop exceptions: {errors!r}")
+    if _LOOP_ERRORS:
+        errors = [f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in _LOOP_ERRORS]
+        _LOOP_ERRORS.clear()
+        pytest.fail("unhandled event-loop exceptions: " + "; ".join(errors))
 
 
 def extensions_enabled() -> bool:
+    """True unless DATASYNC_NO_EXTENSIONS=1 selected the pure-Python twins."""
     return not _ext.NO_EXTENSIONS

@@ -201,7 +201,9 @@ class ChangeEvent:
         self.ack.done(err)
 
     def __repr__(self) -> str:
-        return f"ChangeEvent(source={self.source!r}, revision={self.revision}, n={len(self.changes)})"
+        return (
+            f"ChangeEvent(source={self.source!r}, revision={self.revision}, n={len(self.changes)})"
+        )
 
 
 # --- channels ------------------------------------------------------------------------------
@@ -365,6 +367,8 @@ class Source(Protocol):
 
     async def snapshot(self, prefixes: Sequence[str]) -> Snapshot: ...
 
-    def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[Change]]: ...
+    def watch(
+        self, prefixes: Sequence[str], start_revision: int
+    ) -> AsyncIterator[list[Change]]: ...
 
     async def close(self) -> None: ...

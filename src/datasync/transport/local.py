@@ -1,0 +1,338 @@
+"""The embedded store: a SQLite key-value store with etcd-like revisions.
+
+It is datasync's default northbound source. Every write transaction gets the next
+store revision; each key keeps its create and mod revisions; a history table keeps
+every change so that ``watch`` can start from any revision not yet compacted.
+
+SQLite calls run on the event-loop thread: they are short (one indexed row per key),
+and keeping one connection on one thread keeps SQLite's locking simple. Writers in
+other processes sharing the file are noticed by polling (``poll_interval``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from ..api import Change, KeyVal, Op, Snapshot, validate_key, validate_prefix
+from ..errors import (
+    ClosedError,
+    CompactedError,
+    InvalidKeyError,
+    InvalidValueError,
+    SourceUnavailableError,
+    StoreResetError,
+)
+
+__all__ = ["DEFAULT_MAX_VALUE_BYTES", "LocalStore"]
+
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    rev INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    op INTEGER NOT NULL,
+    value BLOB,
+    prev BLOB,
+    PRIMARY KEY (rev, seq)
+) WITHOUT ROWID;
+"""
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key.startswith(p) for p in prefixes)
+
+
+class LocalStore:
+    """SQLite-backed store with revisions, transactions, snapshots and watches.
+
+    ``path`` is a file (created with its directory) or ``":memory:"``. The store is
+    both a ``Source`` and a ``Publisher``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        name: str = "local",
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self._name = name
+        self._path = str(path)
+        self.max_value_bytes = max_value_bytes
+        self.poll_interval = poll_interval
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False
+            )
+            self._db.executescript(_SCHEMA)
+            if self._path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._write():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('revision', '0'), ('compacted', '0'),"
+                    " ('store_id', ?)",
+                    (uuid.uuid4().hex,),
+                )
+        except sqlite3.Error as exc:
+            raise SourceUnavailableError(f"local store {self._path}: {exc}") from exc
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The source name shown in status and carried by its changes."""
+        return self._name
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ClosedError(f"local store {self._name} is closed")
+        return self._db
+
+    def _write(self) -> _WriteTxn:
+        return _WriteTxn(self._conn())
+
+    def _meta(self, name: str) -> str:
+        row = self._conn().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0])
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    @property
+    def revision(self) -> int:
+        """The store's current revision (0 when nothing was ever written)."""
+        return int(self._meta("revision"))
+
+    @property
+    def store_id(self) -> str:
+        """A random id made when the store file was created; a change means a reset."""
+        return self._meta("store_id")
+
+    @property
+    def compacted_revision(self) -> int:
+        """History at or below this revision is gone."""
+        return int(self._meta("compacted"))
+
+    def _check_value(self, key: str, value: bytes) -> bytes:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise InvalidValueError(key, f"values are bytes, got {type(value).__name__}")
+        if len(value) > self.max_value_bytes:
+            raise InvalidValueError(
+                key, f"value of {len(value)} bytes exceeds max_value_bytes={self.max_value_bytes}"
+            )
+        return bytes(value)
+
+    # --- publisher --------------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Put one key; returns the new store revision."""
+        return self.txn_sync({key: value})
+
+    async def delete(self, key: str) -> int:
+        """Delete one key; returns the revision (unchanged when the key did not exist)."""
+        return self.txn_sync({}, (key,))
+
+    async def txn(self, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
+        """Several puts and deletes at one revision; returns it."""
+        return self.txn_sync(puts, deletes)
+
+    def txn_sync(self, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
+        """The synchronous form of ``txn``, for scripts and the CLI."""
+        deletes = list(deletes)
+        checked = {validate_key(k): self._check_value(k, v) for k, v in puts.items()}
+        for k in deletes:
+            validate_key(k)
+            if k in checked:
+                raise InvalidKeyError(k, "key is both put and deleted in one transaction")
+        db = self._conn()
+        with self._write():
+            rev = int(self._meta("revision")) + 1
+            seq = 0
+            for key, value in checked.items():
+                row = db.execute(
+                    "SELECT value, create_rev, version FROM kv WHERE key = ?", (key,)
+                ).fetchone()
+                prev, create_rev, version = (row[0], row[1], row[2] + 1) if row else (None, rev, 1)
+                db.execute(
+                    "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)",
+                    (key, value, create_rev, rev, version),
+                )
+                db.execute(
+                    "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+                    (rev, seq, key, int(Op.PUT), value, prev),
+                )
+                seq += 1
+            for key in deletes:
+                row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    continue  # like etcd: deleting a missing key is no change
+                db.execute("DELETE FROM kv WHERE key = ?", (key,))
+                db.execute(
+                    "INSERT INTO history VALUES (?, ?, ?, ?, NULL, ?)",
+                    (rev, seq, key, int(Op.DELETE), row[0]),
+                )
+                seq += 1
+            if seq == 0:
+                return rev - 1
+            db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (str(rev),))
+        self._notify()
+        return rev
+
+    async def get(self, key: str) -> KeyVal | None:
+        """The current value of one key."""
+        row = (
+            self._conn()
+            .execute("SELECT value, mod_rev FROM kv WHERE key = ?", (validate_key(key),))
+            .fetchone()
+        )
+        return KeyVal(key, bytes(row[0]), int(row[1])) if row else None
+
+    def compact(self, revision: int) -> None:
+        """Forget history at or below ``revision`` (watches from there raise CompactedError)."""
+        with self._write():
+            current = int(self._meta("revision"))
+            revision = min(revision, current)
+            self._conn().execute("DELETE FROM history WHERE rev <= ?", (revision,))
+            self._conn().execute(
+                "UPDATE meta SET value = ? WHERE name = 'compacted'",
+                (str(max(revision, self.compacted_revision)),),
+            )
+
+    # --- source -----------------------------------------------------------------------------
+
+    async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+        """Every key under ``prefixes`` at one revision (one read transaction)."""
+        prefixes = [validate_prefix(p) for p in prefixes]
+        db = self._conn()
+        with _ReadTxn(db):
+            rev = int(self._meta("revision"))
+            store_id = self._meta("store_id")
+            kvs: dict[str, KeyVal] = {}
+            for p in prefixes:
+                for key, value, mod in db.execute(
+                    "SELECT key, value, mod_rev FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                    (p, _prefix_end(p)),
+                ):
+                    kvs[key] = KeyVal(key, bytes(value), int(mod))
+        return Snapshot(revision=rev, kvs=list(kvs.values()), store_id=store_id)
+
+    def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[Change]]:
+        """Changes under ``prefixes`` from ``start_revision`` on, one list per revision.
+
+        The store identity is taken now, so a store replaced before the first read is
+        still reported as a reset.
+        """
+        checked = [validate_prefix(p) for p in prefixes]
+        return self._watch(checked, max(start_revision, 1), self.store_id)
+
+    async def _watch(
+        self, prefixes: list[str], next_rev: int, store_id: str
+    ) -> AsyncIterator[list[Change]]:
+        while True:
+            if self._closed:
+                return
+            if self.store_id != store_id:
+                raise StoreResetError(f"local store {self._name}: store id changed")
+            current = self.revision
+            if current < next_rev - 1:
+                raise StoreResetError(
+                    f"local store {self._name}: revision went back to {current} "
+                    f"after {next_rev - 1} was delivered"
+                )
+            if next_rev <= self.compacted_revision:
+                raise CompactedError(
+                    f"local store {self._name}: revision {next_rev} is compacted "
+                    f"(compacted through {self.compacted_revision})",
+                    self.compacted_revision,
+                )
+            if current >= next_rev:
+                batch: list[Change] = []
+                rows = self._conn().execute(
+                    "SELECT rev, key, op, value, prev FROM history WHERE rev >= ? AND rev <= ?"
+                    " ORDER BY rev, seq",
+                    (next_rev, current),
+                )
+                for rev, key, op, value, prev in rows:
+                    if batch and batch[0].revision != rev:
+                        yield batch
+                        batch = []
+                    if _under(key, prefixes):
+                        batch.append(
+                            Change(
+                                key,
+                                Op(op),
+                                None if value is None else bytes(value),
+                                int(rev),
+                                None if prev is None else bytes(prev),
+                                self._name,
+                            )
+                        )
+                if batch:
+                    yield batch
+                next_rev = current + 1
+                continue
+            await self._wait_for_change()
+
+    async def _wait_for_change(self) -> None:
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(self.poll_interval):
+                await self._changed.wait()
+        except TimeoutError:
+            pass  # poll: another process may have written to the file
+
+    async def close(self) -> None:
+        """Close the database; running watches end."""
+        self._closed = True
+        self._notify()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class _WriteTxn:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+class _ReadTxn(_WriteTxn):
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")

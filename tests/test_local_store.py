@@ -1,0 +1,129 @@
+"""The embedded SQLite store: the source contract plus what is specific to it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from datasync.api import Op
+from datasync.errors import (
+    ClosedError,
+    CompactedError,
+    InvalidKeyError,
+    InvalidValueError,
+    StoreResetError,
+)
+from datasync.transport.local import LocalStore
+from tests.source_contract import SourceContract, aclose, collect
+
+
+@dataclass
+class LocalHarness:
+    source: LocalStore
+    publisher: LocalStore
+    atomic_txn: bool = True
+    prev_values: bool = True
+
+
+@pytest.fixture(params=["memory", "file"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalStore]:
+    path = ":memory:" if request.param == "memory" else tmp_path / "data" / "store.db"
+    s = LocalStore(path, poll_interval=0.05)
+    yield s
+    await s.close()
+
+
+class TestLocalContract(SourceContract):
+    @pytest.fixture
+    def harness(self, store: LocalStore) -> LocalHarness:
+        return LocalHarness(store, store)
+
+
+async def test_revision_counts_transactions_and_keys_keep_mod_revisions(store: LocalStore) -> None:
+    assert store.revision == 0
+    r1 = await store.txn({"/a": b"1", "/b": b"2"})
+    r2 = await store.put("/a", b"3")
+    assert (r1, r2) == (1, 2)
+    assert await store.get("/a") == ("/a", b"3", 2)
+    assert await store.get("/b") == ("/b", b"2", 1)
+
+
+async def test_deleting_a_missing_key_changes_nothing(store: LocalStore) -> None:
+    await store.put("/a", b"1")
+    assert await store.delete("/missing") == 1
+    assert store.revision == 1
+
+
+async def test_bad_input_names_the_key_and_changes_nothing(store: LocalStore) -> None:
+    await store.put("/ok", b"1")
+    with pytest.raises(InvalidKeyError, match="empty key"):
+        await store.put("", b"x")
+    with pytest.raises(InvalidValueError, match=r"'/big'.*max_value_bytes"):
+        await store.txn({"/fine": b"1", "/big": b"x" * (store.max_value_bytes + 1)})
+    with pytest.raises(InvalidValueError, match="'/str'"):
+        await store.put("/str", "not bytes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError, match="both put and deleted"):
+        await store.txn({"/k": b"1"}, ["/k"])
+    assert store.revision == 1
+    snap = await store.snapshot(["/"])
+    assert [kv.key for kv in snap.kvs] == ["/ok"]
+
+
+async def test_watch_from_compacted_revision_raises(store: LocalStore) -> None:
+    for i in range(5):
+        await store.put("/c", b"%d" % i)
+    store.compact(3)
+    it = store.watch(["/"], 2)
+    with pytest.raises(CompactedError) as info:
+        await anext(it)
+    assert info.value.compact_revision == 3
+    it = store.watch(["/"], 4)
+    changes = await collect(it, 2)
+    assert [c.value for c in changes] == [b"3", b"4"]
+    await aclose(it)
+
+
+async def test_replaced_file_is_a_store_reset(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = LocalStore(path, poll_interval=0.02)
+    await store.put("/a", b"1")
+    it = store.watch(["/"], 2)
+    # Another process re-creates the store from scratch under the same path.
+    other = sqlite3.connect(path)
+    other.execute("UPDATE meta SET value = 'fresh' WHERE name = 'store_id'")
+    other.commit()
+    other.close()
+    with pytest.raises(StoreResetError, match="store id changed"):
+        await anext(it)
+    await store.close()
+
+
+async def test_writes_from_another_process_are_polled(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    agent_side = LocalStore(path, poll_interval=0.02)
+    writer = LocalStore(path)  # another connection: its writes do not notify ours
+    it = agent_side.watch(["/"], 1)
+    rev = writer.txn_sync({"/from/cli": b"1"})
+    changes = await collect(it, 1)
+    assert [(c.key, c.op, c.revision) for c in changes] == [("/from/cli", Op.PUT, rev)]
+    await aclose(it)
+    await writer.close()
+    await agent_side.close()
+
+
+async def test_data_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = LocalStore(path)
+    await s.put("/keep", b"1")
+    store_id = s.store_id
+    await s.close()
+    s = LocalStore(path)
+    assert (await s.get("/keep")) == ("/keep", b"1", 1)
+    assert s.store_id == store_id
+    await s.close()
+    with pytest.raises(ClosedError):
+        await s.get("/keep")
