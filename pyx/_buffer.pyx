@@ -86,7 +86,7 @@ cdef inline int64_t _revision_of(PyObject* c) except -1:
     return rev
 
 
-cdef inline int64_t _valid_revision(PyObject* c):
+cdef inline int64_t _valid_revision(PyObject* c) noexcept:
     """The revision of a change already validated."""
     return PyLong_AsLongLong(PyTuple_GET_ITEM(c, 3))
 

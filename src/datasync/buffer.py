@@ -8,6 +8,21 @@ One buffer and one filter per source: revisions are per source.
 
 ``IMPLEMENTATION`` says which one runs: ``"compiled"`` or ``"twin"``
 (``DATASYNC_NO_EXTENSIONS=1`` selects the twin).
+
+A resync round of one source, as the orchestrator drives it::
+
+    buf, filt = EventBuffer(), RevisionFilter()        # once per source
+    snap = await source.snapshot(prefixes)              # round starts: watch from R+1
+    ...                                                 # meanwhile: buf.extend(batch)
+    filt.reset(snap.revision, ((kv.key, kv.revision) for kv in snap.kvs))
+    replay = buf.drain(filt)                            # round succeeded: apply these
+    ...                                                 # live: filt.filter(batch)
+
+Keys are plain ``str`` (not subclasses) and revisions ints in ``0 .. 2**63-1``; anything
+else raises ``InvalidKeyError`` / ``TypeError`` / ``ValueError`` naming the key, and a
+batch with a bad item changes nothing. A fresh filter's snapshot revision is 0, so a
+change at revision 0 is never applied. ``drain`` needs the filter of the same
+implementation.
 """
 
 from __future__ import annotations
