@@ -27,7 +27,8 @@ from datasync.vpp import shm
 MSG = bytes(range(64))
 THROUGHPUT_MSGS = 20_480  # a multiple of BATCH
 BATCH = 64
-SPIN = 2000  # polls before sleeping on the eventfd: a round trip stays in shared memory
+SPIN = 50  # microseconds of polling before sleeping on the eventfd
+POLL_US = 50  # ShmStream(poll_us=...) for the "-poll" case
 
 _PEER = textwrap.dedent(
     """
@@ -77,7 +78,7 @@ _PEER = textwrap.dedent(
     end = seg.server_end()
     count = 0
     while True:
-        end.wait(spin=int(sys.argv[4]))
+        end.wait(spin_us=int(sys.argv[4]))
         try:
             msgs = end.recv_many(1 << 16)
         except shm.ShmClosedError:
@@ -189,7 +190,7 @@ def test_ping_pong_64b(benchmark, echo_peer: Peer) -> None:  # type: ignore[no-u
         def round_trip() -> bytes:
             end.send(MSG)
             while True:
-                end.wait(spin=spin)
+                end.wait(spin_us=spin)
                 got = end.recv_many()
                 if got:
                     return got[0]
@@ -226,7 +227,7 @@ def test_one_way_throughput_64b(benchmark, sink_peer: Peer) -> None:  # type: ig
             while not end.try_send(b"FLUSH"):
                 _wait_room(end, need)
             while True:
-                end.wait(spin=SPIN)
+                end.wait(spin_us=SPIN)
                 got = end.recv_many()
                 if got:
                     return int(got[0])
@@ -241,7 +242,7 @@ STREAM_ROUND_TRIPS = 500
 
 @pytest.fixture(scope="module", params=["compiled-stream", "compiled-stream-poll", "socket-stream"])
 def stream_case(request: pytest.FixtureRequest) -> Iterator[tuple[str, Peer]]:
-    # the echo peer spins briefly, as an asyncio server with poll_spins would
+    # the echo peer polls briefly, as an asyncio server with poll_us would
     peer = _start("socketpair" if request.param == "socket-stream" else "compiled", "echo")
     yield request.param, peer
     _stop(peer)
@@ -273,7 +274,7 @@ def test_asyncio_ping_pong_64b(benchmark, stream_case: tuple[str, Peer]) -> None
             end = peer.end
 
             async def make() -> shm.ShmStream:
-                return shm.ShmStream(end, poll_spins=50 if kind.endswith("-poll") else 0)
+                return shm.ShmStream(end, poll_us=POLL_US if kind.endswith("-poll") else 0)
 
             stream = loop.run_until_complete(make())
 

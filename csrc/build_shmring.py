@@ -58,7 +58,7 @@ uint32_t shmring_frame_size(uint32_t len);
 int shmring_arm_recv(shmring_end *end);
 int shmring_arm_send(shmring_end *end, uint32_t need);
 void shmring_ack(shmring_end *end);
-int shmring_wait_recv(shmring_end *end, int timeout_ms, int spin);
+int shmring_wait_recv(shmring_end *end, int timeout_ms, int spin_us);
 """
 
 ffibuilder = FFI()

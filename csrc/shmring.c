@@ -425,13 +425,25 @@ static inline int recv_ready(shmring_end *e) {
            atomic_load_explicit(e->peer_closed, memory_order_acquire);
 }
 
-int shmring_wait_recv(shmring_end *e, int timeout_ms, int spin) {
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int shmring_wait_recv(shmring_end *e, int timeout_ms, int spin_us) {
     if (e->closed)
         return SHMRING_EBADF;
-    for (int i = 0; i < spin; i++) {
-        if (recv_ready(e))
-            return SHMRING_OK;
-        CPU_RELAX();
+    if (spin_us > 0) {
+        /* time-based: a pause lasts 10 to 140 cycles depending on the CPU */
+        int64_t until = now_ns() + (int64_t)spin_us * 1000;
+        for (unsigned i = 0;; i++) {
+            if (recv_ready(e))
+                return SHMRING_OK;
+            if ((i & 31) == 31 && now_ns() >= until)
+                break;
+            CPU_RELAX();
+        }
     }
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -116,7 +116,8 @@ int shmring_arm_send(shmring_end *end, uint32_t need);
 /* Clear the end's eventfd (non-blocking read). */
 void shmring_ack(shmring_end *end);
 /* Block up to timeout_ms (-1 forever) until a frame can be read or the peer closed;
- * spins spin times first. Returns 0 (ready) or SHMRING_ETIMEDOUT / a negative errno. */
-int shmring_wait_recv(shmring_end *end, int timeout_ms, int spin);
+ * polls the ring for up to spin_us microseconds first (no syscall, no wake-up to pay).
+ * Returns 0 (ready), SHMRING_ETIMEDOUT, SHMRING_EINTR or a negative errno. */
+int shmring_wait_recv(shmring_end *end, int timeout_ms, int spin_us);
 
 #endif

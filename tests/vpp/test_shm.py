@@ -412,7 +412,7 @@ _CHILD = textwrap.dedent(
     seg = shm.ShmSegment.attach(fds, impl=impl)
     end = seg.server_end()
     while True:
-        end.wait(spin=1000)
+        end.wait(spin_us=50)
         try:
             msgs = end.recv_many()
         except shm.ShmClosedError:
@@ -455,7 +455,7 @@ def test_echo_across_processes(parent: str, child: str) -> None:
                 c.send(msg)
                 reply: list[bytes] = []
                 while not reply:
-                    assert c.wait(timeout=30, spin=1000)
+                    assert c.wait(timeout=30, spin_us=50)
                     reply = c.recv_many()
                 assert reply == [msg]
             c.close()
@@ -561,7 +561,7 @@ async def test_stream_close_wakes_own_reader(impl: ModuleType) -> None:
 
 async def test_stream_polling_reader_and_single_reader_rule(impl: ModuleType) -> None:
     with ShmSegment.create(4096, impl=impl) as s:
-        tx, rx = ShmStream(s.client_end()), ShmStream(s.server_end(), poll_spins=20)
+        tx, rx = ShmStream(s.client_end()), ShmStream(s.server_end(), poll_us=1000)
         reader = asyncio.ensure_future(rx.read())
         await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="already reading"):

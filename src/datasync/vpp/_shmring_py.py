@@ -321,13 +321,18 @@ class RingEnd:
     def _recv_ready(self) -> bool:
         return bool(self._q[self._rx_head] != self._q[self._rx_tail] or self._i[self._peer_closed])
 
-    def wait_recv(self, timeout_ms: int, spin: int) -> int:
-        """Block until a frame can be read or the peer closed: 0 or SHMRING_ETIMEDOUT."""
+    def wait_recv(self, timeout_ms: int, spin_us: int) -> int:
+        """Block until a frame can be read or the peer closed (polling up to ``spin_us``
+        microseconds first): 0 or SHMRING_ETIMEDOUT."""
         if self.closed:
             return SHMRING_EBADF
-        for _ in range(spin):
-            if self._recv_ready():
-                return SHMRING_OK
+        if spin_us > 0:
+            until = time.monotonic_ns() + spin_us * 1000
+            while True:
+                if self._recv_ready():
+                    return SHMRING_OK
+                if time.monotonic_ns() >= until:
+                    break
         deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)

@@ -131,7 +131,7 @@ class _End(Protocol):
     def arm_recv(self) -> int: ...
     def arm_send(self, need: int) -> int: ...
     def ack(self) -> None: ...
-    def wait_recv(self, timeout_ms: int, spin: int) -> int: ...
+    def wait_recv(self, timeout_ms: int, spin_us: int) -> int: ...
 
 
 class _Seg(Protocol):
@@ -246,8 +246,8 @@ class _CffiEnd:
     def ack(self) -> None:
         self._lib.shmring_ack(self._p)
 
-    def wait_recv(self, timeout_ms: int, spin: int) -> int:
-        return int(self._lib.shmring_wait_recv(self._p, timeout_ms, spin))
+    def wait_recv(self, timeout_ms: int, spin_us: int) -> int:
+        return int(self._lib.shmring_wait_recv(self._p, timeout_ms, spin_us))
 
 
 class _CffiSeg:
@@ -328,7 +328,7 @@ class _DeadEnd:
     def ack(self) -> None:
         pass
 
-    def wait_recv(self, timeout_ms: int, spin: int) -> int:
+    def wait_recv(self, timeout_ms: int, spin_us: int) -> int:
         return _twin.SHMRING_EBADF
 
 
@@ -423,15 +423,16 @@ class ShmEndpoint:
             raise _error(out, "recv")
         return out
 
-    def wait(self, timeout: float | None = None, spin: int = 0) -> bool:
+    def wait(self, timeout: float | None = None, spin_us: int = 0) -> bool:
         """Block until a frame can be read or the peer closed; False on timeout.
 
         Blocking: for threads and child processes, not for the event loop (use
-        :class:`ShmStream` there). ``spin`` polls that many times before sleeping."""
+        :class:`ShmStream` there). ``spin_us``: poll the ring that many microseconds
+        before sleeping on the eventfd (a wake-up costs more than a short poll)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            rc = self._end.wait_recv(ms, spin)
+            rc = self._end.wait_recv(ms, spin_us)
             # back in Python after EINTR: a signal handler (KeyboardInterrupt) runs here
             if rc != _twin.SHMRING_EINTR:
                 break
@@ -584,19 +585,20 @@ class ShmStream:
     when this side armed a flag (waiting for data or for space), so a busy stream costs no
     syscall per message. One reader task at a time.
 
-    ``poll_spins``: how many loop iterations a reader polls the ring before it arms the
-    eventfd and sleeps. A wake-up through the eventfd crosses CPUs and costs tens of
-    microseconds on a VM; polling a few iterations keeps request/reply latency low when
-    the peer answers quickly, at the price of some CPU while idle-waiting.
+    ``poll_us``: how long (microseconds) a reader polls the ring through the event loop
+    (``sleep(0)``, other tasks keep running) before it arms the eventfd and sleeps. A
+    wake-up through the eventfd crosses CPUs and costs tens of microseconds on a VM;
+    polling keeps request/reply latency low when the peer answers quickly, at the price
+    of CPU while waiting (harmful when there are fewer free cores than pollers).
     """
 
     def __init__(
-        self, endpoint: ShmEndpoint, *, max_bytes: int = 1 << 18, poll_spins: int = 0
+        self, endpoint: ShmEndpoint, *, max_bytes: int = 1 << 18, poll_us: int = 0
     ) -> None:
         self._ep = endpoint
         self._loop = asyncio.get_running_loop()
         self._max_bytes = max_bytes
-        self._poll_spins = poll_spins
+        self._poll_ns = poll_us * 1000
         self._reading = False
         self._pending: deque[bytes] = deque()
         self._rx: deque[bytes] = deque()
@@ -698,16 +700,15 @@ class ShmStream:
 
     async def _read_many(self) -> list[bytes]:
         ep = self._ep
-        spins = self._poll_spins
+        poll_until = time.monotonic_ns() + self._poll_ns if self._poll_ns else 0
         while True:
             if self._closed:
                 raise ShmClosedError("stream is closed", _twin.SHMRING_EBADF)
             msgs = ep.recv_many(self._max_bytes)
             if msgs:
                 return msgs
-            if spins > 0:
+            if poll_until and time.monotonic_ns() < poll_until:
                 # poll through the loop (other tasks run) before paying for a wake-up
-                spins -= 1
                 await asyncio.sleep(0)
                 continue
             if ep.arm_recv():
