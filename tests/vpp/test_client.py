@@ -464,3 +464,52 @@ async def test_handshake_failures(sock_path: str) -> None:
     async with FakeVpp(sock_path, silent):
         with pytest.raises(VppConnectionError, match="no sockclnt_create_reply"):
             await VppClient(sock_path, probe_interval=None, connect_timeout=0.1).connect()
+
+
+# -- shared-memory transport -----------------------------------------------------------
+
+
+async def test_shm_transport_calls_dumps_events(
+    sim: Simulator, make_client: Any, task_baseline: Any
+) -> None:
+    c = await make_client(transport="shm", shm_size=1 << 20)
+    assert c._transport is not None and c._transport.kind == "shm"
+    events: list[Any] = []
+    c.subscribe("sw_interface_event", events.append)
+    await c.want("want_interface_events")
+    loops = await c.call_many("create_loopback", [None] * 500)
+    assert [r.sw_if_index for r in loops] == list(range(1, 501))
+    details = await c.dump("sw_interface_dump")
+    assert len(details) == 501
+    big = await c.call("get_api_json")  # a large reply through the ring
+    assert big.json.startswith("[")
+    await eventually(lambda: len(events) == 500)
+    with pytest.raises(VppApiError):
+        await c.call("delete_loopback", sw_if_index=9999)
+    await c.close()
+    await eventually(lambda: not sim._regs)
+    task_baseline()
+
+
+async def test_shm_reconnects_after_restart(sim: Simulator, make_client: Any) -> None:
+    faults = Faults()
+    c = await make_client(transport="shm", on_fault=faults)
+    await c.call("create_loopback")
+    sim.restart()
+    await eventually(lambda: "reconnected" in faults.kinds())
+    assert faults.kinds() == ["disconnected", "vpp_restarted", "reconnected"]
+    assert c._transport is not None and c._transport.kind == "shm"
+    assert [d.interface_name for d in await c.dump("sw_interface_dump")] == ["local0"]
+
+
+async def test_shm_refused_is_a_clear_error(sock_path: str) -> None:
+    sim = Simulator(allow_shm=False)
+    await sim.start(sock_path)
+    try:
+        c = VppClient(sock_path, transport="shm", probe_interval=None)
+        with pytest.raises(VppConnectionError, match="refused shared memory"):
+            await c.connect()
+        with pytest.raises(ValueError, match="transport"):
+            VppClient(sock_path, transport="carrier-pigeon")
+    finally:
+        await sim.stop()

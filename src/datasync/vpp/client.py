@@ -29,7 +29,13 @@ from ..errors import ClosedError, DatasyncError
 from .codec import codec_for
 from .defs import ApiDefinitions, builtin_definitions
 from .retvals import VppApiError
-from .transport import SocketTransport, VppConnectionError, VppProtocolError
+from .transport import (
+    RawSocket,
+    ShmTransport,
+    SocketTransport,
+    VppConnectionError,
+    VppProtocolError,
+)
 
 __all__ = [
     "FaultCallback",
@@ -149,6 +155,9 @@ class VppClient:
         require: Iterable[str] = (),
         on_fault: FaultCallback | None = None,
         event_queue_size: int = 10000,
+        transport: str = "socket",
+        shm_size: int = 4 << 20,
+        shm_options: Mapping[str, Any] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -167,6 +176,13 @@ class VppClient:
         self.require = tuple(require)
         self.on_fault = on_fault
         self.event_queue_size = event_queue_size
+        if transport not in ("socket", "shm"):
+            raise ValueError(f"transport must be 'socket' or 'shm', got {transport!r}")
+        #: "socket", or "shm": bodies over the project's shared-memory ring after
+        #: sock_init_shm (the simulator offers it; a real VPP's shm is not this ring)
+        self.transport_kind = transport
+        self.shm_size = shm_size
+        self.shm_options = dict(shm_options or {})
         #: VPP's pid as reported by control_ping (None until known)
         self.vpe_pid: int | None = None
         self.stats: dict[str, int] = {
@@ -184,7 +200,7 @@ class VppClient:
             "timeouts": 0,
             "max_in_flight_seen": 0,
         }
-        self._transport: SocketTransport | None = None
+        self._transport: SocketTransport | ShmTransport | None = None
         self._conn: _Conn | None = None
         self._pending: dict[int, _Call] = {}
         self._timed_out: set[int] = set()
@@ -222,40 +238,31 @@ class VppClient:
         await self._connect_once()
         self._start_probe()
 
+    def _make_conn(self, reply: Any) -> _Conn:
+        if reply.response != 0:
+            raise VppConnectionError(f"sockclnt_create refused (response {reply.response})")
+        table = {e.name: e.index for e in reply.message_table[: reply.count]}
+        conn = _Conn(table, self.defs, reply.index)
+        missing = [n for n in self.require if n not in conn.name_to_id]
+        needs = ["control_ping", "control_ping_reply"]
+        if self.transport_kind == "shm":
+            needs += ["sock_init_shm", "sock_init_shm_reply"]
+        missing += [n for n in needs if n not in conn.name_to_id]
+        if missing:
+            raise VppMessageError(missing[0], self._why_missing(conn, missing))
+        return conn
+
+    def _create_body(self) -> bytes:
+        return codec_for(self.defs, "sockclnt_create").encode(
+            _SOCKCLNT_CREATE_ID, {"context": _HANDSHAKE_CONTEXT, "name": self.name[:63]}
+        )
+
     async def _connect_once(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        transport = await SocketTransport.connect(self.path, self)
-        self._transport = transport
-        self._handshake = loop.create_future()
-        try:
-            codec = codec_for(self.defs, "sockclnt_create")
-            transport.send(
-                codec.encode(
-                    _SOCKCLNT_CREATE_ID, {"context": _HANDSHAKE_CONTEXT, "name": self.name[:63]}
-                )
-            )
-            async with asyncio.timeout(self.connect_timeout):
-                reply = await self._handshake
-            if reply.response != 0:
-                raise VppConnectionError(f"sockclnt_create refused (response {reply.response})")
-            table = {e.name: e.index for e in reply.message_table[: reply.count]}
-            conn = _Conn(table, self.defs, reply.index)
-            missing = [n for n in self.require if n not in conn.name_to_id]
-            for need in ("control_ping", "control_ping_reply"):
-                if need not in conn.name_to_id:
-                    missing.append(need)
-            if missing:
-                raise VppMessageError(missing[0], self._why_missing(conn, missing))
-            self._conn = conn
-        except BaseException as exc:
-            self._handshake = None
-            self._transport = None
-            transport.abort()
-            if isinstance(exc, TimeoutError):
-                raise VppConnectionError(
-                    f"no sockclnt_create_reply from {self.path} within {self.connect_timeout:g} s"
-                ) from exc
-            raise
+        if self.transport_kind == "shm":
+            await self._handshake_shm()
+        else:
+            await self._handshake_socket(loop)
         self._handshake = None
         self.stats["connects"] += 1
         self._connected.set()
@@ -265,6 +272,70 @@ class VppClient:
         if previous is not None and previous != self.vpe_pid:
             self._fault("vpp_restarted", {"old_vpe_pid": previous, "vpe_pid": self.vpe_pid})
         await self._replay_wants()
+
+    async def _handshake_socket(self, loop: asyncio.AbstractEventLoop) -> None:
+        transport = await SocketTransport.connect(self.path, self)
+        self._transport = transport
+        self._handshake = loop.create_future()
+        try:
+            transport.send(self._create_body())
+            async with asyncio.timeout(self.connect_timeout):
+                reply = await self._handshake
+            self._conn = self._make_conn(reply)
+        except BaseException as exc:
+            self._handshake = None
+            self._transport = None
+            transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise VppConnectionError(
+                    f"no sockclnt_create_reply from {self.path} within {self.connect_timeout:g} s"
+                ) from exc
+            raise
+
+    async def _handshake_shm(self) -> None:
+        # Handshake on a raw socket (exact reads), then sock_init_shm: the fds arrive with
+        # SCM_RIGHTS, which a stream transport would throw away.
+        raw = await RawSocket.connect(self.path)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await raw.send(self._create_body())
+                body = await raw.recv()
+                if len(body) < 2 or ((body[0] << 8) | body[1]) != _SOCKCLNT_CREATE_REPLY_ID:
+                    raise VppProtocolError(
+                        "first message from VPP is not sockclnt_create_reply (id 16)"
+                    )
+                conn = self._make_conn(codec_for(self.defs, "sockclnt_create_reply").decode(body))
+                init_id = conn.name_to_id["sock_init_shm"]
+                await raw.send(
+                    conn.by_id[init_id][1].encode(
+                        init_id,
+                        {
+                            "client_index": conn.client_index,
+                            "context": _HANDSHAKE_CONTEXT,
+                            "requested_size": self.shm_size,
+                        },
+                    )
+                )
+                body = await raw.recv()
+                entry = conn.by_id.get((body[0] << 8) | body[1]) if len(body) >= 2 else None
+                if entry is None or entry[0] != "sock_init_shm_reply":
+                    raise VppProtocolError("expected sock_init_shm_reply")
+                reply = entry[1].decode(body)
+                if reply.retval != 0:
+                    raise VppConnectionError(
+                        f"VPP refused shared memory (sock_init_shm retval {reply.retval})"
+                    )
+                _payload, fds = await raw.recv_fds(3)
+                transport = await ShmTransport.start(raw, fds, self, **self.shm_options)
+        except BaseException as exc:
+            raw.close()
+            if isinstance(exc, TimeoutError):
+                raise VppConnectionError(
+                    f"shared memory handshake with {self.path} took over {self.connect_timeout:g} s"
+                ) from exc
+            raise
+        self._transport = transport
+        self._conn = conn
 
     def _why_missing(self, conn: _Conn, names: Sequence[str]) -> str:
         parts = []

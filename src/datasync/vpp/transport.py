@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import DatasyncError
 
@@ -20,6 +21,8 @@ __all__ = [
     "MAX_FRAME",
     "FrameProtocol",
     "FrameSink",
+    "RawSocket",
+    "ShmTransport",
     "SocketTransport",
     "VppConnectionError",
     "VppProtocolError",
@@ -195,3 +198,176 @@ class SocketTransport:
     @property
     def frame_sink(self) -> Callable[[list[bytes]], None]:
         return self._proto.sink.frames_received
+
+
+class RawSocket:
+    """A non-blocking AF_UNIX socket read frame by frame, exactly (used before shm is set up).
+
+    Reads never run past the current frame, so the SCM_RIGHTS message that follows
+    ``sock_init_shm_reply`` is received with its fds by :meth:`recv_fds`.
+    """
+
+    def __init__(self, sock: socket.socket, path: str) -> None:
+        self.sock = sock
+        self.path = path
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def connect(cls, path: str | os.PathLike[str]) -> RawSocket:
+        path = os.fspath(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, path)
+        except OSError as exc:
+            sock.close()
+            raise VppConnectionError(f"cannot connect to VPP API socket {path}: {exc}") from exc
+        return cls(sock, path)
+
+    async def send(self, body: bytes) -> None:
+        try:
+            await self._loop.sock_sendall(self.sock, frame(body))
+        except OSError as exc:
+            raise VppConnectionError(f"VPP API socket {self.path}: {exc}") from exc
+
+    async def _exactly(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = await self._loop.sock_recv_into(self.sock, view[got:])
+            except OSError as exc:
+                raise VppConnectionError(f"VPP API socket {self.path}: {exc}") from exc
+            if k == 0:
+                raise VppConnectionError("VPP closed the connection during the handshake")
+            got += k
+        return bytes(buf)
+
+    async def recv(self) -> bytes:
+        """The next frame's body."""
+        hdr = await self._exactly(HEADER_LEN)
+        length = int.from_bytes(hdr[8:12], "big")
+        if length > MAX_FRAME:
+            raise VppProtocolError(f"VPP API frame of {length} bytes exceeds {MAX_FRAME}")
+        return await self._exactly(length)
+
+    async def recv_fds(self, maxfds: int) -> tuple[bytes, list[int]]:
+        from .shm import ShmError, recv_fds_async
+
+        try:
+            return await recv_fds_async(self.sock, maxfds)
+        except ShmError as exc:
+            raise VppConnectionError(f"shared memory fds not received: {exc}") from exc
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _ShmControl(FrameProtocol):
+    """The socket of an shm connection: carries liveness (and any stray frame)."""
+
+    def __init__(self, sink: FrameSink, owner: ShmTransport) -> None:
+        super().__init__(sink)
+        self.owner = owner
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._teardown()
+        if self.owner.lost_error is not None and self.lost_error is None:
+            self.lost_error = self.owner.lost_error
+        super().connection_lost(exc)
+
+
+class ShmTransport:
+    """VPP message bodies over the project's shared-memory ring, socket kept for liveness.
+
+    Negotiated on the VPP socket with ``sock_init_shm``: the server answers
+    ``sock_init_shm_reply`` and passes the segment fds with SCM_RIGHTS ("fdmsg").
+    """
+
+    kind = "shm"
+
+    def __init__(self, stream: Any, segment: Any, sink: FrameSink, path: str) -> None:
+        self._stream = stream
+        self._segment = segment
+        self._sink = sink
+        self.path = path
+        self._transport: asyncio.Transport | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.lost_error: BaseException | None = None
+        self._down = False
+
+    @classmethod
+    async def start(
+        cls, raw: RawSocket, fds: list[int], sink: FrameSink, **stream_options: Any
+    ) -> ShmTransport:
+        """Attach the segment from ``fds`` and move the socket under asyncio as control."""
+        from .shm import ShmError, ShmSegment, ShmStream
+
+        try:
+            segment = ShmSegment.attach(fds)
+            stream = ShmStream(segment.client_end(), **stream_options)
+        except ShmError as exc:
+            raise VppConnectionError(f"cannot attach the shared memory segment: {exc}") from exc
+        self = cls(stream, segment, sink, raw.path)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_unix_connection(
+                lambda: _ShmControl(sink, self), sock=raw.sock
+            )
+        except BaseException:
+            self._teardown()
+            raise
+        self._transport = transport
+        self._reader = loop.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        from .shm import ShmError
+
+        try:
+            while True:
+                self._sink.frames_received(await self._stream.read_many())
+        except ShmError as exc:
+            self.lost_error = VppConnectionError(f"shared memory ring closed: {exc}")
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _teardown(self) -> None:
+        if self._down:
+            return
+        self._down = True
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._stream.close()
+        self._segment.close()
+
+    @property
+    def is_open(self) -> bool:
+        return not self._down
+
+    def send(self, body: bytes) -> None:
+        self._stream.write(body)
+
+    def send_many(self, bodies: Iterable[bytes]) -> None:
+        if self._down:
+            return
+        try:
+            self._stream.writelines(bodies)
+        except Exception as exc:  # ring closed or broken: the connection is lost
+            self.lost_error = VppConnectionError(f"shared memory ring: {exc}")
+            if self._transport is not None:
+                self._transport.abort()
+
+    async def drain(self) -> None:
+        await self._stream.drain()
+
+    def close(self) -> None:
+        self._teardown()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._teardown()
+        if self._transport is not None:
+            self._transport.abort()

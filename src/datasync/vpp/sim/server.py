@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ log = logging.getLogger("datasync.vpp.sim")
 _HDR = struct.Struct(">QII")
 _REQ_HEAD = struct.Struct(">HII")  # _vl_msg_id, client_index, context
 _HDR_LEN = 16
+_SHM_DEFAULT = 4 << 20  # bytes per ring: room for get_api_json of a full API dir
 
 #: messages the simulator handles (requests); their replies/details/events follow.
 HANDLED = (
@@ -86,7 +88,11 @@ class _Registration:
 
 
 class _Connection(asyncio.Protocol):
-    """One client socket: reassembles frames and feeds them to the simulator in order."""
+    """One client socket: reassembles frames and feeds them to the simulator in order.
+
+    After ``sock_init_shm`` the connection's messages travel over the project's shared
+    memory ring (``shm``); the socket stays open as the liveness channel.
+    """
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
@@ -97,6 +103,9 @@ class _Connection(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
         self.registrations: list[_Registration] = []
         self.closing = False
+        self.shm: Any = None  # ShmStream once shared memory is set up
+        self.shm_segment: Any = None
+        self.shm_reader: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -109,9 +118,14 @@ class _Connection(asyncio.Protocol):
             self.sim._regs.pop(reg.handle, None)
             self.sim._free_pool.append(reg.pool_index)
         self.registrations.clear()
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker = None
+        for task in (self.worker, self.shm_reader):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self.worker = self.shm_reader = None
+        if self.shm is not None:
+            self.shm.close()
+            self.shm_segment.close()
+            self.shm = self.shm_segment = None
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -127,8 +141,10 @@ class _Connection(asyncio.Protocol):
             pos += _HDR_LEN + length
         if pos:
             del buf[:pos]
-        if not bodies:
-            return
+        if bodies:
+            self.bodies_received(bodies)
+
+    def bodies_received(self, bodies: list[bytes]) -> None:
         sim = self.sim
         if self.backlog or sim._latency_active():
             self.backlog.extend(bodies)
@@ -154,16 +170,58 @@ class _Connection(asyncio.Protocol):
         finally:
             self.worker = None
 
+    async def _read_shm(self) -> None:
+        try:
+            while not self.closing:
+                self.bodies_received(await self.shm.read_many())
+        except Exception as exc:  # the ring closed or broke: drop the client like VPP
+            log.debug("sim: shm reader ends: %s", exc)
+            if self.transport is not None:
+                self.transport.abort()
+
     def send(self, body: bytes) -> None:
         if not self.out:
             self.sim._dirty.append(self)
-        self.out.append(_HDR.pack(0, len(body), 0))
         self.out.append(body)
 
     def flush(self) -> None:
         out, self.out = self.out, []
-        if self.transport is not None and not self.closing and out:
-            self.transport.write(b"".join(out))
+        if self.closing or not out:
+            return
+        if self.shm is not None:
+            try:
+                self.shm.writelines(out)
+            except Exception as exc:
+                log.debug("sim: shm write failed: %s", exc)
+                if self.transport is not None:
+                    self.transport.abort()
+            return
+        if self.transport is not None:
+            parts = []
+            pack = _HDR.pack
+            for body in out:
+                parts.append(pack(0, len(body), 0))
+                parts.append(body)
+            self.transport.write(b"".join(parts))
+
+    def start_shm(self, size: int) -> None:
+        """Create the segment and pass its fds (after the reply already written)."""
+        from ..shm import ShmSegment, ShmStream, send_fds
+
+        assert self.transport is not None
+        seg = ShmSegment.create(size)
+        sock_obj = self.transport.get_extra_info("socket")
+        # uvloop hands out a pseudo socket: send the fds on a duplicate of its descriptor
+        dup = socket.socket(fileno=os.dup(sock_obj.fileno()))
+        try:
+            dup.setblocking(True)
+            send_fds(dup, seg.fds)
+        finally:
+            dup.setblocking(False)
+            dup.close()
+        self.shm_segment = seg
+        self.shm = ShmStream(seg.server_end())
+        self.shm_reader = asyncio.get_running_loop().create_task(self._read_shm())
 
 
 class _LazyCodecs(dict[str, Any]):
@@ -206,12 +264,14 @@ class Simulator:
         seed: int | None = None,
         vpe_pid: int | None = None,
         program: str = "vpe",
+        allow_shm: bool = True,
         version: str = "26.10-datasync-sim",
     ) -> None:
         self.defs = defs if defs is not None else builtin_definitions()
         self.strict = strict
         self.rng = random.Random(seed)
         self.program = program
+        self.allow_shm = allow_shm
         self.version = version
         self.path: str | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -274,7 +334,8 @@ class Simulator:
         return self.ids[name]
 
     def _enc(self, name: str, fields: dict[str, Any]) -> bytes:
-        return self._codecs[name].encode(self.ids[name], fields)
+        body: bytes = self._codecs[name].encode(self.ids[name], fields)
+        return body
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -518,8 +579,37 @@ class Simulator:
         self._reply(reg, "get_api_json", msg.context, 0, {"json": self._api_json})
 
     def _h_sock_init_shm(self, reg: _Registration, msg: Any) -> None:
-        # shared memory is not offered on this path: VPP answers an error when it cannot
-        self._reply(reg, "sock_init_shm", msg.context, st.UNSUPPORTED, {})
+        # VPP offers a memfd segment here; we offer the project's own ring (same bodies).
+        # The reply goes on the socket, then the fds with SCM_RIGHTS and payload "fdmsg".
+        conn = reg.conn
+        size = int(msg.requested_size) or _SHM_DEFAULT
+        size = 1 << max(16, min(26, (size - 1).bit_length()))
+        if conn.shm is not None or not self.allow_shm:
+            self._reply(reg, "sock_init_shm", msg.context, st.UNSUPPORTED, {})
+            return
+        self._reply(reg, "sock_init_shm", msg.context, 0, {})
+        self._flush()
+        assert conn.transport is not None
+        if conn.transport.get_write_buffer_size():
+            # the reply must reach the client before the fds: wait for the socket to drain
+            asyncio.get_running_loop().create_task(self._start_shm_later(conn, size))
+            return
+        self._start_shm(conn, size)
+
+    def _start_shm(self, conn: _Connection, size: int) -> None:
+        try:
+            conn.start_shm(size)
+        except Exception as exc:  # no memfd, fd passing failed: the client times out
+            log.warning("sim: shared memory setup failed: %s", exc)
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    async def _start_shm_later(self, conn: _Connection, size: int) -> None:
+        while conn.transport is not None and conn.transport.get_write_buffer_size():
+            if conn.closing:
+                return
+            await asyncio.sleep(0.001)
+        self._start_shm(conn, size)
 
     def _h_show_version(self, reg: _Registration, msg: Any) -> None:
         self._reply(
