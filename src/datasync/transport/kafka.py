@@ -410,15 +410,13 @@ class KafkaSource:
     def state_reason(self) -> str:
         return self._state_reason
 
-    def add_state_listener(self, cb: StateListener) -> Callable[[], None]:
-        """Call ``cb(name, state, reason)`` on every state change; returns a remover."""
+    def add_state_listener(self, cb: StateListener) -> None:
+        """Call ``cb(source_name, state, reason)`` on every state change."""
         self._listeners.append(cb)
 
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(cb)
-
-        return remove
+    def remove_state_listener(self, cb: StateListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(cb)
 
     def _set_state(self, state: SourceState, reason: str) -> None:
         if state == self._state:
