@@ -27,7 +27,7 @@ N = 100_000
 FIRST_REVISION = 1_000
 #: the snapshot covers the first tenth of the stream: those changes are dropped.
 SNAPSHOT = FIRST_REVISION + N // 10
-ROUNDS = 15
+ROUNDS = 25
 
 
 class BaselineFilter:

@@ -50,6 +50,18 @@ cdef extern from *:
     void __builtin_prefetch(const void* addr) nogil
 
 
+cdef inline void _prefetch_ahead(list seq, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """Start loading the changes a few places ahead of ``i``, and their key and revision."""
+    cdef PyObject* c
+    if i + 16 < n:
+        __builtin_prefetch(PyList_GET_ITEM(seq, i + 16))
+    if i + 8 < n:
+        c = PyList_GET_ITEM(seq, i + 8)
+        if PyTuple_Check(c) and PyTuple_GET_SIZE(c) >= 4:
+            __builtin_prefetch(PyTuple_GET_ITEM(c, 0))
+            __builtin_prefetch(PyTuple_GET_ITEM(c, 3))
+
+
 cdef inline int64_t _fast_revision(PyObject* c) noexcept:
     """The revision of a valid change, or -1 (no exception set) if it is not valid."""
     cdef PyObject* key
@@ -188,6 +200,7 @@ cdef class RevisionFilter:
         cdef PyObject* c
         cdef list out
         for i in range(n):
+            _prefetch_ahead(seq, i, n)
             _revision_of(PyList_GET_ITEM(seq, i))
         out = PyList_New(n)
         try:
@@ -451,6 +464,7 @@ cdef class EventBuffer:
             # once), and take the batch back out if an item is invalid.
             self._reserve(base + n)
             for i in range(n):
+                _prefetch_ahead(seq, i, n)
                 c = PyList_GET_ITEM(seq, i)
                 rev = _fast_revision(c)
                 if rev < 0:
