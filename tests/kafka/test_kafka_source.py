@@ -23,6 +23,7 @@ from datasync.transport.kafka import (
     KafkaLogTruncatedError,
     KafkaPublisher,
     KafkaSource,
+    KafkaSourceError,
     KafkaTopicRecreatedError,
     _translate,
 )
@@ -246,6 +247,33 @@ async def test_watch_arguments_are_checked(source: KafkaSource) -> None:
     await source.close()
     with pytest.raises(ClosedError):
         source.watch(["/"], 1)
+
+
+async def test_close_ends_a_running_watch_and_listener_errors_are_contained(
+    tansu: TansuBroker, topic: str
+) -> None:
+    src = fast_source(tansu.bootstrap, topic)
+
+    def bad_listener(_n: str, _s: SourceState, _r: str) -> None:
+        raise RuntimeError("listener bug")
+
+    src.add_state_listener(bad_listener)
+    it = src.watch(["/"], 1)
+    async with background(anext(it)) as pending:
+        await wait_for(lambda: src.state is SourceState.CONNECTED)
+        await src.close()
+        with pytest.raises(ClosedError):
+            await pending
+    assert src.state is SourceState.DISCONNECTED
+
+
+async def test_bad_client_config_is_a_clear_error(tansu: TansuBroker, topic: str) -> None:
+    src = KafkaSource("kafka", tansu.bootstrap, topic, config={"no.such.property": 1})
+    try:
+        with pytest.raises(KafkaSourceError, match=r"no\.such\.property"):
+            await src.snapshot(["/"])
+    finally:
+        await src.close()
 
 
 # --- publisher -----------------------------------------------------------------------------

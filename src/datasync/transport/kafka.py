@@ -443,7 +443,10 @@ class KafkaSource:
     async def _topic_id(self) -> str:
         """The topic id, after checking our partition exists; raises datasync errors."""
         what = f"describing topic {self._topic!r}"
-        admin = self._admin_client()
+        try:
+            admin = self._admin_client()
+        except KafkaException as exc:  # a bad client property in ``config``
+            raise _translate(exc, what) from exc
         try:
             futs = admin.describe_topics(
                 TopicCollection([self._topic]), request_timeout=self._request_timeout
