@@ -463,8 +463,11 @@ class ShmSegment:
     """A shared segment holding both rings, plus its two eventfds.
 
     The creator passes :attr:`fds` to the peer (see :func:`send_fds`), which calls
-    :meth:`attach`. Each process then uses one end. Closing the segment closes the ends
-    this process used, unmaps it and closes the fds.
+    :meth:`attach`. Each process then uses one end, from one thread at a time (the rings
+    are single-producer single-consumer). Closing the segment, or dropping the last
+    reference to it, closes the ends this process used (the peer sees them closed), unmaps
+    it and closes the fds. A forked child that inherited the object must leave with
+    ``os._exit`` or attach its own copy, or its exit closes the parent's end.
     """
 
     def __init__(self, seg: _Seg, backend: _Backend) -> None:
@@ -567,7 +570,10 @@ class ShmSegment:
     def __del__(self) -> None:
         # an unreferenced segment releases its mapping and fds (and tells the peer)
         if not getattr(self, "_closed", True):
-            self.close()
+            try:
+                self.close()
+            except Exception:  # interpreter shutdown: modules may be half torn down
+                pass
 
     def __enter__(self) -> ShmSegment:
         return self
