@@ -420,6 +420,37 @@ async def test_restarted_agent_with_persisted_store_id_notices_a_new_topic(
         await src2.close()
 
 
+async def test_snapshot_waits_out_a_broker_outage(fresh_tansu: TansuBroker) -> None:
+    """The relist after a reset may find the broker still down: it retries, then reads."""
+    broker = fresh_tansu
+    topic = broker.create_topic()
+    src = fast_source(broker.bootstrap, topic)
+    states: list[SourceState] = []
+    src.add_state_listener(lambda _n, s, _r: states.append(s))
+    try:
+        await src.snapshot(["/s/"])
+        broker.stop(signal.SIGKILL)
+        async with background(src.snapshot(["/s/"])) as snapping:
+            await wait_for(lambda: src.state is SourceState.DISCONNECTED)
+
+            def restart_and_write() -> None:
+                broker.restart(signal.SIGKILL, {topic: 1})
+                p = raw_producer(broker.bootstrap)
+                p.produce(topic, b"v", "/s/k", 0)
+                p.flush(5)
+
+            await asyncio.to_thread(restart_and_write)
+            async with asyncio.timeout(WAIT):
+                snap = await snapping
+        # The snapshot may land between the topic's creation and the write: either is
+        # a consistent state of the new log.
+        got = (snap.revision, [(kv.key, kv.value, kv.revision) for kv in snap.kvs])
+        assert got in [(0, []), (1, [("/s/k", b"v", 1)])]
+        assert SourceState.DISCONNECTED in states and states[-1] is SourceState.CONNECTED
+    finally:
+        await src.close()
+
+
 async def test_resuming_past_the_log_end_is_a_store_reset(
     tansu: TansuBroker, topic: str, pub: KafkaPublisher
 ) -> None:

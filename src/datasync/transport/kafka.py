@@ -641,7 +641,11 @@ class KafkaSource:
                     store_id,
                     self._store_id,
                 )
-            result = await self._read_to_end(prefixes, store_id, deadline)
+            try:
+                result = await self._read_to_end(prefixes, store_id, deadline)
+            except StoreResetError as exc:
+                log.info("kafka source %s: snapshot restarts: %s", self._name, exc)
+                result = None
             if result is None:  # the log was truncated or replaced under us: read it again
                 continue
             revision, kvs = result
