@@ -576,3 +576,36 @@ async def test_stream_polling_reader_and_single_reader_rule(impl: ModuleType) ->
             assert await reader == b"woken"
         tx.close()
         rx.close()
+
+
+def test_fork_child_uses_inherited_mapping(impl: ModuleType) -> None:
+    with ShmSegment.create(1024, impl=impl) as s:
+        c, srv = s.client_end(), s.server_end()
+        pid = os.fork()
+        if pid == 0:  # child: echo until the parent closes, then leave without cleanup
+            code = 1
+            try:
+                while True:
+                    srv.wait(timeout=30)
+                    try:
+                        msgs = srv.recv_many()
+                    except ShmClosedError:
+                        code = 0
+                        break
+                    sent = 0
+                    while sent < len(msgs):
+                        sent += srv.send_many(msgs[sent:])
+            finally:
+                os._exit(code)
+        want = [body(i, i % 300) for i in range(2000)]
+        got: list[bytes] = []
+        i = 0
+        while len(got) < len(want):
+            if i < len(want):
+                i += c.send_many(want[i : i + 20])
+            if c.wait(timeout=0.001):
+                got.extend(c.recv_many())
+        assert got == want
+        c.close()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
