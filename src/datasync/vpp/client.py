@@ -113,6 +113,8 @@ class _Conn:
         self.name_to_id: dict[str, int] = {}
         self.by_id: dict[int, tuple[str, Any, bool]] = {}  # id -> (name, codec, has_context)
         self.mismatched: dict[str, str] = {}
+        #: request name -> (id, codec, is_dump), filled on first use
+        self.requests: dict[str, tuple[int, Any, bool]] = {}
         by_name = {}
         for name_crc, msg_id in table.items():
             name, _, crc = name_crc.rpartition("_")
@@ -542,16 +544,19 @@ class VppClient:
         conn = self._conn
         if conn is None:
             raise VppConnectionError(f"not connected to VPP (calling {name})")
-        msg_id = conn.name_to_id.get(name)
-        if msg_id is None:
-            if name not in self.defs.messages:
-                raise VppMessageError(name, "unknown message (not in our definitions)")
-            raise VppMessageError(name, self._why_missing(conn, [name]))
-        codec = conn.by_id[msg_id][1]
+        req = conn.requests.get(name)
+        if req is None:
+            msg_id = conn.name_to_id.get(name)
+            if msg_id is None:
+                if name not in self.defs.messages:
+                    raise VppMessageError(name, "unknown message (not in our definitions)")
+                raise VppMessageError(name, self._why_missing(conn, [name]))
+            req = conn.requests[name] = (msg_id, conn.by_id[msg_id][1], self.defs.is_dump(name))
+        msg_id, codec, is_dump = req
         data = dict(fields) if fields else {}
         data["context"] = ctx
         data["client_index"] = conn.client_index
-        return codec.encode(msg_id, data), self.defs.is_dump(name)
+        return codec.encode(msg_id, data), is_dump
 
     async def call(
         self,

@@ -220,7 +220,8 @@ class _Connection(asyncio.Protocol):
             dup.setblocking(False)
             dup.close()
         self.shm_segment = seg
-        self.shm = ShmStream(seg.server_end())
+        poll = self.sim.shm_poll_us
+        self.shm = ShmStream(seg.server_end(), **({"poll_us": poll} if poll else {}))
         self.shm_reader = asyncio.get_running_loop().create_task(self._read_shm())
 
 
@@ -265,6 +266,7 @@ class Simulator:
         vpe_pid: int | None = None,
         program: str = "vpe",
         allow_shm: bool = True,
+        shm_poll_us: int = 0,
         version: str = "26.10-datasync-sim",
     ) -> None:
         self.defs = defs if defs is not None else builtin_definitions()
@@ -272,6 +274,7 @@ class Simulator:
         self.rng = random.Random(seed)
         self.program = program
         self.allow_shm = allow_shm
+        self.shm_poll_us = shm_poll_us
         self.version = version
         self.path: str | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -1031,6 +1034,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-dir", help="serve the .api.json definitions of this directory")
     parser.add_argument("--strict", action="store_true", help="count dangling references")
     parser.add_argument("--seed", type=int, help="seed for random MACs, ids and restarts")
+    parser.add_argument(
+        "--shm-poll-us", type=int, default=0, help="poll the shm ring this long before sleeping"
+    )
+    parser.add_argument("--no-shm", action="store_true", help="refuse sock_init_shm")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -1047,7 +1054,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     defs = load_api_dir(args.api_dir) if args.api_dir else None
-    sim = Simulator(defs, strict=args.strict, seed=args.seed)
+    sim = Simulator(
+        defs,
+        strict=args.strict,
+        seed=args.seed,
+        allow_shm=not args.no_shm,
+        shm_poll_us=args.shm_poll_us,
+    )
     await sim.start(args.socket)
     admin = None
     if args.http:

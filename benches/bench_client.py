@@ -1,0 +1,246 @@
+"""Requests per second against the simulator: our client vs vpp-papi 2.4.2, side by side.
+
+The simulator runs in a subprocess (``datasync vppsim``) so that client and server use
+both cores. Every benchmark round sends ``N`` requests; ``extra_info["req_per_s"]`` holds
+the rate. Ids: ``[ours-pipelined]`` (call_many, window 1024), ``[ours-tasks-256]`` (256
+tasks calling in a loop), ``[ours-sequential]`` (one call at a time), ``[papi-sync]``,
+``[papi-async-256]`` (vpp_papi_async with 256 in flight; no event subscription, see the
+README's note on its reader bug); ``-shm`` ids run over the project's shared-memory ring
+(negotiated with ``sock_init_shm``) instead of the socket.
+
+    .venv/bin/python -m pytest benches/bench_client.py --benchmark-columns=min,median,rounds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from datasync.vpp.client import VppClient
+
+SHARED_API = "/work/shared/vpp-api"
+N_OURS = 20_000
+N_PAPI_SYNC = 2_000
+N_PAPI_ASYNC = 10_000
+N_IFACES = 10_000
+
+
+def _api_files() -> list[str]:
+    return sorted(glob.glob(os.path.join(SHARED_API, "**", "*.api.json"), recursive=True))
+
+
+@contextlib.contextmanager
+def _sim_process() -> Iterator[str]:
+    tmp = tempfile.mkdtemp(prefix="dsbench-", dir="/tmp")
+    path = os.path.join(tmp, "api.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", path],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "listening on" in line, line
+        yield path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sim_path() -> Iterator[str]:
+    with _sim_process() as path:
+        yield path
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = uvloop.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def _rate(benchmark: Any, n: int) -> None:
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        benchmark.extra_info["req_per_s"] = round(n / stats.stats.min)
+
+
+def _ours(
+    loop: asyncio.AbstractEventLoop, path: str, mode: str, transport: str = "socket"
+) -> Callable[[], None]:
+    client = VppClient(path, probe_interval=None, transport=transport)
+    loop.run_until_complete(client.connect())
+
+    async def pipelined() -> None:
+        await client.call_many("control_ping", [None] * N_OURS)
+
+    async def tasks() -> None:
+        per = N_OURS // 256
+
+        async def worker() -> None:
+            for _ in range(per):
+                await client.call("control_ping")
+
+        await asyncio.gather(*(worker() for _ in range(256)))
+
+    async def sequential() -> None:
+        for _ in range(N_OURS // 10):
+            await client.call("control_ping")
+
+    body = {"pipelined": pipelined, "tasks": tasks, "sequential": sequential}[mode]
+    return lambda: loop.run_until_complete(body())
+
+
+@pytest.mark.parametrize(
+    ("mode", "transport"),
+    [
+        ("pipelined", "socket"),
+        ("pipelined", "shm"),
+        ("tasks", "socket"),
+        ("tasks", "shm"),
+        ("sequential", "socket"),
+        ("sequential", "shm"),
+    ],
+)
+def test_control_ping_ours(
+    benchmark: Any, sim_path: str, loop: asyncio.AbstractEventLoop, mode: str, transport: str
+) -> None:
+    benchmark.group = "control_ping rate"
+    suffix = "" if transport == "socket" else "-shm"
+    benchmark.name = f"test_control_ping[ours-{mode}{suffix}]"
+    run = _ours(loop, sim_path, mode, transport)
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    _rate(benchmark, N_OURS // 10 if mode == "sequential" else (N_OURS // 256) * 256)
+
+
+@pytest.mark.skipif(not _api_files(), reason="reference .api.json files missing")
+def test_control_ping_papi_sync(benchmark: Any, sim_path: str) -> None:
+    from vpp_papi import VPPApiClient
+
+    benchmark.group = "control_ping rate"
+    benchmark.name = "test_control_ping[papi-sync]"
+    vpp = VPPApiClient(apifiles=_api_files(), server_address=sim_path)
+    vpp.connect("bench-papi")
+    try:
+
+        def run() -> None:
+            for _ in range(N_PAPI_SYNC):
+                vpp.api.control_ping()
+
+        benchmark.pedantic(run, rounds=3, iterations=1)
+        _rate(benchmark, N_PAPI_SYNC)
+    finally:
+        vpp.disconnect()
+
+
+def test_control_ping_papi_async(
+    benchmark: Any, sim_path: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    from vpp_papi.vpp_papi_async import VPPApiClient as AsyncClient
+
+    benchmark.group = "control_ping rate"
+    benchmark.name = "test_control_ping[papi-async-256]"
+    vpp = AsyncClient(server_address=sim_path)
+
+    async def connect() -> None:
+        # an event queue nobody reads: no want_* registration, so it stays empty
+        assert await vpp.connect("bench-papi-async", asyncio.Queue()) == 0
+
+    loop.run_until_complete(connect())
+
+    async def burst() -> None:
+        sem = asyncio.Semaphore(256)
+
+        async def one() -> None:
+            async with sem:
+                await vpp.api.control_ping()
+
+        await asyncio.gather(*(one() for _ in range(N_PAPI_ASYNC)))
+
+    try:
+        benchmark.pedantic(lambda: loop.run_until_complete(burst()), rounds=3, iterations=1)
+        _rate(benchmark, N_PAPI_ASYNC)
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(vpp.disconnect())
+
+
+# -- dump of 10k interfaces ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_sim() -> Iterator[str]:
+    with _sim_process() as path:
+        lp = uvloop.new_event_loop()
+        client = VppClient(path, probe_interval=None)
+
+        async def fill() -> None:
+            await client.connect()
+            await client.call_many("create_loopback", [None] * N_IFACES)
+            await client.close()
+
+        lp.run_until_complete(fill())
+        lp.close()
+        yield path
+
+
+@pytest.mark.parametrize("transport", ["socket", "shm"])
+def test_dump_10k_ours(
+    benchmark: Any, big_sim: str, loop: asyncio.AbstractEventLoop, transport: str
+) -> None:
+    benchmark.group = "sw_interface_dump 10k"
+    benchmark.name = "test_dump_10k[ours]" if transport == "socket" else "test_dump_10k[ours-shm]"
+    client = VppClient(big_sim, probe_interval=None, transport=transport)
+    loop.run_until_complete(client.connect())
+
+    def run() -> None:
+        details = loop.run_until_complete(client.dump("sw_interface_dump"))
+        assert len(details) == N_IFACES + 1
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    tracemalloc.start()
+    run()
+    benchmark.extra_info["peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    tracemalloc.stop()
+    loop.run_until_complete(client.close())
+
+
+@pytest.mark.skipif(not _api_files(), reason="reference .api.json files missing")
+def test_dump_10k_papi(benchmark: Any, big_sim: str) -> None:
+    from vpp_papi import VPPApiClient
+
+    benchmark.group = "sw_interface_dump 10k"
+    benchmark.name = "test_dump_10k[papi-sync]"
+    vpp = VPPApiClient(apifiles=_api_files(), server_address=big_sim)
+    vpp.connect("bench-papi-dump")
+    try:
+
+        def run() -> None:
+            assert len(vpp.api.sw_interface_dump()) == N_IFACES + 1
+
+        benchmark.pedantic(run, rounds=2, iterations=1)
+        tracemalloc.start()
+        t = time.perf_counter()
+        run()
+        benchmark.extra_info["peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+        benchmark.extra_info["once_s"] = round(time.perf_counter() - t, 3)
+        tracemalloc.stop()
+    finally:
+        vpp.disconnect()
