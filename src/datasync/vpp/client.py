@@ -564,7 +564,7 @@ class VppClient:
         fields: Mapping[str, Any] | None = None,
         /,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         check: bool = True,
         **kw: Any,
     ) -> Any:
@@ -582,7 +582,7 @@ class VppClient:
         fields: Mapping[str, Any] | None = None,
         /,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         **kw: Any,
     ) -> list[Any]:
         """Send dump request ``name`` and return its details (ends at the control_ping reply)."""
@@ -641,7 +641,7 @@ class VppClient:
         name: str,
         fields: Mapping[str, Any] | None,
         *,
-        timeout: float | None,  # noqa: ASYNC109
+        timeout: float | None,
         check: bool,
         closing_ok: bool = False,
     ) -> Any:
@@ -709,7 +709,7 @@ class VppClient:
         name: str,
         requests: Iterable[Mapping[str, Any] | None],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         check: bool = True,
     ) -> list[Any]:
         """Pipeline many ``name`` requests within ``max_in_flight``; replies in request order.
@@ -915,7 +915,7 @@ class VppClient:
             self._start_probe()
             return
 
-    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until (re)connected."""
         async with asyncio.timeout(timeout):
             await self._connected.wait()
