@@ -83,7 +83,8 @@ class _Conn:
                     await asyncio.sleep(max(0.0, p.delay + random.uniform(-p.jitter, p.jitter)))
                 w.write(data)
                 await w.drain()
-        except (OSError, asyncio.IncompleteReadError):
+        except (OSError, RuntimeError, asyncio.IncompleteReadError):
+            # The peer went away (uvloop raises RuntimeError on a closed transport).
             pass
         finally:
             if p.mode not in ("blackhole", "stall"):
@@ -91,7 +92,7 @@ class _Conn:
 
     async def _flush_when_resumed(self, held: list[bytes], w: asyncio.StreamWriter) -> None:
         await self.proxy._resumed.wait()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, RuntimeError):
             while held:
                 w.write(held.pop(0))
             await w.drain()

@@ -129,7 +129,7 @@ async def test_kill_during_snapshot_returns_no_partial_result(
     # A slow link makes the paging long enough to kill etcd in the middle of it.
     async with TCPProxy("127.0.0.1", member.client_port) as proxy:
         proxy.set_mode("delay", delay=0.02)
-        src = make_source([proxy.address], page_size=50)
+        src = make_source([proxy.address], page_size=50, max_page_bytes=1)
         task = asyncio.create_task(src.snapshot([prefix]))
         await eventually(lambda: src.stats["pages"] >= 3)
         assert not task.done()

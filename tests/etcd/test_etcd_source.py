@@ -51,7 +51,7 @@ def test_prefix_ranges() -> None:
 async def test_paginated_snapshot_is_pinned_at_one_revision(
     etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    src = make_source(etcd_endpoints, page_size=7)
+    src = make_source(etcd_endpoints, page_size=7, max_page_bytes=1)
     for i in range(0, 50, 10):
         await src.txn({f"{prefix}k{j:03d}": b"v1" for j in range(i, i + 10)})
     # Writes racing the pages must not show up: every page is read at R.
@@ -97,12 +97,18 @@ async def test_large_snapshot_over_grpc_default_limit(
     etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
     # 6 MiB of values: more than gRPC's 4 MiB default receive limit in one range.
-    src = make_source(etcd_endpoints, page_size=100_000)
+    src = make_source(etcd_endpoints)
     value = b"v" * 60_000
     for i in range(0, 100, 20):
         await src.txn({f"{prefix}{j:03d}": value for j in range(i, i + 20)})
     snap = await src.snapshot([prefix])
     assert len(snap.kvs) == 100
+    assert src.stats["pages"] == 1
+    # Pages are sized by bytes after the first one.
+    small = make_source(etcd_endpoints, page_size=10, max_page_bytes=1 << 20)
+    snap2 = await small.snapshot([prefix])
+    assert snap2.kvs == snap.kvs
+    assert small.stats["pages"] >= 6
 
 
 async def test_watch_from_compacted_revision_raises(

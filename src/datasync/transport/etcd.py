@@ -45,6 +45,7 @@ log = logging.getLogger("datasync.transport.etcd")
 StateListener = Callable[[str, SourceState, str], None]
 
 _PUT = rpc.Event.EventType.PUT
+_tnew = tuple.__new__
 
 
 class EtcdRequestError(SourceError):
@@ -122,17 +123,18 @@ class _Endpoint:
             self.maintenance = rpc.MaintenanceStub(ch)
         return self
 
-    def reset(self, grace: float) -> None:
+    def reset(self, grace: float, retiring: set[asyncio.Task[None]]) -> None:
         """Swap in a fresh channel on next use: it connects at once, not after grpc's backoff.
 
         The old channel is closed only after ``grace`` seconds, so that requests other
         tasks still have in flight on it end on their own timeouts, not in a cancel.
+        The closing task is kept in ``retiring`` so that the owner can finish it early.
         """
         ch, self._channel = self._channel, None
         if ch is not None:
             task = asyncio.get_running_loop().create_task(_close_later(ch, grace))
-            _RETIRING.add(task)
-            task.add_done_callback(_RETIRING.discard)
+            retiring.add(task)
+            task.add_done_callback(retiring.discard)
 
     async def close(self) -> None:
         ch, self._channel = self._channel, None
@@ -140,12 +142,11 @@ class _Endpoint:
             await ch.close(grace=None)
 
 
-_RETIRING: set[asyncio.Task[None]] = set()
-
-
 async def _close_later(ch: grpc.aio.Channel, grace: float) -> None:
-    await asyncio.sleep(grace)
-    await ch.close(grace=None)
+    try:
+        await asyncio.sleep(grace)
+    finally:
+        await ch.close(grace=None)
 
 
 class _Tracker:
@@ -181,7 +182,8 @@ class EtcdSource:
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
         max_retries: int | None = None,
-        page_size: int = 5000,
+        page_size: int = 1000,
+        max_page_bytes: int = 4 << 20,
         max_value_bytes: int = 1 << 20,
         max_receive_bytes: int = 256 << 20,
         recycle_interval: tuple[float, float] | None = (300.0, 600.0),
@@ -199,6 +201,7 @@ class EtcdSource:
         self.backoff_cap = backoff_cap
         self.max_retries = max_retries
         self.page_size = page_size
+        self.max_page_bytes = max_page_bytes
         self.max_value_bytes = max_value_bytes
         self.recycle_interval = recycle_interval
         # etcd enforces a 5 s minimum ping interval (--grpc-keepalive-min-time) and
@@ -226,6 +229,7 @@ class EtcdSource:
         self._listeners: list[StateListener] = []
         self._closed = False
         self._leases: set[EtcdLease] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
         #: counters: dropped values and keys, reconnects, stalls, pages, batches...
         self.stats: dict[str, int] = {
             "oversized": 0,
@@ -285,7 +289,7 @@ class EtcdSource:
         return self._eps[self._current].open()
 
     def _fail_over(self, ep: _Endpoint) -> None:
-        ep.reset(self.request_timeout + 1.0)
+        ep.reset(self.request_timeout + 1.0, self._retiring)
         if self._eps[self._current] is ep:
             self._current = (self._current + 1) % len(self._eps)
 
@@ -329,15 +333,22 @@ class EtcdSource:
         """
         ranges = _ranges(prefixes)
         kvs: list[KeyVal] = []
+        maxv = self.max_value_bytes
         revision = 0
         header: Any = None
-        for start, end in ranges:
-            key = start
+        i = 0
+        key = ranges[0][0]
+        limit = self.page_size
+        pending: asyncio.Task[Any] | None = None
+        try:
             while True:
-                req = rpc.RangeRequest(
-                    key=key, range_end=end, limit=self.page_size, revision=revision
-                )
-                resp = await self._call("snapshot range", self._ranger(req), revision)
+                if pending is None:
+                    req = rpc.RangeRequest(
+                        key=key, range_end=ranges[i][1], limit=self.page_size, revision=revision
+                    )
+                    resp = await self._call("snapshot range", self._ranger(req), revision)
+                else:
+                    resp, pending = await pending, None
                 self.stats["pages"] += 1
                 if header is None:
                     header = resp.header
@@ -346,15 +357,45 @@ class EtcdSource:
                     raise StoreResetError(
                         f"etcd source {self.name}: cluster id changed during the snapshot"
                     )
-                maxv = self.max_value_bytes
-                for kv in resp.kvs:
-                    if len(kv.value) > maxv:
-                        self._drop_oversized(kv.key, len(kv.value), kv.mod_revision)
-                        continue
-                    kvs.append(KeyVal(kv.key.decode(), kv.value, kv.mod_revision))
-                if not resp.more or not resp.kvs:
+                page = resp.kvs
+                if page:
+                    # Size the next page by bytes: etcd 3.4 scans the whole remaining range
+                    # for every limited request, so few large pages beat many small ones.
+                    limit = max(self.page_size, self.max_page_bytes * len(page) // resp.ByteSize())
+                if resp.more and page:
+                    key = page[-1].key + b"\0"
+                elif i + 1 < len(ranges):
+                    i += 1
+                    key = ranges[i][0]
+                else:
+                    key = b""
+                if key:
+                    # Ask for the next page now: etcd works on it while we convert this one.
+                    nxt = rpc.RangeRequest(
+                        key=key, range_end=ranges[i][1], limit=limit, revision=revision
+                    )
+                    pending = asyncio.create_task(
+                        self._call("snapshot range", self._ranger(nxt), revision)
+                    )
+                # The hot loop: tuple.__new__ skips KeyVal's Python-level __new__.
+                got = [
+                    _tnew(KeyVal, (kv.key.decode(), v, kv.mod_revision))
+                    for kv in page
+                    if len(v := kv.value) <= maxv
+                ]
+                if len(got) != len(page):
+                    for kv in page:
+                        if len(kv.value) > maxv:
+                            self._drop_oversized(kv.key, len(kv.value), kv.mod_revision)
+                kvs += got
+                if not key:
                     break
-                key = resp.kvs[-1].key + b"\0"
+        finally:
+            if pending is not None:
+                # Abandoned after a failure: cancel, and retrieve its outcome so it is not
+                # reported as never retrieved.
+                pending.cancel()
+                pending.add_done_callback(_consume)
         extra: dict[str, object] = {}
         if revision < self._handed_out:
             extra["revision_regressed_from"] = self._handed_out
@@ -653,6 +694,14 @@ class EtcdSource:
         self._closed = True
         for ep in self._eps:
             await ep.close()
+        # Channels of failed endpoints: close them now, within the caller's loop.
+        retiring = list(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        # grpc completes the canceled operations of closed calls from its poller thread a
+        # moment later, on the loop that started them: let them land while it still runs.
+        await asyncio.sleep(0.05)
         self._set_state(SourceState.DISCONNECTED, "closed")
 
 
@@ -693,6 +742,11 @@ class EtcdLease:
             "lease revoke",
             lambda ep: ep.lease.LeaseRevoke(req, timeout=self.source.request_timeout),
         )
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _ranges(prefixes: Sequence[str]) -> list[tuple[bytes, bytes]]:
