@@ -34,7 +34,7 @@ import uvloop
 from datasync.transport.etcd import EtcdSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.etcd.etcdserver import ENV_ENDPOINTS, EtcdCluster  # noqa: E402
+from tests.etcd.etcdserver import ENV_ENDPOINTS, EtcdCluster
 
 VALUE = b"v" * 200
 TXN_OPS = 128  # etcd's default --max-txn-ops
