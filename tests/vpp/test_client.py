@@ -513,3 +513,17 @@ async def test_shm_refused_is_a_clear_error(sock_path: str) -> None:
             VppClient(sock_path, transport="carrier-pigeon")
     finally:
         await sim.stop()
+
+
+async def test_connect_fails_cleanly_when_ping_unanswered(sim: Simulator) -> None:
+    sim.set_latency(1.0, "control_ping")
+    assert sim.path
+    c = VppClient(sim.path, probe_interval=None, connect_timeout=0.1)
+    with pytest.raises(VppTimeoutError):
+        await c.connect()
+    assert not c.connected
+    await eventually(lambda: not sim._conns)  # the half-made connection was closed
+    sim.clear_faults()
+    await c.connect()
+    assert c.vpe_pid == sim.state.vpe_pid
+    await c.close()

@@ -269,7 +269,17 @@ class VppClient:
         self.stats["connects"] += 1
         self._connected.set()
         # learn vpe_pid at once, so a restart is detected even before the first probe
-        reply = await self.call("control_ping", timeout=self.connect_timeout)
+        try:
+            reply = await self._request(
+                "control_ping", None, timeout=self.connect_timeout, check=True
+            )
+        except BaseException:
+            # half-made connection: close it quietly, the caller (or the loop) retries
+            transport = self._transport
+            self._drop_connection(VppConnectionError("VPP did not answer control_ping"))
+            if transport is not None:
+                transport.abort()
+            raise
         previous, self.vpe_pid = self.vpe_pid, int(reply.vpe_pid)
         if previous is not None and previous != self.vpe_pid:
             self._fault("vpp_restarted", {"old_vpe_pid": previous, "vpe_pid": self.vpe_pid})
