@@ -1,0 +1,850 @@
+"""The resync orchestrator: snapshots, plugin order, buffering, fault reports, backoff.
+
+One ``Orchestrator`` connects northbound sources to plugins. It hands out watcher
+registrations (the brief's resync and change channels) and runs resync rounds:
+
+1. changes arriving from now on are held in each source's event buffer;
+2. every source is read at one revision R (a failed snapshot aborts the round
+   before any plugin sees anything, so nothing is deleted on a partial view);
+3. each source's watch is restarted from R+1 and its revision filter reset to R;
+4. plugins get their ``ResyncEvent`` in dependency order; a dependent starts only
+   after every dependency acknowledged success;
+5. on success the buffers are drained in revision order through the filters and
+   the changes delivered; on failure the round is retried with capped exponential
+   backoff and jitter, and after too many failures the configured escalation runs.
+
+Rounds are requested by start-up, ``report_error``/``done(err)``, a watch that
+failed (compaction, store reset, lost source), registration changes and manual
+requests; requests coalesce into the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .api import (
+    Ack,
+    Change,
+    ChangeEvent,
+    Channel,
+    KeyVal,
+    Plugin,
+    ResyncEvent,
+    Snapshot,
+    Source,
+    SourceState,
+    validate_prefix,
+)
+from .buffer import EventBuffer, RevisionFilter
+from .errors import (
+    ClosedError,
+    ConfigError,
+    DependencyCycleError,
+    DependencyFailedError,
+    DuplicateNameError,
+    EscalationError,
+    ResyncTimeoutError,
+    SourceUnavailableError,
+)
+from .mux import Ownership
+
+__all__ = [
+    "EXIT_RESTART_REQUIRED",
+    "AgentStatus",
+    "Escalated",
+    "Orchestrator",
+    "OrchestratorEvent",
+    "PluginState",
+    "PluginStateChanged",
+    "PluginStatus",
+    "ResyncConfig",
+    "RoundFinished",
+    "RoundStarted",
+    "SourceStatus",
+    "topological_levels",
+]
+
+log = logging.getLogger("datasync.resync")
+
+#: Exit code of the "brute force" path: the supervisor restarts the agent (and VPP).
+#: EX_TEMPFAIL from sysexits.h: "try again later".
+EXIT_RESTART_REQUIRED = 75
+
+
+@dataclass(frozen=True)
+class ResyncConfig:
+    """Timeouts, backoff and escalation of the orchestrator. Seconds throughout."""
+
+    #: how long one plugin may take to acknowledge a resync event
+    resync_timeout: float = 10.0
+    #: how long a plugin may take to acknowledge a change event
+    change_timeout: float = 10.0
+    #: how long reading one source's snapshot may take
+    snapshot_timeout: float = 30.0
+    #: plugins of one dependency level resync concurrently
+    parallel: bool = True
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    backoff_multiplier: float = 2.0
+    #: each delay is scaled by a random factor in [1 - jitter, 1]
+    jitter: float = 0.2
+    #: this many failed rounds within ``escalate_window`` trigger the escalation
+    escalate_after: int = 5
+    escalate_window: float = 300.0
+    #: "exit": stop and raise EscalationError (the agent exits with ``exit_code`` so its
+    #: supervisor restarts it and VPP); "retry": keep retrying at the backoff cap
+    escalation: Literal["exit", "retry"] = "exit"
+    exit_code: int = EXIT_RESTART_REQUIRED
+    #: the event buffer coalesces per key above this many held changes
+    buffer_coalesce_above: int = 65536
+    #: periodic upstream anti-entropy round; None disables it
+    anti_entropy_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("resync_timeout", "change_timeout", "snapshot_timeout", "backoff_initial"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ResyncConfig.{name} must be > 0")
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError("ResyncConfig.backoff_max must be >= backoff_initial")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError("ResyncConfig.jitter must be in [0, 1)")
+        if self.escalate_after < 1:
+            raise ConfigError("ResyncConfig.escalate_after must be >= 1")
+        if self.escalation not in ("exit", "retry"):
+            raise ConfigError("ResyncConfig.escalation must be 'exit' or 'retry'")
+
+
+class PluginState(enum.IntEnum):
+    """Per-plugin sync state; a higher value is worse."""
+
+    IN_SYNC = 0
+    RESYNCING = 1
+    INIT = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    state: PluginState
+    since: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    state: SourceState
+    since: float
+    snapshot_revision: int = 0
+    applied_revision: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """The agent's health: the worst plugin state, and in_sync only when all is settled."""
+
+    state: PluginState
+    in_sync: bool
+    round_running: bool
+    rounds: int
+    failed_rounds: int
+    late_dones: int
+    plugins: Mapping[str, PluginStatus]
+    sources: Mapping[str, SourceStatus]
+
+
+# --- structured events for listeners ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    round: int
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoundFinished:
+    round: int
+    ok: bool
+    duration: float
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PluginStateChanged:
+    plugin: str
+    old: PluginState
+    new: PluginState
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Escalated:
+    failed_rounds: int
+    exit_code: int
+
+
+OrchestratorEvent = RoundStarted | RoundFinished | PluginStateChanged | Escalated
+
+
+def topological_levels(deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Group names into levels: each name only after every name it depends on.
+
+    Unknown dependencies and cycles are ``ConfigError``s naming them.
+    """
+    for name, ds in deps.items():
+        for d in ds:
+            if d not in deps:
+                raise ConfigError(f"plugin {name!r} depends on unknown plugin {d!r}")
+    # Cycle search first, so the error names the cycle rather than "cannot order".
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        color[n] = 1
+        stack.append(n)
+        for d in deps[n]:
+            if color.get(d) == 1:
+                raise DependencyCycleError([*stack[stack.index(d) :], d])
+            if d not in color:
+                visit(d)
+        stack.pop()
+        color[n] = 2
+
+    for n in sorted(deps):
+        if n not in color:
+            visit(n)
+    levels: list[list[str]] = []
+    placed: set[str] = set()
+    while len(placed) < len(deps):
+        level = sorted(n for n in deps if n not in placed and all(d in placed for d in deps[n]))
+        levels.append(level)
+        placed.update(level)
+    return levels
+
+
+# --- registrations ------------------------------------------------------------------------
+
+
+class _Registration:
+    """A watcher's registration; implements ``datasync.api.Registration``."""
+
+    def __init__(
+        self, orch: Orchestrator, name: str, prefixes: Iterable[str], depends_on: Iterable[str]
+    ) -> None:
+        self._orch = orch
+        self._name = name
+        self._prefixes = tuple(dict.fromkeys(validate_prefix(p) for p in prefixes))
+        self.depends_on = tuple(depends_on)
+        self._resync: Channel[ResyncEvent] = Channel()
+        self._changes: Channel[ChangeEvent] = Channel()
+        self.closed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return self._prefixes
+
+    @property
+    def resync_events(self) -> Channel[ResyncEvent]:
+        return self._resync
+
+    @property
+    def change_events(self) -> Channel[ChangeEvent]:
+        return self._changes
+
+    def matches(self, key: str) -> bool:
+        return any(key.startswith(p) for p in self._prefixes)
+
+    def register(self, prefix: str) -> None:
+        """Watch one more prefix; a resync round delivers its current data."""
+        self._check_open()
+        prefix = validate_prefix(prefix)
+        if prefix not in self._prefixes:
+            self._prefixes += (prefix,)
+            self._orch.request_resync(f"{self._name}: registered {prefix}")
+
+    def unregister(self, prefix: str) -> None:
+        """Stop watching a prefix (its keys leave the next resync event)."""
+        self._check_open()
+        if prefix in self._prefixes:
+            self._prefixes = tuple(p for p in self._prefixes if p != prefix)
+            self._orch.request_resync(f"{self._name}: unregistered {prefix}")
+
+    async def close(self) -> None:
+        """Close this registration only; pending waits on it stop counting."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self._resync.close()
+        self._changes.close()
+        self._orch._remove_registration(self)
+
+    def _check_open(self) -> None:
+        if self.closed.is_set():
+            raise ClosedError(f"registration {self._name!r} is closed")
+
+
+class _SourceSlot:
+    """Per-source bookkeeping: buffer, filter, watch task, revisions."""
+
+    def __init__(self, source: Source, coalesce_above: int) -> None:
+        self.source = source
+        self.name = source.name
+        self.buffer = EventBuffer(coalesce_above)
+        self.filter = RevisionFilter()
+        self.watch_task: asyncio.Task[None] | None = None
+        self.snapshot: Snapshot | None = None
+        self.state = SourceState.DISCONNECTED
+        self.since = time.time()
+        self.error: str | None = None
+        # Delivered change acks not yet done, in delivery order, for the applied watermark.
+        self.outstanding: deque[tuple[int, Ack]] = deque()
+        self.applied_revision = 0
+
+    def set_state(self, state: SourceState, error: str | None = None) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.time()
+        self.error = error
+
+    def advance_watermark(self) -> None:
+        q = self.outstanding
+        while q and q[0][1].is_done:
+            self.applied_revision = max(self.applied_revision, q.popleft()[0])
+
+
+class Orchestrator:
+    """Runs resync rounds between northbound sources and plugins (a ``Watcher``)."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        config: ResyncConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not sources:
+            raise ConfigError("at least one source is needed")
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise DuplicateNameError(f"source names must be unique, got {names}")
+        self.config = config or ResyncConfig()
+        # Earlier sources take precedence when two sources assert one key.
+        self._slots = [_SourceSlot(s, self.config.buffer_coalesce_above) for s in sources]
+        self._ownership = Ownership(names) if len(names) > 1 else None
+        self._regs: dict[str, _Registration] = {}
+        self._plugin_state: dict[str, PluginStatus] = {}
+        self._listeners: list[Callable[[OrchestratorEvent], None]] = []
+        self._rng = rng or random.Random()
+        self._sleep = sleep or asyncio.sleep
+        self._clock = clock
+        self._pending: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._buffering = True
+        self._round = 0
+        self._round_running = False
+        self._failed_rounds = 0
+        self._failure_times: deque[float] = deque()
+        self._consecutive_failures = 0
+        self._late_dones = 0
+        self._runner: asyncio.Task[None] | None = None
+        self._plugin_tasks: list[asyncio.Task[None]] = []
+        self._anti_entropy: asyncio.Task[None] | None = None
+        self._escalation: EscalationError | None = None
+        self._stopped = asyncio.Event()
+        self._in_sync = asyncio.Event()
+        self._started = False
+
+    # --- watcher API --------------------------------------------------------------------
+
+    def watch(
+        self, name: str, prefixes: Iterable[str], depends_on: Iterable[str] = ()
+    ) -> _Registration:
+        """Register a watcher: its resync and change channels, ordered by ``depends_on``."""
+        if not name:
+            raise ConfigError("a watcher needs a non-empty name")
+        if name in self._regs:
+            raise DuplicateNameError(f"watcher {name!r} is already registered")
+        reg = _Registration(self, name, prefixes, depends_on)
+        if self._started:
+            self._levels({**self._deps(), name: reg.depends_on})  # reject cycles now
+        self._regs[name] = reg
+        self._set_plugin_state(name, PluginState.INIT)
+        if self._started:
+            self.request_resync(f"{name}: registered")
+        return reg
+
+    def add_plugin(self, plugin: Plugin) -> _Registration:
+        """Register a high-level plugin: its callbacks run on their own task."""
+        reg = self.watch(plugin.name, plugin.prefixes, plugin.depends_on)
+        self._plugin_tasks.append(asyncio.ensure_future(self._run_plugin(plugin, reg)))
+        return reg
+
+    async def _run_plugin(self, plugin: Plugin, reg: _Registration) -> None:
+        async def serve(channel: Channel[ResyncEvent] | Channel[ChangeEvent], limit: float) -> None:
+            async for ev in channel:
+                try:
+                    async with asyncio.timeout(limit):
+                        if isinstance(ev, ResyncEvent):
+                            await plugin.resync(ev)
+                        else:
+                            await plugin.change(ev)
+                except Exception as exc:  # a plugin's failure is a fault report, not a crash
+                    ev.done(exc)
+                else:
+                    ev.done()
+
+        await asyncio.gather(
+            serve(reg.resync_events, self.config.resync_timeout),
+            serve(reg.change_events, self.config.change_timeout),
+        )
+
+    def _remove_registration(self, reg: _Registration) -> None:
+        if self._regs.get(reg.name) is reg:
+            del self._regs[reg.name]
+            self._plugin_state.pop(reg.name, None)
+
+    def add_listener(self, callback: Callable[[OrchestratorEvent], None]) -> None:
+        """Call ``callback`` with every structured event (round started/finished, states)."""
+        self._listeners.append(callback)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the plugin graph (cycles are errors here) and start the first round."""
+        if self._started:
+            return
+        self._levels(self._deps())
+        self._started = True
+        self._runner = asyncio.ensure_future(self._run())
+        if self.config.anti_entropy_interval:
+            self._anti_entropy = asyncio.ensure_future(self._anti_entropy_loop())
+        self.request_resync("start-up")
+
+    async def stop(self) -> None:
+        """Stop rounds and watches; registrations are closed."""
+        self._stopped.set()
+        self._wakeup.set()
+        tasks = [t for t in (self._runner, self._anti_entropy) if t is not None]
+        tasks += [s.watch_task for s in self._slots if s.watch_task is not None]
+        for reg in list(self._regs.values()):
+            await reg.close()
+        tasks += self._plugin_tasks
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_in_sync(self, timeout: float | None = None) -> None:
+        """Wait until every plugin is in sync (raises TimeoutError, or EscalationError)."""
+        async with asyncio.timeout(timeout):
+            while not self.status().in_sync:
+                if self._escalation is not None:
+                    raise self._escalation
+                self._in_sync.clear()
+                await self._in_sync.wait()
+
+    async def run_until_stopped(self) -> None:
+        """Block until ``stop()``; raise ``EscalationError`` when the escalation fires."""
+        await self._stopped.wait()
+        if self._escalation is not None:
+            raise self._escalation
+
+    def request_resync(self, reason: str) -> None:
+        """Schedule a resync round; requests made while one is pending coalesce."""
+        self._pending.append(reason)
+        self._wakeup.set()
+
+    def report_error(self, plugin: str, err: BaseException) -> None:
+        """A plugin reports a fault: it is marked failed and a new round is scheduled."""
+        self._set_plugin_state(plugin, PluginState.FAILED, err)
+        self.request_resync(f"{plugin}: {err}")
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> AgentStatus:
+        """A consistent snapshot of plugin and source health."""
+        plugins = dict(self._plugin_state)
+        worst = max((p.state for p in plugins.values()), default=PluginState.IN_SYNC)
+        stale = any(s.state is not SourceState.CONNECTED for s in self._slots)
+        return AgentStatus(
+            state=worst,
+            in_sync=(
+                worst is PluginState.IN_SYNC
+                and not self._round_running
+                and not self._pending
+                and not stale
+                and self._round > 0
+            ),
+            round_running=self._round_running,
+            rounds=self._round,
+            failed_rounds=self._failed_rounds,
+            late_dones=self._late_dones,
+            plugins=plugins,
+            sources={
+                s.name: SourceStatus(
+                    s.state, s.since, s.filter.snapshot_revision, s.applied_revision, s.error
+                )
+                for s in self._slots
+            },
+        )
+
+    def applied_revision(self, source: str) -> int:
+        """Highest revision of ``source`` whose changes are all acknowledged."""
+        slot = self._slot(source)
+        slot.advance_watermark()
+        return slot.applied_revision
+
+    def _slot(self, name: str) -> _SourceSlot:
+        for s in self._slots:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def _emit(self, ev: OrchestratorEvent) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(ev)
+            except Exception:  # a broken listener must not break resync
+                log.exception("datasync listener failed on %r", ev)
+
+    def _set_plugin_state(
+        self, name: str, state: PluginState, err: BaseException | None = None
+    ) -> None:
+        old = self._plugin_state.get(name)
+        error = None if err is None else f"{type(err).__name__}: {err}"
+        if old is not None and old.state is state and old.error == error:
+            return
+        if old is None and name not in self._regs:
+            return
+        self._plugin_state[name] = PluginStatus(state, time.time(), error)
+        if old is not None:
+            self._emit(PluginStateChanged(name, old.state, state, error))
+        if state is PluginState.IN_SYNC:
+            self._in_sync.set()
+
+    # --- graph --------------------------------------------------------------------------
+
+    def _deps(self) -> dict[str, tuple[str, ...]]:
+        return {n: r.depends_on for n, r in self._regs.items()}
+
+    @staticmethod
+    def _levels(deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
+        return topological_levels(deps)
+
+    # --- the round loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopped.is_set():
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._stopped.is_set() or not self._pending:
+                continue
+            reasons, self._pending = tuple(self._pending), []
+            ok = await self._round_once(reasons)
+            if ok:
+                self._consecutive_failures = 0
+                continue
+            self._consecutive_failures += 1
+            if self._should_escalate():
+                return
+            delay = self._backoff_delay(self._consecutive_failures)
+            if not self._pending:
+                self._pending.append(f"retry after failed round {self._round}")
+            await self._sleep(delay)
+            self._wakeup.set()
+
+    def _backoff_delay(self, failures: int) -> float:
+        c = self.config
+        base = min(c.backoff_max, c.backoff_initial * c.backoff_multiplier ** (failures - 1))
+        return base * (1.0 - c.jitter * self._rng.random())
+
+    def _should_escalate(self) -> bool:
+        c = self.config
+        now = self._clock()
+        self._failure_times.append(now)
+        while self._failure_times and now - self._failure_times[0] > c.escalate_window:
+            self._failure_times.popleft()
+        if len(self._failure_times) < c.escalate_after or c.escalation == "retry":
+            return False
+        self._escalation = EscalationError(
+            f"{len(self._failure_times)} failed resync rounds within {c.escalate_window:g} s: "
+            f"restart required (exit code {c.exit_code})",
+            c.exit_code,
+        )
+        log.error("datasync: %s", self._escalation)
+        self._emit(Escalated(len(self._failure_times), c.exit_code))
+        self._stopped.set()
+        self._in_sync.set()  # wake wait_in_sync so it raises
+        return True
+
+    async def _round_once(self, reasons: tuple[str, ...]) -> bool:
+        self._round += 1
+        rnd = self._round
+        started = self._clock()
+        self._round_running = True
+        self._buffering = True
+        self._emit(RoundStarted(rnd, reasons))
+        log.info("datasync: resync round %d started (%s)", rnd, "; ".join(reasons))
+        errors: dict[str, BaseException] = {}
+        try:
+            await self._quiesce()
+            for name in self._regs:
+                self._set_plugin_state(name, PluginState.RESYNCING)
+            prefixes = sorted({p for r in self._regs.values() for p in r.prefixes})
+            snapshots = await self._take_snapshots(prefixes, errors)
+            if snapshots is not None:
+                await self._resync_plugins(snapshots, errors)
+            if not errors:
+                self._drain_buffers()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an orchestrator bug must fail the round, not kill the loop
+            log.exception("datasync: resync round %d crashed", rnd)
+            errors["<orchestrator>"] = exc
+        finally:
+            self._round_running = False
+        ok = not errors
+        if ok:
+            for name in self._regs:
+                self._set_plugin_state(name, PluginState.IN_SYNC)
+        else:
+            self._failed_rounds += 1
+        self._emit(
+            RoundFinished(rnd, ok, self._clock() - started, {k: f"{v}" for k, v in errors.items()})
+        )
+        log.info("datasync: resync round %d %s", rnd, "succeeded" if ok else f"failed: {errors}")
+        self._in_sync.set()
+        return ok
+
+    async def _quiesce(self) -> None:
+        """Wait for change events still being applied, so resync never overlaps them."""
+        acks = [a for s in self._slots for _, a in s.outstanding if not a.is_done]
+        if not acks:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.change_timeout):
+                await asyncio.gather(*(a.wait() for a in acks))
+
+    async def _take_snapshots(
+        self, prefixes: list[str], errors: dict[str, BaseException]
+    ) -> dict[str, Snapshot] | None:
+        """Read every source at one revision and restart its watch from there.
+
+        Any failure aborts the round: plugins never see a partial view, so nothing
+        is deleted because a source could not be read.
+        """
+        snapshots: dict[str, Snapshot] = {}
+        for slot in self._slots:
+            slot.set_state(SourceState.RESYNCING)
+            if slot.watch_task is not None:
+                slot.watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await slot.watch_task
+                slot.watch_task = None
+            try:
+                async with asyncio.timeout(self.config.snapshot_timeout):
+                    snap = await slot.source.snapshot(prefixes)
+            except TimeoutError:
+                err: BaseException = SourceUnavailableError(
+                    f"source {slot.name}: snapshot timed out after "
+                    f"{self.config.snapshot_timeout:g} s"
+                )
+                errors[f"source:{slot.name}"] = err
+                slot.set_state(SourceState.DISCONNECTED, str(err))
+                return None
+            except Exception as exc:
+                errors[f"source:{slot.name}"] = exc
+                slot.set_state(SourceState.DISCONNECTED, f"{type(exc).__name__}: {exc}")
+                return None
+            snapshots[slot.name] = snap
+        for slot in self._slots:
+            snap = snapshots[slot.name]
+            slot.snapshot = snap
+            # The new watch replays everything after R: what the old one buffered is redundant.
+            slot.buffer.clear()
+            slot.filter.reset(snap.revision, [(kv.key, kv.revision) for kv in snap.kvs])
+            slot.outstanding.clear()
+            slot.applied_revision = snap.revision
+            slot.watch_task = asyncio.ensure_future(
+                self._watch_source(slot, prefixes, snap.revision + 1)
+            )
+            slot.set_state(SourceState.CONNECTED)
+        return snapshots
+
+    def _merged_view(self, snapshots: Mapping[str, Snapshot]) -> dict[str, KeyVal]:
+        """All keys of all sources; a key asserted by several goes to the earliest source."""
+        if self._ownership is None:
+            return {kv.key: kv for kv in snapshots[self._slots[0].name].kvs}
+        for name, snap in snapshots.items():
+            self._ownership.reset_source(name, snap.kvs)
+        return self._ownership.merged()
+
+    def conflicts(self) -> dict[str, list[str]]:
+        """Keys asserted by several sources, with the sources in precedence order."""
+        return {} if self._ownership is None else self._ownership.conflicts()
+
+    async def _resync_plugins(
+        self, snapshots: Mapping[str, Snapshot], errors: dict[str, BaseException]
+    ) -> None:
+        merged = self._merged_view(snapshots)
+        revisions = {name: snap.revision for name, snap in snapshots.items()}
+        failed: set[str] = set()
+        for level in self._levels(self._deps()):
+            todo = []
+            for name in level:
+                reg = self._regs.get(name)
+                if reg is None:
+                    continue
+                bad = [d for d in reg.depends_on if d in failed]
+                if bad:
+                    skipped = DependencyFailedError(
+                        f"plugin {name!r} skipped: dependency {', '.join(bad)} failed"
+                    )
+                    errors[name] = skipped
+                    failed.add(name)
+                    self._set_plugin_state(name, PluginState.FAILED, skipped)
+                    continue
+                kvs = {k: kv for k, kv in merged.items() if reg.matches(k)}
+                todo.append((reg, ResyncEvent(kvs, revisions, self._new_ack())))
+            if self.config.parallel:
+                results = await asyncio.gather(*(self._resync_one(r, ev) for r, ev in todo))
+            else:
+                results = [await self._resync_one(r, ev) for r, ev in todo]
+            for (reg, _), err in zip(todo, results, strict=True):
+                if err is not None:
+                    errors[reg.name] = err
+                    failed.add(reg.name)
+                    self._set_plugin_state(reg.name, PluginState.FAILED, err)
+
+    def _new_ack(self) -> Ack:
+        return Ack(on_late=self._count_late)
+
+    def _count_late(self) -> None:
+        self._late_dones += 1
+
+    async def _resync_one(self, reg: _Registration, ev: ResyncEvent) -> BaseException | None:
+        """Deliver one resync event and wait for its ack; a timeout is a failure."""
+        try:
+            reg.resync_events.put(ev)
+        except ClosedError:
+            return None  # closed meanwhile: it no longer takes part
+        closed = asyncio.ensure_future(reg.closed.wait())
+        acked = asyncio.ensure_future(ev.ack.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {acked, closed},
+                timeout=self.config.resync_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            closed.cancel()
+            acked.cancel()
+        if acked in done:
+            return acked.result()
+        if closed in done:
+            return None
+        ev.ack.expire()
+        return ResyncTimeoutError(
+            f"plugin {reg.name!r} did not finish its resync within {self.config.resync_timeout:g} s"
+        )
+
+    # --- changes ------------------------------------------------------------------------
+
+    async def _watch_source(self, slot: _SourceSlot, prefixes: list[str], start: int) -> None:
+        try:
+            async for batch in slot.source.watch(prefixes, start):
+                if not batch:
+                    continue
+                if self._buffering:
+                    slot.buffer.extend(batch)
+                else:
+                    self._deliver(slot, slot.filter.filter(batch))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Compaction, store reset, lost source: only a fresh snapshot is safe now.
+            kind = type(exc).__name__
+            slot.set_state(SourceState.DISCONNECTED, f"{kind}: {exc}")
+            self.request_resync(f"source {slot.name}: watch failed ({kind}: {exc})")
+            return
+        # The watch ended without error (source closed): resync once it is back.
+        slot.set_state(SourceState.DISCONNECTED, "watch ended")
+        if not self._stopped.is_set():
+            self.request_resync(f"source {slot.name}: watch ended")
+
+    def _drain_buffers(self) -> None:
+        for slot in self._slots:
+            self._deliver(slot, slot.buffer.drain(slot.filter))
+        self._buffering = False
+
+    def _deliver(self, slot: _SourceSlot, changes: Sequence[Change]) -> None:
+        """Group accepted changes per registration and revision, and hand them over."""
+        own = self._ownership
+        if own is not None:
+            changes = [c for c in (own.apply(slot.name, ch) for ch in changes) if c is not None]
+        if not changes:
+            return
+        for reg in list(self._regs.values()):
+            group: list[Change] = []
+            for ch in changes:
+                if not reg.matches(ch.key):
+                    continue
+                if group and group[0].revision != ch.revision:
+                    self._send(slot, reg, group)
+                    group = []
+                group.append(ch)
+            if group:
+                self._send(slot, reg, group)
+        slot.advance_watermark()
+
+    def _send(self, slot: _SourceSlot, reg: _Registration, group: list[Change]) -> None:
+        rev = group[0].revision
+        name = reg.name
+
+        def on_done(err: BaseException | None) -> None:
+            slot.advance_watermark()
+            if err is not None:
+                self.report_error(name, err)
+
+        ack = Ack(on_done=on_done, on_late=self._count_late)
+        ev = ChangeEvent(group, slot.name, rev, ack)
+        try:
+            reg.change_events.put(ev)
+        except ClosedError:
+            return
+        slot.outstanding.append((rev, ack))
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.config.change_timeout, self._change_timed_out, name, ack)
+
+    def _change_timed_out(self, name: str, ack: Ack) -> None:
+        if ack.is_done or name not in self._regs:
+            return
+        ack.expire()
+        self.report_error(
+            name,
+            ResyncTimeoutError(
+                f"plugin {name!r} did not apply a change within {self.config.change_timeout:g} s"
+            ),
+        )
+
+    async def _anti_entropy_loop(self) -> None:
+        interval = self.config.anti_entropy_interval
+        assert interval is not None
+        while not self._stopped.is_set():
+            await asyncio.sleep(interval)
+            self.request_resync("periodic anti-entropy")

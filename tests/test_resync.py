@@ -1,0 +1,595 @@
+"""The resync orchestrator against the real embedded store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from datasync.api import Change, ChangeEvent, Op, ResyncEvent, Snapshot
+from datasync.errors import (
+    ClosedError,
+    ConfigError,
+    DependencyCycleError,
+    DependencyFailedError,
+    DuplicateNameError,
+    EscalationError,
+    InvalidKeyError,
+    ResyncTimeoutError,
+    SourceUnavailableError,
+)
+from datasync.resync import (
+    Orchestrator,
+    PluginState,
+    PluginStateChanged,
+    ResyncConfig,
+    RoundFinished,
+    RoundStarted,
+    topological_levels,
+)
+from datasync.transport.local import LocalStore
+
+WAIT = 10.0  # safety net against hangs only
+
+
+@dataclass
+class Recorder:
+    """A high-level plugin that records what it is asked to do."""
+
+    name: str
+    prefixes: Sequence[str]
+    depends_on: Sequence[str] = ()
+    log: list[tuple[str, str]] = field(default_factory=list)
+    fail_resync: int = 0
+    resync_delay: float = 0.0
+    fail_change: int = 0
+    resyncs: list[ResyncEvent] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    state: dict[str, bytes] = field(default_factory=dict)
+
+    async def resync(self, ev: ResyncEvent) -> None:
+        self.log.append(("resync-start", self.name))
+        if self.resync_delay:
+            await asyncio.sleep(self.resync_delay)
+        if self.fail_resync:
+            self.fail_resync -= 1
+            self.log.append(("resync-fail", self.name))
+            raise RuntimeError(f"{self.name} cannot resync")
+        self.resyncs.append(ev)
+        self.state = {k: kv.value for k, kv in ev.kvs.items()}
+        self.log.append(("resync-done", self.name))
+
+    async def change(self, ev: ChangeEvent) -> None:
+        if self.fail_change:
+            self.fail_change -= 1
+            raise RuntimeError(f"{self.name} cannot apply {ev.changes[0].key}")
+        for ch in ev.changes:
+            self.changes.append(ch)
+            if ch.op is Op.PUT:
+                assert ch.value is not None
+                self.state[ch.key] = ch.value
+            else:
+                self.state.pop(ch.key, None)
+
+
+class Events:
+    """Collects orchestrator events and waits for them."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.items: list[object] = []
+        self._changed = asyncio.Event()
+        orch.add_listener(self._add)
+
+    def _add(self, ev: object) -> None:
+        self.items.append(ev)
+        self._changed.set()
+
+    def rounds(self) -> list[RoundFinished]:
+        return [e for e in self.items if isinstance(e, RoundFinished)]
+
+    async def until(self, pred: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not pred():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def eventually(pred: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not pred():
+            await asyncio.sleep(0.005)
+
+
+class NoSleep:
+    """Records backoff delays instead of sleeping them."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[LocalStore]:
+    s = LocalStore(poll_interval=0.02)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def orch_factory(store: LocalStore) -> AsyncIterator[Callable[..., Orchestrator]]:
+    made: list[Orchestrator] = []
+
+    def make(sources: Sequence[object] | None = None, **cfg: object) -> Orchestrator:
+        sleep = cfg.pop("sleep", None)
+        o = Orchestrator(
+            sources or [store],  # type: ignore[arg-type]
+            ResyncConfig(**cfg),  # type: ignore[arg-type]
+            rng=random.Random(7),
+            sleep=sleep,  # type: ignore[arg-type]
+        )
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        await o.stop()
+
+
+# --- ordering ------------------------------------------------------------------------------
+
+
+def test_levels_follow_dependencies() -> None:
+    levels = topological_levels({"l3": ["if"], "l2": ["if"], "if": [], "acl": ["l2", "l3"]})
+    assert levels == [["if"], ["l2", "l3"], ["acl"]]
+
+
+def test_cycle_is_named() -> None:
+    with pytest.raises(DependencyCycleError) as info:
+        topological_levels({"a": ["b"], "b": ["c"], "c": ["a"], "d": []})
+    assert info.value.cycle == ["a", "b", "c", "a"]
+    assert "a -> b -> c -> a" in str(info.value)
+
+
+def test_unknown_dependency_is_named() -> None:
+    with pytest.raises(ConfigError, match="'l2' depends on unknown plugin 'ifs'"):
+        topological_levels({"l2": ["ifs"]})
+
+
+async def test_cycle_found_at_start_up(orch_factory: Callable[..., Orchestrator]) -> None:
+    orch = orch_factory()
+    orch.add_plugin(Recorder("a", ["/a/"], ["b"]))
+    orch.add_plugin(Recorder("b", ["/b/"], ["a"]))
+    with pytest.raises(DependencyCycleError, match="a -> b -> a"):
+        await orch.start()
+
+
+async def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ConfigError, match="resync_timeout"):
+        ResyncConfig(resync_timeout=0)
+    with pytest.raises(ConfigError, match="escalation"):
+        ResyncConfig(escalation="panic")  # type: ignore[arg-type]
+
+
+async def test_duplicate_and_bad_registrations(orch_factory: Callable[..., Orchestrator]) -> None:
+    orch = orch_factory()
+    orch.watch("x", ["/x/"])
+    with pytest.raises(DuplicateNameError, match="'x'"):
+        orch.watch("x", ["/y/"])
+    with pytest.raises(InvalidKeyError, match="empty key"):
+        orch.watch("y", [""])
+
+
+# --- rounds --------------------------------------------------------------------------------
+
+
+async def test_startup_resync_in_dependency_order(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    await store.txn({"/if/a": b"1", "/if/b": b"2", "/bd/x": b"3", "/other/z": b"4"})
+    log: list[tuple[str, str]] = []
+    bd = Recorder("bd", ["/bd/"], ["if"], log=log)
+    ifs = Recorder("if", ["/if/"], log=log, resync_delay=0.05)
+    orch = orch_factory()
+    orch.add_plugin(bd)
+    orch.add_plugin(ifs)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    assert log == [("resync-start", "if"), ("resync-done", "if"), ("resync-start", "bd"),
+                   ("resync-done", "bd")]  # fmt: skip
+    assert ifs.state == {"/if/a": b"1", "/if/b": b"2"}
+    assert bd.state == {"/bd/x": b"3"}
+    assert ifs.resyncs[0].revisions == {"local": 1}
+    assert ifs.resyncs[0].kvs["/if/a"].revision == 1
+    st = orch.status()
+    assert st.in_sync and st.state is PluginState.IN_SYNC
+    assert st.sources["local"].snapshot_revision == 1
+
+
+async def test_one_level_runs_together_unless_configured(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    for parallel, expected in ((True, ["start", "start"]), (False, ["start", "done"])):
+        log: list[tuple[str, str]] = []
+        orch = orch_factory(parallel=parallel)
+        orch.add_plugin(Recorder("p1", ["/p1/"], log=log, resync_delay=0.05))
+        orch.add_plugin(Recorder("p2", ["/p2/"], log=log, resync_delay=0.05))
+        await orch.start()
+        await orch.wait_in_sync(WAIT)
+        assert [step.split("-")[1] for step, _ in log[:2]] == expected
+        await orch.stop()
+
+
+async def test_dependent_never_starts_after_failed_dependency(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    sleep = NoSleep()
+    log: list[tuple[str, str]] = []
+    ifs = Recorder("if", ["/if/"], log=log, fail_resync=2)
+    bd = Recorder("bd", ["/bd/"], ["if"], log=log)
+    orch = orch_factory(sleep=sleep)
+    events = Events(orch)
+    orch.add_plugin(ifs)
+    orch.add_plugin(bd)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    rounds = events.rounds()
+    assert [r.ok for r in rounds] == [False, False, True]
+    assert "DependencyFailedError" not in rounds[0].errors["if"]
+    assert "skipped: dependency if failed" in rounds[0].errors["bd"]
+    # bd started only in the third round, after if finished.
+    assert log.index(("resync-start", "bd")) > log.index(("resync-done", "if"))
+    assert log.count(("resync-start", "bd")) == 1
+    failed = [
+        e for e in events.items if isinstance(e, PluginStateChanged) and e.new is PluginState.FAILED
+    ]
+    assert {e.plugin for e in failed} == {"if", "bd"}
+    assert any("DependencyFailedError" in (e.error or "") for e in failed if e.plugin == "bd")
+
+
+async def test_timeout_is_a_failure_and_late_done_is_counted(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    sleep = NoSleep()
+    orch = orch_factory(resync_timeout=0.05, sleep=sleep)
+    events = Events(orch)
+    reg = orch.watch("slow", ["/s/"])
+    await orch.start()
+    first = await anext(reg.resync_events)  # never acknowledged in time
+    await events.until(lambda: len(events.rounds()) >= 1)
+    assert not events.rounds()[0].ok
+    assert "did not finish its resync within 0.05 s" in events.rounds()[0].errors["slow"]
+    st = orch.status()
+    assert not st.in_sync
+    assert st.plugins["slow"].state is PluginState.FAILED
+    assert "ResyncTimeoutError" in (st.plugins["slow"].error or "")
+    first.done()  # late: counted, ignored
+    first.done()
+    assert orch.status().late_dones == 2
+    second = await anext(reg.resync_events)
+    second.done()
+    second.done(RuntimeError("ignored: the first call wins"))
+    await orch.wait_in_sync(WAIT)
+    assert second.ack.error is None
+
+
+async def test_failed_rounds_back_off_exponentially_with_jitter(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    sleep = NoSleep()
+    orch = orch_factory(
+        sleep=sleep, backoff_initial=1.0, backoff_max=8.0, jitter=0.25, escalation="retry"
+    )
+    orch.add_plugin(Recorder("p", ["/p/"], fail_resync=6))
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    bases = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert len(sleep.delays) == 6
+    for delay, base in zip(sleep.delays, bases, strict=True):
+        assert base * 0.75 <= delay <= base
+    assert len(set(sleep.delays)) > 1  # jitter actually varies
+
+
+async def test_escalation_exits_with_restart_code(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    orch = orch_factory(sleep=NoSleep(), escalate_after=3, exit_code=75)
+    events = Events(orch)
+    orch.add_plugin(Recorder("p", ["/p/"], fail_resync=100))
+    await orch.start()
+    with pytest.raises(EscalationError) as info:
+        await asyncio.wait_for(orch.run_until_stopped(), WAIT)
+    assert info.value.exit_code == 75
+    assert [r.ok for r in events.rounds()] == [False, False, False]
+    with pytest.raises(EscalationError):
+        await orch.wait_in_sync(WAIT)
+
+
+async def test_report_error_and_change_failure_start_new_rounds(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    p = Recorder("p", ["/p/"], fail_change=1)
+    orch = orch_factory(sleep=NoSleep())
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")  # the change fails -> a new round resyncs it
+    await events.until(lambda: len(events.rounds()) >= 2)
+    await orch.wait_in_sync(WAIT)
+    assert p.state == {"/p/a": b"1"}
+    assert len(p.resyncs) == 2
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "cannot apply /p/a" in started[1].reasons[0]
+    orch.report_error("p", RuntimeError("lost VPP"))
+    assert orch.status().plugins["p"].state is PluginState.FAILED
+    await events.until(lambda: len(events.rounds()) >= 3)
+    await orch.wait_in_sync(WAIT)
+    assert len(p.resyncs) == 3
+
+
+async def test_changes_during_resync_are_buffered_and_applied_after(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    await store.put("/p/a", b"0")
+    orch = orch_factory()
+    reg = orch.watch("p", ["/p/"])
+    await orch.start()
+    ev = await anext(reg.resync_events)
+    assert {k: kv.value for k, kv in ev.kvs.items()} == {"/p/a": b"0"}
+    # While the plugin is still resyncing, the store moves on.
+    await store.put("/p/a", b"1")
+    await store.put("/p/b", b"2")
+    await store.delete("/p/a")
+    await asyncio.sleep(0.1)
+    assert len(reg.change_events) == 0  # held back until the round is done
+    ev.done()
+    got: list[tuple[str, Op, int]] = []
+    async with asyncio.timeout(WAIT):
+        while len(got) < 3:
+            cev = await anext(reg.change_events)
+            got += [(c.key, c.op, c.revision) for c in cev.changes]
+            cev.done()
+    assert got == [("/p/a", Op.PUT, 2), ("/p/b", Op.PUT, 3), ("/p/a", Op.DELETE, 4)]
+    await eventually(lambda: orch.applied_revision("local") == 4)
+
+
+class Stuttering:
+    """A test-only source wrapper that delivers every batch twice and replays old ones."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+        return await self.inner.snapshot(prefixes)
+
+    async def watch(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+        seen: list[list[Change]] = []
+        async for batch in self.inner.watch(prefixes, start):
+            yield batch
+            yield batch  # duplicate
+            if seen:
+                yield seen[0]  # time travel: an older revision after newer ones
+            seen.append(batch)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_duplicates_and_time_travel_are_dropped(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    await store.put("/p/a", b"0")
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([Stuttering(store)])
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    for i in range(1, 4):
+        await store.put("/p/a", b"%d" % i)
+    await eventually(lambda: p.state.get("/p/a") == b"3")
+    await asyncio.sleep(0.1)
+    assert [(c.value, c.revision) for c in p.changes] == [(b"1", 2), (b"2", 3), (b"3", 4)]
+    assert p.state == {"/p/a": b"3"}
+
+
+class Flaky:
+    """A source whose snapshot fails while ``down`` is set."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.down = False
+
+    async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+        if self.down:
+            raise SourceUnavailableError("store is down")
+        return await self.inner.snapshot(prefixes)
+
+    def watch(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+        return self.inner.watch(prefixes, start)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_failed_snapshot_delivers_nothing(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    await store.put("/p/a", b"1")
+    flaky = Flaky(store)
+    flaky.down = True
+    sleep_calls = NoSleep()
+
+    async def sleep(delay: float) -> None:
+        await sleep_calls(delay)
+        flaky.down = False  # the store comes back before the retry
+
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([flaky], sleep=sleep)
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    first = events.rounds()[0]
+    assert not first.ok and "store is down" in first.errors["source:local"]
+    assert len(p.resyncs) == 1  # only the successful round reached the plugin
+    assert p.state == {"/p/a": b"1"}
+
+
+async def test_compaction_during_outage_triggers_a_fresh_snapshot(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory()
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    # Simulate a watch cut off and history compacted past it.
+    slot_task = orch._slot("local").watch_task
+    assert slot_task is not None
+    slot_task.cancel()
+    await store.put("/p/a", b"1")
+    await store.put("/p/b", b"2")
+    await store.delete("/p/a")
+    store.compact(store.revision)
+    orch._slot("local").watch_task = asyncio.ensure_future(
+        orch._watch_source(orch._slot("local"), ["/p/"], 1)
+    )
+    await events.until(lambda: len(events.rounds()) >= 2)
+    await orch.wait_in_sync(WAIT)
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "CompactedError" in started[1].reasons[0]
+    assert p.state == {"/p/b": b"2"}
+
+
+async def test_closing_one_registration_leaves_others_alone(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    orch = orch_factory()
+    keep = Recorder("keep", ["/k/"])
+    orch.add_plugin(keep)
+    gone = orch.watch("gone", ["/g/"])
+    await orch.start()
+    ev = await anext(gone.resync_events)
+    await gone.close()  # closed while the round waits on it: not a failure
+    await orch.wait_in_sync(WAIT)
+    assert ev.ack.is_done is False
+    assert "gone" not in orch.status().plugins
+    with pytest.raises(ClosedError):
+        gone.register("/x/")
+    await store.put("/k/1", b"1")
+    await store.put("/g/1", b"1")
+    await eventually(lambda: keep.state == {"/k/1": b"1"})
+    orch.watch("gone", ["/g/"])  # the name is free again
+
+
+async def test_register_prefix_resyncs_its_data(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    await store.txn({"/a/1": b"1", "/b/1": b"2"})
+    orch = orch_factory()
+    reg = orch.watch("p", ["/a/"])
+    await orch.start()
+    ev = await anext(reg.resync_events)
+    assert set(ev.kvs) == {"/a/1"}
+    ev.done()
+    reg.register("/b/")
+    ev = await anext(reg.resync_events)
+    assert set(ev.kvs) == {"/a/1", "/b/1"}
+    ev.done()
+    reg.unregister("/a/")
+    ev = await anext(reg.resync_events)
+    assert set(ev.kvs) == {"/b/1"}
+    ev.done()
+    await orch.wait_in_sync(WAIT)
+
+
+async def test_health_is_the_worst_plugin_state(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    release = asyncio.Event()
+    backoffs: list[float] = []
+
+    async def gate(delay: float) -> None:  # backoff that lasts until the test releases it
+        backoffs.append(delay)
+        await release.wait()
+
+    orch = orch_factory(sleep=gate, escalation="retry")
+    ok = orch.watch("ok", ["/ok/"])
+    bad = orch.watch("bad", ["/bad/"])
+    assert orch.status().state is PluginState.INIT
+    await orch.start()
+    ev_ok, ev_bad = await anext(ok.resync_events), await anext(bad.resync_events)
+    assert orch.status().round_running and not orch.status().in_sync
+    ev_ok.done()
+    ev_bad.done(RuntimeError("boom"))
+    await eventually(lambda: len(backoffs) == 1)
+    st = orch.status()
+    assert st.state is PluginState.FAILED and not st.in_sync
+    assert st.plugins["bad"].error == "RuntimeError: boom"
+    # ok finished, but its changes wait for a successful round: not in sync yet.
+    assert st.plugins["ok"].state is PluginState.RESYNCING
+    release.set()
+    # The retry round succeeds for both: in sync again.
+    (await anext(ok.resync_events)).done()
+    (await anext(bad.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    assert orch.status().failed_rounds == 1
+
+
+async def test_precedence_between_sources(orch_factory: Callable[..., Orchestrator]) -> None:
+    high, low = LocalStore(name="high"), LocalStore(name="low")
+    await low.txn({"/p/shared": b"low", "/p/only-low": b"L"})
+    await high.put("/p/shared", b"high")
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([high, low])
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    assert p.state == {"/p/shared": b"high", "/p/only-low": b"L"}
+    assert orch.conflicts() == {"/p/shared": ["high", "low"]}
+    await low.put("/p/shared", b"low2")  # shadowed by high: plugins see nothing
+    await high.delete("/p/shared")  # high lets go: low's value comes back, not a delete
+    await eventually(lambda: p.state.get("/p/shared") == b"low2")
+    await low.delete("/p/only-low")
+    await eventually(lambda: "/p/only-low" not in p.state)
+    assert all(not (c.key == "/p/shared" and c.op is Op.DELETE) for c in p.changes), (
+        "a key another source asserts was deleted"
+    )
+    await high.close()
+    await low.close()
+
+
+async def test_change_timeout_reports_a_fault(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    orch = orch_factory(change_timeout=0.05, sleep=NoSleep())
+    events = Events(orch)
+    reg = orch.watch("p", ["/p/"])
+    await orch.start()
+    (await anext(reg.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    cev = await anext(reg.change_events)  # never acknowledged
+    await events.until(lambda: any(isinstance(e, RoundStarted) and e.round == 2
+                                   for e in events.items))  # fmt: skip
+    assert isinstance(cev, ChangeEvent)
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "did not apply a change" in started[1].reasons[0]
+    assert orch.applied_revision("local") == 0
+    (await anext(reg.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    cev.done()
+    assert orch.status().late_dones == 1
+
+
+def test_dependency_error_type_is_retriable() -> None:
+    assert DependencyFailedError.retriable and ResyncTimeoutError.retriable
