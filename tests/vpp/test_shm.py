@@ -609,3 +609,24 @@ def test_fork_child_uses_inherited_mapping(impl: ModuleType) -> None:
         c.close()
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_stream_writelines_batches_in_order(impl: ModuleType) -> None:
+    with ShmSegment.create(256, impl=impl) as s:
+        tx, rx = ShmStream(s.client_end()), ShmStream(s.server_end())
+        with pytest.raises(ShmMessageTooLargeError):
+            tx.writelines([b"ok", b"x" * 300])
+        assert tx.pending == 0
+        want = [body(i, 40) for i in range(50)]
+        tx.writelines(want[:30])  # 48-byte frames: 5 fit, the rest waits
+        tx.write(want[30])
+        tx.writelines(iter(want[31:]))
+        tx.writelines([])
+        got: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(got) < len(want):
+                got.extend(await rx.read_many())
+            await tx.drain()
+        assert got == want
+        tx.close()
+        rx.close()

@@ -675,9 +675,27 @@ class ShmStream:
             self._flush()
 
     def writelines(self, bodies: Iterable[bytes]) -> None:
-        """Queue several frames (one batch call when the ring has room)."""
-        for body in bodies:
-            self.write(body)
+        """Queue several frames: one batch call and at most one wake-up for the peer.
+
+        All or nothing: a body too large for the ring raises before any is queued."""
+        if self._closed:
+            raise ShmClosedError("stream is closed", _twin.SHMRING_EBADF)
+        if self._write_error is not None:
+            raise self._write_error
+        batch = list(bodies)
+        limit = self._ep.max_body
+        for body in batch:
+            if len(body) > limit:
+                raise ShmMessageTooLargeError(
+                    f"send of {len(body)} bytes: message larger than the ring (max {limit})",
+                    _twin.SHMRING_EMSGSIZE,
+                )
+        if not batch:
+            return
+        sent = 0 if self._pending else self._ep.send_many(batch)
+        if sent < len(batch):
+            self._pending.extend(batch[sent:])
+            self._flush()
 
     async def drain(self) -> None:
         """Wait until every written frame is in the ring; raises if the peer closed first."""
