@@ -120,3 +120,13 @@ class StoreResetError(SourceError):
 
 class ClosedError(DatasyncError):
     """The object was closed."""
+
+
+class AckFailedError(DatasyncError):
+    """An IDX watcher acknowledged a notification with an error; ``errors`` by watcher."""
+
+    retriable = True
+
+    def __init__(self, message: str, errors: dict[str, BaseException]) -> None:
+        self.errors = errors
+        super().__init__(message)
