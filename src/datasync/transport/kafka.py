@@ -28,6 +28,10 @@ Choices forced by Kafka and by the test broker (tansu):
   writes it at a NEW offset: the source yields it again as a change with a new
   revision and the same value. Idempotency is the revision filter's and the
   plugins' job (compare values), not the source's.
+- Revisions can have gaps (transaction markers take offsets); they only grow.
+- A snapshot reads from the earliest offset the broker still has. Give the config
+  topic ``cleanup.policy=compact`` on a real cluster (tansu has no compaction, its log
+  only grows): with time-based retention, keys whose last record expired vanish.
 
 confluent-kafka is blocking and poll-driven: every consumer lives on its own
 one-thread executor (librdkafka handles are not to be shared across threads
