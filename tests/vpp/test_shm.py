@@ -65,7 +65,8 @@ def test_compiled_backend_is_active() -> None:
     else:
         assert shm.backend_name() == "compiled"
         assert _ext.implementation()["shmring"] == "compiled"
-        assert ShmSegment.create(4096).backend == "compiled"
+        with ShmSegment.create(4096) as s:
+            assert s.backend == "compiled"
 
 
 def test_constants_match_between_c_and_twin() -> None:
