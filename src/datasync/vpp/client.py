@@ -159,7 +159,6 @@ class VppClient:
         event_queue_size: int = 10000,
         transport: str = "socket",
         shm_size: int = 4 << 20,
-        shm_options: Mapping[str, Any] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -184,7 +183,6 @@ class VppClient:
         #: sock_init_shm (the simulator offers it; a real VPP's shm is not this ring)
         self.transport_kind = transport
         self.shm_size = shm_size
-        self.shm_options = dict(shm_options or {})
         #: VPP's pid as reported by control_ping (None until known)
         self.vpe_pid: int | None = None
         self.stats: dict[str, int] = {
@@ -338,7 +336,7 @@ class VppClient:
                         f"VPP refused shared memory (sock_init_shm retval {reply.retval})"
                     )
                 _payload, fds = await raw.recv_fds(3)
-                transport = await ShmTransport.start(raw, fds, self, **self.shm_options)
+                transport = await ShmTransport.start(raw, fds, self)
         except BaseException as exc:
             raw.close()
             if isinstance(exc, TimeoutError):

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..codec import codec_for
 from ..defs import ApiDefinitions, builtin_definitions, load_api_dir
+from ..transport import ShmPipe, VppConnectionError
 from . import state as st
 from .state import U32_MAX, Dataplane, Path
 
@@ -103,9 +104,8 @@ class _Connection(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
         self.registrations: list[_Registration] = []
         self.closing = False
-        self.shm: Any = None  # ShmStream once shared memory is set up
+        self.shm: ShmPipe | None = None  # once shared memory is set up
         self.shm_segment: Any = None
-        self.shm_reader: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -118,10 +118,9 @@ class _Connection(asyncio.Protocol):
             self.sim._regs.pop(reg.handle, None)
             self.sim._free_pool.append(reg.pool_index)
         self.registrations.clear()
-        for task in (self.worker, self.shm_reader):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        self.worker = self.shm_reader = None
+        if self.worker is not None and self.worker is not asyncio.current_task():
+            self.worker.cancel()
+        self.worker = None
         if self.shm is not None:
             self.shm.close()
             self.shm_segment.close()
@@ -170,14 +169,11 @@ class _Connection(asyncio.Protocol):
         finally:
             self.worker = None
 
-    async def _read_shm(self) -> None:
-        try:
-            while not self.closing:
-                self.bodies_received(await self.shm.read_many())
-        except Exception as exc:  # the ring closed or broke: drop the client like VPP
-            log.debug("sim: shm reader ends: %s", exc)
-            if self.transport is not None:
-                self.transport.abort()
+    def _shm_closed(self, exc: BaseException) -> None:
+        # the ring closed or broke: drop the client as VPP drops a dead socket
+        log.debug("sim: shm ring ends: %s", exc)
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, body: bytes) -> None:
         if not self.out:
@@ -189,12 +185,8 @@ class _Connection(asyncio.Protocol):
         if self.closing or not out:
             return
         if self.shm is not None:
-            try:
-                self.shm.writelines(out)
-            except Exception as exc:
-                log.debug("sim: shm write failed: %s", exc)
-                if self.transport is not None:
-                    self.transport.abort()
+            with contextlib.suppress(VppConnectionError):  # reported via _shm_closed
+                self.shm.write_many(out)
             return
         if self.transport is not None:
             parts = []
@@ -206,7 +198,7 @@ class _Connection(asyncio.Protocol):
 
     def start_shm(self, size: int) -> None:
         """Create the segment and pass its fds (after the reply already written)."""
-        from ..shm import ShmSegment, ShmStream, send_fds
+        from ..shm import ShmSegment, send_fds
 
         assert self.transport is not None
         seg = ShmSegment.create(size)
@@ -220,9 +212,7 @@ class _Connection(asyncio.Protocol):
             dup.setblocking(False)
             dup.close()
         self.shm_segment = seg
-        poll = self.sim.shm_poll_us
-        self.shm = ShmStream(seg.server_end(), **({"poll_us": poll} if poll else {}))
-        self.shm_reader = asyncio.get_running_loop().create_task(self._read_shm())
+        self.shm = ShmPipe(seg.server_end(), self.bodies_received, self._shm_closed)
 
 
 class _LazyCodecs(dict[str, Any]):
@@ -266,7 +256,6 @@ class Simulator:
         vpe_pid: int | None = None,
         program: str = "vpe",
         allow_shm: bool = True,
-        shm_poll_us: int = 0,
         version: str = "26.10-datasync-sim",
     ) -> None:
         self.defs = defs if defs is not None else builtin_definitions()
@@ -274,7 +263,6 @@ class Simulator:
         self.rng = random.Random(seed)
         self.program = program
         self.allow_shm = allow_shm
-        self.shm_poll_us = shm_poll_us
         self.version = version
         self.path: str | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -1034,9 +1022,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-dir", help="serve the .api.json definitions of this directory")
     parser.add_argument("--strict", action="store_true", help="count dangling references")
     parser.add_argument("--seed", type=int, help="seed for random MACs, ids and restarts")
-    parser.add_argument(
-        "--shm-poll-us", type=int, default=0, help="poll the shm ring this long before sleeping"
-    )
     parser.add_argument("--no-shm", action="store_true", help="refuse sock_init_shm")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -1059,7 +1044,6 @@ async def _serve(args: argparse.Namespace) -> int:
         strict=args.strict,
         seed=args.seed,
         allow_shm=not args.no_shm,
-        shm_poll_us=args.shm_poll_us,
     )
     await sim.start(args.socket)
     admin = None
