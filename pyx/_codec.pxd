@@ -68,7 +68,8 @@ cdef struct WBuf:
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItem(object d, object key)
-    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    PyObject* PyDict_GetItemWithError(object d, object key)
+    bint PyLong_CheckExact(object o)
     bint PyDict_CheckExact(object o)
     bint PyTuple_CheckExact(object o)
     bint PyTuple_Check(object o)

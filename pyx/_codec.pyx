@@ -12,6 +12,7 @@ paths (unusual input types, conversions from ipaddress objects, every error) is 
 the twin's functions, so results and error messages are the same by construction.
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -77,6 +78,8 @@ from _codec cimport (
     PyUnicode_CheckExact,
     PyUnicode_DecodeUTF8,
     Py_INCREF,
+    PyDict_GetItemWithError,
+    PyLong_CheckExact,
     WBuf,
     inet_pton,
 )
@@ -109,13 +112,102 @@ CONSTANTS = {
 
 cdef extern from *:
     """
+    #include <structmember.h>
     /* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM. */
     static PyObject* ds_record_new(PyObject* type, Py_ssize_t n) {
         return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
     }
+    /* An instance without running __init__ (what object.__new__ does). */
+    static PyObject* ds_alloc(PyObject* type) {
+        return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, 0);
+    }
+    /* Byte offset of a __slots__ member, from its member descriptor; -1 if it is not one. */
+    static Py_ssize_t ds_member_offset(PyObject* descr) {
+        if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) return -1;
+        return ((PyMemberDescrObject*)descr)->d_member->offset;
+    }
+    static PyObject* ds_slot_get(PyObject* o, Py_ssize_t off) {  /* borrowed, may be NULL */
+        return *(PyObject**)((char*)o + off);
+    }
+    static void ds_slot_set(PyObject* o, Py_ssize_t off, PyObject* v) {
+        PyObject** p = (PyObject**)((char*)o + off);
+        PyObject* old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
+        return _PyLong_FromByteArray(p, n, 0, 0);
+    }
+    static int ds_long_to_be(PyObject* v, unsigned char* p, size_t n) {
+    #if PY_VERSION_HEX >= 0x030D0000
+        return _PyLong_AsByteArray((PyLongObject*)v, p, n, 0, 0, 1);
+    #else
+        return _PyLong_AsByteArray((PyLongObject*)v, p, n, 0, 0);
+    #endif
+    }
+    /* A bytes-subclass instance (MacAddress) holding p[0:n], as bytes.__new__ builds it. */
+    static PyObject* ds_bytes_sub(PyObject* type, const char* p, Py_ssize_t n) {
+    #if PY_VERSION_HEX < 0x030D0000
+        PyBytesObject* o = (PyBytesObject*)((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
+        if (!o) return NULL;
+        /* the cached hash must read "not computed" (bytes_subtype_new does the same) */
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic push
+    #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    #endif
+        o->ob_shash = -1;
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic pop
+    #endif
+        memcpy(o->ob_sval, p, n);
+        o->ob_sval[n] = 0;
+        return (PyObject*)o;
+    #else
+        PyObject* b = PyBytes_FromStringAndSize(p, n);
+        PyObject* r;
+        if (!b) return NULL;
+        r = PyObject_CallMethod((PyObject*)&PyBytes_Type, "__new__", "OO", type, b);
+        Py_DECREF(b);
+        return r;
+    #endif
+    }
     """
     object ds_record_new(object type, Py_ssize_t n)
+    object ds_alloc(object type)
+    Py_ssize_t ds_member_offset(object descr)
+    PyObject* ds_slot_get(object o, Py_ssize_t off)
+    void ds_slot_set(object o, Py_ssize_t off, object v)
+    object ds_long_from_be(const unsigned char* p, size_t n)
+    int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
+    object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+
+
+import ipaddress as _ipaddress
+
+cdef object _V4A = _ipaddress.IPv4Address
+cdef object _V6A = _ipaddress.IPv6Address
+cdef object _V4N = _ipaddress.IPv4Network
+cdef object _V6N = _ipaddress.IPv6Network
+cdef object _V4I = _ipaddress.IPv4Interface
+cdef object _V6I = _ipaddress.IPv6Interface
+# ipaddress keeps the address as an int in the `_ip` slot (and `_scope_id` for IPv6): the
+# same private attributes _codec_plan's fast constructors set; a test compares with the
+# real constructors.
+cdef Py_ssize_t _OFF_IP4 = ds_member_offset(_V4A.__dict__["_ip"])
+cdef Py_ssize_t _OFF_IP6 = ds_member_offset(_V6A.__dict__["_ip"])
+cdef Py_ssize_t _OFF_SCOPE6 = ds_member_offset(_V6A.__dict__["_scope_id"])
+if _OFF_IP4 < 0 or _OFF_IP6 < 0 or _OFF_SCOPE6 < 0:
+    raise ImportError("datasync._codec_c: unexpected ipaddress layout")
+cdef list _NETMASKS4 = [None] * 33
+cdef list _NETMASKS6 = [None] * 129
+cdef object _S_NETWORK_ADDRESS = "network_address"
+cdef object _S_NETMASK = "netmask"
+cdef object _S_PREFIXLEN = "_prefixlen"
+cdef object _S_NETWORK = "network"
 
 
 cdef object _bytes_new = bytes.__new__
@@ -134,6 +226,7 @@ cdef class _Layout:
     cdef Py_ssize_t skip
     cdef Py_ssize_t fixed_size
     cdef bint is_union
+    cdef Py_ssize_t big_arm  # unions: the first of the biggest arms
     cdef object tuple_type
     cdef object plan
     cdef dict index
@@ -168,6 +261,8 @@ cdef _Layout _build(object pl, dict memo):
     L.index = dict(pl.index)
     for i, op in enumerate(pl.ops):
         _fill(&L.ops[i], op, L, memo)
+    if pl.is_union and pl.ops:
+        L.big_arm = max(range(len(pl.ops)), key=lambda j: (pl.ops[j].size, -j))
     return L
 
 
@@ -206,13 +301,10 @@ cdef int _fill(COp* c, object op, _Layout owner, dict memo) except -1:
 # --- encoding ------------------------------------------------------------------------------
 
 
-cdef int _reserve(WBuf* w, Py_ssize_t extra) except -1:
+cdef int _grow(WBuf* w, Py_ssize_t extra) except -1:
     cdef Py_ssize_t need = w.len + extra
-    cdef Py_ssize_t cap
+    cdef Py_ssize_t cap = w.cap * 2
     cdef char* p
-    if need <= w.cap:
-        return 0
-    cap = w.cap * 2
     if cap < need:
         cap = need
     if w.heap == NULL:
@@ -230,6 +322,12 @@ cdef int _reserve(WBuf* w, Py_ssize_t extra) except -1:
     return 0
 
 
+cdef inline int _reserve(WBuf* w, Py_ssize_t extra) except -1:
+    if w.len + extra > w.cap:
+        return _grow(w, extra)
+    return 0
+
+
 cdef inline void _put_be(char* p, unsigned long long v, Py_ssize_t size) noexcept:
     cdef Py_ssize_t i = size
     while i > 0:
@@ -238,14 +336,14 @@ cdef inline void _put_be(char* p, unsigned long long v, Py_ssize_t size) noexcep
         v >>= 8
 
 
-cdef int _append(WBuf* w, const char* src, Py_ssize_t n) except -1:
+cdef inline int _append(WBuf* w, const char* src, Py_ssize_t n) except -1:
     _reserve(w, n)
     memcpy(w.data + w.len, src, n)
     w.len += n
     return 0
 
 
-cdef int _zeros(WBuf* w, Py_ssize_t n) except -1:
+cdef inline int _zeros(WBuf* w, Py_ssize_t n) except -1:
     _reserve(w, n)
     memset(w.data + w.len, 0, n)
     w.len += n
@@ -271,14 +369,12 @@ cdef long long _slow_int(COp* op, object v, WBuf* w) except? -1:
     return n
 
 
-cdef long long _enc_int(COp* op, object v, WBuf* w) except? -1:
+cdef inline long long _enc_int(COp* op, object v, WBuf* w) except? -1:
     cdef int overflow = 0
     cdef long long x
-    cdef Py_ssize_t size
     if v is None:
         if op.dflt == NULL:
-            size = 1 if op.kind == K_BOOL else op.size
-            _zeros(w, size)
+            _zeros(w, op.size)
             return 0
         v = <object>op.dflt
     if op.kind == K_BOOL:
@@ -320,14 +416,14 @@ cdef bint _parse_mac(const char* s, Py_ssize_t n, char* out) noexcept:
     """``aa:bb:cc:dd:ee:ff`` -> 6 bytes; anything else is left to the twin."""
     cdef int i, hi, lo
     if n != 17:
-        return 0
+        return False
     for i in range(6):
         if i and s[3 * i - 1] != 58:  # ':'
-            return 0
+            return False
         hi = _hexval(s[3 * i])
         lo = _hexval(s[3 * i + 1])
         if hi < 0 or lo < 0:
-            return 0
+            return False
         out[i] = <char>(hi * 16 + lo)
     return True
 
@@ -397,6 +493,63 @@ cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
     return _append(w, out, i + 1) + 1
 
 
+cdef int _ip_bytes(object addr, int af, char* out) except -1:
+    """The address bytes of an exact IPv4Address / IPv6Address (its `_ip` slot)."""
+    cdef PyObject* n = ds_slot_get(addr, _OFF_IP4 if af == 0 else _OFF_IP6)
+    if n == NULL:
+        raise FieldError("uninitialised ipaddress object")
+    ds_long_to_be(<object>n, <unsigned char*>out, 4 if af == 0 else 16)
+    return 0
+
+
+cdef int _conv_obj(COp* op, object v, WBuf* w) except -1:
+    """Fast paths for ipaddress objects: 1 taken, 0 not taken (the twin handles the rest)."""
+    cdef object t = type(v)
+    cdef int conv = op.conv
+    cdef int af
+    cdef long plen
+    cdef char out[18]
+    memset(out, 0, 18)
+    if conv == C_IP4 or conv == C_IP6:
+        if t is not (_V4A if conv == C_IP4 else _V6A):
+            return 0
+        _ip_bytes(v, 0 if conv == C_IP4 else 1, out)
+        return _append(w, out, op.size) + 1
+    if conv == C_ADDRESS:
+        if t is _V4A:
+            af = 0
+        elif t is _V6A:
+            af = 1
+        else:
+            return 0
+        out[0] = <char>af
+        _ip_bytes(v, af, out + 1)
+        return _append(w, out, 17) + 1
+    if t is _V4N or t is _V6N:
+        af = 0 if t is _V4N else 1
+        addr = getattr(v, _S_NETWORK_ADDRESS)
+        if type(addr) is not (_V4A if af == 0 else _V6A):
+            return 0
+    elif t is _V4I or t is _V6I:
+        af = 0 if t is _V4I else 1
+        addr = v
+    else:
+        return 0
+    plen = getattr(v, _S_PREFIXLEN)
+    if plen < 0 or plen > 255:
+        return 0
+    if conv == C_PREFIX or conv == C_AWP:
+        out[0] = <char>af
+        _ip_bytes(addr, af, out + 1)
+        out[17] = <char>plen
+        return _append(w, out, 18) + 1
+    if af != (0 if conv == C_IP4_PREFIX or conv == C_IP4_AWP else 1):
+        return 0
+    _ip_bytes(addr, af, out)
+    out[op.size - 1] = <char>plen
+    return _append(w, out, op.size) + 1
+
+
 cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
     cdef int kind = op.kind
     cdef Py_ssize_t n, j, start
@@ -422,8 +575,12 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
                 return _slow_op(op, v, w)
             _append(w, PyBytes_AS_STRING(v), n)
             return _zeros(w, op.size - n)
-        if op.conv != C_NONE and PyUnicode_CheckExact(v) and _conv_str(op, v, w):
-            return 0
+        if op.conv != C_NONE:
+            if PyUnicode_CheckExact(v):
+                if _conv_str(op, v, w):
+                    return 0
+            elif _conv_obj(op, v, w):
+                return 0
         return _slow_op(op, v, w)
     if kind == K_STR:
         if v is None:
@@ -433,8 +590,11 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
         s = PyUnicode_AsUTF8AndSize(v, &n)
         if n >= op.size:
             return _slow_op(op, v, w)
-        _append(w, s, n)
-        return _zeros(w, op.size - n)
+        _reserve(w, op.size)
+        memcpy(w.data + w.len, s, n)
+        memset(w.data + w.len + n, 0, op.size - n)
+        w.len += op.size
+        return 0
     if kind == K_VSTR:
         if v is None:
             return _zeros(w, 4)
@@ -450,25 +610,15 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
     if kind == K_STRUCT:
         if v is None or PyDict_CheckExact(v) or (PyTuple_Check(v) and is_record(v)):
             return _enc_struct(<_Layout>op.sub, v, w, 0)
-        if op.conv != C_NONE and PyUnicode_CheckExact(v) and _conv_str(op, v, w):
-            return 0
+        if op.conv != C_NONE:
+            if PyUnicode_CheckExact(v):
+                if _conv_str(op, v, w):
+                    return 0
+            elif _conv_obj(op, v, w):
+                return 0
         return _slow_op(op, v, w)
     if kind == K_UNION:
-        if v is None:
-            return _zeros(w, op.size)
-        if not PyDict_CheckExact(v) or len(v) != 1:
-            return _slow_op(op, v, w)
-        sub = <_Layout>op.sub
-        for k, item in (<dict>v).items():
-            idx = sub.index.get(k)
-            if idx is None:
-                return _slow_op(op, v, w)
-            start = w.len
-            try:
-                _enc_op(&sub.ops[<Py_ssize_t>idx], item, w)
-            except FieldError as exc:
-                raise exc.under(k)
-            return _zeros(w, op.size - (w.len - start))
+        return _enc_union(op, v, w)
     if kind == K_ARRAY:
         sub = <_Layout>op.sub
         if v is None:
@@ -479,6 +629,35 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return _slow_op(op, v, w)
         return _enc_items(&sub.ops[0], v, w)
     return _slow_op(op, v, w)
+
+
+cdef int _enc_union(COp* op, object v, WBuf* w) except -1:
+    cdef _Layout sub = <_Layout>op.sub
+    cdef Py_ssize_t start = w.len, pos = 0, idx
+    cdef PyObject* k
+    cdef PyObject* item
+    if v is None:
+        return _zeros(w, op.size)
+    if PyDict_CheckExact(v) and PyDict_GET_SIZE(v) == 1:
+        PyDict_Next(v, &pos, &k, &item)
+        pidx = PyDict_GetItemWithError(sub.index, <object>k)
+        if pidx == NULL:
+            return _slow_op(op, v, w)
+        idx = <Py_ssize_t><object>pidx
+        try:
+            _enc_op(&sub.ops[idx], <object>item, w)
+        except FieldError as exc:
+            raise exc.under(<object>k)
+    elif PyTuple_Check(v) and is_record(v) and len(v) == sub.n:
+        # a decoded union: every arm was read from the same bytes; the biggest holds them all
+        idx = sub.big_arm
+        try:
+            _enc_op(&sub.ops[idx], v[idx], w)
+        except FieldError as exc:
+            raise exc.under(<object>sub.ops[idx].name)
+    else:
+        return _slow_op(op, v, w)
+    return _zeros(w, op.size - (w.len - start))
 
 
 cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
@@ -506,18 +685,40 @@ cdef int _enc_vla(COp* op, object v, long long count, WBuf* w) except -1:
     return _append_bytes(w, tmp)
 
 
+cdef object _lookup(object value, int mode, object name):
+    cdef PyObject* pv
+    if mode == 1:
+        pv = PyDict_GetItemWithError(value, name)
+        return <object>pv if pv != NULL else None
+    if mode == 2:
+        return value.get(name)
+    if mode == 3:
+        return getattr(value, name, None)
+    return None
+
+
 cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except -1:
-    """Encode a struct (a message's fields from ``start``) from a dict, mapping or namedtuple."""
-    cdef Py_ssize_t i = start, found = 0
-    cdef int mode
+    """Encode a struct (a message's fields from ``start``) from a dict, mapping or namedtuple.
+
+    For a dict whose keys come in field order (literal keys are interned, like the field
+    names), each field is matched by identity while walking the dict: no hashing at all.
+    Other dicts take one lookup per field.
+    """
+    cdef Py_ssize_t i = start, found = 0, pos = 0
+    cdef int mode, overflow
     cdef COp* op
     cdef PyObject* pv
+    cdef PyObject* nk = NULL
+    cdef PyObject* nv = NULL
+    cdef bint more = False
+    cdef long long x
     cdef long long ints_stack[64]
     cdef long long* ints = ints_stack
     if value is None:
         mode = 0
     elif PyDict_CheckExact(value):
         mode = 1
+        more = PyDict_Next(value, &pos, &nk, &nv)
     elif PyTuple_Check(value) and is_record(value):
         mode = 3
     elif isinstance(value, Mapping):
@@ -533,7 +734,11 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
         while i < L.n:
             op = &L.ops[i]
             if mode == 1:
-                pv = PyDict_GetItem(value, <object>op.name)
+                if more and nk == op.name:
+                    pv = nv
+                    more = PyDict_Next(value, &pos, &nk, &nv)
+                else:
+                    pv = PyDict_GetItemWithError(value, <object>op.name)
                 if pv != NULL:
                     found += 1
                     v = <object>pv
@@ -549,6 +754,18 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
                 arr = _lookup(value, mode, <object>L.ops[op.count_for].name)
                 v = len(arr) if arr is not None else None
             if op.kind <= K_BOOL and op.kind != K_F64:
+                # integers inline: the common case of every message
+                if op.kind != K_BOOL and op.kind != K_U64 and v is not None and PyLong_CheckExact(v):
+                    overflow = 0
+                    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+                    if overflow == 0 and x >= op.lo and x <= op.hi:
+                        if w.len + op.size > w.cap:
+                            _grow(w, op.size)
+                        _put_be(w.data + w.len, <unsigned long long>x, op.size)
+                        w.len += op.size
+                        ints[i] = x
+                        i += 1
+                        continue
                 ints[i] = _enc_int(op, v, w)
             elif op.len_index >= 0:
                 _enc_vla(op, v, ints[op.len_index], w)
@@ -562,17 +779,9 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
     finally:
         if ints != ints_stack:
             free(ints)
-    if mode == 1 and found != len(value):
+    if mode == 1 and found != PyDict_GET_SIZE(value):
         check_names(L.plan, value)
     return 0
-
-
-cdef object _lookup(object value, int mode, object name):
-    if mode == 1 or mode == 2:
-        return value.get(name)
-    if mode == 3:
-        return getattr(value, name, None)
-    return None
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -586,25 +795,100 @@ cdef inline unsigned long long _get_be(const unsigned char* p, Py_ssize_t size) 
     return v
 
 
+cdef object _truncated(Py_ssize_t off, object n, Py_ssize_t end):
+    return FieldError(f"truncated: need {n} bytes at offset {off}, have {max(end - off, 0)}")
+
+
 cdef inline int _need(Py_ssize_t off, Py_ssize_t n, Py_ssize_t end) except -1:
     if n < 0 or n > end - off:
-        raise FieldError(
-            f"truncated: need {n} bytes at offset {off}, have {max(end - off, 0)}"
-        )
+        raise _truncated(off, n, end)
     return 0
 
 
+cdef object _netmask(int af, long plen):
+    """The cached netmask address of a prefix length (ipaddress caches them too)."""
+    cdef list cache = _NETMASKS4 if af == 0 else _NETMASKS6
+    m = cache[plen]
+    if m is None:
+        m = (_V4N if af == 0 else _V6N)._make_netmask(plen)[0]
+        cache[plen] = m
+    return m
+
+
+cdef object _mk_ip(int af, const unsigned char* p):
+    """IPv4Address / IPv6Address from wire bytes, built as its __init__ builds it."""
+    a = ds_alloc(_V4A if af == 0 else _V6A)
+    if af == 0:
+        ds_slot_set(a, _OFF_IP4, PyLong_FromUnsignedLongLong(_get_be(p, 4)))
+    else:
+        ds_slot_set(a, _OFF_IP6, ds_long_from_be(p, 16))
+        ds_slot_set(a, _OFF_SCOPE6, None)
+    return a
+
+
+cdef object _mk_net(int af, const unsigned char* p, long plen, bint iface):
+    """ip_network((p, plen), strict=False) or ip_interface((p, plen)) from wire bytes."""
+    cdef long maxp = 32 if af == 0 else 128
+    cdef unsigned char masked[16]
+    cdef Py_ssize_t size = 4 if af == 0 else 16, j
+    cdef long bits
+    if plen >= maxp - 1:
+        # /31, /32 (/127, /128) get a `hosts` attribute, and bad lengths raise: the plan
+        # builds those
+        n = ds_long_from_be(p, size)
+        return (_plan._iface if iface else _plan._net)(af, n, plen)
+    memcpy(masked, p, size)
+    for j in range(size):
+        bits = plen - 8 * j
+        if bits <= 0:
+            masked[j] = 0
+        elif bits < 8:
+            masked[j] = masked[j] & <unsigned char>(0xFF << (8 - bits))
+    netmask = _netmask(af, plen)
+    net = ds_alloc(_V4N if af == 0 else _V6N)
+    setattr(net, _S_NETWORK_ADDRESS, _mk_ip(af, masked))
+    setattr(net, _S_NETMASK, netmask)
+    setattr(net, _S_PREFIXLEN, plen)
+    if not iface:
+        return net
+    i = ds_alloc(_V4I if af == 0 else _V6I)
+    if af == 0:
+        ds_slot_set(i, _OFF_IP4, PyLong_FromUnsignedLongLong(_get_be(p, 4)))
+    else:
+        ds_slot_set(i, _OFF_IP6, ds_long_from_be(p, 16))
+        ds_slot_set(i, _OFF_SCOPE6, None)
+    setattr(i, _S_NETWORK, net)
+    setattr(i, _S_NETMASK, netmask)
+    setattr(i, _S_PREFIXLEN, plen)
+    return i
+
+
 cdef object _conv(COp* op, const unsigned char* p):
-    cdef object b = PyBytes_FromStringAndSize(<const char*>p, op.size)
-    if op.conv == C_MAC:
-        return _bytes_new(MacAddress, b)
+    cdef int conv = op.conv
+    cdef int af
     try:
-        return _DECODERS[op.conv](b)
+        if conv == C_MAC:
+            return ds_bytes_sub(MacAddress, <const char*>p, 6)
+        if conv == C_IP4:
+            return _mk_ip(0, p)
+        if conv == C_IP6:
+            return _mk_ip(1, p)
+        if conv == C_ADDRESS:
+            af = p[0]
+            return _mk_ip(af, p + 1) if af <= 1 else None
+        if conv == C_PREFIX or conv == C_AWP:
+            af = p[0]
+            return _mk_net(af, p + 1, p[17], conv == C_AWP) if af <= 1 else None
+        if conv == C_IP4_PREFIX or conv == C_IP4_AWP:
+            return _mk_net(0, p, p[4], conv == C_IP4_AWP)
+        if conv == C_IP6_PREFIX or conv == C_IP6_AWP:
+            return _mk_net(1, p, p[16], conv == C_IP6_AWP)
+        return _DECODERS[conv](PyBytes_FromStringAndSize(<const char*>p, op.size))
     except _DECODE_ERRORS as exc:
         raise FieldError(f"bad {(<object>op.plan_op).type_name}: {exc}") from None
 
 
-cdef object _dec_int(COp* op, const unsigned char* p):
+cdef inline object _dec_int(COp* op, const unsigned char* p):
     cdef unsigned long long u = _get_be(p, op.size)
     cdef int kind = op.kind
     if kind == K_U8 or kind == K_U16 or kind == K_U32 or kind == K_U64:
@@ -616,11 +900,6 @@ cdef object _dec_int(COp* op, const unsigned char* p):
     if kind == K_I32:
         return PyLong_FromLongLong(<int>u)
     return PyLong_FromLongLong(<long long>u)
-
-
-cdef object _count_error(object count, Py_ssize_t esize, Py_ssize_t off, Py_ssize_t end):
-    n = count * esize
-    return FieldError(f"truncated: need {n} bytes at offset {off}, have {max(end - off, 0)}")
 
 
 cdef object _dec_op(
@@ -681,7 +960,7 @@ cdef object _dec_op(
         cobj = <object>PyTuple_GET_ITEM(rec, op.len_index - start)
         count = PyLong_AsLongLongAndOverflow(cobj, &overflow)
         if overflow or count < 0 or count > end - o:
-            raise _count_error(cobj, 1, o, end)
+            raise _truncated(o, cobj, end)
         off[0] = o + count
         return PyBytes_FromStringAndSize(<const char*>buf + o, count)
     sub = <_Layout>op.sub
@@ -692,7 +971,7 @@ cdef object _dec_op(
         cobj = <object>PyTuple_GET_ITEM(rec, op.len_index - start)
         count = PyLong_AsLongLongAndOverflow(cobj, &overflow)
         if overflow or count < 0 or (esize > 0 and count > (end - o) // esize):
-            raise _count_error(cobj, esize, o, end)
+            raise _truncated(o, cobj * esize, end)
     else:  # K_LVLA: as many whole elements as are left
         if esize <= 0:
             raise FieldError("legacy array of variable-size elements")
@@ -713,11 +992,12 @@ cdef object _dec_op(
             j += 1
     except FieldError as exc:
         # the list's unfilled slots are NULL; give them None so it can be freed
+        n = j
         while j < count:
             Py_INCREF(<PyObject*>None)
             PyList_SET_ITEM(items, j, <PyObject*>None)
             j += 1
-        raise exc.under(f"[{j}]")
+        raise exc.under(f"[{n}]")
     return items
 
 
@@ -726,22 +1006,34 @@ cdef object _dec_struct(
 ):
     cdef Py_ssize_t i = start
     cdef Py_ssize_t base = off[0]
-    cdef Py_ssize_t arm_off
+    cdef Py_ssize_t o = base
+    cdef COp* op
+    cdef int kind
+    # a fixed-size struct that is all there needs no per-field bounds checks
+    cdef bint whole = L.fixed_size >= 0 and L.fixed_size <= end - base
     rec = ds_record_new(L.tuple_type, L.n - start)
     try:
         while i < L.n:
+            op = &L.ops[i]
+            kind = op.kind
             if L.is_union:
-                arm_off = base
-                v = _dec_op(&L.ops[i], buf, end, &arm_off, rec, start)
+                o = base
+            if kind <= K_I64 and kind != K_F64 and (whole or op.size <= end - o):
+                v = _dec_int(op, buf + o)
+                o += op.size
+            elif kind == K_BOOL and (whole or o < end):
+                v = buf[o] != 0
+                o += 1
             else:
-                v = _dec_op(&L.ops[i], buf, end, off, rec, start)
+                off[0] = o
+                v = _dec_op(op, buf, end, off, rec, start)
+                o = off[0]
             Py_INCREF(<PyObject*>v)
             PyTuple_SET_ITEM(rec, i - start, <PyObject*>v)
             i += 1
     except FieldError as exc:
         raise exc.under(<object>L.ops[i].name)
-    if L.is_union:
-        off[0] = base + L.fixed_size
+    off[0] = base + L.fixed_size if L.is_union else o
     return rec
 
 
@@ -780,16 +1072,19 @@ cdef class MessageCodec:
 
     def encode(self, msg_id, fields=None, /, **kw):
         """The message body, starting with ``_vl_msg_id = msg_id``; missing fields are zero."""
-        cdef char stack[1024]
-        cdef WBuf w
-        cdef int overflow = 0
-        cdef long long mid
         if fields is None:
             values = kw
         elif kw:
             values = {**fields, **kw}
         else:
             values = fields
+        return self._encode(msg_id, values)
+
+    cdef object _encode(self, object msg_id, object values):
+        cdef char stack[1024]
+        cdef WBuf w
+        cdef int overflow = 0
+        cdef long long mid
         w.data = stack
         w.len = 0
         w.cap = sizeof(stack)
@@ -818,24 +1113,22 @@ cdef class MessageCodec:
         cdef const unsigned char* buf
         cdef Py_ssize_t end
         cdef Py_ssize_t off = 2
-        cdef bint release = False
         if PyBytes_CheckExact(data):
-            buf = <const unsigned char*>PyBytes_AS_STRING(data)
-            end = PyBytes_GET_SIZE(data)
-        else:
-            try:
-                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-            except (TypeError, BufferError):
-                raise CodecError(self.name, "", f"cannot decode {type(data).__name__}") from None
-            release = True
-            buf = <const unsigned char*>view.buf
-            end = view.len
+            return self._decode(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except (TypeError, BufferError):
+            raise CodecError(self.name, "", f"cannot decode {type(data).__name__}") from None
+        try:
+            return self._decode(<const unsigned char*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object _decode(self, const unsigned char* buf, Py_ssize_t end):
+        cdef Py_ssize_t off = 2
         try:
             if end < 2:
                 raise FieldError(f"truncated: need 2 bytes at offset 0, have {end}", "_vl_msg_id")
             return _dec_struct(self._layout, buf, end, &off, 1)
         except FieldError as exc:
             raise CodecError(self.name, exc.path, exc.reason) from None
-        finally:
-            if release:
-                PyBuffer_Release(&view)

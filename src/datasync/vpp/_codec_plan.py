@@ -38,6 +38,7 @@ import datetime
 import ipaddress
 import socket
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,7 +151,8 @@ class Op:
     )
 
     def __init__(self, name: str, kind: int, size: int, type_name: str) -> None:
-        self.name = name
+        # interned: keys written as literals are the same objects, so lookups skip memcmp
+        self.name = sys.intern(name)
         self.kind = kind
         self.size = size  # wire size of a fixed op; element count of K_ARRAY; -1 if variable
         self.type_name = type_name
