@@ -631,3 +631,45 @@ async def test_stream_writelines_batches_in_order(impl: ModuleType) -> None:
         assert got == want
         tx.close()
         rx.close()
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    name=st.sampled_from(["compiled", "twin"]),
+    garbage=st.lists(
+        st.tuples(st.integers(0, 4096 + 2 * 128 - 8), st.binary(min_size=1, max_size=8)),
+        min_size=1,
+        max_size=8,
+    ),
+    ctl=st.lists(
+        st.tuples(st.sampled_from([128, 256, 384, 512]), st.integers(0, 2**64 - 1)),
+        max_size=3,
+    ),
+)
+def test_peer_scribbling_over_the_segment_never_crashes(
+    name: str, garbage: list[tuple[int, bytes]], ctl: list[tuple[int, int]]
+) -> None:
+    """A buggy or hostile peer can write anything into the shared memory: every call
+    still returns a result or raises ShmError, and never reads or writes out of bounds."""
+    with ShmSegment.create(128, impl=IMPLS[name]) as s:
+        c, srv = s.client_end(), s.server_end()
+        c.send_many([b"abc", b"defgh" * 5])
+        for offset, data in garbage:
+            if offset >= 64:  # the header is checked at attach time only
+                os.pwrite(s.fd, data, offset)
+        for offset, value in ctl:  # head / tail counters of both rings
+            os.pwrite(s.fd, struct.pack("@Q", value), offset)
+        calls: list[tuple[str, tuple[object, ...]]] = [
+            ("send", (b"x" * 30,)),
+            ("send_many", ([b"y" * 10, b"z" * 50],)),
+            ("recv_many", (64, 8)),
+            ("recv_many", ()),
+            ("arm_recv", ()),
+            ("arm_send", (40,)),
+        ]
+        for end in (c, srv, c, srv):
+            for method, args in calls:
+                try:
+                    getattr(end, method)(*args)
+                except ShmError:
+                    pass
