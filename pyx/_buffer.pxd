@@ -33,3 +33,4 @@ cdef extern from "Python.h":
     # Keys are validated plain str, so lookups cannot fail or run Python code.
     PyObject* PyDict_GetItemWithError(object d, PyObject* key)
     int PyDict_SetItem(object d, PyObject* key, object value) except -1
+    bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)

@@ -21,6 +21,7 @@ from _buffer cimport (
     Py_DECREF,
     Py_INCREF,
     PyDict_GetItemWithError,
+    PyDict_Next,
     PyDict_SetItem,
     PyList_Append,
     PyList_GET_ITEM,
@@ -198,13 +199,16 @@ cdef class RevisionFilter:
         cdef Py_ssize_t n = PyList_GET_SIZE(seq)
         cdef Py_ssize_t i, kept = 0
         cdef PyObject* c
-        cdef list out
+        # Allocated first: it may run the garbage collector, hence finalizers, which could
+        # change the caller's list. Nothing below runs Python code unless it raises.
+        cdef list out = PyList_New(n)
+        if PyList_GET_SIZE(seq) != n:
+            raise RuntimeError("the list of changes changed size during filter()")
         for i in range(n):
             _prefetch_ahead(seq, i, n)
             _revision_of(PyList_GET_ITEM(seq, i))
-        out = PyList_New(n)
         try:
-            # Keys are plain str, so no Python code runs here and ``seq`` cannot change.
+            # Keys are plain str: dict operations run no Python code either.
             for i in range(n):
                 if i + 8 < n:
                     __builtin_prefetch(PyList_GET_ITEM(seq, i + 8))
@@ -475,6 +479,8 @@ cdef class EventBuffer:
                 PyList_Append(self._items, c)
             self._live += n
             return
+        if seq is changes:
+            seq = list(seq)  # coalescing frees changes: finalizers must not reach ``seq``
         for i in range(n):
             _revision_of(PyList_GET_ITEM(seq, i))
         # As append() of each: what fits before the limit goes in bulk, then one push
@@ -541,15 +547,27 @@ cdef class EventBuffer:
 
     cdef int _coalesce(self) except -1:
         """Keep each key's newest change, in arrival order; pick the mode to continue in."""
-        cdef list items = self._items
-        cdef Py_ssize_t n = PyList_GET_SIZE(items)
-        cdef dict best = {}
+        cdef list items
+        cdef Py_ssize_t n
+        cdef dict best
         cdef list kept_items
-        cdef Py_ssize_t i, kept = 0
+        cdef Py_ssize_t i, pos = 0, kept = 0
         cdef PyObject* c
         cdef PyObject* p
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef PyObject** keepers
+        # Python objects are allocated before the state is read: an allocation may run the
+        # garbage collector, hence finalizers that could append to this buffer.
+        while True:
+            n = PyList_GET_SIZE(self._items)
+            best = {}
+            kept_items = PyList_New(n)
+            if PyList_GET_SIZE(self._items) == n:
+                break
+        items = self._items
         # keepers[i]: the _Slot of the key whose newest change sits at i, else NULL
-        cdef PyObject** keepers = <PyObject**>calloc(n + 1, sizeof(PyObject*))
+        keepers = <PyObject**>calloc(n + 1, sizeof(PyObject*))
         if keepers == NULL:
             raise MemoryError()
         try:
@@ -562,9 +580,8 @@ cdef class EventBuffer:
                     PyDict_SetItem(best, PyTuple_GET_ITEM(c, 0), _new_slot(i))
                 elif self._ents[i].rev > self._ents[(<_Slot>p).slot].rev:
                     (<_Slot>p).slot = i
-            for s in best.values():
-                keepers[(<_Slot>s).slot] = <PyObject*>s
-            kept_items = PyList_New(len(best))
+            while PyDict_Next(best, &pos, &k, &v):
+                keepers[(<_Slot>v).slot] = v
             # Kept changes move over without touching their reference counts; the rest
             # are released with ``items`` below.
             for i in range(n):
@@ -578,6 +595,7 @@ cdef class EventBuffer:
                     kept += 1
         finally:
             free(keepers)
+        PyList_SetSlice(kept_items, kept, n, NULL)  # only empty tail slots go
         self._coalesced += <unsigned long long>(self._live - kept)
         self._live = kept
         # Mostly duplicates: back to cheap plain appends until the next overflow.
@@ -587,11 +605,18 @@ cdef class EventBuffer:
 
     cdef int _compact(self) except -1:
         """Drop the empty slots left by replaced changes."""
-        cdef list items = self._items
-        cdef list kept_items = PyList_New(self._live)
-        cdef Py_ssize_t i, kept = 0
+        cdef list items
+        cdef list kept_items
+        cdef Py_ssize_t i, live, kept = 0
         cdef PyObject* c
-        cdef dict index = self._index
+        cdef dict index
+        while True:  # allocate before reading the state, as in _coalesce
+            live = self._live
+            kept_items = PyList_New(live)
+            if self._live == live:
+                break
+        items = self._items
+        index = self._index
         for i in range(PyList_GET_SIZE(items)):
             c = PyList_GET_ITEM(items, i)
             if <object>c is None:
@@ -611,30 +636,35 @@ cdef class EventBuffer:
         if not isinstance(filt, RevisionFilter):
             raise TypeError(f"drain needs a RevisionFilter, got {type(filt).__name__}")
         cdef RevisionFilter f = <RevisionFilter>filt
-        cdef list items = self._items
-        cdef Py_ssize_t n = PyList_GET_SIZE(items)
-        cdef Py_ssize_t i, m = n, kept = 0
+        cdef Py_ssize_t i, n, m, kept = 0
         cdef PyObject* c
         cdef int keep
         cdef list out
+        cdef list items
+        cdef list fresh = []
         cdef _Entry* ents = self._ents
         cdef Py_ssize_t cap = self._cap
-        if self._index is not None:
+        cdef bint keyed = self._index is not None
+        # Detach everything first (``fresh`` was allocated before reading the state), so
+        # that anything re-entering this buffer from a finalizer, while changes are freed
+        # or objects allocated below, finds it empty and leaves these arrays alone. If
+        # this raises past here (out of memory), what was held is gone.
+        items = self._items
+        self._items = fresh
+        self._ents = NULL
+        self._cap = 0
+        self._live = 0
+        self._index = None
+        n = m = PyList_GET_SIZE(items)
+        if keyed:
             m = 0
             for i in range(n):
                 if PyList_GET_ITEM(items, i) != <PyObject*>None:
                     ents[m] = ents[i]
                     m += 1
-        _sort_entries(ents, m)
-        out = PyList_New(m)
-        # Detach everything first, so that nothing re-entering this buffer (a change freed
-        # below could run a finalizer) sees the arrays being consumed.
-        self._items = []
-        self._ents = NULL
-        self._cap = 0
-        self._live = 0
-        self._index = None
         try:
+            _sort_entries(ents, m)
+            out = PyList_New(m)
             for i in range(m):
                 if i + 16 < m:
                     __builtin_prefetch(PyList_GET_ITEM(items, ents[i + 16].slot))
@@ -664,9 +694,10 @@ cdef class EventBuffer:
 
     def clear(self):
         """Forget everything held (the ``coalesced`` counter stays)."""
-        self._items = []
+        cdef list fresh = []
         self._live = 0
         self._index = None
+        self._items = fresh  # last: releasing the changes may run finalizers
 
     def __repr__(self):
         return (

@@ -519,6 +519,48 @@ def test_no_reference_leaks(impl: ModuleType) -> None:
     assert [sys.getrefcount(c) for c in changes] == before
 
 
+class Finalized(tuple):  # type: ignore[type-arg]
+    """A change whose finalizer appends a new change to ``target`` (re-entrancy)."""
+
+    target: list[Any] = []
+
+    def __del__(self) -> None:
+        for buf in Finalized.target:
+            buf.append(put("late", 1000))
+
+
+def finalized(key: str, rev: int) -> Any:
+    return Finalized((key, Op.PUT, None, rev))
+
+
+@pytest.mark.parametrize("where", ["drain", "coalesce", "keyed", "clear"])
+def test_finalizer_reentering_the_buffer(impl: ModuleType, where: str) -> None:
+    """Changes freed inside the buffer may run Python code that uses the buffer again."""
+    b = impl.EventBuffer(coalesce_above=2 if where in ("coalesce", "keyed") else 100)
+    f = impl.RevisionFilter()
+    f.reset(5)
+    Finalized.target = [b]
+    try:
+        if where == "drain":
+            b.extend([finalized("a", 3), put("b", 7)])  # "a" is stale: freed by drain
+            assert kr(b.drain(f)) == [("b", 7)]
+        elif where == "coalesce":
+            b.extend([finalized("a", 6), put("a", 7), put("a", 8)])  # replaced "a"@6 freed
+        elif where == "keyed":
+            b.extend([put("x", 6), put("y", 6), put("z", 6)])  # keyed from here
+            b.append(finalized("x", 7))
+            b.append(put("x", 8))
+        else:
+            b.append(finalized("a", 6))
+            b.clear()
+    finally:
+        Finalized.target = []
+    held = len(b)
+    out = b.drain(f)
+    assert len(out) == held
+    assert ("late", 1000) in kr(out)
+
+
 # --- differential: compiled == twin ----------------------------------------------------------
 
 keys = st.sampled_from(["a", "b", "c", "d", "e"])

@@ -235,11 +235,12 @@ class EventBuffer:
             self._coalesced += 1
             if change[3] <= held[3]:
                 return  # older or duplicate: the held change is newer (or arrived first)
-            self._items[slot] = None
-            self._live -= 1
         index[key] = len(self._items)
         self._items.append(change)
-        self._live += 1
+        if slot is None:
+            self._live += 1
+        else:
+            self._items[slot] = None  # the state is whole before the replaced one goes
         if len(self._items) > 2 * self._live + 16:
             self._compact()
 
@@ -290,9 +291,9 @@ class EventBuffer:
 
     def clear(self) -> None:
         """Forget everything held (the ``coalesced`` counter stays)."""
-        self._items = []
         self._live = 0
         self._index = None
+        self._items = []  # last: releasing the changes may run finalizers
 
     def __repr__(self) -> str:
         return (
