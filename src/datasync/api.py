@@ -320,9 +320,14 @@ class Publisher(Protocol):
 class Plugin(Protocol):
     """The high-level API: return from a callback to mark it done, raise to report the error."""
 
-    name: str
-    prefixes: Sequence[str]
-    depends_on: Sequence[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def prefixes(self) -> Sequence[str]: ...
+
+    @property
+    def depends_on(self) -> Sequence[str]: ...
 
     async def resync(self, ev: ResyncEvent) -> None: ...
 
