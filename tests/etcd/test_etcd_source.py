@@ -168,3 +168,27 @@ async def test_lease_keys_vanish_on_revoke(
         (prefix + "alive", Op.PUT),
         (prefix + "alive", Op.DELETE),
     ]
+
+
+async def test_idle_watch_and_blocked_loop_are_not_stalls(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    """Progress requests keep a quiet watch alive; a blocked event loop is not the server's
+    silence."""
+    import time
+
+    src = make_source(etcd_endpoints, stall_timeout=0.6, progress_interval=0.2)
+    snap = await src.snapshot([prefix])
+    it = src.watch([prefix], snap.revision + 1)
+    try:
+        first = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(2 * src.stall_timeout)  # quiet, but etcd answers progress requests
+        time.sleep(1.5 * src.stall_timeout)  # noqa: ASYNC251 - blocking the loop on purpose
+        await asyncio.sleep(0.3)
+        r = await src.put(prefix + "k", b"v")
+        async with asyncio.timeout(10):
+            batch = await first
+    finally:
+        await aclose(it)
+    assert [(c.key, c.revision) for c in batch] == [(prefix + "k", r)]
+    assert src.stats["stalls"] == 0 and src.stats["reconnects"] == 0

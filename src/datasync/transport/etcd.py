@@ -595,12 +595,19 @@ class EtcdSource:
         loop = asyncio.get_running_loop()
         tick = min(self.progress_interval, self.stall_timeout) / 2
         req = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+        due = loop.time() + tick
         while True:
             await asyncio.sleep(tick)
+            now = loop.time()
+            lag, due = now - due, now + tick
+            if lag > tick:
+                # Our own loop was blocked: responses could not be read either. Grant a
+                # fresh window instead of blaming the server.
+                tr.last_response = max(tr.last_response, now)
+                continue
             since = tr.waiting_since
             if since is None:
                 continue  # the consumer is busy: our silence is not the server's
-            now = loop.time()
             idle = now - max(since, tr.last_response)
             if idle >= self.stall_timeout:
                 tr.stalled = True
