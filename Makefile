@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test deps install build lint typecheck pytest bench bench-quick wheel-check clean
+.PHONY: run test deps install build lint typecheck pytest pytest-twins bench bench-quick wheel-check clean
 
 # System packages the tests need (etcd from Debian). Root only; skipped when present.
 deps:
@@ -31,10 +31,20 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# pytest exits 5 when it collected nothing: say so, and fail.
 pytest: build
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest: no tests ran" >&2; fi; exit $$rc
 
-test: deps build lint typecheck pytest
+# The core suite again on the stock asyncio loop with the pure-Python twins only.
+pytest-twins: build
+	DATASYNC_NO_EXTENSIONS=1 DATASYNC_TEST_LOOP=asyncio $(BIN)/python -m pytest -q \
+	  -p no:cacheprovider $(CORE_TESTS)
+
+CORE_TESTS := tests/test_resync.py tests/test_local_store.py tests/test_idx.py \
+	tests/test_brief_example.py tests/test_buffer.py
+
+test: deps build lint typecheck pytest pytest-twins
 
 run: build
 	$(BIN)/datasync demo
