@@ -673,3 +673,11 @@ def test_peer_scribbling_over_the_segment_never_crashes(
                     getattr(end, method)(*args)
                 except ShmError:
                     pass
+
+
+def test_bytes_like_bodies(seg: ShmSegment) -> None:
+    c, s = seg.client_end(), seg.server_end()
+    c.send(bytearray(b"ba"))
+    c.send(memoryview(b"xxmv")[2:])
+    assert c.send_many([bytearray(b"a"), memoryview(b"b")]) == 2
+    assert s.recv_many() == [b"ba", b"mv", b"a", b"b"]

@@ -192,7 +192,12 @@ class _CffiEnd:
         return bool(self._lib.shmring_peer_closed(self._p))
 
     def send(self, body: bytes) -> int:
-        return self._send(self._p, body, len(body))  # type: ignore[no-any-return]
+        try:
+            return self._send(self._p, body, len(body))  # type: ignore[no-any-return]
+        except TypeError:
+            # bytearray / memoryview: cffi passes only bytes straight to a char *
+            buf = self._ffi.from_buffer(body)
+            return self._send(self._p, buf, len(buf))  # type: ignore[no-any-return]
 
     def send_many(self, bodies: Sequence[bytes]) -> int:
         lens = array.array("I", [len(b) for b in bodies])
@@ -357,7 +362,8 @@ def backend_name() -> str:
 
 
 class ShmEndpoint:
-    """One end of a segment. Non-blocking; bodies are VPP message bodies (or any bytes)."""
+    """One end of a segment. Non-blocking; bodies are VPP message bodies (bytes, bytearray or
+    a byte memoryview); frames come back as bytes."""
 
     def __init__(self, segment: ShmSegment, end: _End, role: int) -> None:
         self._segment = segment
