@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from datasync.api import Change, ChangeEvent, Op, ResyncEvent, Snapshot
+from datasync.api import Change, ChangeEvent, Op, ResyncEvent, Snapshot, SourceState
 from datasync.errors import (
     ClosedError,
     ConfigError,
@@ -593,3 +593,36 @@ async def test_change_timeout_reports_a_fault(
 
 def test_dependency_error_type_is_retriable() -> None:
     assert DependencyFailedError.retriable and ResyncTimeoutError.retriable
+
+
+class Reporting(Flaky):
+    """A source that reports its connection state, like the etcd and Kafka sources."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.listeners: list[Callable[[str, SourceState, str], None]] = []
+
+    def add_state_listener(self, cb: Callable[[str, SourceState, str], None]) -> None:
+        self.listeners.append(cb)
+
+    def report(self, state: SourceState, reason: str) -> None:
+        for cb in self.listeners:
+            cb(self.name, state, reason)
+
+
+async def test_stalled_source_is_not_in_sync(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    src = Reporting(store)
+    orch = orch_factory([src])
+    orch.add_plugin(Recorder("p", ["/p/"]))
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    src.report(SourceState.STALLED, "no watch progress for 15 s")
+    st = orch.status()
+    assert not st.in_sync and st.state is PluginState.IN_SYNC
+    assert st.sources["local"].state is SourceState.STALLED
+    assert st.sources["local"].error == "no watch progress for 15 s"
+    src.report(SourceState.CONNECTED, "watch resumed")
+    await orch.wait_in_sync(WAIT)
+    assert orch.status().rounds == 1  # a resumed watch needs no relist

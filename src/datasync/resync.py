@@ -347,6 +347,10 @@ class Orchestrator:
         # Earlier sources take precedence when two sources assert one key.
         self._slots = [_SourceSlot(s, self.config.buffer_coalesce_above) for s in sources]
         self._ownership = Ownership(names) if len(names) > 1 else None
+        for src in sources:
+            add_listener = getattr(src, "add_state_listener", None)
+            if add_listener is not None:  # optional part of the Source contract
+                add_listener(self._on_source_state)
         self._regs: dict[str, _Registration] = {}
         self._plugin_state: dict[str, PluginStatus] = {}
         self._listeners: list[Callable[[OrchestratorEvent], None]] = []
@@ -418,6 +422,20 @@ class Orchestrator:
         if self._regs.get(reg.name) is reg:
             del self._regs[reg.name]
             self._plugin_state.pop(reg.name, None)
+
+    def _on_source_state(self, source: str, state: SourceState, reason: str) -> None:
+        """A source reports its connection state (it resumes its watch by itself).
+
+        Losing the store makes the agent "not in sync" until the source is back;
+        whatever the source cannot resume ends its watch with an error, and that
+        starts a round.
+        """
+        slot = self._slot(source)
+        if slot.state is SourceState.RESYNCING and state is SourceState.CONNECTED:
+            return
+        slot.set_state(state, None if state is SourceState.CONNECTED else reason)
+        if state is SourceState.CONNECTED:
+            self._in_sync.set()
 
     def add_listener(self, callback: Callable[[OrchestratorEvent], None]) -> None:
         """Call ``callback`` with every structured event (round started/finished, states)."""
