@@ -709,3 +709,36 @@ async def test_vppsim_command(sock_path: str) -> None:
             rc = await proc.wait()
     assert rc == 0
     assert not os.path.exists(sock_path)  # noqa: ASYNC240 - the process has exited
+
+
+async def test_random_garbage_never_breaks_the_server(sim: Simulator) -> None:
+    import random
+
+    rng = random.Random(7)
+    raw = await Raw.open(sim)
+    await raw.handshake()
+    # every handled request but those that legitimately end or move the connection
+    skip = {"sockclnt_create", "sockclnt_delete", "sock_init_shm"}
+    names = [n for n in sim.ids if sim._dispatch[sim.ids[n]] is not None and n not in skip]
+    for _ in range(300):
+        name = rng.choice(names)
+        body = bytearray(raw.enc(name, context=rng.randrange(1 << 32)))
+        # keep id and client_index, scramble the rest: every handler must cope
+        for i in range(10, len(body)):
+            if rng.random() < 0.3:
+                body[i] = rng.randrange(256)
+        if rng.random() < 0.3:
+            body = body[: rng.randrange(2, len(body) + 1)]
+        raw.send(bytes(body))
+    raw.send(raw.enc("control_ping", context=0xABC))
+    async with asyncio.timeout(10):
+        while True:
+            name, reply = await raw.recv(wait=5)
+            if name == "control_ping_reply" and reply.context == 0xABC:
+                break
+    await raw.close()
+    # and a fresh client is served normally
+    c = VppClient(sim.path or "", probe_interval=None)
+    await c.connect()
+    assert (await c.call("show_version")).retval == 0
+    await c.close()

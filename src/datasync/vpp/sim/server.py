@@ -421,9 +421,10 @@ class Simulator:
             return
         try:
             handler(reg if reg is not None else conn, msg)
-        except (ValueError, TypeError, KeyError) as exc:
-            # a value the codec accepted but the model cannot (e.g. a bad address union)
-            log.warning("sim: %s rejected: %s", name, exc)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # a value the codec accepted but the model cannot (e.g. an unknown address
+            # family): answer like a handler that validates, never take the server down
+            log.debug("sim: %s rejected: %r", name, exc)
             self._reply_rv(reg, name, msg.context, st.INVALID_VALUE)
 
     def _inject(self, reg: _Registration, name: str, msg: Any) -> bool:

@@ -92,6 +92,8 @@ def _address_from_struct(value: Any) -> IPAddress:
 
 def union_address(un: Any, af: int) -> IPAddress:
     """An ``address_union`` decoded value for address family ``af`` (0 ip4, 1 ip6)."""
+    if af not in (0, 1):
+        raise ValueError(f"unknown address family {af}")
     if isinstance(un, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return un
     if isinstance(un, dict):
@@ -112,6 +114,8 @@ def union_address(un: Any, af: int) -> IPAddress:
 
 def to_interface(value: Any) -> tuple[IPAddress, int]:
     """A prefix / address_with_prefix in any codec representation -> (address, length)."""
+    if value is None:
+        raise ValueError("address with an unknown address family")
     if isinstance(value, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
         return value.ip, value.network.prefixlen
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
