@@ -29,7 +29,7 @@ DEFS = builtin_definitions()
 async def eventually(pred: Callable[[], bool], limit: float = 5.0) -> None:
     """Poll ``pred`` until it holds (state changes here come from callbacks, not events)."""
     async with asyncio.timeout(limit):
-        while not pred():  # noqa: ASYNC110
+        while not pred():
             await asyncio.sleep(0.01)
 
 
