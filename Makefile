@@ -14,7 +14,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# build_ext --inplace runs with the venv's own build tools: keep them at the pinned ranges.
 $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
+	$(BIN)/pip install -q "setuptools>=77" wheel "Cython>=3.1,<3.4" "cffi>=1.17,<3"
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
