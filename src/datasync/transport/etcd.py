@@ -361,7 +361,10 @@ class EtcdSource:
                 if page:
                     # Size the next page by bytes: etcd 3.4 scans the whole remaining range
                     # for every limited request, so few large pages beat many small ones.
-                    limit = max(self.page_size, self.max_page_bytes * len(page) // resp.ByteSize())
+                    # (ByteSize() would walk the whole message: sample a few entries instead.)
+                    n = min(len(page), 64)
+                    size = sum(len(page[j].key) + len(page[j].value) for j in range(n)) + 16 * n
+                    limit = max(self.page_size, self.max_page_bytes * n // size)
                 if resp.more and page:
                     key = page[-1].key + b"\0"
                 elif i + 1 < len(ranges):
