@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import urllib.request
 from typing import Any
 
@@ -580,6 +581,10 @@ async def test_inject_error_and_latency(sim: Simulator, client: VppClient) -> No
     assert await rv(client, "sw_interface_set_flags", sw_if_index=1, flags=1) == 0
     with pytest.raises(ValueError, match="does not handle"):
         sim.inject_error("no_such_message", -1)
+    sim.inject_error("show_version", -1, count=None, until=time.time() + 0.1)
+    assert await rv(client, "show_version") == -1
+    await asyncio.sleep(0.15)
+    assert await rv(client, "show_version") == 0
     sim.clear_faults()
     # latency keeps per-connection order
     sim.set_latency(0.02, "show_version")

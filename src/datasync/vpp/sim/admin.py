@@ -6,7 +6,8 @@ Routes (JSON in, JSON out):
 * ``POST /fault/restart`` ``{"shuffle": true}`` - state wiped, new vpe_pid, clients dropped
 * ``POST /fault/drop`` - close every client connection
 * ``POST /fault/item`` ``{"message": "create_loopback", "retval": -126, "count": 1,
-  "match": {...}}`` - per-message error injection (``count: null`` until cleared)
+  "match": {...}, "until": <unix time>}`` - per-message error injection (``count: null``
+  until cleared or ``until``; ``key`` is accepted for ``message``)
 * ``POST /fault/latency`` ``{"seconds": 0.5, "message": null}``
 * ``POST /fault/drift`` ``{"action": "delete_interface", "name": "loop0"}``
 * ``POST /fault/clear`` - remove injected errors and latency
@@ -72,8 +73,13 @@ class AdminServer:
         match = body.get("match")
         if match is not None and not isinstance(match, dict):
             raise ValueError("field 'match' must be an object")
+        until = body.get("until")
         self.sim.inject_error(
-            message, int(body["retval"]), None if count is None else int(count), match
+            message,
+            int(body["retval"]),
+            None if count is None else int(count),
+            match,
+            None if until is None else float(until),
         )
         return {"ok": True}
 

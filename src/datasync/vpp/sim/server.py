@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -228,15 +229,21 @@ class _LazyCodecs(dict[str, Any]):
 
 
 class _Fault:
-    __slots__ = ("match", "message", "remaining", "retval")
+    __slots__ = ("match", "message", "remaining", "retval", "until")
 
     def __init__(
-        self, message: str, retval: int, count: int | None, match: dict[str, Any] | None
+        self,
+        message: str,
+        retval: int,
+        count: int | None,
+        match: dict[str, Any] | None,
+        until: float | None = None,
     ) -> None:
         self.message = message
         self.retval = retval
         self.remaining = count
         self.match = dict(match or {})
+        self.until = until
 
 
 class Simulator:
@@ -431,6 +438,9 @@ class Simulator:
         for fault in self._faults:
             if fault.message != name:
                 continue
+            if fault.until is not None and time.time() >= fault.until:
+                self._faults.remove(fault)
+                return self._inject(reg, name, msg)
             if any(getattr(msg, k, None) != v for k, v in fault.match.items()):
                 continue
             if fault.remaining is not None:
@@ -873,7 +883,8 @@ class Simulator:
         new_pid = old
         while new_pid == old:
             new_pid = self.rng.randrange(1000, 1 << 22)
-        offset = self.rng.randrange(0, 64) if shuffle else 0
+        # a non-zero offset guarantees that every old sw_if_index now names something else
+        offset = self.rng.randrange(1, 65) if shuffle else 0
         self.epoch += 1
         self.state = self._new_state(new_pid, offset)
         self.drop_connections()
@@ -894,15 +905,17 @@ class Simulator:
         retval: int,
         count: int | None = 1,
         match: dict[str, Any] | None = None,
+        until: float | None = None,
     ) -> None:
         """Answer the next ``count`` ``message`` requests (None: all, until cleared) with
         ``retval`` instead of handling them; ``match`` restricts it to requests whose
-        decoded fields equal the given values."""
+        decoded fields equal the given values; ``until`` (a ``time.time()`` value) ends
+        the fault at that moment."""
         if message not in self.ids:
             raise ValueError(f"inject_error: the simulator does not handle {message!r}")
         if count is not None and count <= 0:
             raise ValueError("inject_error: count must be positive (or None for unlimited)")
-        self._faults.append(_Fault(message, int(retval), count, match))
+        self._faults.append(_Fault(message, int(retval), count, match, until))
 
     def clear_faults(self) -> None:
         """Remove injected errors and latency."""
