@@ -628,7 +628,9 @@ class VppClient:
                     ping, {"context": ctx, "client_index": conn.client_index}
                 )
             )
-        if not self._flush_scheduled:
+        if self._in_flight == 1 and not self._flush_scheduled:
+            self._flush_out()  # alone in flight: nothing to coalesce with, save the latency
+        elif not self._flush_scheduled:
             # coalesce the writes of every request made in this loop iteration
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_out)
