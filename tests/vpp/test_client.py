@@ -527,3 +527,12 @@ async def test_connect_fails_cleanly_when_ping_unanswered(sim: Simulator) -> Non
     await c.connect()
     assert c.vpe_pid == sim.state.vpe_pid
     await c.close()
+
+
+async def test_shm_small_ring_wraps_and_waits_for_room(sim: Simulator, make_client: Any) -> None:
+    # 64 KiB rings: the requests and replies wrap many times and fill the ring, so
+    # both sides queue writes until the peer made room
+    c = await make_client(transport="shm", shm_size=1 << 16, max_in_flight=4096)
+    replies = await c.call_many("control_ping", [None] * 20000)
+    assert len({r.context for r in replies}) == 20000
+    assert len(await c.dump("sw_interface_dump")) == 1
