@@ -340,3 +340,35 @@ async def test_restore_from_backup_raises_store_reset(
     snap2 = await src.snapshot([prefix])
     assert [kv.key for kv in snap2.kvs] == [prefix + "kept"]
     assert snap2.extra.get("revision_regressed_from") == snap.revision + 1
+
+
+async def test_cluster_recreated_raises_store_reset(
+    etcd_endpoints: list[str],
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    prefix: str,
+) -> None:
+    """F6 (re-created cluster): the endpoint now answers for another cluster id, even one
+    with a higher revision: StoreResetError, and the relist adopts the new cluster."""
+    other = make_source(etcd1.endpoints, name="other")
+    old = make_source(etcd_endpoints, name="old")
+    await old.put(prefix + "a", b"1")
+    old_host, old_port = etcd_endpoints[0].rsplit(":", 1)
+    async with TCPProxy(old_host, int(old_port)) as proxy:
+        src = make_source([proxy.address])
+        snap = await src.snapshot([prefix])
+        consumer = Consumer(src.watch([prefix], snap.revision + 1))
+        await old.put(prefix + "b", b"2")
+        await consumer.until(lambda: consumer.saw(prefix + "b"))
+        # Move the link to the other cluster, well ahead in revisions.
+        for i in range(0, snap.revision + 10, 100):
+            await other.txn({f"{prefix}pad{j}": b"" for j in range(i, i + 100)})
+        proxy.target_port = etcd1.members[0].client_port
+        proxy.reset_connections()
+        async with asyncio.timeout(WAIT):
+            await consumer.task
+        await aclose(consumer.it)
+        assert isinstance(consumer.error, StoreResetError), consumer.error
+        assert "cluster id changed" in str(consumer.error)
+        snap2 = await src.snapshot([prefix])
+    assert snap2.store_id == (await other.snapshot([prefix])).store_id != snap.store_id
