@@ -536,3 +536,16 @@ async def test_shm_small_ring_wraps_and_waits_for_room(sim: Simulator, make_clie
     replies = await c.call_many("control_ping", [None] * 20000)
     assert len({r.context for r in replies}) == 20000
     assert len(await c.dump("sw_interface_dump")) == 1
+
+
+async def test_connect_during_reconnect_waits_for_the_loop(
+    sim: Simulator, make_client: Any
+) -> None:
+    faults = Faults()
+    c = await make_client(on_fault=faults, backoff_initial=0.05, backoff_max=0.05)
+    sim.drop_connections()
+    await eventually(lambda: "disconnected" in faults.kinds())
+    await c.connect()  # joins the reconnect loop's attempt
+    assert c.connected
+    await asyncio.sleep(0.1)
+    assert sim.stats["connections"] == 2  # the first one and one reconnect, no duplicate

@@ -235,6 +235,10 @@ class VppClient:
             raise ClosedError("VppClient is closed")
         if self.connected:
             return
+        if self._reconnect_task is not None and not self._reconnect_task.done():
+            # the reconnect loop owns connecting: wait for it rather than race it
+            await self.wait_connected(self.connect_timeout)
+            return
         await self._connect_once()
         self._start_probe()
 
