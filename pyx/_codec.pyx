@@ -16,7 +16,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from _codec cimport (
     AF_INET,
@@ -136,6 +136,34 @@ cdef extern from *:
         *p = v;
         Py_XDECREF(old);
     }
+    /* Big-endian stores and loads of 1, 2, 4 or 8 bytes. */
+    static inline void ds_put_be(char* p, unsigned long long v, Py_ssize_t size) {
+        switch (size) {
+        case 1: p[0] = (char)v; break;
+        case 2: { uint16_t x = __builtin_bswap16((uint16_t)v); memcpy(p, &x, 2); break; }
+        case 4: { uint32_t x = __builtin_bswap32((uint32_t)v); memcpy(p, &x, 4); break; }
+        default: { uint64_t x = __builtin_bswap64((uint64_t)v); memcpy(p, &x, 8); break; }
+        }
+    }
+    static inline unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) {
+        switch (size) {
+        case 1: return p[0];
+        case 2: { uint16_t x; memcpy(&x, p, 2); return __builtin_bswap16(x); }
+        case 4: { uint32_t x; memcpy(&x, p, 4); return __builtin_bswap32(x); }
+        default: { uint64_t x; memcpy(&x, p, 8); return __builtin_bswap64(x); }
+        }
+    }
+    /* The value of an exact int of at most one 30-bit digit (most field values), without a
+       call: 1 and *out set, else 0 (then the caller uses the API). */
+    static inline int ds_small_long(PyObject* v, long long* out) {
+    #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+        Py_ssize_t size = Py_SIZE(v);
+        if (size == 0) { *out = 0; return 1; }
+        if (size == 1) { *out = (long long)((PyLongObject*)v)->ob_digit[0]; return 1; }
+        if (size == -1) { *out = -(long long)((PyLongObject*)v)->ob_digit[0]; return 1; }
+    #endif
+        return 0;
+    }
     static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
         return _PyLong_FromByteArray(p, n, 0, 0);
     }
@@ -179,6 +207,9 @@ cdef extern from *:
     PyObject* ds_slot_get(object o, Py_ssize_t off)
     void ds_slot_set(object o, Py_ssize_t off, object v)
     object ds_long_from_be(const unsigned char* p, size_t n)
+    void ds_put_be(char* p, unsigned long long v, Py_ssize_t size) noexcept
+    unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) noexcept
+    int ds_small_long(object v, long long* out) noexcept
     int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
     object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
@@ -202,6 +233,13 @@ cdef Py_ssize_t _OFF_IP6 = ds_member_offset(_V6A.__dict__["_ip"])
 cdef Py_ssize_t _OFF_SCOPE6 = ds_member_offset(_V6A.__dict__["_scope_id"])
 if _OFF_IP4 < 0 or _OFF_IP6 < 0 or _OFF_SCOPE6 < 0:
     raise ImportError("datasync._codec_c: unexpected ipaddress layout")
+# All-zero wire bytes: records of small structs decoded from them are shared (below).
+cdef unsigned char _ZEROS[256]
+memset(_ZEROS, 0, sizeof(_ZEROS))
+# Decoded prefixes by wire bytes, per conversion: networks and interfaces are values, and
+# the same few come back in every dump; building one costs ~10x a lookup.
+cdef list _PREFIX_CACHE = [{} for _ in range(16)]
+cdef Py_ssize_t _PREFIX_CACHE_MAX = 4096
 cdef list _NETMASKS4 = [None] * 33
 cdef list _NETMASKS6 = [None] * 129
 cdef object _S_NETWORK_ADDRESS = "network_address"
@@ -227,6 +265,8 @@ cdef class _Layout:
     cdef Py_ssize_t fixed_size
     cdef bint is_union
     cdef Py_ssize_t big_arm  # unions: the first of the biggest arms
+    cdef bint shareable  # decodes to an immutable record that may be shared (see _dec_struct)
+    cdef object zero_rec  # the record of all-zero bytes, once decoded
     cdef object tuple_type
     cdef object plan
     cdef dict index
@@ -263,7 +303,25 @@ cdef _Layout _build(object pl, dict memo):
         _fill(&L.ops[i], op, L, memo)
     if pl.is_union and pl.ops:
         L.big_arm = max(range(len(pl.ops)), key=lambda j: (pl.ops[j].size, -j))
+    L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
+        _op_shareable(&L.ops[i]) for i in range(L.n)
+    )
     return L
+
+
+cdef bint _op_shareable(COp* op):
+    """True when the op decodes to an immutable value (no list, no ipaddress network)."""
+    if op.kind <= K_BOOL:
+        return op.conv == C_NONE or op.kind != K_F64
+    if op.kind == K_BYTES:
+        return op.conv in (C_NONE, C_IP4, C_IP6, C_MAC)
+    if op.kind == K_STR:
+        return True
+    if op.kind == K_STRUCT or op.kind == K_UNION:
+        if op.conv != C_NONE:
+            return op.conv == C_ADDRESS
+        return (<_Layout>op.sub).shareable
+    return False
 
 
 cdef int _fill(COp* c, object op, _Layout owner, dict memo) except -1:
@@ -329,10 +387,12 @@ cdef inline int _reserve(WBuf* w, Py_ssize_t extra) except -1:
 
 
 cdef inline void _put_be(char* p, unsigned long long v, Py_ssize_t size) noexcept:
-    cdef Py_ssize_t i = size
-    while i > 0:
-        i -= 1
-        p[i] = <char>(v & 0xFF)
+    if size == 1 or size == 2 or size == 4 or size == 8:
+        ds_put_be(p, v, size)
+        return
+    while size > 0:  # other widths (the 2-byte message id is covered above)
+        size -= 1
+        p[size] = <char>(v & 0xFF)
         v >>= 8
 
 
@@ -661,10 +721,23 @@ cdef int _enc_union(COp* op, object v, WBuf* w) except -1:
 
 
 cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
-    cdef Py_ssize_t j = 0
+    # The same object repeated (``[label] * 16``) encodes to the same bytes: copy them.
+    cdef Py_ssize_t j = 0, prev_at = -1, size
+    cdef PyObject* prev = NULL
     try:
         for item in items:
-            _enc_op(elem, item, w)
+            if <PyObject*>item == prev and elem.size > 0 and (
+                PyDict_CheckExact(item) or PyTuple_Check(item) or PyLong_CheckExact(item)
+                or PyUnicode_CheckExact(item) or PyBytes_CheckExact(item)
+            ):
+                size = elem.size
+                _reserve(w, size)
+                memcpy(w.data + w.len, w.data + prev_at, size)
+                w.len += size
+            else:
+                prev_at = w.len
+                _enc_op(elem, item, w)
+                prev = <PyObject*>item
             j += 1
     except FieldError as exc:
         raise exc.under(f"[{j}]")
@@ -757,7 +830,8 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
                 # integers inline: the common case of every message
                 if op.kind != K_BOOL and op.kind != K_U64 and v is not None and PyLong_CheckExact(v):
                     overflow = 0
-                    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+                    if not ds_small_long(v, &x):
+                        x = PyLong_AsLongLongAndOverflow(v, &overflow)
                     if overflow == 0 and x >= op.lo and x <= op.hi:
                         if w.len + op.size > w.cap:
                             _grow(w, op.size)
@@ -790,6 +864,8 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
 cdef inline unsigned long long _get_be(const unsigned char* p, Py_ssize_t size) noexcept:
     cdef unsigned long long v = 0
     cdef Py_ssize_t i
+    if size == 1 or size == 2 or size == 4 or size == 8:
+        return ds_get_be(p, size)
     for i in range(size):
         v = (v << 8) | p[i]
     return v
@@ -864,6 +940,25 @@ cdef object _mk_net(int af, const unsigned char* p, long plen, bint iface):
 
 
 cdef object _conv(COp* op, const unsigned char* p):
+    cdef int conv = op.conv
+    cdef dict cache
+    cdef PyObject* hit
+    if conv >= C_PREFIX and conv <= C_IP6_AWP:
+        cache = <dict>_PREFIX_CACHE[conv]
+        key = PyBytes_FromStringAndSize(<const char*>p, op.size)
+        hit = PyDict_GetItemWithError(cache, key)
+        if hit != NULL:
+            return <object>hit
+        obj = _conv_new(op, p)
+        if obj is not None:
+            if PyDict_GET_SIZE(cache) >= _PREFIX_CACHE_MAX:
+                cache.clear()
+            cache[key] = obj
+        return obj
+    return _conv_new(op, p)
+
+
+cdef object _conv_new(COp* op, const unsigned char* p):
     cdef int conv = op.conv
     cdef int af
     try:
@@ -1002,6 +1097,23 @@ cdef object _dec_op(
 
 
 cdef object _dec_struct(
+    _Layout L, const unsigned char* buf, Py_ssize_t end, Py_ssize_t* off, Py_ssize_t start
+):
+    # Small structs of immutable fields that are all zero on the wire (fib_path's 16-label
+    # stack, mostly) decode to one shared record: namedtuples are immutable values.
+    cdef Py_ssize_t base = off[0], z = 0
+    if (
+        L.shareable and start == 0 and L.fixed_size <= end - base
+        and memcmp(buf + base, _ZEROS, L.fixed_size) == 0
+    ):
+        if L.zero_rec is None:
+            L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
+        off[0] = base + L.fixed_size
+        return L.zero_rec
+    return _dec_fields(L, buf, end, off, start)
+
+
+cdef object _dec_fields(
     _Layout L, const unsigned char* buf, Py_ssize_t end, Py_ssize_t* off, Py_ssize_t start
 ):
     cdef Py_ssize_t i = start
