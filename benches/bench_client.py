@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
 import shutil
 import signal
@@ -28,10 +27,11 @@ from typing import Any
 
 import pytest
 import uvloop
+from tests.paths import VPP_API_REFERENCE, vpp_api_files
 
 from datasync.vpp.client import VppClient
 
-SHARED_API = "/work/shared/vpp-api"
+SHARED_API = str(VPP_API_REFERENCE)
 # --benchmark-disable (CI) runs each body once only to prove it works: a tenth of the size
 _SCALE = 10 if "--benchmark-disable" in sys.argv else 1
 N_OURS = 20_000 // _SCALE
@@ -41,7 +41,7 @@ N_IFACES = 10_000 // _SCALE
 
 
 def _api_files() -> list[str]:
-    return sorted(glob.glob(os.path.join(SHARED_API, "**", "*.api.json"), recursive=True))
+    return vpp_api_files()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import glob
 import os
 import shutil
 import tempfile
@@ -18,13 +17,14 @@ import uvloop
 
 from datasync.vpp.client import VppClient
 from datasync.vpp.sim import Simulator
+from tests.paths import VPP_API_REFERENCE, vpp_api_files
 
-SHARED_API = "/work/shared/vpp-api"
+SHARED_API = str(VPP_API_REFERENCE)
 
 
 def shared_api_files() -> list[str]:
     """The full .api.json files of a real VPP build (the reference set)."""
-    return sorted(glob.glob(os.path.join(SHARED_API, "**", "*.api.json"), recursive=True))
+    return vpp_api_files()
 
 
 @pytest.fixture
