@@ -215,6 +215,7 @@ class TCPProxy:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
+            await asyncio.sleep(0.01)  # let the reset connections' handlers finish
 
 
 class ThreadedTCPProxy:

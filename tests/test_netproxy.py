@@ -10,8 +10,11 @@ import pytest
 
 from tests.netproxy import TCPProxy, ThreadedTCPProxy
 
+_WRITERS: set[asyncio.StreamWriter] = set()
+
 
 async def _echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    _WRITERS.add(w)
     try:
         while data := await r.read(65536):
             w.write(data)
@@ -19,6 +22,7 @@ async def _echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     except OSError:
         pass
     finally:
+        _WRITERS.discard(w)
         w.close()
 
 
@@ -27,6 +31,10 @@ async def echo_port() -> AsyncIterator[int]:
     server = await asyncio.start_server(_echo, "127.0.0.1", 0)
     yield server.sockets[0].getsockname()[1]
     server.close()
+    # End the handlers with EOF rather than leaving them to the loop's final cancel.
+    for w in list(_WRITERS):
+        w.transport.abort()
+    await asyncio.sleep(0.05)
 
 
 @pytest.fixture
