@@ -626,3 +626,42 @@ async def test_stalled_source_is_not_in_sync(
     src.report(SourceState.CONNECTED, "watch resumed")
     await orch.wait_in_sync(WAIT)
     assert orch.status().rounds == 1  # a resumed watch needs no relist
+
+
+async def test_silent_source_does_not_block_the_others(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    main, side = LocalStore(name="main"), Flaky(LocalStore(name="side"))
+    await main.put("/p/m", b"1")
+    await side.inner.put("/p/s", b"2")
+    release = asyncio.Event()
+    waits: list[float] = []
+
+    async def gate(delay: float) -> None:
+        waits.append(delay)
+        await release.wait()
+
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([main, side], sleep=gate)
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    side.down = True
+    await main.put("/p/m2", b"3")
+    orch.request_resync("operator asked")
+    await events.until(lambda: len(events.rounds()) >= 2)
+    assert events.rounds()[1].ok  # main's plugins were not held up by side
+    # side's keys stay: it is stale, not empty.
+    assert p.state == {"/p/m": b"1", "/p/m2": b"3", "/p/s": b"2"}
+    st = orch.status()
+    assert not st.in_sync and st.sources["side"].state is SourceState.DISCONNECTED
+    assert "store is down" in (st.sources["side"].error or "")
+    await eventually(lambda: len(waits) == 1)  # a re-read of side is scheduled
+    side.down = False
+    release.set()
+    await events.until(lambda: len(events.rounds()) >= 3)
+    await orch.wait_in_sync(WAIT)
+    assert orch.status().sources["side"].state is SourceState.CONNECTED
+    await main.close()
+    await side.close()

@@ -27,9 +27,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .api import (
     Ack,
@@ -368,6 +368,7 @@ class Orchestrator:
         self._late_dones = 0
         self._runner: asyncio.Task[None] | None = None
         self._plugin_tasks: list[asyncio.Task[None]] = []
+        self._aux_tasks: set[asyncio.Task[None]] = set()
         self._anti_entropy: asyncio.Task[None] | None = None
         self._escalation: EscalationError | None = None
         self._stopped = asyncio.Event()
@@ -463,6 +464,7 @@ class Orchestrator:
         for reg in list(self._regs.values()):
             await reg.close()
         tasks += self._plugin_tasks
+        tasks += self._aux_tasks
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -663,35 +665,49 @@ class Orchestrator:
     ) -> dict[str, Snapshot] | None:
         """Read every source at one revision and restart its watch from there.
 
-        Any failure aborts the round: plugins never see a partial view, so nothing
-        is deleted because a source could not be read.
+        A failed read aborts the round (returns None): plugins never see a partial
+        view, so nothing is deleted because a source could not be read. The one
+        exception: with several sources, a source that was read before and is now
+        silent is marked stale and the round goes on with what it last asserted
+        (so none of its keys are deleted); it is read again after a backoff.
         """
-        snapshots: dict[str, Snapshot] = {}
+
+        async def read(slot: _SourceSlot) -> Snapshot | BaseException:
+            try:
+                async with asyncio.timeout(self.config.snapshot_timeout):
+                    return await slot.source.snapshot(prefixes)
+            except TimeoutError:
+                return SourceUnavailableError(
+                    f"source {slot.name}: snapshot timed out after "
+                    f"{self.config.snapshot_timeout:g} s"
+                )
+            except Exception as exc:
+                return exc
+
         for slot in self._slots:
             slot.set_state(SourceState.RESYNCING)
+        results = await asyncio.gather(*(read(slot) for slot in self._slots))
+        snapshots: dict[str, Snapshot] = {}
+        stale: list[str] = []
+        for slot, res in zip(self._slots, results, strict=True):
+            if isinstance(res, BaseException):
+                slot.set_state(SourceState.DISCONNECTED, f"{type(res).__name__}: {res}")
+                if self._ownership is not None and slot.snapshot is not None:
+                    stale.append(slot.name)
+                else:
+                    errors[f"source:{slot.name}"] = res
+            else:
+                snapshots[slot.name] = res
+        if errors:
+            return None
+        for slot in self._slots:
+            snap = snapshots.get(slot.name)
+            if snap is None:
+                continue  # stale: its watch, buffer and filter go on as they were
             if slot.watch_task is not None:
                 slot.watch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await slot.watch_task
-                slot.watch_task = None
-            try:
-                async with asyncio.timeout(self.config.snapshot_timeout):
-                    snap = await slot.source.snapshot(prefixes)
-            except TimeoutError:
-                err: BaseException = SourceUnavailableError(
-                    f"source {slot.name}: snapshot timed out after "
-                    f"{self.config.snapshot_timeout:g} s"
-                )
-                errors[f"source:{slot.name}"] = err
-                slot.set_state(SourceState.DISCONNECTED, str(err))
-                return None
-            except Exception as exc:
-                errors[f"source:{slot.name}"] = exc
-                slot.set_state(SourceState.DISCONNECTED, f"{type(exc).__name__}: {exc}")
-                return None
-            snapshots[slot.name] = snap
-        for slot in self._slots:
-            snap = snapshots[slot.name]
             slot.snapshot = snap
             # The new watch replays everything after R: what the old one buffered is redundant.
             slot.buffer.clear()
@@ -702,13 +718,24 @@ class Orchestrator:
                 self._watch_source(slot, prefixes, snap.revision + 1)
             )
             slot.set_state(SourceState.CONNECTED)
+        if stale:
+            self._spawn(self._retry_later(f"stale source {', '.join(stale)}"))
         return snapshots
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._aux_tasks.add(task)
+        task.add_done_callback(self._aux_tasks.discard)
+
+    async def _retry_later(self, reason: str) -> None:
+        await self._sleep(self._backoff_delay(1))
+        self.request_resync(reason)
 
     def _merged_view(self, snapshots: Mapping[str, Snapshot]) -> dict[str, KeyVal]:
         """All keys of all sources; a key asserted by several goes to the earliest source."""
         if self._ownership is None:
             return {kv.key: kv for kv in snapshots[self._slots[0].name].kvs}
-        for name, snap in snapshots.items():
+        for name, snap in snapshots.items():  # a stale source keeps its last assertions
             self._ownership.reset_source(name, snap.kvs)
         return self._ownership.merged()
 
