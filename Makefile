@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # build_ext --inplace runs with the venv's own build tools: keep them at the pinned ranges.
-$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py Makefile
 	$(BIN)/pip install -q "setuptools>=77" wheel "Cython>=3.1,<3.4" "cffi>=1.17,<3"
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
