@@ -192,3 +192,28 @@ async def test_idle_watch_and_blocked_loop_are_not_stalls(
         await aclose(it)
     assert [(c.key, c.revision) for c in batch] == [(prefix + "k", r)]
     assert src.stats["stalls"] == 0 and src.stats["reconnects"] == 0
+
+
+async def test_periodic_recycle_is_invisible(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    """M6: the watch is replaced now and then; no change is lost or repeated, and no state
+    change is reported (an orchestrator would take one for an outage)."""
+    src = make_source(etcd_endpoints, recycle_interval=(0.2, 0.3), progress_interval=0.1)
+    snap = await src.snapshot([prefix])
+    seen: list[SourceState] = []
+    src.add_state_listener(lambda _n, st, _r: seen.append(st))
+    it = src.watch([prefix], snap.revision + 1)
+    try:
+        reader = asyncio.ensure_future(collect(it, 8))  # reads while we write
+        revs = []
+        for i in range(8):
+            revs.append(await src.put(prefix + "k", b"%d" % i))
+            await asyncio.sleep(0.1)
+        changes = await reader
+    finally:
+        await aclose(it)
+    assert [c.revision for c in changes] == revs
+    assert src.stats["recycles"] >= 1
+    assert src.stats["reconnects"] == 0
+    assert seen == []

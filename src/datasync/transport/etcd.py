@@ -56,6 +56,10 @@ class _StreamEnded(Exception):
     """The watch stream ended or was canceled by the server: reconnect."""
 
 
+class _Recycle(Exception):
+    """Time to replace a healthy watch stream (M6: recycle every 5-10 min)."""
+
+
 def prefix_range_end(prefix: bytes) -> bytes:
     """The etcd ``range_end`` that covers every key starting with ``prefix``."""
     b = bytearray(prefix)
@@ -243,6 +247,7 @@ class EtcdSource:
             "events": 0,
             "resets": 0,
             "compacted": 0,
+            "recycles": 0,
         }
 
     # --- state ---------------------------------------------------------------------------
@@ -447,6 +452,7 @@ class EtcdSource:
             call: Any = None
             dog: asyncio.Task[None] | None = None
             tr = _Tracker(loop.time())
+            created_at = None
             recycle_at = (
                 loop.time() + random.uniform(*self.recycle_interval)
                 if self.recycle_interval
@@ -472,7 +478,7 @@ class EtcdSource:
                             if resp is grpc.aio.EOF:
                                 raise _StreamEnded("stream ended before the watch was created")
                             await self._check_created(ep, resp, next_rev)
-                    failures = 0
+                    created_at = loop.time()
                     self._set_state(SourceState.CONNECTED, f"watching on {ep.address}")
                     dog = asyncio.create_task(self._watchdog(call, tr))
                     maxv = self.max_value_bytes
@@ -501,7 +507,7 @@ class EtcdSource:
                         events = resp.events
                         if not events:
                             if now > recycle_at:
-                                raise _StreamEnded("periodic watch recycle")
+                                raise _Recycle
                             continue  # progress notification: liveness only
                         batch: list[Change] = []
                         floor = next_rev
@@ -535,7 +541,10 @@ class EtcdSource:
                             self.stats["events"] += len(batch)
                             yield batch
                         if loop.time() > recycle_at:
-                            raise _StreamEnded("periodic watch recycle")
+                            raise _Recycle
+                except _Recycle:
+                    # Not a failure: no state change, same endpoint, no backoff.
+                    self.stats["recycles"] += 1
                 except (SourceUnavailableError, _StreamEnded) as exc:
                     err = _translate(exc, "watch", ep.address, next_rev)
                     if tr.stalled:
@@ -543,6 +552,10 @@ class EtcdSource:
                         self._set_state(SourceState.STALLED, str(err))
                     else:
                         self._set_state(SourceState.DISCONNECTED, str(err))
+                    # A watch that lived a while earns a fresh backoff; one that dies right
+                    # after its creation (a member without leader, say) keeps backing off.
+                    if created_at is not None and loop.time() - created_at > 1.0:
+                        failures = 0
                     failures += 1
                     self.stats["reconnects"] += 1
                     if self.max_retries is not None and failures > self.max_retries:
@@ -553,10 +566,8 @@ class EtcdSource:
                     log.info(
                         "etcd source %s: watch lost (%s); resuming at %d", self.name, err, next_rev
                     )
-                    # A recycle is not a failure: resume on the same endpoint at once.
-                    if "recycle" not in str(exc):
-                        self._fail_over(ep)
-                        await asyncio.sleep(self._backoff(failures))
+                    self._fail_over(ep)
+                    await asyncio.sleep(self._backoff(failures))
             finally:
                 if dog is not None:
                     dog.cancel()
