@@ -164,6 +164,56 @@ cdef extern from *:
     #endif
         return 0;
     }
+    static inline int ds_is_long(PyObject* o) { return PyLong_CheckExact(o); }
+
+    /* encode() as a METH_FASTCALL method: a Cython `def f(..., **kw)` builds a dict on
+       every call even when no keyword is given, which is a sizeable part of encoding a
+       small message. The shim builds one only when keywords are passed. */
+    typedef PyObject* (*ds_encode_fn)(PyObject* self, PyObject* msg_id, PyObject* fields,
+                                      PyObject* kw);
+    static ds_encode_fn ds_encode_impl = NULL;
+    static PyObject* ds_encode_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                                    PyObject* kwnames) {
+        PyObject* kw = NULL;
+        PyObject* r;
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0, i;
+        if (nargs < 1 || nargs > 2) {
+            PyErr_Format(PyExc_TypeError,
+                         "encode() takes 1 or 2 positional arguments (%zd given)", nargs);
+            return NULL;
+        }
+        if (nkw) {
+            kw = PyDict_New();
+            if (!kw) return NULL;
+            for (i = 0; i < nkw; i++) {
+                if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                    Py_DECREF(kw);
+                    return NULL;
+                }
+            }
+        }
+        r = ds_encode_impl(self, args[0], nargs > 1 ? args[1] : Py_None, kw ? kw : Py_None);
+        Py_XDECREF(kw);
+        return r;
+    }
+    static PyMethodDef ds_encode_def = {
+        "encode", (PyCFunction)(void (*)(void))ds_encode_fast, METH_FASTCALL | METH_KEYWORDS,
+        NULL};
+    static int ds_install_encode(PyObject* type, PyObject* doc) {
+        PyObject* descr;
+        ds_encode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
+        if (!ds_encode_def.ml_doc) return -1;
+        descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_encode_def);
+        if (!descr) return -1;
+        if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "encode", descr) < 0) {
+            Py_DECREF(descr);
+            return -1;
+        }
+        Py_DECREF(descr);
+        PyType_Modified((PyTypeObject*)type);
+        return 0;
+    }
+
     static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
         return _PyLong_FromByteArray(p, n, 0, 0);
     }
@@ -209,7 +259,11 @@ cdef extern from *:
     object ds_long_from_be(const unsigned char* p, size_t n)
     void ds_put_be(char* p, unsigned long long v, Py_ssize_t size) noexcept
     unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) noexcept
-    int ds_small_long(object v, long long* out) noexcept
+    int ds_small_long(PyObject* v, long long* out) noexcept
+    bint ds_is_long(PyObject* o) noexcept
+    ctypedef object (*ds_encode_fn)(object self, object msg_id, object fields, object kw)
+    ds_encode_fn ds_encode_impl
+    int ds_install_encode(object type, object doc) except -1
     int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
     object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
@@ -724,9 +778,19 @@ cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
     # The same object repeated (``[label] * 16``) encodes to the same bytes: copy them.
     cdef Py_ssize_t j = 0, prev_at = -1, size
     cdef PyObject* prev = NULL
+    cdef long long x
+    cdef bint ints = elem.kind < K_F64 and elem.kind != K_U64
     try:
         for item in items:
-            if <PyObject*>item == prev and elem.size > 0 and (
+            if ints and ds_is_long(<PyObject*>item) and ds_small_long(<PyObject*>item, &x) and (
+                x >= elem.lo and x <= elem.hi
+            ):
+                # small ints (mtu[4], ...) inline, as in _enc_struct
+                if w.len + elem.size > w.cap:
+                    _grow(w, elem.size)
+                _put_be(w.data + w.len, <unsigned long long>x, elem.size)
+                w.len += elem.size
+            elif <PyObject*>item == prev and elem.size > 0 and (
                 PyDict_CheckExact(item) or PyTuple_Check(item) or PyLong_CheckExact(item)
                 or PyUnicode_CheckExact(item) or PyBytes_CheckExact(item)
             ):
@@ -814,6 +878,18 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
                     pv = PyDict_GetItemWithError(value, <object>op.name)
                 if pv != NULL:
                     found += 1
+                    # the common case, on borrowed references: a small int for an int field
+                    if (
+                        op.kind < K_F64 and op.kind != K_U64 and ds_is_long(pv)
+                        and ds_small_long(pv, &x) and x >= op.lo and x <= op.hi
+                    ):
+                        if w.len + op.size > w.cap:
+                            _grow(w, op.size)
+                        _put_be(w.data + w.len, <unsigned long long>x, op.size)
+                        w.len += op.size
+                        ints[i] = x
+                        i += 1
+                        continue
                     v = <object>pv
                 else:
                     v = None
@@ -830,7 +906,7 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
                 # integers inline: the common case of every message
                 if op.kind != K_BOOL and op.kind != K_U64 and v is not None and PyLong_CheckExact(v):
                     overflow = 0
-                    if not ds_small_long(v, &x):
+                    if not ds_small_long(<PyObject*>v, &x):
                         x = PyLong_AsLongLongAndOverflow(v, &overflow)
                     if overflow == 0 and x >= op.lo and x <= op.hi:
                         if w.len + op.size > w.cap:
@@ -1184,13 +1260,7 @@ cdef class MessageCodec:
 
     def encode(self, msg_id, fields=None, /, **kw):
         """The message body, starting with ``_vl_msg_id = msg_id``; missing fields are zero."""
-        if fields is None:
-            values = kw
-        elif kw:
-            values = {**fields, **kw}
-        else:
-            values = fields
-        return self._encode(msg_id, values)
+        return _encode_entry(self, msg_id, fields, kw or None)
 
     cdef object _encode(self, object msg_id, object values):
         cdef char stack[1024]
@@ -1244,3 +1314,19 @@ cdef class MessageCodec:
             return _dec_struct(self._layout, buf, end, &off, 1)
         except FieldError as exc:
             raise CodecError(self.name, exc.path, exc.reason) from None
+
+
+cdef object _encode_entry(object self, object msg_id, object fields, object kw):
+    """encode()'s argument handling, shared by the def method and the fast-call shim."""
+    if fields is None:
+        values = kw if kw is not None else {}
+    elif kw is not None:
+        values = {**fields, **kw}
+    else:
+        values = fields
+    return (<MessageCodec>self)._encode(msg_id, values)
+
+
+ds_encode_impl = _encode_entry
+_ENCODE_DOC = MessageCodec.encode.__doc__
+ds_install_encode(MessageCodec, _ENCODE_DOC)

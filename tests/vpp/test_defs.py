@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ from datasync.vpp.defs import (
     load_api_json_string,
 )
 from datasync.vpp.retvals import RETVAL_NAMES, VppApiError, classify, retval_name
+from tests.paths import VPP_API_REFERENCE
 
-REFERENCE = Path(os.environ.get("DATASYNC_VPP_API_DIR", "/work/shared/vpp-api"))
+REFERENCE = VPP_API_REFERENCE  # vendored under tests/data; DATASYNC_VPP_API_DIR overrides
 needs_reference = pytest.mark.skipif(
     not REFERENCE.is_dir(), reason=f"reference .api.json files not found at {REFERENCE}"
 )
