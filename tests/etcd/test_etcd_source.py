@@ -217,3 +217,19 @@ async def test_periodic_recycle_is_invisible(
     assert src.stats["recycles"] >= 1
     assert src.stats["reconnects"] == 0
     assert seen == []
+
+
+async def test_close_ends_open_watches_with_closed_error(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    from datasync.errors import ClosedError
+
+    src = make_source(etcd_endpoints)
+    it = src.watch([prefix], (await src.current_revision()) + 1)
+    reader = asyncio.ensure_future(anext(it))
+    await asyncio.sleep(0.3)  # the watch is created and waiting
+    await src.close()
+    with pytest.raises(ClosedError):
+        async with asyncio.timeout(10):
+            await reader
+    await aclose(it)

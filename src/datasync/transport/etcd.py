@@ -398,6 +398,9 @@ class EtcdSource:
                 kvs += got
                 if not key:
                     break
+        except SourceUnavailableError as exc:
+            self._set_state(SourceState.DISCONNECTED, str(exc))
+            raise
         finally:
             if pending is not None:
                 # Abandoned after a failure: cancel, and retrieve its outcome so it is not
@@ -489,10 +492,16 @@ class EtcdSource:
                             try:
                                 resp = await call.read()
                             except asyncio.CancelledError:
-                                # The watchdog canceled the call; our own cancellation propagates.
+                                # grpc cancels the read when the watchdog cancels the call or
+                                # close() closes the channel; our own cancellation propagates.
                                 task = asyncio.current_task()
-                                if tr.stalled and task is not None and not task.cancelling():
-                                    raise _StreamEnded("watch stalled") from None
+                                if task is not None and not task.cancelling():
+                                    if self._closed:
+                                        raise ClosedError(
+                                            f"etcd source {self.name} is closed"
+                                        ) from None
+                                    if tr.stalled:
+                                        raise _StreamEnded("watch stalled") from None
                                 raise
                         now = loop.time()
                         tr.waiting_since = None

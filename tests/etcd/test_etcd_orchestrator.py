@@ -1,0 +1,526 @@
+"""End-to-end fault tests: the resync orchestrator over the REAL etcd source and real etcd
+processes (FAULTS.md F1, F2, F4, F6; invariants I1, I3, I5, I8, I15).
+
+The plugin is a ``Recorder`` that keeps the state it was told, every change it applied and a
+count of effective changes. ``rec`` (FAULTS.md I8) is the number of rounds after start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from datasync.api import Change, ChangeEvent, Op, ResyncEvent, SourceState
+from datasync.errors import SourceError
+from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from datasync.transport.etcd import EtcdSource
+from tests.netproxy import TCPProxy
+
+from .etcdserver import EtcdCluster
+
+WAIT = 30.0  # safety net against hangs only
+END = "zz-end"  # sentinel key: its arrival means every earlier write arrived too
+
+
+# --- the plugin and the harness ----------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """A plugin that keeps the state it was told, as a dataplane would.
+
+    ``effects`` counts changes that really changed the state (a put of a new value, a
+    delete of a present key): an idempotent plugin does nothing for a repeated value.
+    ``gate``, when set, holds every resync until it is opened.
+    """
+
+    name: str
+    prefixes: Sequence[str]
+    depends_on: Sequence[str] = ()
+    state: dict[str, bytes] = field(default_factory=dict)
+    resyncs: list[ResyncEvent] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    effects: int = 0
+    gate: asyncio.Event | None = None
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def resync(self, ev: ResyncEvent) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        self.resyncs.append(ev)
+        new = {k: kv.value for k, kv in ev.kvs.items()}
+        gone = sorted(self.state.keys() - new.keys())
+        self.deleted += gone
+        self.effects += len(gone) + sum(self.state.get(k) != v for k, v in new.items())
+        self.state = new
+
+    async def change(self, ev: ChangeEvent) -> None:
+        for ch in ev.changes:
+            self.changes.append(ch)
+            if ch.op is Op.PUT:
+                assert ch.value is not None
+                self.effects += self.state.get(ch.key) != ch.value
+                self.state[ch.key] = ch.value
+            elif ch.key in self.state:
+                del self.state[ch.key]
+                self.deleted.append(ch.key)
+                self.effects += 1
+
+
+class Rounds:
+    """Round events of one orchestrator."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.started: list[RoundStarted] = []
+        self.finished: list[RoundFinished] = []
+        orch.add_listener(self._add)
+
+    def _add(self, ev: object) -> None:
+        if isinstance(ev, RoundStarted):
+            self.started.append(ev)
+        elif isinstance(ev, RoundFinished):
+            self.finished.append(ev)
+
+    @property
+    def rec(self) -> int:
+        """Full relists after the start-up round."""
+        return max(0, len(self.started) - 1)
+
+
+class RecordingSleep:
+    """The orchestrator's backoff sleep: real, but the delays are kept for assertions."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(delay)
+
+
+# Fast rounds, and no escalation: these tests watch the retries themselves.
+CONFIG = dict(
+    resync_timeout=20.0,
+    snapshot_timeout=20.0,
+    backoff_initial=0.1,
+    backoff_max=0.5,
+    escalation="retry",
+)
+
+
+@pytest.fixture
+async def orch_factory(
+    make_source: Callable[..., EtcdSource],
+) -> AsyncIterator[Callable[..., Orchestrator]]:
+    """Orchestrators stopped at teardown, before the sources (``make_source``) close."""
+    made: list[Orchestrator] = []
+
+    def make(src: EtcdSource, sleep: RecordingSleep | None = None, **cfg: object) -> Orchestrator:
+        o = Orchestrator(
+            [src],
+            ResyncConfig(**{**CONFIG, **cfg}),  # type: ignore[arg-type]
+            rng=random.Random(7),
+            sleep=sleep,
+        )
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        await o.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/vnf-agent/{uuid.uuid4().hex[:8]}/config/"
+
+
+async def eventually(pred: Callable[[], bool], what: str = "condition") -> None:
+    """Poll ``pred`` until true (a hang fails after WAIT)."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while not pred():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def put_retrying(pub: EtcdSource, key: str, value: bytes) -> int:
+    """A writer that keeps trying through an outage; returns the acknowledged revision."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                return await pub.put(key, value)
+            except SourceError:
+                await asyncio.sleep(0.05)
+
+
+async def converge(
+    orch: Orchestrator, src: EtcdSource, plugin: Recorder, endpoints: list[str], prefix: str
+) -> int:
+    """I1: wait until the plugin holds the store's content at its current revision R, the
+    orchestrator reports applied_revision == R and in_sync; returns R."""
+    truth = EtcdSource(name="truth", endpoints=endpoints, recycle_interval=None)
+    want: dict[str, bytes] = {}
+    revision = -1
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                with contextlib.suppress(SourceError):
+                    snap = await truth.snapshot([prefix])
+                    want = {kv.key: kv.value for kv in snap.kvs}
+                    revision = snap.revision
+                    if (
+                        plugin.state == want
+                        and orch.applied_revision(src.name) == revision
+                        and orch.status().in_sync
+                    ):
+                        return revision
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        st = orch.status()
+        raise AssertionError(
+            f"no convergence: plugin has {len(plugin.state)} keys, store {len(want)}; "
+            f"applied {orch.applied_revision(src.name)} vs R {revision}; status {st}"
+        ) from None
+    finally:
+        await truth.close()
+
+
+async def history(endpoints: list[str], prefix: str, start: int) -> list[tuple[str, int]]:
+    """The store's own (key, revision) history of ``prefix`` from ``start`` up to the
+    sentinel, read by a fresh client."""
+    src = EtcdSource(name="history", endpoints=endpoints, recycle_interval=None)
+    it = src.watch([prefix], start)
+    out: list[tuple[str, int]] = []
+    try:
+        async with asyncio.timeout(WAIT):
+            while not any(k == prefix + END for k, _ in out):
+                out += [(c.key, c.revision) for c in await anext(it)]
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+        await src.close()
+    return out
+
+
+def per_key_increasing(changes: list[Change]) -> bool:
+    """I3: for every key, the applied revisions strictly increase."""
+    last: dict[str, int] = {}
+    for ch in changes:
+        if ch.revision <= last.get(ch.key, 0):
+            return False
+        last[ch.key] = ch.revision
+    return True
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Awaitable[object]) -> AsyncIterator[asyncio.Future[object]]:
+    """Run ``coro`` for the block; cancel it if the block fails first."""
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def preload(pub: EtcdSource, prefix: str, n: int) -> set[str]:
+    keys = [f"{prefix}vpp/v2/interfaces/if{i:05d}" for i in range(n)]
+    for i in range(0, n, 100):  # etcd allows 128 operations per txn
+        await pub.txn({k: b'{"enabled": true}' for k in keys[i : i + 100]})
+    return set(keys)
+
+
+# --- I1 ----------------------------------------------------------------------------------
+
+
+async def test_converges_to_the_store_under_write_traffic(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """I1 with writes, deletes and re-creates running through the start-up round: the plugin
+    ends with the store's content at its final revision R, applied_revision == R, in sync,
+    one round only, and every key's changes in increasing revision order (I3)."""
+    pub = make_source(etcd1.endpoints, name="pub")
+    await preload(pub, prefix, 300)
+    src = make_source(etcd1.endpoints)
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+
+    async def writer() -> None:
+        for i in range(120):
+            key = f"{prefix}vpp/v2/interfaces/if{i % 40:05d}"
+            if i % 7 == 3:
+                await pub.delete(key)
+            else:
+                await pub.put(key, b'{"mtu": %d}' % (1000 + i))
+            await asyncio.sleep(0.005)
+
+    async with background(writer()) as w:
+        await orch.start()
+        await w
+    r = await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    assert rounds.rec == 0 and orch.status().failed_rounds == 0
+    assert per_key_increasing(plugin.changes)
+    # Everything after the snapshot came as changes, each revision once (I5).
+    snap_rev = plugin.resyncs[0].revisions["etcd"]
+    assert all(ch.revision > snap_rev for ch in plugin.changes)
+    assert len({(c.key, c.revision) for c in plugin.changes}) == len(plugin.changes)
+    assert orch.status().sources["etcd"].applied_revision == r
+
+
+# --- F1 ----------------------------------------------------------------------------------
+
+
+async def test_kill_during_resync_delivers_no_partial_view_and_recovers(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F1: etcd is SIGKILLed while a resync round pages its snapshot. The round fails
+    without any resync event (nothing is deleted on a partial view), rounds retry with
+    backoff while etcd is down, and after a restart on the same data dir the agent
+    converges (I1), writes made meanwhile included."""
+    member = etcd1.members[0]
+    pub = make_source(etcd1.endpoints, name="pub")
+    keys = await preload(pub, prefix, 2000)
+    async with TCPProxy("127.0.0.1", member.client_port) as proxy:
+        src = make_source([proxy.address], page_size=50, max_page_bytes=1)
+        sleep = RecordingSleep()
+        plugin = Recorder("if", [prefix])
+        orch = orch_factory(src, sleep)
+        rounds = Rounds(orch)
+        orch.add_plugin(plugin)
+        await orch.start()
+        await converge(orch, src, plugin, etcd1.endpoints, prefix)
+        assert rounds.rec == 0
+
+        # A slow link makes the paging long enough to kill etcd in the middle of it.
+        proxy.set_mode("delay", delay=0.02)
+        snapshots, pages = src.stats["snapshots"], src.stats["pages"]
+        orch.request_resync("test: forced round")
+        await eventually(lambda: src.stats["pages"] >= pages + 3, "snapshot paging")
+        # I15: the kill lands mid-round, while the snapshot is still being read.
+        assert orch.status().round_running and src.stats["snapshots"] == snapshots
+        await asyncio.to_thread(member.kill)
+        await eventually(lambda: len(rounds.finished) >= 2, "the interrupted round's end")
+        failed = rounds.finished[1]
+        assert not failed.ok and "source:etcd" in failed.errors
+        assert src.stats["snapshots"] == snapshots, "the killed snapshot must not complete"
+        assert len(plugin.resyncs) == 1, "a failed snapshot must reach no plugin"
+        await eventually(lambda: len(rounds.finished) >= 3, "a retry while etcd is down")
+
+        # Writes go on as soon as etcd is back, the agent must pick them up.
+        async def writer() -> None:
+            for i in range(30):
+                await put_retrying(pub, f"{prefix}vpp/v2/interfaces/if{i:05d}", b"%d" % i)
+                await asyncio.sleep(0.01)
+
+        async with background(writer()) as w:
+            await asyncio.to_thread(member.restart)
+            proxy.set_mode("pass")
+            await w
+        await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    st = orch.status()
+    assert st.failed_rounds >= 2 and rounds.rec >= 2
+    assert plugin.deleted == [], "no key present in the store may be deleted"
+    assert all(keys <= ev.kvs.keys() for ev in plugin.resyncs)
+    assert per_key_increasing(plugin.changes)
+    # I8: retries followed the capped exponential schedule (jitter only shortens by 20 %).
+    assert sleep.delays, "failed rounds must back off"
+    for n, d in enumerate(sleep.delays[: st.failed_rounds]):
+        base = min(0.5, 0.1 * 2**n)
+        assert base * 0.8 <= d <= base
+
+
+async def test_kill_while_plugins_apply_resumes_the_watch_without_relist(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F1 variant: etcd dies while the plugin applies the snapshot. The snapshot is whole,
+    so the round succeeds; the source resumes its watch after the restart (same data dir,
+    same history), so no relist is needed and writes made meanwhile arrive as changes."""
+    member = etcd1.members[0]
+    pub = make_source(etcd1.endpoints, name="pub")
+    keys = await preload(pub, prefix, 200)
+    src = make_source(etcd1.endpoints)
+    plugin = Recorder("if", [prefix], gate=asyncio.Event())
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    await orch.start()
+    async with asyncio.timeout(WAIT):
+        await plugin.entered.wait()
+    assert orch.status().round_running  # I15: the kill lands during the apply
+    await asyncio.to_thread(member.kill)
+    assert plugin.gate is not None
+    plugin.gate.set()
+    await asyncio.to_thread(member.restart)
+    await put_retrying(pub, f"{prefix}after-restart", b"1")
+    await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    assert rounds.rec == 0 and orch.status().failed_rounds == 0
+    assert keys <= plugin.state.keys() and plugin.deleted == []
+    assert [c.key for c in plugin.changes] == [f"{prefix}after-restart"]
+
+
+# --- F2 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", ["reset", "blackhole"])
+async def test_compaction_while_cut_off_is_exactly_one_relist(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+    cut: str,
+) -> None:
+    """F2: while the agent's link is cut, keys are deleted, deleted and re-created, added,
+    and the store is compacted to its head. On healing: exactly one relist (rec == 1),
+    0 phantoms, re-created keys at their new value, I1."""
+    member = etcd1.members[0]
+    pub = make_source(etcd1.endpoints, name="pub")
+    await pub.txn({f"{prefix}k{i}": b"old" for i in range(10)})
+    async with TCPProxy("127.0.0.1", member.client_port) as proxy:
+        src = make_source([proxy.address])
+        plugin = Recorder("if", [prefix])
+        orch = orch_factory(src)
+        rounds = Rounds(orch)
+        orch.add_plugin(plugin)
+        await orch.start()
+        await converge(orch, src, plugin, etcd1.endpoints, prefix)
+
+        proxy.trigger_connectivity_loss(cut)
+        gone = [f"{prefix}k{i}" for i in range(0, 4)]
+        recreated = [f"{prefix}k{i}" for i in range(4, 7)]
+        for k in gone + recreated:
+            await pub.delete(k)
+        for k in recreated:
+            await pub.put(k, b"new")
+        head = await pub.put(f"{prefix}added", b"new")
+        await pub.compact(head)
+        # The source notices the cut (a blackhole through its watchdog) before healing.
+        await eventually(lambda: src.state is not SourceState.CONNECTED, "the cut noticed")
+        assert not orch.status().in_sync
+        proxy.restore_connectivity()
+        await converge(orch, src, plugin, etcd1.endpoints, prefix)
+        # A later write still comes as a change: the relist left a working watch behind.
+        await pub.put(prefix + END, b"")
+        await eventually(lambda: prefix + END in plugin.state, "the sentinel")
+    assert rounds.rec == 1, [r.reasons for r in rounds.started]
+    assert "CompactedError" in " ".join(rounds.started[1].reasons)
+    assert orch.status().failed_rounds == 0
+    assert not set(gone) & plugin.state.keys(), "phantoms"
+    assert all(plugin.state[k] == b"new" for k in recreated)
+    assert plugin.state[f"{prefix}added"] == b"new"
+    assert src.stats["compacted"] == 1
+    assert per_key_increasing(plugin.changes)
+
+
+# --- F4 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_leader_kill_resumes_without_relist_losing_or_repeating_nothing(
+    etcd3: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F4: SIGKILL the 3-member cluster's leader, which the agent talks to, under write
+    traffic. The watch resumes on another member: no relist (rec == 0), and the changes the
+    plugin applied are exactly the store's history (no loss I4, no duplicate I5, order I3)."""
+    leader = await asyncio.to_thread(etcd3.leader)
+    others = [m.endpoint for m in etcd3.members if m is not leader]
+    src = make_source([leader.endpoint, *others])
+    pub = make_source([*others, leader.endpoint], name="pub", request_timeout=1.0)
+    await pub.txn({f"{prefix}k{i}": b"0" for i in range(5)})
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    await orch.start()
+    await converge(orch, src, plugin, etcd3.endpoints, prefix)
+    start = plugin.resyncs[0].revisions["etcd"] + 1
+    assert src.endpoint == leader.endpoint
+    acked: list[int] = []
+
+    async def writer() -> None:
+        for i in range(80):
+            key = f"{prefix}k{i % 5}"
+            if i % 9 == 4:
+                acked.append(await pub.delete(key))
+            else:
+                acked.append(await put_retrying(pub, key, b"%d" % i))
+            await asyncio.sleep(0.01)
+
+    async with background(writer()) as w:
+        await eventually(lambda: len(plugin.changes) >= 15, "traffic before the kill")
+        await asyncio.to_thread(leader.kill)
+        await w
+    await put_retrying(pub, prefix + END, b"")
+    await eventually(lambda: prefix + END in plugin.state, "the sentinel")
+    truth = await history(others, prefix, start)
+    assert [(c.key, c.revision) for c in plugin.changes] == truth
+    assert set(acked) <= {r for _, r in truth}, "an acknowledged write was lost"
+    assert rounds.rec == 0, [r.reasons for r in rounds.started]
+    assert orch.status().failed_rounds == 0
+    assert src.endpoint != leader.endpoint and src.stats["reconnects"] >= 1
+    assert src.stats["snapshots"] == 1
+    await converge(orch, src, plugin, others, prefix)
+
+
+# --- F6 ----------------------------------------------------------------------------------
+
+
+async def test_restore_from_backup_resyncs_to_the_restored_content(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """F6: etcd restored from a backup (revision goes back): one store-reset round, and the
+    plugin converges to the restored content: keys created after the backup are deleted,
+    keys changed after it are back at their old value."""
+    pub = make_source(etcd1.endpoints, name="pub")
+    await pub.txn({f"{prefix}kept{i}": b"backup" for i in range(5)})
+    await asyncio.to_thread(etcd1.snapshot_save, tmp_path / "b.db")
+    src = make_source(etcd1.endpoints)
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    await orch.start()
+    await pub.put(f"{prefix}kept0", b"changed-after-backup")
+    for i in range(3):
+        await pub.put(f"{prefix}new{i}", b"after-backup")
+    high = await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    await asyncio.to_thread(etcd1.snapshot_restore, tmp_path / "b.db")
+    restored = await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    assert restored < high
+    assert plugin.state == {f"{prefix}kept{i}": b"backup" for i in range(5)}
+    assert sorted(plugin.deleted) == [f"{prefix}new{i}" for i in range(3)]
+    assert rounds.rec == 1, [r.reasons for r in rounds.started]
+    assert "StoreResetError" in " ".join(rounds.started[1].reasons)
+    # The agent goes on from the restored revision.
+    r = await pub.put(f"{prefix}later", b"1")
+    await eventually(lambda: orch.applied_revision("etcd") == r, "a change after the restore")
+    assert plugin.state[f"{prefix}later"] == b"1"
