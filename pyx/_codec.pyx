@@ -166,6 +166,32 @@ cdef extern from *:
     }
     static inline int ds_is_long(PyObject* o) { return PyLong_CheckExact(o); }
 
+    /* An int field's value as a new reference (NULL on error). */
+    static inline PyObject* ds_int_new(int kind, unsigned long long u) {
+        switch (kind) {
+        case 1: return PyLong_FromLong((signed char)u);   /* K_I8 */
+        case 3: return PyLong_FromLong((short)u);         /* K_I16 */
+        case 5: return PyLong_FromLong((int)u);           /* K_I32 */
+        case 7: return PyLong_FromLongLong((long long)u); /* K_I64 */
+        default:
+            if (u < 0x40000000ULL) return PyLong_FromLong((long)u);
+            return PyLong_FromUnsignedLongLong(u);
+        }
+    }
+    /* Text from wire bytes: ASCII (nearly every name and tag) is copied straight into a
+       compact str; anything else goes through the UTF-8 decoder with "replace". */
+    static PyObject* ds_text(const char* p, Py_ssize_t n) {
+        Py_ssize_t i;
+        PyObject* s;
+        for (i = 0; i < n; i++) {
+            if ((unsigned char)p[i] >= 0x80) return PyUnicode_DecodeUTF8(p, n, "replace");
+        }
+        s = PyUnicode_New(n, 127);
+        if (!s) return NULL;
+        memcpy(PyUnicode_DATA(s), p, n);
+        return s;
+    }
+
     /* encode() as a METH_FASTCALL method: a Cython `def f(..., **kw)` builds a dict on
        every call even when no keyword is given, which is a sizeable part of encoding a
        small message. The shim builds one only when keywords are passed. */
@@ -261,6 +287,8 @@ cdef extern from *:
     unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) noexcept
     int ds_small_long(PyObject* v, long long* out) noexcept
     bint ds_is_long(PyObject* o) noexcept
+    PyObject* ds_int_new(int kind, unsigned long long u)
+    object ds_text(const char* p, Py_ssize_t n)
     ctypedef object (*ds_encode_fn)(object self, object msg_id, object fields, object kw)
     ds_encode_fn ds_encode_impl
     int ds_install_encode(object type, object doc) except -1
@@ -1107,14 +1135,14 @@ cdef object _dec_op(
         off[0] = o + op.size
         nul = <const unsigned char*>memchr(buf + o, 0, op.size)
         n = (nul - (buf + o)) if nul != NULL else op.size
-        return PyUnicode_DecodeUTF8(<const char*>buf + o, n, "replace")
+        return ds_text(<const char*>buf + o, n)
     if kind == K_VSTR:
         _need(o, 4, end)
         n = <Py_ssize_t>_get_be(buf + o, 4)
         o += 4
         _need(o, n, end)
         off[0] = o + n
-        return PyUnicode_DecodeUTF8(<const char*>buf + o, n, "replace")
+        return ds_text(<const char*>buf + o, n)
     if kind == K_STRUCT or kind == K_UNION:
         if op.conv != C_NONE:
             _need(o, op.size, end)
@@ -1197,6 +1225,7 @@ cdef object _dec_fields(
     cdef Py_ssize_t o = base
     cdef COp* op
     cdef int kind
+    cdef PyObject* pv
     # a fixed-size struct that is all there needs no per-field bounds checks
     cdef bint whole = L.fixed_size >= 0 and L.fixed_size <= end - base
     rec = ds_record_new(L.tuple_type, L.n - start)
@@ -1206,9 +1235,15 @@ cdef object _dec_fields(
             kind = op.kind
             if L.is_union:
                 o = base
-            if kind <= K_I64 and kind != K_F64 and (whole or op.size <= end - o):
-                v = _dec_int(op, buf + o)
+            if kind <= K_I64 and (whole or op.size <= end - o):
+                # ints straight into the record (a new reference, stolen by SET_ITEM)
+                pv = ds_int_new(kind, _get_be(buf + o, op.size))
+                if pv == NULL:
+                    raise MemoryError()
+                PyTuple_SET_ITEM(rec, i - start, pv)
                 o += op.size
+                i += 1
+                continue
             elif kind == K_BOOL and (whole or o < end):
                 v = buf[o] != 0
                 o += 1
