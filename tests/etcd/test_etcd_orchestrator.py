@@ -437,7 +437,6 @@ async def test_compaction_while_cut_off_is_exactly_one_relist(
 # --- F4 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 async def test_leader_kill_resumes_without_relist_losing_or_repeating_nothing(
     etcd3: EtcdCluster,
     make_source: Callable[..., EtcdSource],
