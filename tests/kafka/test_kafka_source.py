@@ -75,7 +75,7 @@ async def drain_until_error(it: AsyncIterator[list[Change]]) -> BaseException:
 
 async def wait_for(pred: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT):
-        while not pred():  # noqa: ASYNC110 - polls state that a running watch updates
+        while not pred():
             await asyncio.sleep(0.02)
 
 
