@@ -76,6 +76,17 @@ def etcd3() -> Iterator[EtcdCluster]:
 
 
 @pytest.fixture
+def etcd3_peer_proxied() -> Iterator[EtcdCluster]:
+    """A 3-member cluster whose members' inbound peer traffic goes through proxies."""
+    _need_local()
+    cluster = EtcdCluster(3, peer_proxies=True).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
 async def make_source() -> AsyncIterator[Callable[..., EtcdSource]]:
     """Factory of ``EtcdSource`` with test timeouts, closed at teardown."""
     made: list[EtcdSource] = []

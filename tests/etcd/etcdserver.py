@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.netproxy import ThreadedTCPProxy
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ENV_ENDPOINTS = "DATASYNC_ETCD_ENDPOINTS"
@@ -48,6 +50,8 @@ class EtcdMember:
         self.peer_port = peer_port
         self.initial_cluster = ""
         self.extra_args: list[str] = []
+        #: the peer URL the others use; a proxy's when the cluster has peer proxies
+        self.advertise_peer_url = self.peer_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False
 
@@ -75,7 +79,7 @@ class EtcdMember:
             "--listen-client-urls", client,
             "--advertise-client-urls", client,
             "--listen-peer-urls", self.peer_url,
-            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.advertise_peer_url,
             "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-token", "datasync-test",
             "--initial-cluster-state", state,
@@ -146,15 +150,26 @@ class EtcdMember:
 
 
 class EtcdCluster:
-    """``size`` members on free loopback ports under a temporary directory."""
+    """``size`` members on free loopback ports under a temporary directory.
 
-    def __init__(self, size: int = 1, root: Path | None = None) -> None:
+    With ``peer_proxies`` every member's inbound peer traffic goes through a
+    ``ThreadedTCPProxy`` (``peer_proxy[name]``), as etcd's e2e PeerProxy does: cutting
+    it isolates the member from its leader while its client port stays up.
+    """
+
+    def __init__(self, size: int = 1, root: Path | None = None, peer_proxies: bool = False) -> None:
         self._tmp = None if root is not None else tempfile.TemporaryDirectory(prefix="etcd-")
         self.root = root if root is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.members = [
             EtcdMember(f"m{i}", self.root, free_port(), free_port()) for i in range(size)
         ]
-        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        self.peer_proxy: dict[str, ThreadedTCPProxy] = {}
+        if peer_proxies:
+            for m in self.members:
+                proxy = ThreadedTCPProxy("127.0.0.1", m.peer_port)
+                self.peer_proxy[m.name] = proxy
+                m.advertise_peer_url = f"http://{proxy.address}"
+        initial = ",".join(f"{m.name}={m.advertise_peer_url}" for m in self.members)
         for m in self.members:
             m.initial_cluster = initial
 
@@ -172,6 +187,8 @@ class EtcdCluster:
     def close(self) -> None:
         for m in self.members:
             m.terminate()
+        for proxy in self.peer_proxy.values():
+            proxy.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 

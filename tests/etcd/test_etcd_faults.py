@@ -372,3 +372,42 @@ async def test_cluster_recreated_raises_store_reset(
         assert "cluster id changed" in str(consumer.error)
         snap2 = await src.snapshot([prefix])
     assert snap2.store_id == (await other.snapshot([prefix])).store_id != snap.store_id
+
+
+async def test_leaderless_member_is_not_trusted_and_watch_resumes_after_heal(
+    etcd3_peer_proxied: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    """F5: every peer link is cut (all processes up, client ports answering, progress
+    requests answered too). With require-leader the members cancel our watch, so the source
+    reports DISCONNECTED instead of a silent, stale CONNECTED. After the heal the watch
+    resumes from the last delivered revision: no relist, nothing lost, nothing repeated."""
+    cluster = etcd3_peer_proxied
+    leader = await asyncio.to_thread(cluster.leader)
+    follower = next(m for m in cluster.members if m is not leader)
+    src = make_source(
+        [follower.endpoint, *(m.endpoint for m in cluster.members if m is not follower)]
+    )
+    seen = states_of(src)
+    pub = make_source(cluster.endpoints, name="pub", request_timeout=1.0)
+    snap = await src.snapshot([prefix])
+    consumer = Consumer(src.watch([prefix], snap.revision + 1))
+    await put_retrying(pub, prefix + "before", b"1")
+    await consumer.until(lambda: consumer.saw(prefix + "before"))
+    for proxy in cluster.peer_proxy.values():
+        proxy.trigger_connectivity_loss("blackhole")
+    try:
+        await eventually(lambda: SourceState.DISCONNECTED in seen)
+    finally:
+        for proxy in cluster.peer_proxy.values():
+            proxy.restore_connectivity()
+    for i in range(5):
+        await put_retrying(pub, prefix + f"after{i}", b"2")
+    await put_retrying(pub, prefix + END, b"")
+    await consumer.until(lambda: consumer.saw(prefix + END))
+    await consumer.stop()
+    assert consumer.error is None
+    assert rows(consumer.changes) == await ground_truth(
+        cluster.endpoints, prefix, snap.revision + 1
+    )
+    assert src.stats["compacted"] == 0 and src.stats["snapshots"] == 1
+    assert src.stats["stalls"] == 0  # found by require-leader, not by the watchdog

@@ -167,9 +167,27 @@ class EtcdSource:
     """An etcd cluster as a datasync ``Source`` and ``Publisher``.
 
     ``endpoints`` are ``host:port`` client URLs of the members; the source moves to
-    the next one when the current one fails or stalls. Timeouts are in seconds.
-    ``max_retries=None`` (the default) never gives up on a watch; with a number the
-    watch raises ``SourceUnavailableError`` after that many failed reconnects in a row.
+    the next one when the current one fails or stalls. Timeouts are in seconds:
+
+    - ``connect_timeout``: for a watch to be created; ``request_timeout``: per request;
+    - ``progress_interval``: a quiet watch asks for progress this often;
+      ``stall_timeout``: a watch that hears nothing for this long is STALLED and moved;
+    - ``keepalive_time`` / ``keepalive_timeout``: gRPC HTTP/2 pings (etcd refuses pings
+      more often than every 5 s);
+    - ``backoff_base`` / ``backoff_cap``: reconnect backoff (exponential, equal jitter);
+    - ``max_retries``: None (the default) never gives up on a watch; with a number the
+      watch raises ``SourceUnavailableError`` after that many failed reconnects in a row;
+    - ``page_size``: keys in the first snapshot page (and the least per page);
+      ``max_page_bytes``: target size of later pages; ``max_receive_bytes``: gRPC limit;
+    - ``max_value_bytes``: larger values are dropped, logged and counted (``stats``);
+    - ``recycle_interval``: a healthy watch is replaced after a random time in this range;
+    - ``require_leader``: members without a leader refuse and cancel our requests.
+
+    State changes (CONNECTED, DISCONNECTED, STALLED) go to ``add_state_listener``
+    callbacks; they are informational: a watch that resumes by itself loses nothing, and
+    only an exception from ``watch`` calls for a relist.
+    Publisher requests that fail as unavailable are retried once on each other endpoint,
+    so a put may apply twice around a failover (at-least-once).
     """
 
     def __init__(
