@@ -23,7 +23,7 @@ import os
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClosedError, DatasyncError
 from .codec import codec_for
@@ -36,6 +36,9 @@ from .transport import (
     VppConnectionError,
     VppProtocolError,
 )
+
+if TYPE_CHECKING:
+    from .vac import VacTransport
 
 __all__ = [
     "FaultCallback",
@@ -159,6 +162,8 @@ class VppClient:
         event_queue_size: int = 10000,
         transport: str = "socket",
         shm_size: int = 4 << 20,
+        vac_library: str | None = None,
+        vac_prefix: str | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -177,12 +182,16 @@ class VppClient:
         self.require = tuple(require)
         self.on_fault = on_fault
         self.event_queue_size = event_queue_size
-        if transport not in ("socket", "shm"):
-            raise ValueError(f"transport must be 'socket' or 'shm', got {transport!r}")
+        if transport not in ("socket", "shm", "vac"):
+            raise ValueError(f"transport must be 'socket', 'shm' or 'vac', got {transport!r}")
         #: "socket", or "shm": bodies over the project's shared-memory ring after
-        #: sock_init_shm (the simulator offers it; a real VPP's shm is not this ring)
+        #: sock_init_shm (the simulator offers it; a real VPP's shm is not this ring), or
+        #: "vac": a real VPP's shared memory through libvppapiclient (``path`` unused)
         self.transport_kind = transport
         self.shm_size = shm_size
+        #: the libvppapiclient.so file (default: searched) and VPP's api-segment prefix
+        self.vac_library = vac_library
+        self.vac_prefix = vac_prefix
         #: VPP's pid as reported by control_ping (None until known)
         self.vpe_pid: int | None = None
         self.stats: dict[str, int] = {
@@ -200,7 +209,7 @@ class VppClient:
             "timeouts": 0,
             "max_in_flight_seen": 0,
         }
-        self._transport: SocketTransport | ShmTransport | None = None
+        self._transport: SocketTransport | ShmTransport | VacTransport | None = None
         self._conn: _Conn | None = None
         self._pending: dict[int, _Call] = {}
         self._timed_out: set[int] = set()
@@ -246,7 +255,9 @@ class VppClient:
         if reply.response != 0:
             raise VppConnectionError(f"sockclnt_create refused (response {reply.response})")
         table = {e.name: e.index for e in reply.message_table[: reply.count]}
-        conn = _Conn(table, self.defs, reply.index)
+        return self._check_conn(_Conn(table, self.defs, reply.index))
+
+    def _check_conn(self, conn: _Conn) -> _Conn:
         missing = [n for n in self.require if n not in conn.name_to_id]
         needs = ["control_ping", "control_ping_reply"]
         if self.transport_kind == "shm":
@@ -265,6 +276,8 @@ class VppClient:
         loop = self._loop = asyncio.get_running_loop()
         if self.transport_kind == "shm":
             await self._handshake_shm()
+        elif self.transport_kind == "vac":
+            await self._handshake_vac()
         else:
             await self._handshake_socket(loop)
         self._handshake = None
@@ -351,6 +364,27 @@ class VppClient:
         self._transport = transport
         self._conn = conn
 
+    async def _handshake_vac(self) -> None:
+        # libvppapiclient does the memclnt handshake itself; ids come from
+        # vac_get_msg_index and vac_write stamps the client_index (so ours is 0)
+        from .vac import VacTransport
+
+        names = [m.name_crc for m in self.defs.messages.values()]
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, table = await VacTransport.open(
+                    self, names, name=self.name, prefix=self.vac_prefix, library=self.vac_library
+                )
+        except TimeoutError as exc:
+            raise VppConnectionError(f"vac_connect took over {self.connect_timeout:g} s") from exc
+        try:
+            conn = self._check_conn(_Conn(table, self.defs, 0))
+        except BaseException:
+            transport.close()
+            raise
+        self._transport = transport
+        self._conn = conn
+
     def _why_missing(self, conn: _Conn, names: Sequence[str]) -> str:
         parts = []
         for n in names:
@@ -372,7 +406,7 @@ class VppClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._probe_task = self._reconnect_task = None
-        if self.connected:
+        if self.connected and self.transport_kind != "vac":  # vac_disconnect says goodbye
             assert self._conn is not None
             with contextlib.suppress(DatasyncError, OSError):
                 await self._request(

@@ -1,0 +1,539 @@
+"""The optional libvppapiclient (``vac_*``) transport, bound with cffi in ABI mode.
+
+libvppapiclient.so ships only with a real VPP install (its ABI moves with VPP releases),
+so nothing here is compiled: :meth:`VacLibrary.load` ``dlopen``\\ s the library at run
+time and raises :class:`VacUnavailableError`, naming every place it looked, when it is
+not there.
+
+The library is VPP's shared-memory client. ``vac_connect`` maps VPP's API region and
+does the ``memclnt_create`` handshake itself; message ids come from
+``vac_get_msg_index("name_crc")``; ``vac_write`` copies a body into shared memory and
+stamps its own client index over bytes 2..5; ``vac_read`` pops the next body, which
+the caller must ``vac_free``. The bodies are the same big-endian bytes the socket
+carries, so the client and codec work unchanged on top of :class:`VacTransport`.
+
+The library is a per-process singleton: one connection per loaded library at a time.
+It is used in sync mode (no callback, no library rx thread); our own reader thread
+blocks in ``vac_read`` with the GIL released and hands bodies to the event loop in
+batches. Every return code is checked: the library's -1..-5 codes become
+:class:`VacError` (a :class:`VppConnectionError`), never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes.util
+import glob
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import cffi
+
+from ..errors import DatasyncError
+from .transport import MAX_FRAME, FrameSink, VppConnectionError, VppProtocolError
+
+__all__ = [
+    "ENV_LIBRARY",
+    "VAC_ERRORS",
+    "VacError",
+    "VacLibrary",
+    "VacTransport",
+    "VacUnavailableError",
+]
+
+#: environment variable naming the library file to load
+ENV_LIBRARY = "DATASYNC_VAC_LIBRARY"
+
+# vppapiclient.h as shipped by VPP (vac_errno_t is plain int in the signatures)
+_CDEF = """
+typedef void (*vac_callback_t)(unsigned char *data, int len);
+typedef void (*vac_error_callback_t)(void *, unsigned char *, int);
+int vac_connect(char *name, char *chroot_prefix, vac_callback_t cb, int rx_qlen);
+int vac_disconnect(void);
+int vac_read(char **data, int *l, unsigned short timeout);
+int vac_write(char *data, int len);
+void vac_free(void *msg);
+int vac_get_msg_index(char *name);
+int vac_msg_table_size(void);
+int vac_msg_table_max_index(void);
+void vac_rx_suspend(void);
+void vac_rx_resume(void);
+void vac_set_error_handler(vac_error_callback_t);
+void vac_mem_init(size_t size);
+"""
+
+_SYMBOLS = (
+    "vac_connect",
+    "vac_disconnect",
+    "vac_read",
+    "vac_write",
+    "vac_free",
+    "vac_get_msg_index",
+    "vac_msg_table_size",
+    "vac_msg_table_max_index",
+    "vac_rx_suspend",
+    "vac_rx_resume",
+    "vac_set_error_handler",
+    "vac_mem_init",
+)
+
+ffi = cffi.FFI()
+ffi.cdef(_CDEF)
+
+VAC_SVM_QUEUE_SUB_1 = -1
+VAC_SVM_QUEUE_SUB_2 = -2
+VAC_NOT_CONNECTED = -3
+VAC_SHM_NOT_READY = -4
+VAC_TIMEOUT = -5
+
+#: vac_errno_t: code -> (name, what it means)
+VAC_ERRORS: dict[int, tuple[str, str]] = {
+    VAC_SVM_QUEUE_SUB_1: (
+        "VAC_SVM_QUEUE_SUB_1",
+        "shared-memory queue error (svm_queue -1: queue empty/full, or not connected)",
+    ),
+    VAC_SVM_QUEUE_SUB_2: ("VAC_SVM_QUEUE_SUB_2", "shared-memory queue wait expired (svm_queue -2)"),
+    VAC_NOT_CONNECTED: ("VAC_NOT_CONNECTED", "not connected to VPP"),
+    VAC_SHM_NOT_READY: ("VAC_SHM_NOT_READY", "shared memory not ready (no VPP API region mapped)"),
+    VAC_TIMEOUT: ("VAC_TIMEOUT", "timed out"),
+}
+
+# Where distributions put the library when find_library does not know it (no ldconfig
+# entry, or a container without gcc/ldconfig).
+_SEARCH_GLOBS = (
+    "/usr/lib/x86_64-linux-gnu/libvppapiclient.so*",
+    "/usr/lib/*-linux-gnu/libvppapiclient.so*",
+    "/usr/lib64/libvppapiclient.so*",
+    "/usr/lib/libvppapiclient.so*",
+    "/usr/local/lib/libvppapiclient.so*",
+)
+
+
+class VacUnavailableError(DatasyncError):
+    """libvppapiclient.so is not installed here (or is not a usable libvppapiclient)."""
+
+    def __init__(self, message: str, tried: Sequence[str] = ()) -> None:
+        self.tried = list(tried)
+        super().__init__(message)
+
+
+class VacError(VppConnectionError):
+    """A ``vac_*`` call returned an error code; ``code`` and ``code_name`` say which."""
+
+    def __init__(self, code: int, call: str, detail: str = "") -> None:
+        self.code = code
+        self.call = call
+        name, meaning = VAC_ERRORS.get(code, (f"code {code}", "unknown libvppapiclient error"))
+        self.code_name = name
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"{call} failed: {name} ({code}): {meaning}{extra}")
+
+
+class VacLibrary:
+    """A loaded libvppapiclient: the cffi handle plus the process-wide connection slot."""
+
+    _cache: dict[str, VacLibrary] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, lib: Any, path: str) -> None:
+        self.lib = lib
+        self.path = path
+        #: held while a connection is open: the library keeps one connection per process
+        self.slot = threading.Lock()
+        self._mem_ready = False
+        self._mem_lock = threading.Lock()
+
+    @staticmethod
+    def locate(path: str | os.PathLike[str] | None = None) -> str:
+        """The library file to load; raises :class:`VacUnavailableError` naming what was tried.
+
+        An explicit ``path`` or ``$DATASYNC_VAC_LIBRARY`` (a file, or a bare soname for
+        ``dlopen`` to search) is used alone: a wrong setting must not fall back to some
+        other library. Otherwise ``find_library`` and then
+        the usual library directories are searched.
+        """
+        if path is not None:
+            p = os.fspath(path)
+            if os.path.exists(p) or os.path.sep not in p:  # a bare soname: dlopen searches
+                return p
+            raise VacUnavailableError(
+                f"libvppapiclient.so not found: the path given does not exist: {p}", [p]
+            )
+        env = os.environ.get(ENV_LIBRARY)
+        if env:
+            if os.path.exists(env) or os.path.sep not in env:
+                return env
+            raise VacUnavailableError(
+                f"libvppapiclient.so not found: ${ENV_LIBRARY}={env} does not exist", [env]
+            )
+        tried = [f"${ENV_LIBRARY} (unset)", 'ctypes.util.find_library("vppapiclient")']
+        found = ctypes.util.find_library("vppapiclient")
+        if found:
+            return found
+        for pattern in _SEARCH_GLOBS:
+            tried.append(pattern)
+            hits = sorted(glob.glob(pattern))
+            if hits:
+                return hits[0]
+        raise VacUnavailableError(
+            "libvppapiclient.so not found (it ships with VPP: install VPP, or set "
+            f"${ENV_LIBRARY} to the library file); looked in: " + ", ".join(tried),
+            tried,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> VacLibrary:
+        """Find and ``dlopen`` libvppapiclient (cached per file), checking every symbol."""
+        where = cls.locate(path)
+        key = os.path.realpath(where) if os.path.sep in where else where
+        with cls._cache_lock:
+            cached = cls._cache.get(key)
+            if cached is not None:
+                return cached
+            try:
+                lib = ffi.dlopen(where)
+            except OSError as exc:
+                raise VacUnavailableError(f"cannot load {where}: {exc}", [where]) from exc
+            missing = []
+            for sym in _SYMBOLS:
+                try:
+                    getattr(lib, sym)
+                except AttributeError:
+                    missing.append(sym)
+            if missing:
+                with contextlib.suppress(Exception):
+                    ffi.dlclose(lib)
+                raise VacUnavailableError(
+                    f"{where} is not a usable libvppapiclient: it lacks {', '.join(missing)}",
+                    [where],
+                )
+            self = cls(lib, where)
+            cls._cache[key] = self
+            return self
+
+    def mem_init(self, size: int = 0) -> None:
+        """``vac_mem_init`` once per process (0: the library's default heap, 1 GiB)."""
+        with self._mem_lock:
+            if not self._mem_ready:
+                self.lib.vac_mem_init(size)
+                self._mem_ready = True
+
+    def msg_index(self, name_crc: str) -> int | None:
+        """VPP's id of ``name_crc``, or None when VPP does not offer it (CRC included)."""
+        idx = int(self.lib.vac_get_msg_index(name_crc.encode("ascii")))
+        # the library returns ~0 (-1 as int) for an unknown name; ids are u16 on the wire
+        return idx if 0 < idx <= 0xFFFF else None
+
+    def table_size(self) -> int:
+        return int(self.lib.vac_msg_table_size())
+
+    def table_max_index(self) -> int:
+        return int(self.lib.vac_msg_table_max_index())
+
+
+class VacTransport:
+    """VPP message bodies through libvppapiclient; the same shape as ``SocketTransport``.
+
+    Open it with :meth:`open`; bodies read by the reader thread reach
+    ``sink.frames_received`` on the event loop, and the end of the connection (an error
+    code, :meth:`abort`, :meth:`close`) reaches ``sink.transport_lost`` exactly once,
+    after ``vac_disconnect`` returned and the library is free for the next connection.
+    """
+
+    kind = "vac"
+
+    def __init__(
+        self,
+        library: VacLibrary,
+        sink: FrameSink,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        read_timeout: int = 1,
+    ) -> None:
+        if not 1 <= read_timeout <= 0xFFFF:
+            raise ValueError(f"read_timeout must be 1..65535 seconds, got {read_timeout!r}")
+        self.library = library
+        self.path = library.path
+        self._lib = library.lib
+        self._sink = sink
+        self._loop = loop
+        self._read_timeout = read_timeout
+        self._write_lock = threading.Lock()
+        self._lib_connected = False  # vac_connect succeeded, vac_disconnect not yet called
+        self._holds_slot = False
+        self._closing = False
+        self._shut = False
+        self._lost_error: BaseException | None = None
+        self._rx: list[bytes] = []
+        self._rx_lock = threading.Lock()
+        self._rx_scheduled = False
+        self._reader: threading.Thread | None = None
+        self._wake_body: bytes | None = None
+        self._closed_future: asyncio.Future[None] = loop.create_future()
+        self.table: dict[str, int] = {}
+        #: bodies handed to the loop / written, for tests and stats
+        self.stats = {"read": 0, "written": 0, "batches": 0}
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        sink: FrameSink,
+        names: Iterable[str],
+        *,
+        name: str = "datasync",
+        prefix: str | None = None,
+        library: VacLibrary | str | os.PathLike[str] | None = None,
+        rx_qlen: int = 32,
+        read_timeout: int = 1,
+        mem_size: int = 0,
+        slot_timeout: float = 10.0,
+    ) -> tuple[VacTransport, dict[str, int]]:
+        """Connect (``vac_connect`` in sync mode) and resolve ``names`` (each a name_crc).
+
+        Returns the transport, already reading, and ``{name_crc: id}`` for every name VPP
+        offers. ``prefix`` is VPP's ``api-segment { prefix }`` (None: the default region).
+        Raises :class:`VacUnavailableError` without the library, :class:`VacError` when
+        ``vac_connect`` fails.
+        """
+        lib = library if isinstance(library, VacLibrary) else VacLibrary.load(library)
+        loop = asyncio.get_running_loop()
+        self = cls(lib, sink, loop, read_timeout=read_timeout)
+        wanted = list(names)
+        # vac_connect blocks (up to 10 s inside the library): run it off the loop
+        fut = loop.run_in_executor(
+            None, self._open_blocking, name, prefix, rx_qlen, mem_size, wanted, slot_timeout
+        )
+        try:
+            table = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # the connect goes on in its thread: undo it once it is done
+            fut.add_done_callback(lambda f: self._undo_open(f))
+            raise
+        self.table = table
+        self._start_reader()
+        return self, dict(table)
+
+    def _open_blocking(
+        self,
+        name: str,
+        prefix: str | None,
+        rx_qlen: int,
+        mem_size: int,
+        names: list[str],
+        slot_timeout: float,
+    ) -> dict[str, int]:
+        library = self.library
+        if not library.slot.acquire(timeout=slot_timeout):
+            raise VppConnectionError(
+                f"{library.path} is still connected (libvppapiclient allows one connection "
+                "per process): close the other VppClient first"
+            )
+        self._holds_slot = True
+        try:
+            library.mem_init(mem_size)
+            c_name = ffi.new("char[]", name.encode("utf-8")[:63])
+            c_prefix = ffi.new("char[]", prefix.encode("utf-8")) if prefix else ffi.NULL
+            rc = int(self._lib.vac_connect(c_name, c_prefix, ffi.NULL, rx_qlen))
+            if rc != 0:
+                where = f"prefix {prefix!r}" if prefix else "the default API region"
+                raise VacError(rc, "vac_connect", f"is VPP running? {where}")
+            self._lib_connected = True
+            table = {}
+            for name_crc in names:
+                idx = library.msg_index(name_crc)
+                if idx is not None:
+                    table[name_crc] = idx
+            ping = next(
+                (v for k, v in table.items() if k.rpartition("_")[0] == "control_ping"), None
+            )
+            if ping is not None:
+                # answered by VPP: wakes the reader out of vac_read when closing
+                self._wake_body = struct.pack(">HII", ping, 0, 0)
+            return table
+        except BaseException:
+            self._disconnect_blocking()
+            self._release_slot()
+            raise
+
+    def _undo_open(self, fut: asyncio.Future[dict[str, int]]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._closing = True
+
+            def undo() -> None:
+                self._disconnect_blocking()
+                self._release_slot()
+
+            threading.Thread(target=undo, daemon=True).start()
+
+    def _disconnect_blocking(self) -> None:
+        """vac_disconnect, once; safe from any thread."""
+        with self._write_lock:
+            if self._lib_connected:
+                self._lib_connected = False
+                # a failing disconnect still frees us: the library resets its state anyway
+                with contextlib.suppress(Exception):
+                    self._lib.vac_disconnect()
+
+    def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self.library.slot.release()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"vac-reader-{self.path}", daemon=True
+        )
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        lib = self._lib
+        pbuf = ffi.new("char **")
+        plen = ffi.new("int *")
+        timeout = self._read_timeout
+        err: BaseException | None = None
+        try:
+            while not self._closing:
+                pbuf[0] = ffi.NULL
+                plen[0] = 0
+                rv = int(lib.vac_read(pbuf, plen, timeout))
+                if rv == VAC_TIMEOUT:
+                    continue  # also keepalive and suspend pseudo-messages: just poll again
+                if rv != 0:
+                    err = VacError(rv, "vac_read")
+                    break
+                ptr = pbuf[0]
+                n = int(plen[0])
+                if ptr == ffi.NULL:
+                    err = VppProtocolError("vac_read returned success with no message")
+                    break
+                try:
+                    if n < 0 or n > MAX_FRAME:
+                        err = VppProtocolError(f"vac_read returned a message of {n} bytes")
+                        break
+                    body = ffi.buffer(ptr, n)[:]
+                finally:
+                    lib.vac_free(ptr)
+                if self._closing:
+                    break
+                self._push(body)
+        except Exception as exc:  # a misbehaving library must end the connection, not us
+            err = VppConnectionError(f"libvppapiclient reader failed: {exc!r}")
+        finally:
+            self._finish(err)
+
+    def _push(self, body: bytes) -> None:
+        with self._rx_lock:
+            self._rx.append(body)
+            if self._rx_scheduled:
+                return
+            self._rx_scheduled = True
+        self._to_loop(self._drain_rx)
+
+    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> bool:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self._closing = True
+            return False
+        return True
+
+    def _drain_rx(self) -> None:
+        with self._rx_lock:
+            bodies, self._rx = self._rx, []
+            self._rx_scheduled = False
+        if bodies and not self._closing:
+            self.stats["read"] += len(bodies)
+            self.stats["batches"] += 1
+            self._sink.frames_received(bodies)
+
+    def _finish(self, err: BaseException | None) -> None:
+        """Reader thread exit: disconnect, then tell the loop (which frees the slot)."""
+        self._closing = True
+        self._disconnect_blocking()
+        if self._lost_error is None:
+            self._lost_error = err
+        if not self._to_loop(self._report_lost):
+            self._release_slot()
+
+    def _report_lost(self) -> None:
+        # The slot is freed only after the sink heard of the loss: a reconnect cannot
+        # finish before it, so this late report never hits the next connection.
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            with self._rx_lock:
+                self._rx.clear()
+            if not self._closed_future.done():
+                self._closed_future.set_result(None)
+            self._sink.transport_lost(self._lost_error)
+        finally:
+            self._release_slot()
+
+    # -- the transport interface the client uses ------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closing
+
+    def send(self, body: bytes) -> None:
+        """Write one body (``vac_write`` copies it into shared memory)."""
+        self.send_many((body,))
+
+    def send_many(self, bodies: Iterable[bytes]) -> None:
+        """Write bodies in order; a failing ``vac_write`` ends the connection."""
+        if self._closing:
+            return
+        write = self._lib.vac_write
+        rc = 0
+        with self._write_lock:
+            if not self._lib_connected:
+                return
+            for body in bodies:
+                rc = int(write(body, len(body)))
+                if rc != 0:
+                    break
+                self.stats["written"] += 1
+        if rc != 0:
+            self._end(VacError(rc, "vac_write"))
+
+    async def drain(self) -> None:
+        return None  # vac_write blocks in the library when VPP's queue is full
+
+    def _end(self, err: BaseException | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._lost_error is None:
+            self._lost_error = err
+        if self._reader is None or not self._reader.is_alive():
+            threading.Thread(target=self._finish, args=(err,), daemon=True).start()
+            return
+        # The reader sits in vac_read: VPP's answer to a ping wakes it at once (else it
+        # sees the flag after read_timeout, when VPP is hung).
+        wake = self._wake_body
+        if wake is not None:
+            with self._write_lock:
+                if self._lib_connected:
+                    with contextlib.suppress(Exception):
+                        self._lib.vac_write(wake, len(wake))
+
+    def close(self) -> None:
+        """Disconnect (in the reader thread); ``transport_lost(None)`` follows."""
+        self._end(None)
+
+    def abort(self) -> None:
+        """Drop the connection now; ``transport_lost`` follows with a connection error."""
+        self._end(VppConnectionError("VPP API connection (libvppapiclient) aborted"))
+
+    async def wait_closed(self) -> None:
+        """Wait until ``vac_disconnect`` returned and ``transport_lost`` was delivered."""
+        await asyncio.shield(self._closed_future)
