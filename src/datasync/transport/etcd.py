@@ -547,7 +547,9 @@ class EtcdSource:
                                 continue
                             key = kv.key
                             if not key.startswith(bprefixes):
+                                # Inside the covering range, outside every prefix: expected.
                                 self.stats["outside_prefix"] += 1
+                                log.debug("etcd source %s: skipped key %r", name, key)
                                 continue
                             if ev.type == _PUT:
                                 if len(kv.value) > maxv:
