@@ -165,6 +165,10 @@ cdef extern from *:
         return 0;
     }
     static inline int ds_is_long(PyObject* o) { return PyLong_CheckExact(o); }
+    /* Exact str holding only ASCII: its UTF-8 form is its own data (no encoding, no error). */
+    static inline int ds_ascii(PyObject* o) {
+        return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o);
+    }
 
     /* An int field's value as a new reference (NULL on error). */
     static inline PyObject* ds_int_new(int kind, unsigned long long u) {
@@ -287,6 +291,7 @@ cdef extern from *:
     unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) noexcept
     int ds_small_long(PyObject* v, long long* out) noexcept
     bint ds_is_long(PyObject* o) noexcept
+    bint ds_ascii(object o) noexcept
     PyObject* ds_int_new(int kind, unsigned long long u)
     object ds_text(const char* p, Py_ssize_t n)
     ctypedef object (*ds_encode_fn)(object self, object msg_id, object fields, object kw)
@@ -719,7 +724,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return _zeros(w, op.size - n)
         if op.conv != C_NONE:
             if PyUnicode_CheckExact(v):
-                if _conv_str(op, v, w):
+                if ds_ascii(v) and _conv_str(op, v, w):
                     return 0
             elif _conv_obj(op, v, w):
                 return 0
@@ -727,8 +732,8 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
     if kind == K_STR:
         if v is None:
             return _zeros(w, op.size)
-        if not PyUnicode_CheckExact(v):
-            return _slow_op(op, v, w)
+        if not ds_ascii(v):
+            return _slow_op(op, v, w)  # other text: the twin encodes UTF-8 (and its errors)
         s = PyUnicode_AsUTF8AndSize(v, &n)
         if n >= op.size:
             return _slow_op(op, v, w)
@@ -740,7 +745,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
     if kind == K_VSTR:
         if v is None:
             return _zeros(w, 4)
-        if not PyUnicode_CheckExact(v):
+        if not ds_ascii(v):
             return _slow_op(op, v, w)
         s = PyUnicode_AsUTF8AndSize(v, &n)
         if n > 0xFFFFFFFF:
@@ -754,7 +759,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return _enc_struct(<_Layout>op.sub, v, w, 0)
         if op.conv != C_NONE:
             if PyUnicode_CheckExact(v):
-                if _conv_str(op, v, w):
+                if ds_ascii(v) and _conv_str(op, v, w):
                     return 0
             elif _conv_obj(op, v, w):
                 return 0

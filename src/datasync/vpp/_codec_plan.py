@@ -4,30 +4,7 @@ One program per struct (message, type or union): a tuple of ``Op`` in wire order
 interpreters (``pyx/_codec.pyx`` and ``_codec_py.py``) run the same program, so they can
 only differ in how they walk bytes, never in what a definition means.
 
-Representation of converted types (what vpp-papi 2.4.2 does, so that comparing a decoded
-message with vpp-papi's unpack is plain ``==``):
-
-=========================== ======================================= ========================
-type                        decoded as                              also accepted on encode
-=========================== ======================================= ========================
-ip4_address / ip6_address   ``IPv4Address`` / ``IPv6Address``       bytes, str, ``.packed``
-address                     ``IPv4Address`` / ``IPv6Address``       str, dict {af, un}
-                            (None for an unknown af)
-prefix                      ``IPv4Network`` / ``IPv6Network``       "10.0.0.1/24", Network,
-                            (host bits masked, like strict=False)   Interface, dict
-address_with_prefix         ``IPv4Interface`` / ``IPv6Interface``   same as prefix
-ip4/ip6_prefix, …_with_…    Network / Interface                     same as prefix
-mac_address                 ``MacAddress`` (a bytes subclass whose  6 bytes, "aa:bb:…",
-                            str() is "aa:bb:cc:dd:ee:ff")           ``.packed``
-timestamp / timedelta (f64) ``datetime`` / ``timedelta``            float, datetime
-=========================== ======================================= ========================
-
-Everything else: integers and enums as ``int`` (an enum field also accepts its value's
-name on encode), ``bool``, ``float``, strings as ``str`` (UTF-8; fixed ``string x[N]``
-holds at most N-1 bytes), ``u8`` arrays as ``bytes``, other arrays as ``list``, types as
-nested namedtuples, unions as a namedtuple of every arm decoded from the same bytes.
-Missing fields encode as their default or zero; a variable array's length field, when
-left out, is filled from the array.
+The Python representation of each wire type is documented in ``datasync.vpp.codec``.
 """
 
 from __future__ import annotations

@@ -177,7 +177,10 @@ def _as_bytes(v: Any) -> bytes:
 
 def _as_text(v: Any) -> bytes:
     if isinstance(v, str):
-        return v.encode("utf-8")
+        try:
+            return v.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise FieldError(f"not encodable as UTF-8: {exc.reason}") from None
     if isinstance(v, _BYTES_LIKE):
         return bytes(v)
     raise FieldError(f"expected a string, got {type(v).__name__}")

@@ -1,9 +1,49 @@
 """VPP message codec: the compiled one (``datasync._codec_c``) or its pure-Python twin.
 
-``codec_for(defs, name)`` compiles a message definition once into an op program and returns
-a ``MessageCodec`` with ``encode(msg_id, fields)`` -> body bytes and ``decode(body)`` -> a
-namedtuple. The Python representation of addresses, prefixes and MACs is documented in
-``datasync.vpp._codec_plan`` (it follows vpp-papi 2.4.2, whose bytes ours match exactly).
+``codec_for(defs, name)`` compiles a message definition once into an op program
+(``_codec_plan``) and returns a ``MessageCodec``: ``encode(msg_id, fields, **kw)`` gives
+the message body (``_vl_msg_id`` first), ``decode(body)`` a namedtuple of every other
+field. Bytes are identical to vpp-papi 2.4.2's serializer; bad input raises
+``CodecError`` naming the message and the field path (``route.paths[1].weight``).
+
+Python representation (vpp-papi's, so ``tuple(decoded) == vpp_papi_unpack(...)[1:]``):
+
+============================ ========================================= =====================
+wire type                    decoded as                                also accepted on encode
+============================ ========================================= =====================
+integers, enums, enumflags   ``int`` (vpp-papi: IntFlag, equal)        enum member names
+``bool`` / ``f64``           ``bool`` / ``float`` (f64: host order)
+``string x[N]`` / ``x[]``    ``str`` (UTF-8; ``[N]`` holds <= N-1)     ``bytes``
+``u8 x[N]`` / ``u8 x[n]``    ``bytes`` (``[N]``: shorter input padded)  list of ints
+other arrays                 ``list``
+types, unions                nested namedtuples (a union: every arm,   mapping, namedtuple;
+                             decoded from the same bytes)              a union also a plain
+                                                                       value (first arm
+                                                                       that takes it)
+ip4_address / ip6_address    ``IPv4Address`` / ``IPv6Address``         text, bytes
+address                      ``IPv4Address`` / ``IPv6Address``, None   text, ipaddress,
+                             for an unknown af                         ``{af, un}``
+prefix                       ``IPv4Network`` / ``IPv6Network`` (host   ``"10.0.0.1/24"``,
+                             bits masked, as vpp-papi)                 network, interface
+address_with_prefix          ``IPv4Interface`` / ``IPv6Interface``     same as prefix
+ip4/ip6_prefix (+with_...)   network / interface                       same as prefix
+mac_address                  ``MacAddress`` (bytes; ``str()`` gives    ``"aa:bb:.."``, bytes
+                             ``aa:bb:cc:dd:ee:ff``; equals vpp-papi's
+                             ``MACAddress``)
+============================ ========================================= =====================
+
+Missing fields encode as their ``[default=...]`` or zero (also fixed arrays of types, which
+vpp-papi refuses); a variable array's length field, when left out, is taken from the
+array. Differences from vpp-papi, all on inputs it rejects or mishandles: unknown fields
+raise at every nesting level (vpp-papi ignores them below the top); decoding never
+raises on text (invalid UTF-8 is replaced); ``ip4_prefix`` with host bits decodes
+(masked) instead of raising; a prefix length beyond 32/128 is a ``CodecError``. Note
+that vpp-papi's type registry is global, so a ``[default=...]`` on one message's alias
+or enum field leaks into every message parsed after it (e.g. ``interface_index`` fields
+become ~0 when omitted): compare with vpp-papi with every such field given.
+
+Decoded values may be shared between decodes (all-zero small records such as MPLS labels,
+and prefixes, cached by wire bytes): they are immutable values.
 """
 
 from __future__ import annotations
