@@ -59,7 +59,7 @@ static int connected;
 static int mem_inits, connects, disconnects, writes, reads;
 static long outstanding; /* buffers handed out by vac_read and not yet vac_free'd */
 static int counts[1024];
-static int connect_result, write_result, read_result, bad_read, hang;
+static int connect_result, write_result, read_result, bad_read, hang, connect_delay_ms;
 static int events_enabled;
 static uint32_t vpe_pid = 4242;
 static char last_name[64], last_prefix[64];
@@ -123,7 +123,18 @@ vac_mem_init (size_t size)
 int
 vac_connect (char *name, char *chroot_prefix, vac_callback_t cb, int rx_qlen)
 {
-  int rv;
+  int rv, delay;
+  struct timespec ts;
+  pthread_mutex_lock (&lock);
+  delay = connect_delay_ms;
+  pthread_mutex_unlock (&lock);
+  if (delay > 0)
+    {
+      /* the real vac_connect waits up to 10 s for memclnt_create_reply */
+      ts.tv_sec = delay / 1000;
+      ts.tv_nsec = (long) (delay % 1000) * 1000000L;
+      nanosleep (&ts, 0);
+    }
   pthread_mutex_lock (&lock);
   strncpy (last_name, name ? name : "", sizeof (last_name) - 1);
   strncpy (last_prefix, chroot_prefix ? chroot_prefix : "", sizeof (last_prefix) - 1);
@@ -365,7 +376,7 @@ fake_vac_reset (void)
   connected = 0;
   mem_inits = connects = disconnects = writes = reads = 0;
   memset (counts, 0, sizeof (counts));
-  connect_result = write_result = read_result = bad_read = hang = 0;
+  connect_result = write_result = read_result = bad_read = hang = connect_delay_ms = 0;
   events_enabled = 0;
   vpe_pid = 4242;
   last_name[0] = last_prefix[0] = 0;
@@ -381,6 +392,14 @@ fake_vac_set_connect_result (int rv)
 {
   pthread_mutex_lock (&lock);
   connect_result = rv;
+  pthread_mutex_unlock (&lock);
+}
+
+void
+fake_vac_set_connect_delay (int ms)
+{
+  pthread_mutex_lock (&lock);
+  connect_delay_ms = ms;
   pthread_mutex_unlock (&lock);
 }
 

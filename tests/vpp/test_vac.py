@@ -74,6 +74,7 @@ _CTL.cdef(
     """
     void fake_vac_reset(void);
     void fake_vac_set_connect_result(int rv);
+    void fake_vac_set_connect_delay(int ms);
     void fake_vac_set_write_result(int rv);
     void fake_vac_set_read_result(int rv);
     void fake_vac_set_bad_read(int mode);
@@ -504,6 +505,27 @@ async def test_client_connect_error(fake: Fake) -> None:
     with pytest.raises(VacError, match="VAC_SHM_NOT_READY"):
         await c.connect()
     await c.close()
+
+
+async def test_client_finds_the_library_through_the_environment(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_LIBRARY, fake.path)
+    c = VppClient(transport="vac", probe_interval=None)
+    await c.connect()
+    assert (await c.call("control_ping")).retval == 0
+    await c.close()
+
+
+async def test_client_connect_timeout_undoes_the_late_connect(fake: Fake) -> None:
+    fake.ctl.fake_vac_set_connect_delay(300)
+    c = VppClient(transport="vac", vac_library=fake.path, probe_interval=None, connect_timeout=0.05)
+    with pytest.raises(VppConnectionError, match=r"vac_connect took over 0\.05 s"):
+        await c.connect()
+    await c.close()
+    # the connect finished in its thread after we gave up: it is disconnected again
+    await eventually(lambda: fake.stat("connects") == 1 and fake.idle)
+    assert fake.stat("disconnects") == 1
 
 
 async def test_client_reconnects_after_a_read_error(fake: Fake, make_client: Any) -> None:

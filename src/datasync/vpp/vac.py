@@ -137,6 +137,8 @@ class VacLibrary:
     """A loaded libvppapiclient: the cffi handle plus the process-wide connection slot."""
 
     _cache: dict[str, VacLibrary] = {}
+    #: searches already done: (path, $DATASYNC_VAC_LIBRARY) -> library (find_library forks)
+    _found: dict[tuple[str | None, str | None], VacLibrary] = {}
     _cache_lock = threading.Lock()
 
     def __init__(self, lib: Any, path: str) -> None:
@@ -188,11 +190,16 @@ class VacLibrary:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> VacLibrary:
         """Find and ``dlopen`` libvppapiclient (cached per file), checking every symbol."""
+        query = (None if path is None else os.fspath(path), os.environ.get(ENV_LIBRARY))
+        found = cls._found.get(query)
+        if found is not None:
+            return found
         where = cls.locate(path)
         key = os.path.realpath(where) if os.path.sep in where else where
         with cls._cache_lock:
             cached = cls._cache.get(key)
             if cached is not None:
+                cls._found[query] = cached
                 return cached
             try:
                 lib = ffi.dlopen(where)
@@ -213,6 +220,7 @@ class VacLibrary:
                 )
             self = cls(lib, where)
             cls._cache[key] = self
+            cls._found[query] = self
             return self
 
     def mem_init(self, size: int = 0) -> None:
@@ -301,8 +309,11 @@ class VacTransport:
         Raises :class:`VacUnavailableError` without the library, :class:`VacError` when
         ``vac_connect`` fails.
         """
-        lib = library if isinstance(library, VacLibrary) else VacLibrary.load(library)
         loop = asyncio.get_running_loop()
+        if isinstance(library, VacLibrary):
+            lib = library
+        else:  # the first search runs ldconfig: keep it off the loop
+            lib = await loop.run_in_executor(None, VacLibrary.load, library)
         self = cls(lib, sink, loop, read_timeout=read_timeout)
         wanted = list(names)
         # vac_connect blocks (up to 10 s inside the library): run it off the loop
