@@ -1,0 +1,394 @@
+"""End-to-end fault tests: the resync orchestrator over the REAL Kafka source and the tansu
+broker (FAULTS.md F7, F8, F19; invariants I1, I3, I5, I8).
+
+The plugin is a ``Recorder`` that keeps the state it was told, every change it applied and a
+count of effective changes. ``rec`` (FAULTS.md I8) is the number of rounds after start-up.
+
+What a redelivered record does, end to end: a producer resend is a second record at a NEW
+offset, so the source yields it as a change with a newer revision and the same value. The
+revision filter only drops revisions at or below what was applied, and the orchestrator does
+not compare values, so the plugin IS handed the repeat. Plugins must be idempotent (apply
+desired state, compare before writing): the tests assert 0 duplicate effects at the plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from datasync.api import Change, ChangeEvent, Op, ResyncEvent, SourceState
+from datasync.errors import SourceError
+from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from datasync.transport.kafka import (
+    KafkaLogTruncatedError,
+    KafkaOffsetOutOfRangeError,
+    KafkaPublisher,
+    KafkaSource,
+    KafkaTopicRecreatedError,
+)
+from tests.netproxy import TCPProxy
+
+from .conftest import TansuBroker, _quiet, free_port
+
+pytestmark = pytest.mark.kafka
+
+WAIT = 20.0  # safety net against hangs only
+IF = "/vnf-agent/vpp1/config/vpp/v2/interfaces/"
+
+
+# --- the plugin and the harness ----------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """A plugin that keeps the state it was told, as a dataplane would.
+
+    ``effects`` counts changes that really changed the state (a put of a new value, a
+    delete of a present key): an idempotent plugin does nothing for a repeated value.
+    """
+
+    name: str
+    prefixes: Sequence[str]
+    depends_on: Sequence[str] = ()
+    state: dict[str, bytes] = field(default_factory=dict)
+    resyncs: list[ResyncEvent] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    effects: int = 0
+
+    async def resync(self, ev: ResyncEvent) -> None:
+        self.resyncs.append(ev)
+        new = {k: kv.value for k, kv in ev.kvs.items()}
+        gone = sorted(self.state.keys() - new.keys())
+        self.deleted += gone
+        self.effects += len(gone) + sum(self.state.get(k) != v for k, v in new.items())
+        self.state = new
+
+    async def change(self, ev: ChangeEvent) -> None:
+        for ch in ev.changes:
+            self.changes.append(ch)
+            if ch.op is Op.PUT:
+                assert ch.value is not None
+                self.effects += self.state.get(ch.key) != ch.value
+                self.state[ch.key] = ch.value
+            elif ch.key in self.state:
+                del self.state[ch.key]
+                self.deleted.append(ch.key)
+                self.effects += 1
+
+
+class Rounds:
+    """Round events of one orchestrator."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.started: list[RoundStarted] = []
+        self.finished: list[RoundFinished] = []
+        orch.add_listener(self._add)
+
+    def _add(self, ev: object) -> None:
+        if isinstance(ev, RoundStarted):
+            self.started.append(ev)
+        elif isinstance(ev, RoundFinished):
+            self.finished.append(ev)
+
+    @property
+    def rec(self) -> int:
+        """Full relists after the start-up round."""
+        return max(0, len(self.started) - 1)
+
+
+def fast_source(bootstrap: str, topic: str, name: str = "kafka", **kw: Any) -> KafkaSource:
+    """A source with short poll and probe intervals, so fault tests finish quickly."""
+    opts: dict[str, Any] = {
+        "poll_timeout": 0.05,
+        "check_interval": 0.5,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.5,
+        "request_timeout": 1.0,
+        "config": {"logger": _quiet},
+    }
+    return KafkaSource(name, bootstrap, topic, **{**opts, **kw})
+
+
+@pytest.fixture
+async def made() -> AsyncIterator[list[Any]]:
+    """Orchestrators, sources and publishers, closed at teardown in reverse order."""
+    objs: list[Any] = []
+    yield objs
+    for o in reversed(objs):
+        if isinstance(o, Orchestrator):
+            await o.stop()
+        else:
+            await o.close()
+
+
+def orchestrator(
+    made: list[Any], src: KafkaSource, plugin: Recorder
+) -> tuple[Orchestrator, Rounds]:
+    made.append(src)
+    orch = Orchestrator(
+        [src],
+        ResyncConfig(backoff_initial=0.1, backoff_max=0.5, escalation="retry"),
+        rng=random.Random(7),
+    )
+    made.append(orch)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    return orch, rounds
+
+
+async def eventually(pred: Callable[[], bool], what: str = "condition") -> None:
+    try:
+        async with asyncio.timeout(WAIT):
+            while not pred():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def converge(
+    orch: Orchestrator, src: KafkaSource, plugin: Recorder, bootstrap: str, topic: str
+) -> int:
+    """I1: the plugin holds the log's content at its end R (the high watermark), the
+    orchestrator reports applied_revision == R and in_sync; returns R."""
+    truth = fast_source(bootstrap, topic, name="truth")
+    want: dict[str, bytes] = {}
+    revision = -1
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                with contextlib.suppress(SourceError):
+                    snap = await truth.snapshot(list(plugin.prefixes))
+                    want = {kv.key: kv.value for kv in snap.kvs}
+                    revision = snap.revision
+                    if (
+                        plugin.state == want
+                        and orch.applied_revision(src.name) == revision
+                        and orch.status().in_sync
+                    ):
+                        return revision
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(
+            f"no convergence: plugin {plugin.state} vs log {want}; applied "
+            f"{orch.applied_revision(src.name)} vs R {revision}; {orch.status()}"
+        ) from None
+    finally:
+        await truth.close()
+
+
+def per_key_increasing(changes: list[Change]) -> bool:
+    """I3: for every key, the applied revisions strictly increase."""
+    last: dict[str, int] = {}
+    for ch in changes:
+        if ch.revision <= last.get(ch.key, 0):
+            return False
+        last[ch.key] = ch.revision
+    return True
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Awaitable[object]) -> AsyncIterator[asyncio.Future[object]]:
+    """Run ``coro`` for the block; cancel it if the block fails first."""
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+def resend(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
+    """What a producer retrying after a lost ack does: the same records written again."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "logger": _quiet})
+    for key, value in records:
+        p.produce(topic, value, key, 0)
+    assert p.flush(10) == 0
+
+
+# --- I1 ----------------------------------------------------------------------------------
+
+
+async def test_converges_to_the_log_under_write_traffic(
+    tansu: TansuBroker, topic: str, made: list[Any]
+) -> None:
+    """I1 over Kafka, with puts and tombstones running through the start-up round: the plugin
+    ends with the log's content at its end, applied_revision == the high watermark, one
+    round, per-key order kept (I3), every revision applied once (I5)."""
+    pub = KafkaPublisher(tansu.bootstrap, topic)
+    made.append(pub)
+    await pub.txn({f"{IF}if{i}": b'{"enabled": true}' for i in range(100)})
+    src = fast_source(tansu.bootstrap, topic)
+    plugin = Recorder("if", [IF])
+    orch, rounds = orchestrator(made, src, plugin)
+
+    async def writer() -> None:
+        await eventually(lambda: bool(rounds.started), "the start-up round")
+        for i in range(60):
+            key = f"{IF}if{i % 20}"
+            if i % 7 == 3:
+                await pub.delete(key)
+            else:
+                await pub.put(key, b'{"mtu": %d}' % (1000 + i))
+            await asyncio.sleep(0.02)
+
+    async with background(writer()) as w:
+        await orch.start()
+        await w
+    assert await converge(orch, src, plugin, tansu.bootstrap, topic) == 160
+    assert rounds.rec == 0 and orch.status().failed_rounds == 0
+    assert per_key_increasing(plugin.changes)
+    snap_rev = plugin.resyncs[0].revisions["kafka"]
+    assert snap_rev < 160, "I15: the writes must overlap the round, not precede it"
+    assert all(c.revision > snap_rev for c in plugin.changes)
+    assert [c.revision for c in plugin.changes] == list(range(snap_rev + 1, 161))
+
+
+# --- F7 / F8 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_broker_restart_resyncs_to_the_emptied_then_republished_log(
+    fresh_tansu: TansuBroker, made: list[Any], sig: int
+) -> None:
+    """F7/F8: tansu restarts with an empty log (memory storage; the topic is re-created by
+    the operator). The orchestrator sees the store reset and resyncs to the log as it now
+    is: EMPTY, so the plugin is told to delete everything it had. The log is the only
+    authority: a lost log and a deliberate wipe look the same, and keeping the old state
+    would be a stale claim. Re-published records then arrive as plain changes (no further
+    round), and the plugin converges to exactly what was re-published."""
+    broker = fresh_tansu
+    topic = broker.create_topic()
+    pub = KafkaPublisher(broker.bootstrap, topic, config={"logger": _quiet})
+    made.append(pub)
+    old = {f"{IF}if{i}": b'{"mtu": 1500}' for i in range(5)}
+    await pub.txn(old)
+    src = fast_source(broker.bootstrap, topic)
+    states: list[SourceState] = []
+    src.add_state_listener(lambda _n, s, _r: states.append(s))
+    plugin = Recorder("if", [IF])
+    orch, rounds = orchestrator(made, src, plugin)
+    await orch.start()
+    assert await converge(orch, src, plugin, broker.bootstrap, topic) == 5
+    old_store = src.store_id
+
+    await asyncio.to_thread(broker.restart, sig, {topic: 1})
+    await eventually(lambda: any(f.ok for f in rounds.finished[1:]), "the store-reset round")
+    assert await converge(orch, src, plugin, broker.bootstrap, topic) == 0
+    assert plugin.state == {} and sorted(plugin.deleted) == sorted(old)
+    assert plugin.resyncs[-1].revisions == {"kafka": 0} and not plugin.resyncs[-1].kvs
+    # F8: rec == 1. The reset shows as a new topic id, a vanished topic or a log end below
+    # the position, whichever the watch sees first: all StoreResetErrors.
+    assert rounds.rec == 1, [s.reasons for s in rounds.started]
+    assert any(
+        e.__name__ in rounds.started[1].reasons[0]
+        for e in (KafkaTopicRecreatedError, KafkaLogTruncatedError, KafkaOffsetOutOfRangeError)
+    ), rounds.started[1].reasons
+    assert src.store_id != old_store
+    assert SourceState.DISCONNECTED in states
+
+    republished = {f"{IF}if0": b'{"mtu": 9000}', f"{IF}if7": b'{"mtu": 1500}'}
+    await pub.txn(republished)
+    assert await converge(orch, src, plugin, broker.bootstrap, topic) == 2
+    assert plugin.state == republished
+    assert rounds.rec == 1, "re-published records are changes, not a new round"
+    assert [c.revision for c in plugin.changes] == [1, 2]
+    assert orch.status().failed_rounds == 0
+
+
+async def test_link_loss_resumes_without_relist(tansu_bin: str, made: list[Any]) -> None:
+    """F7 through a TCP proxy: the broker keeps its log while the agent's link is cut and
+    written to meanwhile; the watch resumes from its position: rec == 0, nothing lost."""
+    proxy = TCPProxy("127.0.0.1", 0, listen_port=free_port())
+    broker = TansuBroker(tansu_bin, advertised_port=proxy.listen_port)
+    broker.start()
+    try:
+        proxy.target_port = broker.port
+        await proxy.start()
+        topic = await asyncio.to_thread(broker.create_topic)
+        # Every client finds the broker at the proxy (advertised there): writes made
+        # during the cut are queued by the publisher and land once the link is back.
+        pub = KafkaPublisher(proxy.address, topic, config={"logger": _quiet})
+        made.append(pub)
+        await pub.put(f"{IF}if0", b"1")
+        src = fast_source(proxy.address, topic)
+        plugin = Recorder("if", [IF])
+        orch, rounds = orchestrator(made, src, plugin)
+        await orch.start()
+        await converge(orch, src, plugin, proxy.address, topic)
+
+        proxy.trigger_connectivity_loss("reset")
+        await eventually(lambda: src.state is SourceState.DISCONNECTED, "the cut noticed")
+        assert not orch.status().in_sync
+
+        async def write_during_outage() -> None:
+            await pub.put(f"{IF}if1", b"2")
+            await pub.delete(f"{IF}if0")
+
+        async with background(write_during_outage()) as writes:
+            await asyncio.sleep(0.3)
+            proxy.restore_connectivity()
+            await writes
+        assert await converge(orch, src, plugin, proxy.address, topic) == 3
+        assert plugin.state == {f"{IF}if1": b"2"}
+        assert rounds.rec == 0 and orch.status().failed_rounds == 0
+        assert [(c.key, c.revision) for c in plugin.changes] == [(f"{IF}if1", 2), (f"{IF}if0", 3)]
+    finally:
+        for o in reversed(made):
+            await (o.stop() if isinstance(o, Orchestrator) else o.close())
+        made.clear()
+        await proxy.close()
+        broker.close()
+
+
+# --- F19 ---------------------------------------------------------------------------------
+
+
+async def test_redelivered_records_have_no_duplicate_effect(
+    tansu: TansuBroker, topic: str, made: list[Any]
+) -> None:
+    """F19 / I5 over Kafka: a producer resends records, both ones already in the resync
+    snapshot and fresh ones. Each resend is a change at a newer revision with the same
+    value: the orchestrator delivers it (it filters by revision, not by value), and the
+    idempotent plugin makes 0 extra effects. No extra round either."""
+    pub = KafkaPublisher(tansu.bootstrap, topic)
+    made.append(pub)
+    await pub.txn({f"{IF}a": b"1", f"{IF}b": b"1"})
+    src = fast_source(tansu.bootstrap, topic)
+    plugin = Recorder("if", [IF])
+    orch, rounds = orchestrator(made, src, plugin)
+    await orch.start()
+    await converge(orch, src, plugin, tansu.bootstrap, topic)
+    after_resync = plugin.effects
+    assert after_resync == 2
+
+    # A resend of a record the snapshot already had: delivered, no effect.
+    await asyncio.to_thread(resend, tansu.bootstrap, topic, [(f"{IF}a", b"1")])
+    # A new record, then its resend (twice): one effect.
+    await pub.put(f"{IF}c", b"1")
+    await asyncio.to_thread(resend, tansu.bootstrap, topic, [(f"{IF}c", b"1")] * 2)
+    # An update and its resend: one effect; a tombstone and its resend: one effect.
+    await pub.put(f"{IF}b", b"2")
+    await asyncio.to_thread(resend, tansu.bootstrap, topic, [(f"{IF}b", b"2")])
+    await pub.delete(f"{IF}a")
+    await pub.delete(f"{IF}a")
+    assert await converge(orch, src, plugin, tansu.bootstrap, topic) == 10
+    assert plugin.state == {f"{IF}b": b"2", f"{IF}c": b"1"}
+    # Every record reached the plugin once, in order, resends included...
+    assert [(c.key, c.revision) for c in plugin.changes] == [
+        (f"{IF}a", 3), (f"{IF}c", 4), (f"{IF}c", 5), (f"{IF}c", 6),
+        (f"{IF}b", 7), (f"{IF}b", 8), (f"{IF}a", 9), (f"{IF}a", 10),
+    ]  # fmt: skip
+    # ...and had its effect once: c added, b updated, a deleted.
+    assert plugin.effects - after_resync == 3
+    assert rounds.rec == 0 and orch.status().failed_rounds == 0
