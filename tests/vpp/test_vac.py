@@ -320,7 +320,7 @@ async def test_transport_round_trip(fake: Fake) -> None:
     )
     assert table == {DEFS.name_crc(n): i for n, i in FAKE_IDS.items()}
     # sync mode: no library rx thread, our own reader
-    assert fake.stat("had_callback") == 0 and fake.stat("rx_qlen") == 32
+    assert fake.stat("had_callback") == 0 and fake.stat("rx_qlen") == 1024
     assert (fake.last_name(), fake.last_prefix()) == ("vac-test", "dsx")
     assert fake.library._mem_ready
     body = ping(7, client_index=0xDEAD)

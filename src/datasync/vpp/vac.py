@@ -16,7 +16,10 @@ The library is a per-process singleton: one connection per loaded library at a t
 It is used in sync mode (no callback, no library rx thread); our own reader thread
 blocks in ``vac_read`` with the GIL released and hands bodies to the event loop in
 batches. Every return code is checked: the library's -1..-5 codes become
-:class:`VacError` (a :class:`VppConnectionError`), never a crash.
+:class:`VacError` (a :class:`VppConnectionError`), never a crash. ``vac_write`` runs on
+the loop's thread (it only copies into shared memory); like papi, it waits inside the
+library if VPP's input queue is full, which happens only when VPP itself is stalled.
+There is no socket to break when VPP dies: the client's control_ping probe finds it.
 """
 
 from __future__ import annotations
@@ -297,7 +300,7 @@ class VacTransport:
         name: str = "datasync",
         prefix: str | None = None,
         library: VacLibrary | str | os.PathLike[str] | None = None,
-        rx_qlen: int = 32,
+        rx_qlen: int = 1024,
         read_timeout: int = 1,
         mem_size: int = 0,
         slot_timeout: float = 10.0,
@@ -306,6 +309,9 @@ class VacTransport:
 
         Returns the transport, already reading, and ``{name_crc: id}`` for every name VPP
         offers. ``prefix`` is VPP's ``api-segment { prefix }`` (None: the default region).
+        ``rx_qlen`` sizes our input queue in shared memory: VPP's main thread blocks when
+        it is full, so it is sized for a pipelined window (papi's 32 suits one call at a
+        time).
         Raises :class:`VacUnavailableError` without the library, :class:`VacError` when
         ``vac_connect`` fails.
         """
