@@ -220,6 +220,7 @@ def no_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]
     monkeypatch.setattr(vac.ctypes.util, "find_library", lambda name: None)
     pattern = str(tmp_path / "lib" / "libvppapiclient.so*")
     monkeypatch.setattr(vac, "_SEARCH_GLOBS", (pattern,))
+    monkeypatch.setattr(VacLibrary, "_found", {})  # no earlier search result either
     yield pattern
 
 
