@@ -245,6 +245,11 @@ cdef extern from *:
     }
 
     static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
+        size_t i;
+        /* 3.11's _PyLong_FromByteArray reads an unset digit for 0 (harmless, multiplied
+           by a zero size, but memcheck reports it): take the small-int path instead */
+        for (i = 0; i < n && p[i] == 0; i++) {}
+        if (i == n) return PyLong_FromLong(0);
         return _PyLong_FromByteArray(p, n, 0, 0);
     }
     static int ds_long_to_be(PyObject* v, unsigned char* p, size_t n) {
