@@ -8,11 +8,23 @@ namedtuple in place (``tp_alloc`` + ``PyTuple_SET_ITEM``), one Python object per
 value and none per wire byte.
 
 The pure-Python twin ``datasync.vpp._codec_py`` is the readable spec. Anything off the fast
-paths (unusual input types, conversions from ipaddress objects, every error) is handed to
-the twin's functions, so results and error messages are the same by construction.
+paths (unusual input types, enum names, every error) is handed to the twin's functions,
+so results and error messages are the same by construction; a hypothesis test compares
+the two on arbitrary input.
+
+Where the time goes, and what is done about it (callgrind, CPython 3.11):
+
+- dict input: keys that come in field order are matched by identity while walking the
+  dict (field names are interned, as literal keys are), else one lookup per field;
+- ints: small values are read and written inline; big-endian through bswap;
+- addresses, prefixes, MACs: parsed from text with inet_pton and built as ipaddress
+  objects directly (their ``_ip`` slots), decoded prefixes cached by wire bytes;
+- records of small all-zero structs (MPLS label stacks) are shared, and an array element
+  that is the same object as the one before is encoded once and copied;
+- ``encode`` is a METH_FASTCALL method (see ``ds_encode_fast``): a Cython ``**kw``
+  signature would build a dict on every call.
 """
 
-cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -340,9 +352,7 @@ cdef object _S_PREFIXLEN = "_prefixlen"
 cdef object _S_NETWORK = "network"
 
 
-cdef object _bytes_new = bytes.__new__
 cdef object _DECODE_ERRORS = (TypeError, ValueError, OverflowError, OSError)
-cdef object _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 # --- compiled programs ---------------------------------------------------------------------
