@@ -11,10 +11,11 @@ trap 'rm -rf "$work"' EXIT
 "$top/.venv/bin/python" -m build --version >/dev/null 2>&1 || "$top/.venv/bin/pip" install -q build
 "$top/.venv/bin/python" -m build --sdist --outdir "$work/dist" "$top" >/dev/null
 sdist=$(ls "$work"/dist/datasync-*.tar.gz)
-for must in pyx/_buffer.pyx pyx/_codec.pyx csrc/shmring.c csrc/build_shmring.py; do
-  tar -tzf "$sdist" | grep -q "/$must\$" || { echo "wheel-check: sdist lacks $must" >&2; exit 1; }
+tar -tzf "$sdist" > "$work/sdist.txt"
+for must in pyx/_buffer.pyx pyx/_buffer.pxd pyx/_codec.pyx csrc/shmring.c csrc/build_shmring.py; do
+  grep -q "/$must\$" "$work/sdist.txt" || { echo "wheel-check: sdist lacks $must" >&2; exit 1; }
 done
-if tar -tzf "$sdist" | grep -qE '^[^/]+/pyx/.*\.c$'; then
+if grep -qE '^[^/]+/pyx/.*\.c$' "$work/sdist.txt"; then
   echo "wheel-check: sdist carries generated C from pyx/" >&2; exit 1
 fi
 # The wheel is built from the sdist, as users' pip would.
