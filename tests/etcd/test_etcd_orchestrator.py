@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStar
 from datasync.transport.etcd import EtcdSource
 from tests.netproxy import TCPProxy
 
-from .etcdserver import EtcdCluster
+from .etcdserver import EtcdCluster, etcdctl
 
 WAIT = 30.0  # safety net against hangs only
 END = "zz-end"  # sentinel key: its arrival means every earlier write arrived too
@@ -523,3 +525,148 @@ async def test_restore_from_backup_resyncs_to_the_restored_content(
     r = await pub.put(f"{prefix}later", b"1")
     await eventually(lambda: orch.applied_revision("etcd") == r, "a change after the restore")
     assert plugin.state[f"{prefix}later"] == b"1"
+
+
+# --- F3 ----------------------------------------------------------------------------------
+
+
+async def test_compaction_inside_the_list_watch_window_is_one_relist(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F3: after snapshot R is read and before the watch at R+1 is created, keys change and
+    the store is compacted to its head. The watch create is canceled as compacted and the
+    orchestrator relists once (rec == 1, no livelock), converging to the new content."""
+    member = etcd1.members[0]
+    pub = make_source(etcd1.endpoints, name="pub")
+    await pub.txn({f"{prefix}k{i}": b"old" for i in range(5)})
+    async with TCPProxy("127.0.0.1", member.client_port) as proxy:
+        src = make_source([proxy.address])
+        plugin = Recorder("if", [prefix])
+        orch = orch_factory(src)
+        rounds = Rounds(orch)
+        orch.add_plugin(plugin)
+        in_window: list[asyncio.Task[None]] = []
+
+        async def change_and_compact() -> None:
+            await pub.delete(f"{prefix}k0")
+            await pub.put(f"{prefix}k1", b"new")
+            await pub.compact(await pub.put(f"{prefix}k9", b"new"))
+            proxy.set_mode("pass")  # the held watch create now reaches etcd
+
+        def on_state(_name: str, state: SourceState, reason: str) -> None:
+            # The source reports "snapshot read" synchronously, before it returns the
+            # snapshot: hold the link there, so the watch create waits in the proxy.
+            if reason == "snapshot read" and not in_window:
+                proxy.set_mode("stall")
+                in_window.append(asyncio.ensure_future(change_and_compact()))
+
+        src.add_state_listener(on_state)
+        await orch.start()
+        await converge(orch, src, plugin, etcd1.endpoints, prefix)
+        assert in_window and in_window[0].done()  # I15: the window was hit
+        await in_window[0]
+    assert rounds.rec == 1, [r.reasons for r in rounds.started]
+    assert "CompactedError" in " ".join(rounds.started[1].reasons)
+    assert plugin.resyncs[0].kvs.keys() == {f"{prefix}k{i}" for i in range(5)}
+    assert plugin.state == {f"{prefix}k{i}": b"new" if i == 1 else b"old" for i in range(1, 5)} | {
+        f"{prefix}k9": b"new"
+    }
+    assert plugin.deleted == [f"{prefix}k0"]
+    assert src.stats["compacted"] == 1
+
+
+# --- F14 (small) -------------------------------------------------------------------------
+
+
+async def test_storm_during_resync_is_coalesced_and_converges(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F14, scaled down: over 1000 puts and deletes of 50 keys arrive while the plugin holds
+    its resync. The buffer coalesces per key, so the plugin gets at most one change per key
+    changed (not 1000s), none at or below the snapshot, in per-key order, and I1 holds."""
+    pub = make_source(etcd1.endpoints, name="pub")
+    keys = [f"{prefix}k{i:02d}" for i in range(50)]
+    await pub.txn({k: b"0" for k in keys})
+    src = make_source(etcd1.endpoints)
+    plugin = Recorder("if", [prefix], gate=asyncio.Event())
+    orch = orch_factory(src, buffer_coalesce_above=32)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    await orch.start()
+    async with asyncio.timeout(WAIT):
+        await plugin.entered.wait()
+    events = src.stats["events"]
+    n = 0
+    rng = random.Random(3)
+    live = set(keys)
+    for b in range(40):
+        puts = {k: b"%d" % b for k in rng.sample(keys, 25)}
+        dels = [k for k in rng.sample(keys, 25) if k not in puts]
+        await pub.txn(puts, dels)
+        # etcd has an event for every put, and for deletes of present keys only.
+        n += len(puts) + len(live.intersection(dels))
+        live = (live - set(dels)) | puts.keys()
+    # I15: the whole storm is held in the buffer while the round runs.
+    await eventually(lambda: src.stats["events"] - events >= n, "the storm buffered")
+    assert orch.status().round_running
+    assert plugin.gate is not None
+    plugin.gate.set()
+    await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    assert n > 1000 and 0 < len(plugin.changes) <= len(keys)
+    assert all(c.revision > plugin.resyncs[0].revisions["etcd"] for c in plugin.changes)
+    assert per_key_increasing(plugin.changes)
+    assert rounds.rec == 0
+
+
+# --- F21-like: the agent's loop is blocked -----------------------------------------------
+
+
+async def test_blocked_agent_loop_meanwhile_writes_and_compaction(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F21-like: the agent's event loop is blocked (as by SIGSTOP of the agent) longer than
+    the stall timeout while the store changes and is compacted. Afterwards no stale value
+    is applied after a newer one (I3) and I1 holds."""
+    src = make_source(etcd1.endpoints)
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    pub = make_source(etcd1.endpoints, name="pub")
+    await pub.put(f"{prefix}a", b"0")
+    await orch.start()
+    await converge(orch, src, plugin, etcd1.endpoints, prefix)
+
+    def blocked() -> None:
+        # No await in here: the whole loop stands still, as in a stopped process.
+        for i in range(1, 6):
+            etcdctl(etcd1.endpoints, "put", f"{prefix}a", str(i))
+        etcdctl(etcd1.endpoints, "del", f"{prefix}a")
+        out = etcdctl(etcd1.endpoints, "put", f"{prefix}b", "x", "-w", "json")
+        etcdctl(etcd1.endpoints, "compact", str(json.loads(out)["header"]["revision"]))
+        time.sleep(2.0)  # > stall_timeout (1.5 s)
+
+    blocked()
+    await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    assert plugin.state == {f"{prefix}b": b"x"}
+    assert per_key_increasing(plugin.changes)
+    # What happens here: the events were queued in the socket while the loop stood still;
+    # etcd does not cancel a synced watcher for a compaction, and the watchdog knows its
+    # own loop was blocked (no false stall). So: no relist, every change in order.
+    assert rounds.rec == 0 and orch.status().failed_rounds == 0
+    assert src.stats["stalls"] == 0 and src.stats["compacted"] == 0
+    a, b = f"{prefix}a", f"{prefix}b"
+    assert [(c.key, c.value) for c in plugin.changes] == [
+        *((a, b"%d" % i) for i in range(1, 6)),
+        (a, None),
+        (b, b"x"),
+    ]
