@@ -665,3 +665,26 @@ async def test_silent_source_does_not_block_the_others(
     assert orch.status().sources["side"].state is SourceState.CONNECTED
     await main.close()
     await side.close()
+
+
+async def test_applied_revision_follows_acks_across_registrations(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    orch = orch_factory()
+    a, b = orch.watch("a", ["/a/"]), orch.watch("b", ["/b/"])
+    await orch.start()
+    (await anext(a.resync_events)).done()
+    (await anext(b.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/a/1", b"x")  # rev 1 -> a
+    await store.put("/b/1", b"x")  # rev 2 -> b
+    await store.put("/a/2", b"x")  # rev 3 -> a
+    await store.put("/nobody/1", b"x")  # rev 4 -> no registration: applied when seen
+    a1, a3 = await anext(a.change_events), await anext(a.change_events)
+    b2 = await anext(b.change_events)
+    await eventually(lambda: orch._slot("local").seen_revision == 4)
+    a1.done()
+    a3.done()
+    assert orch.applied_revision("local") == 1  # rev 2 (b) is still being applied
+    b2.done()
+    assert orch.applied_revision("local") == 4

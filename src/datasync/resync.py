@@ -313,6 +313,8 @@ class _SourceSlot:
         # Delivered change acks not yet done, in delivery order, for the applied watermark.
         self.outstanding: deque[tuple[int, Ack]] = deque()
         self.applied_revision = 0
+        # Highest revision accepted by the filter and handed to _deliver.
+        self.seen_revision = 0
 
     def set_state(self, state: SourceState, error: str | None = None) -> None:
         if state != self.state:
@@ -321,9 +323,17 @@ class _SourceSlot:
         self.error = error
 
     def advance_watermark(self) -> None:
+        """Applied = every accepted change at or below it is acknowledged or needed no ack.
+
+        Changes nobody had to apply (shadowed by another source, under no registered
+        prefix) count as applied as soon as they are seen.
+        """
         q = self.outstanding
         while q and q[0][1].is_done:
-            self.applied_revision = max(self.applied_revision, q.popleft()[0])
+            q.popleft()
+        # Acks are queued in revision order: everything before the oldest pending one is done.
+        done_through = q[0][0] - 1 if q else self.seen_revision
+        self.applied_revision = max(self.applied_revision, done_through)
 
 
 class Orchestrator:
@@ -713,7 +723,7 @@ class Orchestrator:
             slot.buffer.clear()
             slot.filter.reset(snap.revision, [(kv.key, kv.revision) for kv in snap.kvs])
             slot.outstanding.clear()
-            slot.applied_revision = snap.revision
+            slot.applied_revision = slot.seen_revision = snap.revision
             slot.watch_task = asyncio.ensure_future(
                 self._watch_source(slot, prefixes, snap.revision + 1)
             )
@@ -838,23 +848,29 @@ class Orchestrator:
         self._buffering = False
 
     def _deliver(self, slot: _SourceSlot, changes: Sequence[Change]) -> None:
-        """Group accepted changes per registration and revision, and hand them over."""
+        """Hand accepted changes (in revision order) to the registrations watching them.
+
+        One ``ChangeEvent`` per registration and revision, queued in revision order so
+        that the applied watermark can follow the acknowledgements.
+        """
+        if changes:
+            slot.seen_revision = max(slot.seen_revision, changes[-1].revision)
         own = self._ownership
         if own is not None:
             changes = [c for c in (own.apply(slot.name, ch) for ch in changes) if c is not None]
-        if not changes:
-            return
-        for reg in list(self._regs.values()):
-            group: list[Change] = []
-            for ch in changes:
-                if not reg.matches(ch.key):
-                    continue
-                if group and group[0].revision != ch.revision:
-                    self._send(slot, reg, group)
-                    group = []
-                group.append(ch)
-            if group:
-                self._send(slot, reg, group)
+        regs = list(self._regs.values())
+        i, n = 0, len(changes)
+        while i < n:
+            rev = changes[i].revision
+            j = i + 1
+            while j < n and changes[j].revision == rev:
+                j += 1
+            group = changes[i:j]
+            for reg in regs:
+                mine = [c for c in group if reg.matches(c.key)]
+                if mine:
+                    self._send(slot, reg, mine)
+            i = j
         slot.advance_watermark()
 
     def _send(self, slot: _SourceSlot, reg: _Registration, group: list[Change]) -> None:

@@ -512,11 +512,6 @@ async def test_kafka_reset_never_deletes_what_etcd_asserts(
     assert rounds.rec == 1 and orch.status().failed_rounds == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resync.py _deliver: a change shadowed by a higher-precedence source is dropped "
-    "before an ack exists, so applied_revision of its source never passes it (I1)",
-)
 async def test_shadowed_change_advances_applied_revision(
     tansu: TansuBroker, topic: str, etcd_cluster: EtcdCluster, made: list[Any]
 ) -> None:
