@@ -233,3 +233,15 @@ async def test_close_ends_open_watches_with_closed_error(
         async with asyncio.timeout(10):
             await reader
     await aclose(it)
+
+
+async def test_lease_is_kept_alive_past_its_ttl(
+    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    src = make_source(etcd_endpoints)
+    lease = await src.put_with_lease(prefix + "agent", b"alive", ttl=2)
+    await asyncio.sleep(3.5)  # past the TTL: only the keep-alive task holds the key
+    snap = await src.snapshot([prefix])
+    assert [kv.key for kv in snap.kvs] == [prefix + "agent"]
+    await lease.revoke()
+    assert (await src.snapshot([prefix])).kvs == []
