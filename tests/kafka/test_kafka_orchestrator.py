@@ -538,3 +538,102 @@ async def test_shadowed_change_advances_applied_revision(
         await eventually(lambda: orch.applied_revision("kafka") == r, "applied", timeout=3.0)
     finally:
         assert plugin.state == {f"{IF}shared": b"etcd"} and plugin.changes == []
+
+
+class RecordingSleep:
+    """The orchestrator's backoff sleep: real, but the delays are kept for assertions."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(delay)
+
+
+async def two_sources(
+    made: list[Any], broker: TansuBroker, etcd_cluster: EtcdCluster, **cfg: Any
+) -> tuple[Orchestrator, Rounds, Recorder, KafkaPublisher, EtcdSource, str]:
+    """etcd (first in precedence) + Kafka, each asserting keys of its own, converged."""
+    topic = broker.create_topic()
+    kpub = KafkaPublisher(broker.bootstrap, topic, config={"logger": _quiet})
+    epub = EtcdSource("epub", etcd_cluster.endpoints, **ETCD_FAST)
+    made += [kpub, epub]
+    await epub.put(f"{IF}e", b"etcd")
+    await kpub.txn({f"{IF}k0": b"kafka", f"{IF}k1": b"kafka"})
+    esrc = EtcdSource("etcd", etcd_cluster.endpoints, **ETCD_FAST)
+    ksrc = fast_source(broker.bootstrap, topic)
+    made += [esrc, ksrc]
+    sleep = cfg.pop("sleep", None)
+    orch = Orchestrator(
+        [esrc, ksrc],
+        ResyncConfig(**{"backoff_initial": 0.1, "backoff_max": 0.5, "escalation": "retry", **cfg}),
+        rng=random.Random(7),
+        sleep=sleep,
+    )
+    made.append(orch)
+    rounds = Rounds(orch)
+    plugin = Recorder("if", [IF])
+    orch.add_plugin(plugin)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    assert plugin.state == {f"{IF}e": b"etcd", f"{IF}k0": b"kafka", f"{IF}k1": b"kafka"}
+    return orch, rounds, plugin, kpub, epub, topic
+
+
+async def test_dead_broker_goes_stale_keeps_its_keys_and_etcd_goes_on(
+    fresh_tansu: TansuBroker, etcd_cluster: EtcdCluster, made: list[Any]
+) -> None:
+    """Several sources, one store down: the Kafka broker dies and a round is needed (an
+    operator asks). The round goes on without Kafka: its keys stay as last read (stale,
+    not empty: nothing deleted), etcd changes keep reaching the plugin, the agent is not
+    in sync. When the broker is back with an empty log, Kafka is read again and only its
+    own keys go."""
+    broker = fresh_tansu
+    orch, rounds, plugin, _kpub, epub, topic = await two_sources(
+        made, broker, etcd_cluster, snapshot_timeout=1.0
+    )
+    broker.stop(signal.SIGKILL)
+    orch.request_resync("operator asked")
+    await eventually(lambda: any(f.ok for f in rounds.finished[1:]), "a round without kafka")
+    assert plugin.deleted == [], "a stale source's keys must stay"
+    st = orch.status()
+    assert not st.in_sync and st.sources["kafka"].state is SourceState.DISCONNECTED
+    await epub.put(f"{IF}e", b"etcd-2")
+    await eventually(lambda: plugin.state[f"{IF}e"] == b"etcd-2", "an etcd change")
+    assert plugin.deleted == [] and not orch.status().in_sync
+
+    await asyncio.to_thread(broker.start)
+    await asyncio.to_thread(broker.create_topic, topic)
+    await eventually(lambda: bool(plugin.deleted), "kafka read again")
+    await orch.wait_in_sync(WAIT)
+    assert plugin.state == {f"{IF}e": b"etcd-2"}
+    assert sorted(plugin.deleted) == [f"{IF}k0", f"{IF}k1"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="resync.py _retry_later: a stale source is re-read after _backoff_delay(1) every "
+    "time (no exponential growth, and the round counts as a success), so while one source "
+    "is down every source is relisted about every snapshot_timeout + backoff_initial",
+)
+async def test_stale_source_rereads_back_off(
+    fresh_tansu: TansuBroker, etcd_cluster: EtcdCluster, made: list[Any]
+) -> None:
+    """I8 with a source down for a while: its re-reads follow the capped exponential
+    backoff like every other retry (each re-read is a full round: a relist of every
+    source, holding their changes for up to snapshot_timeout)."""
+    sleep = RecordingSleep()
+    broker = fresh_tansu
+    orch, rounds, _plugin, *_ = await two_sources(
+        made, broker, etcd_cluster, snapshot_timeout=0.3, sleep=sleep
+    )
+    broker.stop(signal.SIGKILL)
+    orch.request_resync("operator asked")
+    await eventually(lambda: len(sleep.delays) >= 4, "four re-reads of the dead source")
+    assert len(rounds.started) >= 4
+    # 0.1, 0.2, 0.4, 0.5 (cap), each shortened by up to 20 % jitter.
+    for n, d in enumerate(sleep.delays[:4]):
+        base = min(0.5, 0.1 * 2**n)
+        assert base * 0.8 <= d <= base, sleep.delays
