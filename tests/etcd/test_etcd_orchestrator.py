@@ -488,6 +488,56 @@ async def test_leader_kill_resumes_without_relist_losing_or_repeating_nothing(
     await converge(orch, src, plugin, others, prefix)
 
 
+# --- F5 (silent member) ------------------------------------------------------------------
+
+
+async def test_hung_member_is_left_for_a_healthy_one_without_relist(
+    etcd3: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F5, silent variant: the follower the agent watches through hangs (SIGSTOP: sockets
+    open, nothing answers) while the rest of the cluster takes writes. The stall is found,
+    the agent is not in sync meanwhile, the watch moves to a healthy member and resumes from
+    its revision: no relist, the plugin's changes are exactly the store's history."""
+    leader = await asyncio.to_thread(etcd3.leader)
+    follower = next(m for m in etcd3.members if m is not leader)
+    others = [m.endpoint for m in etcd3.members if m is not follower]
+    src = make_source([follower.endpoint, *others])
+    pub = make_source(others, name="pub")
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    not_in_sync: list[bool] = []
+    src.add_state_listener(
+        lambda _n, st, _r: not_in_sync.append(
+            st is SourceState.STALLED and not orch.status().in_sync
+        )
+    )
+    await pub.put(f"{prefix}k0", b"0")
+    await orch.start()
+    await converge(orch, src, plugin, etcd3.endpoints, prefix)
+    start = plugin.resyncs[0].revisions["etcd"] + 1
+    assert src.endpoint == follower.endpoint
+    follower.stop()
+    try:
+        for i in range(1, 30):
+            await pub.put(f"{prefix}k{i % 3}", b"%d" % i)
+            await asyncio.sleep(0.01)
+        await pub.put(prefix + END, b"")
+        await eventually(lambda: prefix + END in plugin.state, "the sentinel")
+        await eventually(lambda: orch.status().in_sync, "in sync again")
+    finally:
+        follower.cont()
+    assert any(not_in_sync), "the stall must show: not in sync"
+    assert src.stats["stalls"] >= 1 and src.endpoint != follower.endpoint
+    assert [(c.key, c.revision) for c in plugin.changes] == await history(others, prefix, start)
+    assert rounds.rec == 0 and orch.status().failed_rounds == 0
+    await converge(orch, src, plugin, others, prefix)
+
+
 # --- F6 ----------------------------------------------------------------------------------
 
 
