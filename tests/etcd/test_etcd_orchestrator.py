@@ -20,8 +20,15 @@ from pathlib import Path
 import pytest
 
 from datasync.api import Change, ChangeEvent, Op, ResyncEvent, SourceState
-from datasync.errors import SourceError
-from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from datasync.errors import EscalationError, SourceError
+from datasync.resync import (
+    EXIT_RESTART_REQUIRED,
+    Escalated,
+    Orchestrator,
+    ResyncConfig,
+    RoundFinished,
+    RoundStarted,
+)
 from datasync.transport.etcd import EtcdSource
 from tests.netproxy import TCPProxy
 
@@ -284,6 +291,12 @@ async def test_converges_to_the_store_under_write_traffic(
     assert all(ch.revision > snap_rev for ch in plugin.changes)
     assert len({(c.key, c.revision) for c in plugin.changes}) == len(plugin.changes)
     assert orch.status().sources["etcd"].applied_revision == r
+    # I2: a forced resync right after convergence changes nothing at the plugin.
+    effects = plugin.effects
+    orch.request_resync("test: no-op resync")
+    await eventually(lambda: len(rounds.finished) == 2, "the forced round")
+    assert rounds.finished[1].ok and plugin.effects == effects
+    assert await converge(orch, src, plugin, etcd1.endpoints, prefix) == r
 
 
 # --- F1 ----------------------------------------------------------------------------------
@@ -349,6 +362,37 @@ async def test_kill_during_resync_delivers_no_partial_view_and_recovers(
     for n, d in enumerate(sleep.delays[: st.failed_rounds]):
         base = min(0.5, 0.1 * 2**n)
         assert base * 0.8 <= d <= base
+
+
+async def test_store_gone_for_good_escalates_without_deleting(
+    etcd1: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F1, etcd never comes back: after ``escalate_after`` failed rounds the orchestrator
+    takes the "brute force" path (EscalationError with the restart exit code, an Escalated
+    event) instead of retrying for ever, and the plugin's state is left as it was."""
+    pub = make_source(etcd1.endpoints, name="pub")
+    keys = await preload(pub, prefix, 20)
+    src = make_source(etcd1.endpoints)
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src, escalation="exit", escalate_after=3)
+    escalated: list[Escalated] = []
+    orch.add_listener(lambda ev: escalated.append(ev) if isinstance(ev, Escalated) else None)
+    orch.add_plugin(plugin)
+    await orch.start()
+    await converge(orch, src, plugin, etcd1.endpoints, prefix)
+    await asyncio.to_thread(etcd1.members[0].kill)
+    orch.request_resync("test: round while etcd is gone")
+    with pytest.raises(EscalationError) as info:
+        async with asyncio.timeout(WAIT):
+            await orch.run_until_stopped()
+    assert info.value.exit_code == EXIT_RESTART_REQUIRED
+    assert [e.failed_rounds for e in escalated] == [3]
+    st = orch.status()
+    assert st.failed_rounds == 3 and not st.in_sync
+    assert plugin.state.keys() == keys and plugin.deleted == []
 
 
 async def test_kill_while_plugins_apply_resumes_the_watch_without_relist(
