@@ -315,6 +315,45 @@ async def test_broker_restart_resyncs_to_the_emptied_then_republished_log(
     assert orch.status().failed_rounds == 0
 
 
+async def test_broker_restart_refilled_past_our_position_still_resyncs(
+    fresh_tansu: TansuBroker, made: list[Any]
+) -> None:
+    """F7/F8, the hard case: the restarted broker's log is refilled past the agent's
+    position before the agent looks, so the log end alone cannot tell; the new topic id
+    does. The agent resyncs to the new log: keys only the old log had are deleted, and the
+    plugin ends with exactly the new content (I1)."""
+    broker = fresh_tansu
+    topic = broker.create_topic()
+    pub = KafkaPublisher(broker.bootstrap, topic, config={"logger": _quiet})
+    made.append(pub)
+    await pub.txn({f"{IF}old{i}": b"old" for i in range(3)})
+    src = fast_source(broker.bootstrap, topic)
+    plugin = Recorder("if", [IF])
+    orch, rounds = orchestrator(made, src, plugin)
+    await orch.start()
+    assert await converge(orch, src, plugin, broker.bootstrap, topic) == 3
+    new = {f"{IF}new{i}": b"new" for i in range(6)}
+
+    def restart_and_refill() -> None:
+        broker.restart(signal.SIGKILL, {topic: 1})
+        p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "logger": _quiet})
+        for k, v in new.items():
+            p.produce(topic, v, k, 0)
+        assert p.flush(10) == 0
+
+    await asyncio.to_thread(restart_and_refill)
+    assert await converge(orch, src, plugin, broker.bootstrap, topic) == 6
+    assert plugin.state == new
+    assert sorted(plugin.deleted) == [f"{IF}old{i}" for i in range(3)]
+    # Seen here: the watch finds the new topic id before it reads the new log, so the new
+    # content comes by the relist alone; a watch that read ahead could only have applied
+    # records of the new log before the relist, never old ones.
+    assert all(c.key in new for c in plugin.changes)
+    assert rounds.rec == 1, [s.reasons for s in rounds.started]
+    assert KafkaTopicRecreatedError.__name__ in rounds.started[1].reasons[0]
+    assert orch.status().failed_rounds == 0
+
+
 async def test_link_loss_resumes_without_relist(tansu_bin: str, made: list[Any]) -> None:
     """F7 through a TCP proxy: the broker keeps its log while the agent's link is cut and
     written to meanwhile; the watch resumes from its position: rec == 0, nothing lost."""
