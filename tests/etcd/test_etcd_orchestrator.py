@@ -1,5 +1,6 @@
 """End-to-end fault tests: the resync orchestrator over the REAL etcd source and real etcd
-processes (FAULTS.md F1, F2, F4, F6; invariants I1, I3, I5, I8, I15).
+processes, stopped by PID (FAULTS.md F1, F2, F3, F4, F5 silent member, F6, F14 scaled down,
+F21-like; invariants I1, I2, I3, I5, I8, I15).
 
 The plugin is a ``Recorder`` that keeps the state it was told, every change it applied and a
 count of effective changes. ``rec`` (FAULTS.md I8) is the number of rounds after start-up.
@@ -340,6 +341,7 @@ async def test_kill_during_resync_delivers_no_partial_view_and_recovers(
         assert src.stats["snapshots"] == snapshots, "the killed snapshot must not complete"
         assert len(plugin.resyncs) == 1, "a failed snapshot must reach no plugin"
         await eventually(lambda: len(rounds.finished) >= 3, "a retry while etcd is down")
+        assert not rounds.finished[2].ok and len(plugin.resyncs) == 1
 
         # Writes go on as soon as etcd is back, the agent must pick them up.
         async def writer() -> None:
