@@ -35,6 +35,9 @@ from tests.netproxy import TCPProxy
 
 from .etcdserver import EtcdCluster, etcdctl
 
+# (a pytestmark in conftest.py does not mark the tests: it has to be here)
+pytestmark = pytest.mark.etcd
+
 WAIT = 30.0  # safety net against hangs only
 END = "zz-end"  # sentinel key: its arrival means every earlier write arrived too
 

@@ -495,6 +495,7 @@ async def converge_both(
         ) from None
 
 
+@pytest.mark.etcd
 async def test_kafka_reset_never_deletes_what_etcd_asserts(
     fresh_tansu: TansuBroker, etcd_cluster: EtcdCluster, made: list[Any]
 ) -> None:
@@ -552,6 +553,7 @@ async def test_kafka_reset_never_deletes_what_etcd_asserts(
     assert rounds.rec == 1 and orch.status().failed_rounds == 0
 
 
+@pytest.mark.etcd
 async def test_shadowed_change_advances_applied_revision(
     tansu: TansuBroker, topic: str, etcd_cluster: EtcdCluster, made: list[Any]
 ) -> None:
@@ -621,6 +623,7 @@ async def two_sources(
     return orch, rounds, plugin, kpub, epub, topic
 
 
+@pytest.mark.etcd
 async def test_dead_broker_goes_stale_keeps_its_keys_and_etcd_goes_on(
     fresh_tansu: TansuBroker, etcd_cluster: EtcdCluster, made: list[Any]
 ) -> None:
@@ -651,6 +654,7 @@ async def test_dead_broker_goes_stale_keeps_its_keys_and_etcd_goes_on(
     assert sorted(plugin.deleted) == [f"{IF}k0", f"{IF}k1"]
 
 
+@pytest.mark.etcd
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
