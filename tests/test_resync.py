@@ -687,3 +687,177 @@ async def test_applied_revision_follows_acks_across_registrations(
     assert orch.applied_revision("local") == 1  # rev 2 (b) is still being applied
     b2.done()
     assert orch.applied_revision("local") == 3
+
+
+# --- regressions found in review --------------------------------------------------------
+
+
+async def test_backlog_of_old_changes_is_not_applied_after_a_newer_resync(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    """A slow plugin's queued changes are superseded by the resync of a later round."""
+    release = asyncio.Event()
+
+    class Slow(Recorder):
+        async def change(self, ev: ChangeEvent) -> None:
+            await release.wait()
+            await super().change(ev)
+
+    p = Slow("p", ["/p/"])
+    orch = orch_factory(change_timeout=5.0)
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    for i in range(1, 6):
+        await store.put("/p/a", b"%d" % i)  # revisions 1..5 queue up behind the slow one
+    await store.delete("/p/a")  # revision 6
+    await eventually(lambda: orch._slot("local").seen_revision == 6)
+    orch.request_resync("operator asked")
+    await events.until(lambda: any(isinstance(e, RoundStarted) and e.round == 2
+                                   for e in events.items))  # fmt: skip
+    release.set()  # the change in progress finishes; the queued ones are superseded
+    await events.until(lambda: len(events.rounds()) >= 2)
+    await orch.wait_in_sync(WAIT)
+    assert p.resyncs[-1].revisions == {"local": 6}
+    assert "/p/a" not in p.state
+    assert [c.revision for c in p.changes] == [1]  # only the one already in progress
+
+
+async def test_registering_during_a_round_waits_for_the_next_round(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    await store.txn({"/a/1": b"1"})
+    orch = orch_factory()
+    a = orch.watch("a", ["/a/"])
+    await orch.start()
+    first = await anext(a.resync_events)
+    late = orch.watch("late", ["/a/"])  # registers while round 1 runs
+    await store.put("/a/2", b"2")  # buffered during round 1
+    await eventually(lambda: len(orch._slot("local").buffer) == 1)
+    first.done()
+    # late gets no change before its own resync, which (round 2) holds everything.
+    ev = await anext(late.resync_events)
+    assert len(late.change_events) == 0
+    assert {k: kv.value for k, kv in ev.kvs.items()} == {"/a/1": b"1", "/a/2": b"2"}
+    ev.done()
+    # a's change of round 1 was never taken: round 2's resync superseded it.
+    assert len(a.change_events) == 0
+    (await anext(a.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+
+
+async def test_closing_a_dependency_makes_dependents_wait_not_fail(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    orch = orch_factory(sleep=NoSleep(), escalate_after=2)
+    events = Events(orch)
+    ifs = orch.add_plugin(Recorder("if", ["/if/"]))
+    bd = Recorder("bd", ["/bd/"], ["if"])
+    orch.add_plugin(bd)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    await ifs.close()
+    orch.request_resync("after close")
+    await events.until(lambda: len(events.rounds()) >= 2)
+    assert events.rounds()[1].ok
+    st = orch.status()
+    assert st.plugins["bd"].state is PluginState.INIT and not st.in_sync
+    assert "waits for dependency 'if'" in (st.plugins["bd"].error or "")
+    assert len(bd.resyncs) == 1  # not resynced without its dependency
+    orch.add_plugin(Recorder("if", ["/if/"]))  # the dependency comes back
+    await orch.wait_in_sync(WAIT)
+    assert len(bd.resyncs) == 2
+
+
+def test_backoff_never_overflows() -> None:
+    orch = Orchestrator([LocalStore()], ResyncConfig(backoff_max=30.0, jitter=0.0))
+    assert orch._backoff_delay(5000) == 30.0
+    with pytest.raises(ConfigError, match="backoff_multiplier"):
+        ResyncConfig(backoff_multiplier=0.5)
+    with pytest.raises(ConfigError, match="anti_entropy_interval"):
+        ResyncConfig(anti_entropy_interval=-1)
+
+
+async def test_stale_source_retries_back_off(orch_factory: Callable[..., Orchestrator]) -> None:
+    main, side = LocalStore(name="main"), Flaky(LocalStore(name="side"))
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(0)
+
+    orch = orch_factory([main, side], sleep=record, jitter=0.0, backoff_initial=1.0)
+    orch.add_plugin(Recorder("p", ["/p/"]))
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    side.down = True
+    orch.request_resync("go")
+    await eventually(lambda: len(waits) >= 4)
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0]
+    await main.close()
+    await side.close()
+
+
+async def test_closed_registration_does_not_hold_back_the_watermark(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    orch = orch_factory()
+    keep, gone = orch.watch("keep", ["/p/"]), orch.watch("gone", ["/p/"])
+    await orch.start()
+    (await anext(keep.resync_events)).done()
+    (await anext(gone.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    (await anext(keep.change_events)).done()
+    await eventually(lambda: len(gone.change_events) == 1)
+    assert orch.applied_revision("local") == 0  # gone has not acknowledged
+    await gone.close()
+    assert orch.applied_revision("local") == 1
+
+
+async def test_expired_acks_do_not_stall_the_next_round(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    orch = orch_factory(change_timeout=3600.0)
+    reg = orch.watch("p", ["/p/"])
+    await orch.start()
+    (await anext(reg.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    cev = await anext(reg.change_events)
+    cev.ack.expire()  # as the change timeout does
+    await orch._quiesce()  # returns at once instead of waiting an hour
+    assert cev.superseded
+
+
+async def test_stop_is_honest(orch_factory: Callable[..., Orchestrator]) -> None:
+    orch = orch_factory()
+    orch.watch("p", ["/p/"])  # never acknowledges
+    await orch.start()
+    waiter = asyncio.ensure_future(orch.wait_in_sync())
+    await asyncio.sleep(0.01)
+    await orch.stop()
+    with pytest.raises(ClosedError):
+        await asyncio.wait_for(waiter, WAIT)
+    assert not orch.status().in_sync
+
+
+async def test_failed_change_holds_the_watermark(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    release = asyncio.Event()
+
+    async def gate(delay: float) -> None:
+        await release.wait()
+
+    orch = orch_factory(sleep=gate)
+    reg = orch.watch("p", ["/p/"])
+    await orch.start()
+    (await anext(reg.resync_events)).done()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    await store.put("/p/b", b"2")
+    (await anext(reg.change_events)).done(RuntimeError("vpp said no"))
+    assert orch.applied_revision("local") == 0  # revision 1 failed: not applied
+    release.set()

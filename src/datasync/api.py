@@ -131,14 +131,24 @@ class Ack:
         return self._state == _DONE
 
     @property
+    def expired(self) -> bool:
+        """True when the waiter gave up (timeout, or the event was superseded)."""
+        return self._state == _EXPIRED
+
+    @property
     def error(self) -> BaseException | None:
         """The error passed to the first ``done()``."""
         return self._err
 
     def expire(self) -> None:
-        """The waiter gave up: later ``done()`` calls count as late."""
+        """The waiter gave up: later ``done()`` calls count as late.
+
+        Anyone still in ``wait()`` returns a ``TimeoutError`` (as the error, not raised).
+        """
         if self._state == _PENDING:
             self._state = _EXPIRED
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(TimeoutError("acknowledgement expired"))
 
     async def wait(self) -> BaseException | None:
         """Wait for ``done()`` and return its error (None on success). No timeout here."""
@@ -200,6 +210,11 @@ class ChangeEvent:
         """Report the changes applied (``err`` None) or failed."""
         self.ack.done(err)
 
+    @property
+    def superseded(self) -> bool:
+        """True when a resync replaced this event before it was acknowledged: skip it."""
+        return self.ack.expired
+
     def __repr__(self) -> str:
         return (
             f"ChangeEvent(source={self.source!r}, revision={self.revision}, n={len(self.changes)})"
@@ -218,28 +233,39 @@ class Channel(Generic[T], AsyncIterator[T]):
     (one resync at a time, coalesced changes), and a put must never block them.
     """
 
-    __slots__ = ("_closed", "_items", "_waiter")
+    __slots__ = ("_closed", "_items", "_notify", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, notify: asyncio.Event | None = None) -> None:
         self._items: deque[T] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        # Set on every put and on close: lets one task wait on several channels.
+        self._notify = notify
 
     def put(self, item: T) -> None:
         """Append an item; raises ``ClosedError`` after ``close()``."""
         if self._closed:
             raise ClosedError("channel is closed")
         self._items.append(item)
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._wake()
 
     def close(self) -> None:
         """End the iteration once the items already put are consumed."""
         self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+        if self._notify is not None:
+            self._notify.set()
+
+    def drain(self) -> list[T]:
+        """Remove and return every item now held."""
+        items = list(self._items)
+        self._items.clear()
+        return items
 
     @property
     def closed(self) -> bool:

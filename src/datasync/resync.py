@@ -113,6 +113,10 @@ class ResyncConfig:
         for name in ("resync_timeout", "change_timeout", "snapshot_timeout", "backoff_initial"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ResyncConfig.{name} must be > 0")
+        if self.backoff_multiplier < 1:
+            raise ConfigError("ResyncConfig.backoff_multiplier must be >= 1")
+        if self.anti_entropy_interval is not None and self.anti_entropy_interval <= 0:
+            raise ConfigError("ResyncConfig.anti_entropy_interval must be > 0 (or None)")
         if self.backoff_max < self.backoff_initial:
             raise ConfigError("ResyncConfig.backoff_max must be >= backoff_initial")
         if not 0 <= self.jitter < 1:
@@ -245,9 +249,15 @@ class _Registration:
         self._name = name
         self._prefixes = tuple(dict.fromkeys(validate_prefix(p) for p in prefixes))
         self.depends_on = tuple(depends_on)
-        self._resync: Channel[ResyncEvent] = Channel()
-        self._changes: Channel[ChangeEvent] = Channel()
+        # One event for both channels: the plugin adapter waits on either with one task.
+        self.ready = asyncio.Event()
+        self._resync: Channel[ResyncEvent] = Channel(self.ready)
+        self._changes: Channel[ChangeEvent] = Channel(self.ready)
         self.closed = asyncio.Event()
+        #: True once a resync of this registration succeeded: only then do changes flow
+        self.synced = False
+        #: change acks handed out and not yet done (released when the registration closes)
+        self.unacked: set[Ack] = set()
 
     @property
     def name(self) -> str:
@@ -290,6 +300,12 @@ class _Registration:
         self.closed.set()
         self._resync.close()
         self._changes.close()
+        self.ready.set()
+        # Whatever it had not acknowledged stops holding back the others.
+        for ev in self._changes.drain():
+            ev.ack.done()
+        for ack in list(self.unacked):
+            ack.done()
         self._orch._remove_registration(self)
 
     def _check_open(self) -> None:
@@ -315,6 +331,8 @@ class _SourceSlot:
         self.applied_revision = 0
         # Highest revision accepted by the filter and handed to _deliver.
         self.seen_revision = 0
+        # Consecutive rounds this source was stale (silent while others were read).
+        self.stale_rounds = 0
 
     def set_state(self, state: SourceState, error: str | None = None) -> None:
         if state != self.state:
@@ -329,7 +347,8 @@ class _SourceSlot:
         prefix) count as applied as soon as they are seen.
         """
         q = self.outstanding
-        while q and q[0][1].is_done:
+        # A change that failed (or timed out) holds the watermark until a snapshot.
+        while q and q[0][1].is_done and q[0][1].error is None:
             q.popleft()
         # Acks are queued in revision order: everything before the oldest pending one is done.
         done_through = q[0][0] - 1 if q else self.seen_revision
@@ -377,7 +396,7 @@ class Orchestrator:
         self._consecutive_failures = 0
         self._late_dones = 0
         self._runner: asyncio.Task[None] | None = None
-        self._plugin_tasks: list[asyncio.Task[None]] = []
+        self._plugin_tasks: set[asyncio.Task[None]] = set()
         self._aux_tasks: set[asyncio.Task[None]] = set()
         self._anti_entropy: asyncio.Task[None] | None = None
         self._escalation: EscalationError | None = None
@@ -397,7 +416,8 @@ class Orchestrator:
             raise DuplicateNameError(f"watcher {name!r} is already registered")
         reg = _Registration(self, name, prefixes, depends_on)
         if self._started:
-            self._levels({**self._deps(), name: reg.depends_on})  # reject cycles now
+            # Reject cycles now; a dependency not registered yet only makes it wait.
+            self._plan({**self._regs, name: reg})
         self._regs[name] = reg
         self._set_plugin_state(name, PluginState.INIT)
         if self._started:
@@ -407,27 +427,40 @@ class Orchestrator:
     def add_plugin(self, plugin: Plugin) -> _Registration:
         """Register a high-level plugin: its callbacks run on their own task."""
         reg = self.watch(plugin.name, plugin.prefixes, plugin.depends_on)
-        self._plugin_tasks.append(asyncio.ensure_future(self._run_plugin(plugin, reg)))
+        task = asyncio.ensure_future(self._run_plugin(plugin, reg))
+        self._plugin_tasks.add(task)
+        task.add_done_callback(self._plugin_tasks.discard)
         return reg
 
     async def _run_plugin(self, plugin: Plugin, reg: _Registration) -> None:
-        async def serve(channel: Channel[ResyncEvent] | Channel[ChangeEvent], limit: float) -> None:
-            async for ev in channel:
-                try:
-                    async with asyncio.timeout(limit):
-                        if isinstance(ev, ResyncEvent):
-                            await plugin.resync(ev)
-                        else:
-                            await plugin.change(ev)
-                except Exception as exc:  # a plugin's failure is a fault report, not a crash
-                    ev.done(exc)
-                else:
-                    ev.done()
+        """Serve one plugin on one task, so its resync and changes never overlap.
 
-        await asyncio.gather(
-            serve(reg.resync_events, self.config.resync_timeout),
-            serve(reg.change_events, self.config.change_timeout),
-        )
+        A waiting resync goes before waiting changes; a change superseded by a resync
+        (its ack expired) is skipped.
+        """
+        while True:
+            ev: ResyncEvent | ChangeEvent | None = reg.resync_events.get_nowait()
+            if ev is None:
+                ev = reg.change_events.get_nowait()
+            if ev is None:
+                if reg.closed.is_set():
+                    return
+                reg.ready.clear()
+                await reg.ready.wait()
+                continue
+            if ev.ack.expired:
+                continue
+            try:
+                if isinstance(ev, ResyncEvent):
+                    async with asyncio.timeout(self.config.resync_timeout):
+                        await plugin.resync(ev)
+                else:
+                    async with asyncio.timeout(self.config.change_timeout):
+                        await plugin.change(ev)
+            except Exception as exc:  # a plugin's failure is a fault report, not a crash
+                ev.done(exc)
+            else:
+                ev.done()
 
     def _remove_registration(self, reg: _Registration) -> None:
         if self._regs.get(reg.name) is reg:
@@ -469,6 +502,7 @@ class Orchestrator:
         """Stop rounds and watches; registrations are closed."""
         self._stopped.set()
         self._wakeup.set()
+        self._in_sync.set()  # wake wait_in_sync callers: they raise ClosedError
         tasks = [t for t in (self._runner, self._anti_entropy) if t is not None]
         tasks += [s.watch_task for s in self._slots if s.watch_task is not None]
         for reg in list(self._regs.values()):
@@ -485,6 +519,8 @@ class Orchestrator:
             while not self.status().in_sync:
                 if self._escalation is not None:
                     raise self._escalation
+                if self._stopped.is_set():
+                    raise ClosedError("the orchestrator is stopped")
                 self._in_sync.clear()
                 await self._in_sync.wait()
 
@@ -514,7 +550,8 @@ class Orchestrator:
         return AgentStatus(
             state=worst,
             in_sync=(
-                worst is PluginState.IN_SYNC
+                not self._stopped.is_set()
+                and worst is PluginState.IN_SYNC
                 and not self._round_running
                 and not self._pending
                 and not stale
@@ -576,6 +613,28 @@ class Orchestrator:
     def _levels(deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
         return topological_levels(deps)
 
+    @staticmethod
+    def _plan(members: Mapping[str, _Registration]) -> tuple[list[list[str]], dict[str, str]]:
+        """Levels of the registrations that can run, and those waiting for a dependency.
+
+        A registration whose dependency is not registered (closed, or not yet added)
+        waits, and so does everything that depends on it; that is not a failure.
+        """
+        waiting: dict[str, str] = {}
+        changed = True
+        while changed:
+            changed = False
+            for name, reg in members.items():
+                if name in waiting:
+                    continue
+                for dep in reg.depends_on:
+                    if dep not in members or dep in waiting:
+                        waiting[name] = dep
+                        changed = True
+                        break
+        deps = {n: r.depends_on for n, r in members.items() if n not in waiting}
+        return topological_levels(deps), waiting
+
     # --- the round loop -----------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -585,7 +644,13 @@ class Orchestrator:
             if self._stopped.is_set() or not self._pending:
                 continue
             reasons, self._pending = tuple(self._pending), []
-            ok = await self._round_once(reasons)
+            try:
+                ok = await self._round_once(reasons)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a bug end the round loop: that would end resync
+                log.exception("datasync: resync round loop failed")
+                ok = False
             if ok:
                 self._consecutive_failures = 0
                 continue
@@ -600,7 +665,9 @@ class Orchestrator:
 
     def _backoff_delay(self, failures: int) -> float:
         c = self.config
-        base = min(c.backoff_max, c.backoff_initial * c.backoff_multiplier ** (failures - 1))
+        # The exponent stops growing once the cap is reached (no float overflow).
+        exponent = min(max(failures - 1, 0), 64)
+        base = min(c.backoff_max, c.backoff_initial * c.backoff_multiplier**exponent)
         return base * (1.0 - c.jitter * self._rng.random())
 
     def _should_escalate(self) -> bool:
@@ -631,15 +698,22 @@ class Orchestrator:
         self._emit(RoundStarted(rnd, reasons))
         log.info("datasync: resync round %d started (%s)", rnd, "; ".join(reasons))
         errors: dict[str, BaseException] = {}
+        # The round works on the registrations and prefixes of its start: a watcher that
+        # registers (or adds a prefix) meanwhile takes part in the next round.
+        members = dict(self._regs)
+        prefixes_of = {name: reg.prefixes for name, reg in members.items()}
+        synced: list[_Registration] = []
         try:
             await self._quiesce()
-            for name in self._regs:
+            for name in members:
                 self._set_plugin_state(name, PluginState.RESYNCING)
-            prefixes = sorted({p for r in self._regs.values() for p in r.prefixes})
+            prefixes = sorted({p for ps in prefixes_of.values() for p in ps})
             snapshots = await self._take_snapshots(prefixes, errors)
             if snapshots is not None:
-                await self._resync_plugins(snapshots, errors)
+                synced = await self._resync_plugins(members, prefixes_of, snapshots, errors)
             if not errors:
+                for reg in synced:
+                    reg.synced = True
                 self._drain_buffers()
         except asyncio.CancelledError:
             raise
@@ -650,8 +724,9 @@ class Orchestrator:
             self._round_running = False
         ok = not errors
         if ok:
-            for name in self._regs:
-                self._set_plugin_state(name, PluginState.IN_SYNC)
+            for reg in synced:
+                if self._regs.get(reg.name) is reg:
+                    self._set_plugin_state(reg.name, PluginState.IN_SYNC)
         else:
             self._failed_rounds += 1
         self._emit(
@@ -662,13 +737,22 @@ class Orchestrator:
         return ok
 
     async def _quiesce(self) -> None:
-        """Wait for change events still being applied, so resync never overlaps them."""
-        acks = [a for s in self._slots for _, a in s.outstanding if not a.is_done]
-        if not acks:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.change_timeout):
-                await asyncio.gather(*(a.wait() for a in acks))
+        """Let change events in progress finish, then withdraw the rest.
+
+        The round's snapshot supersedes every change not yet applied: queued events are
+        withdrawn and pending ones expire, so no older change is applied after the
+        resync (a plugin skips a superseded event).
+        """
+        for reg in list(self._regs.values()):
+            for ev in reg.change_events.drain():
+                ev.ack.expire()
+        acks = [a for s in self._slots for _, a in s.outstanding if not (a.is_done or a.expired)]
+        if acks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.change_timeout):
+                    await asyncio.gather(*(a.wait() for a in acks))
+        for a in acks:
+            a.expire()
 
     async def _take_snapshots(
         self, prefixes: list[str], errors: dict[str, BaseException]
@@ -714,11 +798,9 @@ class Orchestrator:
             snap = snapshots.get(slot.name)
             if snap is None:
                 continue  # stale: its watch, buffer and filter go on as they were
-            if slot.watch_task is not None:
-                slot.watch_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await slot.watch_task
+            await self._stop_watch(slot)
             slot.snapshot = snap
+            slot.stale_rounds = 0
             # The new watch replays everything after R: what the old one buffered is redundant.
             slot.buffer.clear()
             slot.filter.reset(snap.revision, [(kv.key, kv.revision) for kv in snap.kvs])
@@ -729,16 +811,37 @@ class Orchestrator:
             )
             slot.set_state(SourceState.CONNECTED)
         if stale:
-            self._spawn(self._retry_later(f"stale source {', '.join(stale)}"))
+            # Back off per source: a source that stays silent is not re-read in a tight loop.
+            rounds = 0
+            for slot in self._slots:
+                if slot.name in stale:
+                    slot.stale_rounds += 1
+                    rounds = max(rounds, slot.stale_rounds)
+            self._spawn(
+                self._retry_later(f"stale source {', '.join(stale)}", self._backoff_delay(rounds))
+            )
         return snapshots
+
+    async def _stop_watch(self, slot: _SourceSlot) -> None:
+        """Cancel a source's watch; one that will not end in time is left for stop()."""
+        task, slot.watch_task = slot.watch_task, None
+        if task is None:
+            return
+        task.cancel()
+        # asyncio.wait neither raises the task's error nor swallows our own cancellation.
+        done, _ = await asyncio.wait({task}, timeout=self.config.snapshot_timeout)
+        if not done:
+            log.warning("datasync: the old watch of source %s did not stop in time", slot.name)
+            self._aux_tasks.add(task)
+            task.add_done_callback(self._aux_tasks.discard)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._aux_tasks.add(task)
         task.add_done_callback(self._aux_tasks.discard)
 
-    async def _retry_later(self, reason: str) -> None:
-        await self._sleep(self._backoff_delay(1))
+    async def _retry_later(self, reason: str, delay: float) -> None:
+        await self._sleep(delay)
         self.request_resync(reason)
 
     def _merged_view(self, snapshots: Mapping[str, Snapshot]) -> dict[str, KeyVal]:
@@ -754,16 +857,29 @@ class Orchestrator:
         return {} if self._ownership is None else self._ownership.conflicts()
 
     async def _resync_plugins(
-        self, snapshots: Mapping[str, Snapshot], errors: dict[str, BaseException]
-    ) -> None:
+        self,
+        members: Mapping[str, _Registration],
+        prefixes_of: Mapping[str, tuple[str, ...]],
+        snapshots: Mapping[str, Snapshot],
+        errors: dict[str, BaseException],
+    ) -> list[_Registration]:
+        """Resync the round's registrations level by level; returns those that succeeded."""
         merged = self._merged_view(snapshots)
         revisions = {name: snap.revision for name, snap in snapshots.items()}
+        levels, waiting = self._plan(members)
+        for name, dep in waiting.items():
+            self._set_plugin_state(
+                name,
+                PluginState.INIT,
+                DependencyFailedError(f"plugin {name!r} waits for dependency {dep!r}"),
+            )
         failed: set[str] = set()
-        for level in self._levels(self._deps()):
+        succeeded: list[_Registration] = []
+        for level in levels:
             todo = []
             for name in level:
-                reg = self._regs.get(name)
-                if reg is None:
+                reg = members[name]
+                if reg.closed.is_set():
                     continue
                 bad = [d for d in reg.depends_on if d in failed]
                 if bad:
@@ -774,7 +890,8 @@ class Orchestrator:
                     failed.add(name)
                     self._set_plugin_state(name, PluginState.FAILED, skipped)
                     continue
-                kvs = {k: kv for k, kv in merged.items() if reg.matches(k)}
+                mine = prefixes_of[name]
+                kvs = {k: kv for k, kv in merged.items() if any(k.startswith(p) for p in mine)}
                 todo.append((reg, ResyncEvent(kvs, revisions, self._new_ack())))
             if self.config.parallel:
                 results = await asyncio.gather(*(self._resync_one(r, ev) for r, ev in todo))
@@ -785,6 +902,9 @@ class Orchestrator:
                     errors[reg.name] = err
                     failed.add(reg.name)
                     self._set_plugin_state(reg.name, PluginState.FAILED, err)
+                elif not reg.closed.is_set():
+                    succeeded.append(reg)
+        return succeeded
 
     def _new_ack(self) -> Ack:
         return Ack(on_late=self._count_late)
@@ -858,7 +978,7 @@ class Orchestrator:
         own = self._ownership
         if own is not None:
             changes = [c for c in (own.apply(slot.name, ch) for ch in changes) if c is not None]
-        regs = list(self._regs.values())
+        regs = [r for r in self._regs.values() if r.synced]
         i, n = 0, len(changes)
         while i < n:
             rev = changes[i].revision
@@ -875,12 +995,15 @@ class Orchestrator:
 
     def _send(self, slot: _SourceSlot, reg: _Registration, group: list[Change]) -> None:
         rev = group[0].revision
-        name = reg.name
+        timer: list[asyncio.TimerHandle] = []
 
         def on_done(err: BaseException | None) -> None:
+            reg.unacked.discard(ack)
+            if timer:
+                timer[0].cancel()
             slot.advance_watermark()
-            if err is not None:
-                self.report_error(name, err)
+            if err is not None and self._regs.get(reg.name) is reg:
+                self.report_error(reg.name, err)
 
         ack = Ack(on_done=on_done, on_late=self._count_late)
         ev = ChangeEvent(group, slot.name, rev, ack)
@@ -888,18 +1011,21 @@ class Orchestrator:
             reg.change_events.put(ev)
         except ClosedError:
             return
+        reg.unacked.add(ack)
         slot.outstanding.append((rev, ack))
         loop = asyncio.get_running_loop()
-        loop.call_later(self.config.change_timeout, self._change_timed_out, name, ack)
+        timer.append(loop.call_later(self.config.change_timeout, self._change_timed_out, reg, ack))
 
-    def _change_timed_out(self, name: str, ack: Ack) -> None:
-        if ack.is_done or name not in self._regs:
+    def _change_timed_out(self, reg: _Registration, ack: Ack) -> None:
+        if ack.is_done or ack.expired or self._regs.get(reg.name) is not reg:
             return
         ack.expire()
+        reg.unacked.discard(ack)
         self.report_error(
-            name,
+            reg.name,
             ResyncTimeoutError(
-                f"plugin {name!r} did not apply a change within {self.config.change_timeout:g} s"
+                f"plugin {reg.name!r} did not apply a change within "
+                f"{self.config.change_timeout:g} s"
             ),
         )
 

@@ -655,13 +655,6 @@ async def test_dead_broker_goes_stale_keeps_its_keys_and_etcd_goes_on(
 
 
 @pytest.mark.etcd
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="resync.py _retry_later: a stale source is re-read after _backoff_delay(1) every "
-    "time (no exponential growth, and the round counts as a success), so while one source "
-    "is down every source is relisted about every snapshot_timeout + backoff_initial",
-)
 async def test_stale_source_rereads_back_off(
     fresh_tansu: TansuBroker, etcd_cluster: EtcdCluster, made: list[Any]
 ) -> None:
