@@ -120,3 +120,14 @@ async def test_late_subscriber_gets_current_entries_replayed() -> None:
     assert (ev.op, ev.name, ev.replay) == (Op.PUT, "b", True)
     assert len(w.events) == 0
     assert len(m.watch("plain").events) == 0
+
+
+async def test_closing_releases_events_already_taken() -> None:
+    m = NameToIndex("interfaces")
+    w = m.watch("bd")
+    note = m.put("loop0", 1)
+    ev = await anext(w.events)  # taken, never acknowledged
+    assert not ev.ack.is_done
+    w.close()
+    await note.wait(timeout=1)
+    assert w.unacked == set()

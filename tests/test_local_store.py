@@ -15,6 +15,7 @@ from datasync.errors import (
     CompactedError,
     InvalidKeyError,
     InvalidValueError,
+    SourceUnavailableError,
     StoreResetError,
 )
 from datasync.transport.local import LocalStore
@@ -127,3 +128,46 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
     await s.close()
     with pytest.raises(ClosedError):
         await s.get("/keep")
+
+
+async def test_file_removed_and_recreated_is_a_store_reset(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = LocalStore(path, poll_interval=0.02)
+    await store.put("/a", b"1")
+    it = store.watch(["/"], 2)
+    path.unlink()
+    fresh = LocalStore(path)  # a new store file at the same path
+    await fresh.put("/b", b"1")
+    with pytest.raises(StoreResetError, match="replaced"):
+        await anext(it)
+    await fresh.close()
+    await store.close()
+
+
+async def test_locked_store_is_unavailable_not_a_frozen_loop(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = LocalStore(path)
+    await store.put("/a", b"1")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(SourceUnavailableError, match="local store local: write"):
+            await store.put("/a", b"2")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await store.get("/a") == ("/a", b"1", 1)
+    await store.close()
+
+
+async def test_long_catch_up_is_read_in_windows(store: LocalStore) -> None:
+    for i in range(0, 9000, 100):
+        await store.txn({f"/w/{j}": b"x" for j in range(i, i + 100)})
+    for i in range(5000):
+        await store.put("/w/hot", b"%d" % i)
+    it = store.watch(["/w/"], 1)
+    changes = await collect(it, 9000 + 5000)
+    await aclose(it)
+    revs = [c.revision for c in changes]
+    assert revs == sorted(revs) and revs[0] == 1 and revs[-1] == store.revision
+    assert changes[-1].value == b"4999"

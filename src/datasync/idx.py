@@ -110,6 +110,8 @@ class IdxSubscription:
         self._owner = owner
         self.name = name
         self.events: Channel[IdxEvent] = Channel()
+        # Acks handed to this watcher and not yet done: released when it closes.
+        self.unacked: set[Ack] = set()
 
     def __aiter__(self) -> Channel[IdxEvent]:
         return self.events
@@ -118,9 +120,10 @@ class IdxSubscription:
         """Stop watching; notifications waiting on this watcher no longer wait."""
         self._owner._unsubscribe(self)
         self.events.close()
-        # Whatever it had not acknowledged stops blocking the owner.
-        while (ev := self.events.get_nowait()) is not None:
-            ev.ack.done()
+        # Whatever it had not acknowledged (queued or taken) stops blocking the owner.
+        self.events.drain()
+        for ack in list(self.unacked):
+            ack.done()
 
 
 class NameToIndex:
@@ -222,10 +225,18 @@ class NameToIndex:
     def _count_late(self) -> None:
         self.late_acks += 1
 
+    def _new_ack(self, sub: IdxSubscription) -> Ack:
+        def on_done(_err: BaseException | None) -> None:
+            sub.unacked.discard(ack)
+
+        ack = Ack(on_done=on_done, on_late=self._count_late)
+        sub.unacked.add(ack)
+        return ack
+
     def _notify(self, op: Op, entry: IdxEntry, prev: IdxEntry | None) -> Notification:
         acks: dict[str, Ack] = {}
         for sub_name, sub in self._subs.items():
-            ack = Ack(on_late=self._count_late)
+            ack = self._new_ack(sub)
             acks[sub_name] = ack
             sub.events.put(IdxEvent(op, entry, prev, ack))
         return Notification(op, entry, acks)
@@ -240,9 +251,7 @@ class NameToIndex:
         self._subs[subscriber] = sub
         if replay:
             for entry in self._by_name.values():
-                sub.events.put(
-                    IdxEvent(Op.PUT, entry, None, Ack(on_late=self._count_late), replay=True)
-                )
+                sub.events.put(IdxEvent(Op.PUT, entry, None, self._new_ack(sub), replay=True))
         return sub
 
     def _unsubscribe(self, sub: IdxSubscription) -> None:

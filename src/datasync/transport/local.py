@@ -12,10 +12,11 @@ other processes sharing the file are noticed by polling (``poll_interval``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ..api import Change, KeyVal, Op, Snapshot, validate_key, validate_prefix
@@ -31,6 +32,13 @@ from ..errors import (
 __all__ = ["DEFAULT_MAX_VALUE_BYTES", "LocalStore"]
 
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
+
+# How long one SQLite call may wait for another process's lock. Calls run on the event
+# loop, so this stays short; a store that stays locked is reported unavailable.
+_BUSY_TIMEOUT = 0.05
+
+# Revisions read per watch step, so a long catch-up never loads all history at once.
+_WATCH_WINDOW = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,7 +93,7 @@ class LocalStore:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db: sqlite3.Connection | None = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False
+                self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
             )
             self._db.executescript(_SCHEMA)
             if self._path != ":memory:":
@@ -101,6 +109,21 @@ class LocalStore:
             raise SourceUnavailableError(f"local store {self._path}: {exc}") from exc
         self._changed = asyncio.Event()
         self._closed = False
+        self._file_id = self._stat_file()
+
+    def _stat_file(self) -> tuple[int, int] | None:
+        if self._path == ":memory:":
+            return None
+        st = os.stat(self._path)
+        return (st.st_dev, st.st_ino)
+
+    @contextlib.contextmanager
+    def _db_errors(self, what: str) -> Iterator[None]:
+        """Translate SQLite errors (locked, I/O, corrupt) into ``SourceUnavailableError``."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise SourceUnavailableError(f"local store {self._name}: {what}: {exc}") from exc
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -174,6 +197,10 @@ class LocalStore:
             validate_key(k)
             if k in checked:
                 raise InvalidKeyError(k, "key is both put and deleted in one transaction")
+        with self._db_errors("write"):
+            return self._apply_txn(checked, deletes)
+
+    def _apply_txn(self, checked: dict[str, bytes], deletes: list[str]) -> int:
         db = self._conn()
         with self._write():
             rev = int(self._meta("revision")) + 1
@@ -210,16 +237,17 @@ class LocalStore:
 
     async def get(self, key: str) -> KeyVal | None:
         """The current value of one key."""
-        row = (
-            self._conn()
-            .execute("SELECT value, mod_rev FROM kv WHERE key = ?", (validate_key(key),))
-            .fetchone()
-        )
+        with self._db_errors("read"):
+            row = (
+                self._conn()
+                .execute("SELECT value, mod_rev FROM kv WHERE key = ?", (validate_key(key),))
+                .fetchone()
+            )
         return KeyVal(key, bytes(row[0]), int(row[1])) if row else None
 
     def compact(self, revision: int) -> None:
         """Forget history at or below ``revision`` (watches from there raise CompactedError)."""
-        with self._write():
+        with self._db_errors("compact"), self._write():
             current = int(self._meta("revision"))
             revision = min(revision, current)
             self._conn().execute("DELETE FROM history WHERE rev <= ?", (revision,))
@@ -234,7 +262,7 @@ class LocalStore:
         """Every key under ``prefixes`` at one revision (one read transaction)."""
         prefixes = [validate_prefix(p) for p in prefixes]
         db = self._conn()
-        with _ReadTxn(db):
+        with self._db_errors("snapshot"), _ReadTxn(db):
             rev = int(self._meta("revision"))
             store_id = self._meta("store_id")
             kvs: dict[str, KeyVal] = {}
@@ -258,50 +286,79 @@ class LocalStore:
     async def _watch(
         self, prefixes: list[str], next_rev: int, store_id: str
     ) -> AsyncIterator[list[Change]]:
+        file_id = self._file_id
         while True:
             if self._closed:
                 return
-            if self.store_id != store_id:
-                raise StoreResetError(f"local store {self._name}: store id changed")
-            current = self.revision
-            if current < next_rev - 1:
-                raise StoreResetError(
-                    f"local store {self._name}: revision went back to {current} "
-                    f"after {next_rev - 1} was delivered"
-                )
-            if next_rev <= self.compacted_revision:
-                raise CompactedError(
-                    f"local store {self._name}: revision {next_rev} is compacted "
-                    f"(compacted through {self.compacted_revision})",
-                    self.compacted_revision,
-                )
-            if current >= next_rev:
-                batch: list[Change] = []
-                rows = self._conn().execute(
-                    "SELECT rev, key, op, value, prev FROM history WHERE rev >= ? AND rev <= ?"
-                    " ORDER BY rev, seq",
-                    (next_rev, current),
-                )
-                for rev, key, op, value, prev in rows:
-                    if batch and batch[0].revision != rev:
-                        yield batch
-                        batch = []
-                    if _under(key, prefixes):
-                        batch.append(
-                            Change(
-                                key,
-                                Op(op),
-                                None if value is None else bytes(value),
-                                int(rev),
-                                None if prev is None else bytes(prev),
-                                self._name,
-                            )
+            with self._db_errors("watch"):
+                self._check_same_file(file_id)
+                # One read transaction: meta checks and history agree even while another
+                # process writes or compacts.
+                with _ReadTxn(self._conn()):
+                    current = self._check_watch_position(store_id, next_rev)
+                    upto = min(current, next_rev + _WATCH_WINDOW - 1)
+                    rows = (
+                        self._conn()
+                        .execute(
+                            "SELECT rev, key, op, value, prev FROM history"
+                            " WHERE rev >= ? AND rev <= ? ORDER BY rev, seq",
+                            (next_rev, upto),
                         )
-                if batch:
-                    yield batch
-                next_rev = current + 1
+                        .fetchall()
+                        if upto >= next_rev
+                        else []
+                    )
+            if upto < next_rev:
+                await self._wait_for_change()
                 continue
-            await self._wait_for_change()
+            batch: list[Change] = []
+            for rev, key, op, value, prev in rows:
+                if batch and batch[0].revision != rev:
+                    yield batch
+                    batch = []
+                if _under(key, prefixes):
+                    batch.append(
+                        Change(
+                            key,
+                            Op(op),
+                            None if value is None else bytes(value),
+                            int(rev),
+                            None if prev is None else bytes(prev),
+                            self._name,
+                        )
+                    )
+            if batch:
+                yield batch
+            next_rev = upto + 1
+
+    def _check_same_file(self, file_id: tuple[int, int] | None) -> None:
+        if file_id is None:
+            return
+        try:
+            now = self._stat_file()
+        except FileNotFoundError:
+            raise StoreResetError(f"local store {self._name}: store file was removed") from None
+        if now != file_id:
+            raise StoreResetError(f"local store {self._name}: store file was replaced")
+
+    def _check_watch_position(self, store_id: str, next_rev: int) -> int:
+        """The current revision, after checking that history from ``next_rev`` is intact."""
+        if self._meta("store_id") != store_id:
+            raise StoreResetError(f"local store {self._name}: store id changed")
+        current = int(self._meta("revision"))
+        if current < next_rev - 1:
+            raise StoreResetError(
+                f"local store {self._name}: revision went back to {current} "
+                f"after {next_rev - 1} was delivered"
+            )
+        compacted = int(self._meta("compacted"))
+        if next_rev <= compacted:
+            raise CompactedError(
+                f"local store {self._name}: revision {next_rev} is compacted "
+                f"(compacted through {compacted})",
+                compacted,
+            )
+        return current
 
     async def _wait_for_change(self) -> None:
         self._changed.clear()
