@@ -118,18 +118,25 @@ class InterfacePlugin:
         #: keys whose values were rejected, with the reason (terminal until they change)
         self.invalid: dict[str, str] = {}
 
-    def _desired(self, kvs: dict[str, KeyVal]) -> set[str]:
-        names = set()
+    def _desired(self, kvs: dict[str, KeyVal]) -> tuple[set[str], set[str]]:
+        """Names with valid values, and names whose values are invalid.
+
+        An invalid value is terminal until it changes: it is not applied, and what the
+        dataplane already has for that name is left alone (in resync and change alike).
+        """
+        valid, invalid = set(), set()
         for key, kv in kvs.items():
+            name = _name_of(key, self.prefix)
             try:
                 parse_json(key, kv.value)
             except InvalidValueError as exc:
                 self.invalid[key] = exc.reason
                 log.warning("%s", exc)
+                invalid.add(name)
                 continue
             self.invalid.pop(key, None)
-            names.add(_name_of(key, self.prefix))
-        return names
+            valid.add(name)
+        return valid, invalid
 
     async def _delete(self, name: str) -> None:
         note = self.idx.delete(name)
@@ -145,8 +152,8 @@ class InterfacePlugin:
         log.info("interfaces: created %s (index %d)", name, index)
 
     async def resync(self, ev: ResyncEvent) -> None:
-        desired = self._desired(dict(ev.kvs))
-        for name in sorted(set(self.dp.interfaces) - desired):
+        desired, invalid = self._desired(dict(ev.kvs))
+        for name in sorted(set(self.dp.interfaces) - desired - invalid):
             await self._delete(name)
         for name in sorted(desired - set(self.dp.interfaces)):
             self._create(name)
@@ -163,7 +170,8 @@ class InterfacePlugin:
                     await self._delete(name)
                 continue
             assert ch.value is not None
-            if not self._desired({ch.key: KeyVal(ch.key, ch.value, ch.revision)}):
+            valid, _ = self._desired({ch.key: KeyVal(ch.key, ch.value, ch.revision)})
+            if not valid:
                 continue
             if name not in self.dp.interfaces:
                 self._create(name)
