@@ -32,6 +32,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the service they need, so ``-m "not etcd and not kafka"`` works."""
+    for item in items:
+        parts = item.path.parts
+        for service in ("etcd", "kafka"):
+            if service in parts[-2:-1]:
+                item.add_marker(getattr(pytest.mark, service))
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     return {_LOOP: _new_loop}
 

@@ -97,6 +97,20 @@ class SourceContract:
             assert changes[0].prev_value == b"old"
             assert changes[2].prev_value == b"new"
 
+    async def test_write_between_snapshot_and_watch_is_not_lost(
+        self, harness: Any, prefix: str
+    ) -> None:
+        """The list-then-watch gap (M1): a watch from R+1 sees what came after R."""
+        await harness.publisher.put(prefix + "g", b"1")
+        snap = await harness.source.snapshot([prefix])
+        r = await harness.publisher.put(prefix + "g", b"2")  # after the list, before the watch
+        it = harness.source.watch([prefix], snap.revision + 1)
+        try:
+            changes = await collect(it, 1)
+        finally:
+            await aclose(it)
+        assert [(c.key, c.value, c.revision) for c in changes] == [(prefix + "g", b"2", r)]
+
     async def test_watch_from_past_revision_replays_history(
         self, harness: Any, prefix: str
     ) -> None:

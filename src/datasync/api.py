@@ -298,7 +298,12 @@ class Channel(Generic[T], AsyncIterator[T]):
 
 @runtime_checkable
 class Registration(Protocol):
-    """One watcher's registration: its own resync and change channels."""
+    """One watcher's registration: its own resync and change channels.
+
+    A consumer takes a waiting resync event before waiting change events, and skips
+    a change event whose ``superseded`` is true: a later resync already holds its
+    effect. (The high-level ``Plugin`` adapter does both.)
+    """
 
     @property
     def name(self) -> str: ...

@@ -92,14 +92,16 @@ class ResyncConfig:
     snapshot_timeout: float = 30.0
     #: plugins of one dependency level resync concurrently
     parallel: bool = True
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    # 1 s doubling to a 60 s cap (FAULTS.md F11): with the defaults below the agent
+    # escalates after about two minutes of failing rounds, not on a short store outage.
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
     backoff_multiplier: float = 2.0
     #: each delay is scaled by a random factor in [1 - jitter, 1]
     jitter: float = 0.2
     #: this many failed rounds within ``escalate_window`` trigger the escalation
-    escalate_after: int = 5
-    escalate_window: float = 300.0
+    escalate_after: int = 8
+    escalate_window: float = 600.0
     #: "exit": stop and raise EscalationError (the agent exits with ``exit_code`` so its
     #: supervisor restarts it and VPP); "retry": keep retrying at the backoff cap
     escalation: Literal["exit", "retry"] = "exit"
