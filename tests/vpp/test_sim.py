@@ -302,6 +302,27 @@ async def test_addresses(client: VppClient) -> None:
     assert await client.dump("ip_address_dump", sw_if_index=a, is_ipv6=True) == []
 
 
+async def test_second_address_from_the_same_subnet(client: VppClient) -> None:
+    # VPP: "an intf may have >1 addr from the same prefix"; only another interface (or a
+    # different length, or the same address) conflicts
+    a = (await client.call("create_loopback")).sw_if_index
+    b = (await client.call("create_loopback")).sw_if_index
+    add = "sw_interface_add_del_address"
+    assert await rv(client, add, sw_if_index=a, is_add=True, prefix="10.0.0.1/24") == 0
+    assert await rv(client, add, sw_if_index=a, is_add=True, prefix="10.0.0.2/24") == 0
+    assert await rv(client, add, sw_if_index=a, is_add=True, prefix="10.0.0.2/24") == -105
+    assert await rv(client, add, sw_if_index=a, is_add=True, prefix="10.0.0.3/16") == -105
+    assert await rv(client, add, sw_if_index=b, is_add=True, prefix="10.0.0.9/24") == -105
+    assert await rv(client, add, sw_if_index=a, is_add=True, prefix="2001:db8::1/64") == 0
+    assert await rv(client, add, sw_if_index=a, is_add=True, prefix="2001:db8::2/64") == 0
+    assert await rv(client, add, sw_if_index=b, is_add=True, prefix="2001:db8::3/64") == -105
+    v4 = await client.dump("ip_address_dump", sw_if_index=a, is_ipv6=False)
+    assert [str(d.prefix) for d in v4] == ["10.0.0.1/24", "10.0.0.2/24"]
+    assert await rv(client, add, sw_if_index=a, is_add=False, prefix="10.0.0.1/24") == 0
+    v4 = await client.dump("ip_address_dump", sw_if_index=a, is_ipv6=False)
+    assert [str(d.prefix) for d in v4] == ["10.0.0.2/24"]
+
+
 async def test_vrf_tables(client: VppClient) -> None:
     a = (await client.call("create_loopback")).sw_if_index
     assert await rv(client, "sw_interface_set_table", sw_if_index=a, vrf_id=5) == -3

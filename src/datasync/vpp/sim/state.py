@@ -684,6 +684,10 @@ class Dataplane:
             for o_addr, o_len in other.addresses:
                 if o_addr.version != addr.version:
                     continue
+                # VPP: "an intf may have >1 addr from the same prefix" (same length,
+                # different address); any other overlap is in use
+                if other is iface and o_len == length and o_addr != addr:
+                    continue
                 if ipaddress.ip_network((o_addr, o_len), strict=False).overlaps(net):
                     return ADDRESS_IN_USE, {}
         iface.addresses.append((addr, length))
