@@ -99,6 +99,8 @@ class Subscription:
         self.name = name
         self.callback = callback
         self.closed = False
+        #: called once on close (``events()`` uses it to end its iteration)
+        self.on_close: Callable[[], None] | None = None
 
     def close(self) -> None:
         if not self.closed:
@@ -106,6 +108,8 @@ class Subscription:
             subs = self._client._subscribers.get(self.name)
             if subs is not None and self in subs:
                 subs.remove(self)
+            if self.on_close is not None:
+                self.on_close()
 
 
 class _Conn:
@@ -427,6 +431,13 @@ class VppClient:
                 waiter.set_exception(ClosedError("VppClient closed"))
                 waiter.exception()
         self._window_waiters.clear()
+        # end every subscription (an events() iterator stops) ...
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                sub.close()
+        self._subscribers.clear()
+        # ... and wake wait_connected(), which raises ClosedError once it sees _closed
+        self._connected.set()
         await asyncio.sleep(0)
 
     async def __aenter__(self) -> VppClient:
@@ -849,7 +860,10 @@ class VppClient:
         return sub
 
     async def events(self, name: str) -> AsyncIterator[Any]:
-        """Iterate over events ``name``; keeps at most ``event_queue_size`` (drops the oldest)."""
+        """Iterate over events ``name``; keeps at most ``event_queue_size`` (drops the oldest).
+
+        The iteration ends when the client is closed (events queued before are delivered).
+        """
         queue: deque[Any] = deque()
         wake: asyncio.Event = asyncio.Event()
 
@@ -860,11 +874,16 @@ class VppClient:
             queue.append(msg)
             wake.set()
 
+        if self._closed:
+            return
         sub = self.subscribe(name, put)
+        sub.on_close = wake.set
         try:
             while True:
                 while queue:
                     yield queue.popleft()
+                if sub.closed:
+                    return
                 wake.clear()
                 await wake.wait()
         finally:
@@ -964,6 +983,10 @@ class VppClient:
             return
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until (re)connected."""
+        """Wait until (re)connected; raises :class:`ClosedError` once the client is closed."""
+        if self._closed:
+            raise ClosedError("VppClient is closed")
         async with asyncio.timeout(timeout):
             await self._connected.wait()
+        if self._closed:
+            raise ClosedError("VppClient is closed")

@@ -1,0 +1,91 @@
+"""VppClient fault handling found in review: close() ends waiters, reconnect never stops,
+the health probe tolerates the client's own backlog, an oversized shm message fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from datasync.errors import ClosedError
+from datasync.vpp.client import VppClient
+from datasync.vpp.sim import Simulator
+
+
+async def eventually(pred: Callable[[], bool], limit: float = 5.0) -> None:
+    """Poll ``pred`` until it holds (state changes here come from callbacks, not events)."""
+    async with asyncio.timeout(limit):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, detail: Any) -> None:
+        self.seen.append((kind, dict(detail)))
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.seen]
+
+
+@pytest.fixture
+async def make_client(sim: Simulator) -> AsyncIterator[Callable[..., Awaitable[VppClient]]]:
+    made: list[VppClient] = []
+
+    async def make(**kw: Any) -> VppClient:
+        kw.setdefault("probe_interval", None)
+        kw.setdefault("backoff_initial", 0.01)
+        kw.setdefault("backoff_max", 0.05)
+        assert sim.path
+        c = VppClient(sim.path, **kw)
+        made.append(c)
+        await c.connect()
+        return c
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+# -- close() ends everything that waits on the client ----------------------------------
+
+
+async def test_close_ends_events_iteration(make_client: Any, task_baseline: Any) -> None:
+    c = await make_client()
+    got: list[Any] = []
+
+    async def consume() -> str:
+        async for ev in c.events("sw_interface_event"):
+            got.append(ev)
+        return "ended"
+
+    consumer = asyncio.ensure_future(consume())
+    await c.want("want_interface_events")
+    await c.call("create_loopback")
+    await eventually(lambda: len(got) == 1)
+    await c.close()
+    assert await asyncio.wait_for(consumer, 2) == "ended"
+    assert not any(c._subscribers.values())
+    # an iteration started after close() ends at once
+    assert [ev async for ev in c.events("sw_interface_event")] == []
+    task_baseline()
+
+
+async def test_close_fails_wait_connected(sim: Simulator, make_client: Any) -> None:
+    c = await make_client()
+    sim.drop_connections()
+    await eventually(lambda: not c.connected)
+    sim.set_latency(10.0)  # keep the reconnect from completing
+    waiter = asyncio.ensure_future(c.wait_connected())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await c.close()
+    with pytest.raises(ClosedError):
+        await asyncio.wait_for(waiter, 2)
+    with pytest.raises(ClosedError):
+        await c.wait_connected()
+    sim.clear_faults()
