@@ -861,3 +861,17 @@ async def test_failed_change_holds_the_watermark(
     (await anext(reg.change_events)).done(RuntimeError("vpp said no"))
     assert orch.applied_revision("local") == 0  # revision 1 failed: not applied
     release.set()
+
+
+async def test_round_without_watchers_reads_no_source(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    class Untouchable(Flaky):
+        async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+            raise AssertionError("no prefix is watched: nothing to read")
+
+    orch = orch_factory([Untouchable(LocalStore())])
+    events = Events(orch)
+    await orch.start()
+    await events.until(lambda: len(events.rounds()) == 1)
+    assert events.rounds()[0].ok

@@ -710,6 +710,9 @@ class Orchestrator:
             for name in members:
                 self._set_plugin_state(name, PluginState.RESYNCING)
             prefixes = sorted({p for ps in prefixes_of.values() for p in ps})
+            if not prefixes:  # nobody watches anything: nothing to read or deliver
+                self._drain_buffers()
+                return self._finish_round(rnd, started, errors, [])
             snapshots = await self._take_snapshots(prefixes, errors)
             if snapshots is not None:
                 synced = await self._resync_plugins(members, prefixes_of, snapshots, errors)
@@ -724,6 +727,16 @@ class Orchestrator:
             errors["<orchestrator>"] = exc
         finally:
             self._round_running = False
+        return self._finish_round(rnd, started, errors, synced)
+
+    def _finish_round(
+        self,
+        rnd: int,
+        started: float,
+        errors: dict[str, BaseException],
+        synced: list[_Registration],
+    ) -> bool:
+        self._round_running = False
         ok = not errors
         if ok:
             for reg in synced:
