@@ -77,9 +77,9 @@ async def test_close_ends_events_iteration(make_client: Any, task_baseline: Any)
 
 async def test_close_fails_wait_connected(sim: Simulator, make_client: Any) -> None:
     c = await make_client()
+    sim.set_latency(10.0)  # keep the reconnect from completing
     sim.drop_connections()
     await eventually(lambda: not c.connected)
-    sim.set_latency(10.0)  # keep the reconnect from completing
     waiter = asyncio.ensure_future(c.wait_connected())
     await asyncio.sleep(0.05)
     assert not waiter.done()
@@ -89,3 +89,64 @@ async def test_close_fails_wait_connected(sim: Simulator, make_client: Any) -> N
     with pytest.raises(ClosedError):
         await c.wait_connected()
     sim.clear_faults()
+
+
+# -- the reconnect loop never ends while disconnected ----------------------------------
+
+
+async def test_lost_again_during_want_replay_keeps_reconnecting(
+    sim: Simulator, make_client: Any
+) -> None:
+    faults = Faults()
+    c = await make_client(on_fault=faults)
+    await c.want("want_interface_events")
+    sim.set_latency(0.3, "want_interface_events")  # the replay after reconnecting is slow ...
+    sim.drop_connections()
+    # reconnected, the replay in progress
+    await eventually(lambda: any(p.name == "want_interface_events" for p in c._pending.values()))
+    sim.drop_connections()  # ... and VPP drops us again in the middle of it
+    sim.clear_faults()
+    await eventually(lambda: "reconnected" in faults.kinds())
+    assert c.connected
+    assert faults.kinds() == ["disconnected", "disconnected", "reconnected"]
+    # the registration was replayed on the connection that stayed up
+    events: list[Any] = []
+    c.subscribe("sw_interface_event", events.append)
+    await c.call("create_loopback")
+    await eventually(lambda: len(events) == 1)
+
+
+async def test_reconnect_loop_survives_unexpected_errors(
+    sim: Simulator, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults = Faults()
+    c = await make_client(on_fault=faults)
+    await c.want("want_interface_events")
+    replay = c._replay_wants
+    failures = [RuntimeError("a bug in the replay")]
+
+    async def flaky_replay() -> None:
+        if failures:
+            raise failures.pop()
+        await replay()
+
+    monkeypatch.setattr(c, "_replay_wants", flaky_replay)
+    sim.drop_connections()
+    await eventually(lambda: "reconnected" in faults.kinds())
+    assert not failures and c.connected
+    await eventually(lambda: len(sim._conns) == 1)  # the half-made connection was not leaked
+
+
+async def test_probe_restarts_a_missing_reconnect_loop(sim: Simulator, make_client: Any) -> None:
+    faults = Faults()
+    c = await make_client(on_fault=faults, probe_interval=0.05)
+    sim.set_latency(10.0, "control_ping")  # the reconnect loop cannot finish ...
+    sim.drop_connections()
+    await eventually(lambda: c._reconnect_task is not None)
+    task = c._reconnect_task
+    assert task is not None
+    task.cancel()  # ... and dies (as a bug would make it)
+    await asyncio.gather(task, return_exceptions=True)
+    sim.clear_faults()
+    await eventually(lambda: "reconnected" in faults.kinds())
+    assert c.connected

@@ -227,6 +227,8 @@ class VppClient:
         self._connected = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
+        #: a loss was reported while the reconnect loop ran: it must not stop yet
+        self._reconnect_again = False
         self._fault_tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self._out: list[bytes] = []
@@ -905,6 +907,8 @@ class VppClient:
         for name, data in list(self._wants.items()):
             try:
                 await self.call(name, data)
+            except (VppConnectionError, ClosedError):
+                raise  # the new connection is gone already: the reconnect loop goes on
             except DatasyncError as exc:
                 log.warning("re-registering %s after reconnect failed: %s", name, exc)
 
@@ -936,6 +940,11 @@ class VppClient:
         while not self._closed:
             await asyncio.sleep(self.probe_interval)
             if not self.connected:
+                # backstop: a lost connection must always have a live reconnect loop
+                task = self._reconnect_task
+                if self.reconnect and (task is None or task.done()):
+                    log.warning("VPP disconnected with no reconnect in progress: starting one")
+                    self._start_reconnect()
                 continue
             try:
                 reply = await self.call("control_ping", timeout=self.probe_timeout)
@@ -960,19 +969,41 @@ class VppClient:
         if not self.reconnect or self._closed:
             return
         if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_again = False
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
+        else:
+            self._reconnect_again = True  # lost again while the loop connects: it goes on
 
     async def _reconnect_loop(self) -> None:
+        # Only close() ends this loop early: every failure is logged and retried after a
+        # backoff, and it reports "reconnected" only while actually connected.
         attempt = 0
         old_pid = self.vpe_pid
         while not self._closed:
-            delay = min(self.backoff_max, self.backoff_initial * (2**attempt))
+            delay = min(self.backoff_max, self.backoff_initial * (2 ** min(attempt, 30)))
             await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))  # jitter
-            attempt = min(attempt + 1, 30)
+            attempt += 1
+            self._reconnect_again = False
             try:
                 await self._connect_once()
-            except (DatasyncError, OSError) as exc:
-                log.debug("VPP reconnect attempt %d failed: %s", attempt, exc)
+            except Exception as exc:
+                if isinstance(exc, (DatasyncError, OSError)):
+                    log.debug("VPP reconnect attempt %d failed: %s", attempt, exc)
+                else:
+                    log.exception("VPP reconnect attempt %d failed unexpectedly", attempt)
+                transport = self._transport
+                if transport is not None:
+                    # a half-made connection (e.g. the replay failed): start over cleanly
+                    self._drop_connection(VppConnectionError(f"reconnect failed: {exc}"))
+                    transport.abort()
+                continue
+            if not self.connected:
+                # lost again (during the want_* replay, say): "reconnected" would be a lie
+                log.debug(
+                    "VPP connection lost again during reconnect attempt %d (reported: %s)",
+                    attempt,
+                    self._reconnect_again,
+                )
                 continue
             restarted = old_pid is not None and self.vpe_pid != old_pid
             self._fault(
