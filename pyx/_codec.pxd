@@ -56,6 +56,8 @@ cdef struct COp:
     PyObject* sub            # _Layout: struct/union, or a one-op layout holding an element
     PyObject* dflt           # default value, or NULL
     PyObject* plan_op        # the Python Op, for the twin's slow paths
+    Py_ssize_t run           # decode: simple fixed-size fields from here on (0: not simple)
+    Py_ssize_t run_size      # ... and their wire size, checked once for the whole run
 
 
 cdef struct WBuf:

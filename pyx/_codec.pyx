@@ -297,7 +297,52 @@ cdef extern from *:
         return r;
     #endif
     }
+
+    /* Decoding of "simple" fields (fixed-size ints, bools, f64, bytes, MACs, strings):
+       no conversion that can fail, so a run of them needs one bounds check and no
+       exception handling. Op numbers as in _codec.pxd (K_U8 = 0 ... K_STR = 11, C_MAC). */
+    static PyObject* ds_small_ints[256];  /* 0..255, the interpreter's cached ints */
+    static int ds_init_small_ints(void) {
+        int i;
+        for (i = 0; i < 256; i++) {
+            ds_small_ints[i] = PyLong_FromLong(i);
+            if (!ds_small_ints[i]) return -1;
+        }
+        return 0;
+    }
+    static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
+        long long v;
+        switch (kind) {
+        case 1: v = (signed char)u; break;
+        case 3: v = (short)u; break;
+        case 5: v = (int)u; break;
+        case 7: v = (long long)u; break;
+        default:
+            if (u < 256) { Py_INCREF(ds_small_ints[u]); return ds_small_ints[u]; }
+            return ds_int_new(kind, u);
+        }
+        if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
+        return PyLong_FromLongLong(v);
+    }
+    static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
+                                          const unsigned char* p, PyObject* mac_type) {
+        double d;
+        const unsigned char* nul;
+        if (kind <= 7) return ds_int_obj(kind, ds_get_be(p, size));
+        switch (kind) {
+        case 9: { PyObject* b = p[0] ? Py_True : Py_False; Py_INCREF(b); return b; }
+        case 8: memcpy(&d, p, 8); return PyFloat_FromDouble(d);
+        case 10:
+            if (conv == 10) return ds_bytes_sub(mac_type, (const char*)p, 6);
+            return PyBytes_FromStringAndSize((const char*)p, size);
+        default:  /* 11: fixed string, up to its first NUL */
+            nul = (const unsigned char*)memchr(p, 0, size);
+            return ds_text((const char*)p, nul ? nul - p : size);
+        }
+    }
     """
+    int ds_init_small_ints() except -1
+    PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new(object type, Py_ssize_t n)
     object ds_alloc(object type)
     Py_ssize_t ds_member_offset(object descr)
@@ -338,6 +383,8 @@ cdef Py_ssize_t _OFF_SCOPE6 = ds_member_offset(_V6A.__dict__["_scope_id"])
 if _OFF_IP4 < 0 or _OFF_IP6 < 0 or _OFF_SCOPE6 < 0:
     raise ImportError("datasync._codec_c: unexpected ipaddress layout")
 # All-zero wire bytes: records of small structs decoded from them are shared (below).
+ds_init_small_ints()
+cdef object _MAC_TYPE = MacAddress  # a C global: a module-dict lookup per field costs
 cdef unsigned char _ZEROS[256]
 memset(_ZEROS, 0, sizeof(_ZEROS))
 # Decoded prefixes by wire bytes, per conversion: networks and interfaces are values, and
@@ -405,10 +452,40 @@ cdef _Layout _build(object pl, dict memo):
         _fill(&L.ops[i], op, L, memo)
     if pl.is_union and pl.ops:
         L.big_arm = max(range(len(pl.ops)), key=lambda j: (pl.ops[j].size, -j))
+    if not pl.is_union:
+        _set_runs(L)
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
     )
     return L
+
+
+cdef bint _op_simple(COp* op) noexcept:
+    """True when ds_dec_simple decodes the op: fixed size, and no conversion that can fail."""
+    if op.size < 0:
+        return False
+    if op.kind <= K_I64 or op.kind == K_BOOL or op.kind == K_STR:
+        return op.conv == C_NONE
+    if op.kind == K_F64:
+        return op.conv == C_NONE and op.size == 8
+    if op.kind == K_BYTES:
+        return op.conv == C_NONE or (op.conv == C_MAC and op.size == 6)
+    return False
+
+
+cdef void _set_runs(_Layout L) noexcept:
+    """Each op's run of simple ops up to the next other one (walked backwards)."""
+    cdef Py_ssize_t i = L.n - 1, run = 0, size = 0
+    while i >= 0:
+        if _op_simple(&L.ops[i]):
+            run += 1
+            size += L.ops[i].size
+        else:
+            run = 0
+            size = 0
+        L.ops[i].run = run
+        L.ops[i].run_size = size
+        i -= 1
 
 
 cdef bint _op_shareable(COp* op):
@@ -450,6 +527,7 @@ cdef int _fill(COp* c, object op, _Layout owner, dict memo) except -1:
         sub.plan = None
         sub.index = {}
         _fill(&sub.ops[0], op.elem, sub, memo)
+        _set_runs(sub)
     else:
         sub = None
     if sub is not None:
@@ -1121,6 +1199,31 @@ cdef inline object _dec_int(COp* op, const unsigned char* p):
     return PyLong_FromLongLong(<long long>u)
 
 
+cdef Py_ssize_t _dec_run(
+    COp* ops, Py_ssize_t i, Py_ssize_t stop, const unsigned char* p, PyObject* rec, Py_ssize_t start
+) except -1:
+    """Decode simple ops [i, stop) from p (bounds checked by the caller) into rec; their size."""
+    cdef Py_ssize_t o = 0
+    cdef PyObject* pv
+    cdef COp* op
+    while i < stop:
+        op = &ops[i]
+        pv = ds_dec_simple(op.kind, op.conv, op.size, p + o, <PyObject*>_MAC_TYPE)
+        if pv == NULL:
+            return -1  # MemoryError, set by the allocator
+        PyTuple_SET_ITEM(<object>rec, i - start, pv)
+        o += op.size
+        i += 1
+    return o
+
+
+cdef object _dec_flat_rec(_Layout L, const unsigned char* p):
+    """A struct made only of simple ops (bounds checked by the caller)."""
+    rec = ds_record_new(L.tuple_type, L.n)
+    _dec_run(L.ops, 0, L.n, p, <PyObject*>rec, 0)
+    return rec
+
+
 cdef object _dec_op(
     COp* op, const unsigned char* buf, Py_ssize_t end, Py_ssize_t* off, object rec, Py_ssize_t start
 ):
@@ -1203,6 +1306,9 @@ cdef object _dec_op(
         _need(o, count * esize, end)
     items = PyList_New(count)
     j = 0
+    if esize > 0 and _dec_items_fast(sub, buf + o, count, esize, items):
+        off[0] = o + count * esize
+        return items
     try:
         while j < count:
             item = _dec_op(&sub.ops[0], buf, end, off, rec, start)
@@ -1218,6 +1324,55 @@ cdef object _dec_op(
             j += 1
         raise exc.under(f"[{n}]")
     return items
+
+
+cdef bint _dec_items_fast(
+    _Layout sub, const unsigned char* p, Py_ssize_t count, Py_ssize_t esize, object items
+) except -1:
+    """Fill `items` from elements that are simple, or flat structs of simple fields (the
+    caller checked that all `count` of them are there); False if elements are not such."""
+    cdef COp* elem = &sub.ops[0]
+    cdef _Layout L
+    cdef PyObject* pv
+    cdef Py_ssize_t j = 0, z = 0
+    if elem.run:
+        while j < count:
+            pv = ds_dec_simple(elem.kind, elem.conv, esize, p + j * esize, <PyObject*>_MAC_TYPE)
+            if pv == NULL:
+                _fill_none(items, j, count)
+                return -1
+            PyList_SET_ITEM(items, j, pv)
+            j += 1
+        return True
+    if elem.kind != K_STRUCT or elem.conv != C_NONE:
+        return False
+    L = <_Layout>elem.sub
+    if L.is_union or L.n == 0 or L.ops[0].run != L.n or L.fixed_size != esize:
+        return False
+    try:
+        while j < count:
+            if L.shareable and memcmp(p + j * esize, _ZEROS, esize) == 0:
+                # as in _dec_struct: all-zero records are shared
+                if L.zero_rec is None:
+                    L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
+                item = L.zero_rec
+            else:
+                item = _dec_flat_rec(L, p + j * esize)
+            Py_INCREF(<PyObject*>item)
+            PyList_SET_ITEM(items, j, <PyObject*>item)
+            j += 1
+    except BaseException:
+        _fill_none(items, j, count)
+        raise
+    return True
+
+
+cdef void _fill_none(object items, Py_ssize_t j, Py_ssize_t count) noexcept:
+    """None in a new list's unfilled slots (NULL), so that it can be freed."""
+    while j < count:
+        Py_INCREF(<PyObject*>None)
+        PyList_SET_ITEM(items, j, <PyObject*>None)
+        j += 1
 
 
 cdef object _dec_struct(
@@ -1255,6 +1410,10 @@ cdef object _dec_fields(
             kind = op.kind
             if L.is_union:
                 o = base
+            elif op.run and op.run_size <= end - o:
+                o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
+                i += op.run
+                continue
             if kind <= K_I64 and (whole or op.size <= end - o):
                 # ints straight into the record (a new reference, stolen by SET_ITEM)
                 pv = ds_int_new(kind, _get_be(buf + o, op.size))
