@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from datasync.errors import ClosedError
-from datasync.vpp.client import VppClient
+from datasync.vpp.client import VppClient, VppConnectionError
 from datasync.vpp.sim import Simulator
 
 
@@ -150,3 +150,34 @@ async def test_probe_restarts_a_missing_reconnect_loop(sim: Simulator, make_clie
     sim.clear_faults()
     await eventually(lambda: "reconnected" in faults.kinds())
     assert c.connected
+
+
+# -- the health probe: any frame is proof of life --------------------------------------
+
+
+async def test_probe_queued_behind_own_work_is_not_a_failure(
+    sim: Simulator, make_client: Any
+) -> None:
+    faults = Faults()
+    c = await make_client(on_fault=faults, probe_interval=0.02, probe_timeout=0.1, probe_failures=1)
+    # a slow but alive VPP: replies keep coming, every 10 ms, for about a second; the
+    # probe's ping waits behind all of them, far longer than probe_timeout
+    sim.set_latency(0.01)
+    replies = await c.call_many("show_version", [None] * 100)
+    sim.clear_faults()
+    assert len(replies) == 100
+    assert faults.kinds() == []
+    assert c.stats["disconnects"] == 0
+
+
+async def test_probe_abort_is_reported_as_a_probe_failure(sim: Simulator, make_client: Any) -> None:
+    faults = Faults()
+    c = await make_client(on_fault=faults, probe_interval=0.05, probe_timeout=0.05, reconnect=False)
+    sim.set_latency(10.0)  # VPP hangs: nothing comes back at all
+    call = asyncio.ensure_future(c.call("show_version"))
+    with pytest.raises(VppConnectionError, match="health probe failed"):
+        await asyncio.wait_for(call, 5)
+    assert faults.kinds() == ["unresponsive", "disconnected"]
+    assert faults.seen[0][1]["misses"] == 2  # the default: two misses in a row
+    assert "health probe failed" in faults.seen[1][1]["error"]
+    sim.clear_faults()

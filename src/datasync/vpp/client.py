@@ -157,7 +157,7 @@ class VppClient:
         connect_timeout: float = 5.0,
         probe_interval: float | None = 1.0,
         probe_timeout: float = 0.25,
-        probe_failures: int = 1,
+        probe_failures: int = 2,
         reconnect: bool = True,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
@@ -229,6 +229,10 @@ class VppClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         #: a loss was reported while the reconnect loop ran: it must not stop yet
         self._reconnect_again = False
+        #: batches of frames received (any frame is proof of life for the health probe)
+        self._rx_batches = 0
+        #: why we aborted the connection ourselves (reported instead of the transport's error)
+        self._abort_reason: VppConnectionError | None = None
         self._fault_tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self._out: list[bytes] = []
@@ -452,6 +456,7 @@ class VppClient:
     # -- the sink interface the transport calls --------------------------------------
 
     def frames_received(self, bodies: list[bytes]) -> None:
+        self._rx_batches += 1
         conn = self._conn
         if conn is None:
             self._handshake_frames(bodies)
@@ -513,6 +518,9 @@ class VppClient:
                 fut.set_exception(VppProtocolError(f"bad sockclnt_create_reply: {exc}"))
 
     def transport_lost(self, exc: BaseException | None) -> None:
+        reason, self._abort_reason = self._abort_reason, None
+        if reason is not None:
+            exc = reason  # we aborted (e.g. the health probe): say so, not "peer closed"
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(
                 VppConnectionError(f"VPP closed the connection during the handshake ({exc})")
@@ -536,6 +544,7 @@ class VppClient:
             self._sweep_handle = None
         self._conn = None
         self._transport = None
+        self._abort_reason = None
         self._connected.clear()
         pending, self._pending = self._pending, {}
         for call in pending.values():
@@ -935,6 +944,9 @@ class VppClient:
             self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def _probe_loop(self) -> None:
+        # The ping queues behind the client's own work (a big dump, a full window), so a
+        # slow ping alone proves nothing: VPP counts as unresponsive only when no frame at
+        # all arrived within probe_timeout, probe_failures times in a row.
         assert self.probe_interval
         failures = 0
         while not self._closed:
@@ -946,14 +958,31 @@ class VppClient:
                     log.warning("VPP disconnected with no reconnect in progress: starting one")
                     self._start_reconnect()
                 continue
+            rx = self._rx_batches
             try:
-                reply = await self.call("control_ping", timeout=self.probe_timeout)
-            except VppTimeoutError:
+                # the bound covers the wait for a window slot too
+                async with asyncio.timeout(self.probe_timeout):
+                    reply = await self._request(
+                        "control_ping",
+                        None,
+                        timeout=max(self.timeout, self.probe_timeout),
+                        check=True,
+                    )
+            except TimeoutError:
+                if self._rx_batches != rx:
+                    failures = 0  # frames arrived meanwhile: VPP is alive, just busy
+                    continue
                 failures += 1
-                if failures >= self.probe_failures and self._transport is not None:
-                    self._fault("unresponsive", {"timeout": self.probe_timeout})
+                transport = self._transport
+                if failures >= self.probe_failures and transport is not None:
+                    self._fault("unresponsive", {"timeout": self.probe_timeout, "misses": failures})
                     # treat a hung VPP like a lost one: reconnect and let the pid tell
-                    self._transport.abort()
+                    self._abort_reason = VppConnectionError(
+                        f"health probe failed: no message from VPP within "
+                        f"{self.probe_timeout:g} s, {failures} times in a row; connection aborted"
+                    )
+                    failures = 0
+                    transport.abort()
                 continue
             except DatasyncError:
                 continue
