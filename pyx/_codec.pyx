@@ -340,8 +340,65 @@ cdef extern from *:
             return ds_text((const char*)p, nul ? nul - p : size);
         }
     }
+
+    /* PyDict_Next without its generality: on CPython 3.11, a combined dict with str keys
+       (every literal dict) keeps its entries as an array of (key, value) pairs after the
+       index table. The layout below is 3.11's (Include/internal/pycore_dict.h); it is
+       re-read on every call (encoding may run Python code that mutates the dict) and
+       checked against PyDict_Next at import (ds_dict_check), else PyDict_Next is used. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } ds_dictkeys;
+    typedef struct { PyObject* me_key; PyObject* me_value; } ds_ukentry;
+    static int ds_dict_fast = 0;
+    #endif
+    static inline int ds_dict_next(PyObject* d, Py_ssize_t* pos, PyObject** k, PyObject** v) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+        PyDictObject* mp = (PyDictObject*)d;
+        if (ds_dict_fast && mp->ma_values == NULL) {
+            ds_dictkeys* dk = (ds_dictkeys*)mp->ma_keys;
+            if (dk->dk_kind == 1) {  /* DICT_KEYS_UNICODE */
+                ds_ukentry* e = (ds_ukentry*)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
+                Py_ssize_t i = *pos, n = dk->dk_nentries;
+                if (i < 0) return 0;
+                while (i < n && e[i].me_value == NULL) i++;
+                if (i >= n) return 0;
+                *pos = i + 1;
+                *k = e[i].me_key;
+                *v = e[i].me_value;
+                return 1;
+            }
+        }
+    #endif
+        return PyDict_Next(d, pos, k, v);
+    }
+    /* Turns the fast walk on if it sees what PyDict_Next sees on a sample dict. */
+    static void ds_dict_check(PyObject* d) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+        Py_ssize_t p1 = 0, p2 = 0;
+        PyObject *k1, *v1, *k2, *v2;
+        int r1, r2;
+        ds_dict_fast = 1;
+        for (;;) {
+            r1 = ds_dict_next(d, &p1, &k1, &v1);
+            r2 = PyDict_Next(d, &p2, &k2, &v2);
+            if (r1 != r2 || (r1 && (k1 != k2 || v1 != v2 || p1 != p2))) { ds_dict_fast = 0; return; }
+            if (!r1) return;
+        }
+    #endif
+    }
     """
     int ds_init_small_ints() except -1
+    int ds_dict_next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    void ds_dict_check(object d) noexcept
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new(object type, Py_ssize_t n)
     object ds_alloc(object type)
@@ -384,6 +441,11 @@ if _OFF_IP4 < 0 or _OFF_IP6 < 0 or _OFF_SCOPE6 < 0:
     raise ImportError("datasync._codec_c: unexpected ipaddress layout")
 # All-zero wire bytes: records of small structs decoded from them are shared (below).
 ds_init_small_ints()
+_sample = {"a": 1, "b": 2, "c": 3, "d": 4}
+del _sample["b"]  # a deleted entry too
+_sample["e"] = 5
+ds_dict_check(_sample)
+del _sample
 cdef object _MAC_TYPE = MacAddress  # a C global: a module-dict lookup per field costs
 cdef unsigned char _ZEROS[256]
 memset(_ZEROS, 0, sizeof(_ZEROS))
@@ -981,7 +1043,7 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
         mode = 0
     elif PyDict_CheckExact(value):
         mode = 1
-        more = PyDict_Next(value, &pos, &nk, &nv)
+        more = ds_dict_next(value, &pos, &nk, &nv)
     elif PyTuple_Check(value) and is_record(value):
         mode = 3
     elif isinstance(value, Mapping):
@@ -999,7 +1061,7 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
             if mode == 1:
                 if more and nk == op.name:
                     pv = nv
-                    more = PyDict_Next(value, &pos, &nk, &nv)
+                    more = ds_dict_next(value, &pos, &nk, &nv)
                 else:
                     pv = PyDict_GetItemWithError(value, <object>op.name)
                 if pv != NULL:
