@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 
 from datasync.errors import ClosedError
-from datasync.vpp.client import VppClient, VppConnectionError
+from datasync.vpp.client import (
+    VppClient,
+    VppConnectionError,
+    VppMessageTooLargeError,
+    VppTimeoutError,
+)
+from datasync.vpp.defs import load_api_dir
 from datasync.vpp.sim import Simulator
+from tests.paths import VPP_API_REFERENCE
 
 
 async def eventually(pred: Callable[[], bool], limit: float = 5.0) -> None:
@@ -181,3 +188,51 @@ async def test_probe_abort_is_reported_as_a_probe_failure(sim: Simulator, make_c
     assert faults.seen[0][1]["misses"] == 2  # the default: two misses in a row
     assert "health probe failed" in faults.seen[1][1]["error"]
     sim.clear_faults()
+
+
+# -- shm: one message larger than the ring fails alone ---------------------------------
+
+
+async def test_shm_request_larger_than_the_ring_fails_alone(
+    sim: Simulator, make_client: Any
+) -> None:
+    faults = Faults()
+    c = await make_client(transport="shm", shm_size=1 << 16, reconnect=False, on_fault=faults)
+    other = asyncio.ensure_future(c.call("show_version"))
+    with pytest.raises(VppMessageTooLargeError, match="tap_create_v3") as info:
+        await c.call("tap_create_v3", tag="t" * 70000)
+    assert info.value.size > info.value.limit
+    assert str(info.value.size) in str(info.value)
+    assert (await other).retval == 0
+    assert (await c.call("show_version")).retval == 0
+    assert c.connected and faults.kinds() == []
+    # the window slot was given back
+    assert c._in_flight == 0
+
+
+async def test_shm_reply_larger_than_the_ring_is_dropped_alone(sock_path: str) -> None:
+    # the full API set makes get_api_json's reply (~270 KB) larger than a 64 KB ring
+    sim = Simulator(load_api_dir(VPP_API_REFERENCE), seed=1)
+    await sim.start(sock_path)
+    faults = Faults()
+    c = VppClient(
+        sock_path,
+        transport="shm",
+        shm_size=1 << 16,
+        probe_interval=None,
+        reconnect=False,
+        on_fault=faults,
+    )
+    try:
+        await c.connect()
+        big = asyncio.ensure_future(c.call("get_api_json", timeout=0.5))
+        other = asyncio.ensure_future(c.call("show_version"))
+        with pytest.raises(VppTimeoutError):
+            await big
+        assert (await other).retval == 0
+        assert sim.stats["dropped_too_large"] == 1
+        assert (await c.call("show_version")).retval == 0
+        assert c.connected and faults.kinds() == []
+    finally:
+        await c.close()
+        await sim.stop()

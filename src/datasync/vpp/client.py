@@ -34,6 +34,7 @@ from .transport import (
     ShmTransport,
     SocketTransport,
     VppConnectionError,
+    VppMessageTooLargeError,
     VppProtocolError,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "VppClient",
     "VppConnectionError",
     "VppMessageError",
+    "VppMessageTooLargeError",
     "VppProtocolError",
     "VppTimeoutError",
 ]
@@ -233,6 +235,8 @@ class VppClient:
         self._rx_batches = 0
         #: why we aborted the connection ourselves (reported instead of the transport's error)
         self._abort_reason: VppConnectionError | None = None
+        #: the largest request body the connection carries (the shm ring's limit; None: any)
+        self._max_body: int | None = None
         self._fault_tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self._out: list[bytes] = []
@@ -291,6 +295,7 @@ class VppClient:
         else:
             await self._handshake_socket(loop)
         self._handshake = None
+        self._max_body = getattr(self._transport, "max_body", None)
         self.stats["connects"] += 1
         self._connected.set()
         # learn vpe_pid at once, so a restart is detected even before the first probe
@@ -667,6 +672,10 @@ class VppClient:
         ctx = self._next_context()
         try:
             body, is_dump = self._encode(name, fields, ctx)
+            limit = self._max_body
+            if limit is not None and len(body) > limit:
+                # fail this call alone: sending it would break the ring for every call
+                raise VppMessageTooLargeError(len(body), limit, name)
         except BaseException:
             self._release_slot()
             raise

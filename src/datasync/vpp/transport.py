@@ -9,7 +9,7 @@ are parsed in bulk from the receive buffer and handed up as a list of bodies per
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import socket
 import struct
@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..errors import DatasyncError
+
+log = logging.getLogger("datasync.vpp.transport")
 
 __all__ = [
     "MAX_FRAME",
@@ -28,6 +30,7 @@ __all__ = [
     "ShmTransport",
     "SocketTransport",
     "VppConnectionError",
+    "VppMessageTooLargeError",
     "VppProtocolError",
     "frame",
 ]
@@ -46,6 +49,24 @@ class VppConnectionError(DatasyncError, ConnectionError):
 
 class VppProtocolError(VppConnectionError):
     """The peer sent something that is not VPP's framing (the connection is dropped)."""
+
+
+class VppMessageTooLargeError(DatasyncError, ValueError):
+    """One message body is larger than the transport can ever carry (e.g. the shm ring).
+
+    Only that message fails; the connection and every other call are unaffected.
+    """
+
+    def __init__(self, size: int, limit: int, name: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        self.name = name
+        #: how many bodies of the batch were left out for being too large
+        self.dropped = 1
+        what = f"VPP message {name!r}" if name else "a VPP message"
+        super().__init__(
+            f"{what} of {size} bytes is larger than the transport carries ({limit} bytes max)"
+        )
 
 
 def frame(body: bytes) -> bytes:
@@ -294,6 +315,8 @@ class ShmPipe:
         self._on_bodies = on_bodies
         self._on_closed = on_closed
         self._max_bytes = max_bytes
+        #: the largest body the ring can ever hold
+        self.max_body: int = endpoint.max_body
         self._pending: deque[bytes] = deque()
         self._loop = asyncio.get_running_loop()
         self._fd = endpoint.fileno()
@@ -330,20 +353,39 @@ class ShmPipe:
             self._on_closed(exc)
 
     def write_many(self, bodies: list[bytes]) -> None:
-        """Queue bodies in order; raises :class:`VppConnectionError` once the ring is gone."""
+        """Queue bodies in order; raises :class:`VppConnectionError` once the ring is gone.
+
+        A body larger than the ring is left out (it would break the ring for everyone):
+        the others are written, then :class:`VppMessageTooLargeError` names the first.
+        """
         if self.closed:
             raise VppConnectionError("shared memory ring is closed")
+        limit = self.max_body
+        too_large: VppMessageTooLargeError | None = None
+        for body in bodies:
+            if len(body) > limit:
+                too_large = VppMessageTooLargeError(len(body), limit)
+                kept = [b for b in bodies if len(b) <= limit]
+                too_large.dropped = len(bodies) - len(kept)
+                bodies = kept
+                break
+        if bodies:
+            self._write(bodies)
+        if too_large is not None:
+            raise too_large
+
+    def _write(self, bodies: list[bytes]) -> None:
         if self._pending:
             self._pending.extend(bodies)
             return
         try:
             n = self._ep.send_many(bodies)
-        except Exception as exc:
+            if n < len(bodies):
+                self._pending.extend(bodies[n:])
+                self._flush()
+        except Exception as exc:  # a ShmError from the ring (or its flush): the pipe is done
             self._fail(exc)
             raise VppConnectionError(f"shared memory ring: {exc}") from exc
-        if n < len(bodies):
-            self._pending.extend(bodies[n:])
-            self._flush()
 
     def _flush(self) -> None:
         pending = self._pending
@@ -440,11 +482,21 @@ class ShmTransport:
     def send(self, body: bytes) -> None:
         self.send_many([body])
 
+    @property
+    def max_body(self) -> int | None:
+        """The largest body this connection carries (None once it is down)."""
+        return None if self._down or self._pipe is None else self._pipe.max_body
+
     def send_many(self, bodies: Iterable[bytes]) -> None:
         if self._down or self._pipe is None:
             return
-        with contextlib.suppress(VppConnectionError):  # reported through _ring_closed
+        try:
             self._pipe.write_many(list(bodies))
+        except VppMessageTooLargeError as exc:
+            # the client checks sizes before sending: this is a bug, but only that message's
+            log.warning("shm transport dropped an outgoing message: %s", exc)
+        except VppConnectionError:
+            pass  # reported through _ring_closed
 
     async def drain(self) -> None:
         return None  # writes never block: a full ring queues them in order

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..codec import codec_for
 from ..defs import ApiDefinitions, builtin_definitions, load_api_dir
-from ..transport import ShmPipe, VppConnectionError
+from ..transport import ShmPipe, VppConnectionError, VppMessageTooLargeError
 from . import state as st
 from .state import U32_MAX, Dataplane, Path
 
@@ -186,8 +186,15 @@ class _Connection(asyncio.Protocol):
         if self.closing or not out:
             return
         if self.shm is not None:
-            with contextlib.suppress(VppConnectionError):  # reported via _shm_closed
+            try:
                 self.shm.write_many(out)
+            except VppMessageTooLargeError as exc:
+                # a reply the ring can never hold: drop it (that request gets no answer)
+                # rather than break the ring for every other call of this client
+                self.sim.stats["dropped_too_large"] += exc.dropped
+                log.warning("sim: shm reply dropped: %s", exc)
+            except VppConnectionError:
+                pass  # reported via _shm_closed
             return
         if self.transport is not None:
             parts = []
@@ -292,6 +299,7 @@ class Simulator:
             "injected_errors": 0,
             "events_sent": 0,
             "connections": 0,
+            "dropped_too_large": 0,
         }
         self.message_counts: dict[str, int] = {}
         self._build_tables()
