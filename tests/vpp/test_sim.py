@@ -438,6 +438,30 @@ async def test_event_registration_dropped_on_disconnect(sim: Simulator) -> None:
     await other.close()
 
 
+@pytest.mark.parametrize("transport", ["socket", "shm"])
+async def test_event_registration_dropped_on_abort(sim: Simulator, transport: str) -> None:
+    # no sockclnt_delete: the socket just goes away (a crashed client), so the simulator
+    # must drop the registration from connection_lost alone
+    assert sim.path
+    c = VppClient(sim.path, probe_interval=None, reconnect=False, transport=transport)
+    await c.connect()
+    await c.call("want_interface_events", enable_disable=True, pid=1)
+    assert len(sim._regs) == 1
+    assert c._transport is not None
+    c._transport.abort()
+    async with asyncio.timeout(5):
+        while sim._conns or sim._regs:
+            await asyncio.sleep(0.01)
+    other = VppClient(sim.path, probe_interval=None)
+    await other.connect()
+    sent = sim.stats["events_sent"]
+    await other.call("create_loopback")
+    await other.call("control_ping")  # events are sent before the replies that follow
+    assert sim.stats["events_sent"] == sent
+    await other.close()
+    await c.close()
+
+
 # -- bridge domains --------------------------------------------------------------------
 
 
