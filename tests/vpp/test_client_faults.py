@@ -17,7 +17,9 @@ from datasync.vpp.client import (
     VppTimeoutError,
 )
 from datasync.vpp.defs import load_api_dir
+from datasync.vpp.shm import ShmClosedError, ShmSegment
 from datasync.vpp.sim import Simulator
+from datasync.vpp.transport import ShmPipe
 from tests.paths import VPP_API_REFERENCE
 
 
@@ -236,3 +238,37 @@ async def test_shm_reply_larger_than_the_ring_is_dropped_alone(sock_path: str) -
     finally:
         await c.close()
         await sim.stop()
+
+
+class _EndClosingMidWrite:
+    """A real ring endpoint whose peer goes away between two writes of one batch (the
+    race a single process cannot produce on its own): the second write fails."""
+
+    def __init__(self, end: Any) -> None:
+        self._end = end
+        self.max_body = end.max_body
+        self._writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._end, name)
+
+    def send_many(self, bodies: list[bytes]) -> int:
+        self._writes += 1
+        if self._writes > 1:
+            raise ShmClosedError("the peer closed")
+        return int(self._end.send_many(bodies[:1]))  # the ring takes only the first
+
+
+async def test_shm_flush_error_stays_in_write_many() -> None:
+    seg = ShmSegment.create(1 << 16)
+    closed: list[BaseException] = []
+    pipe = ShmPipe(_EndClosingMidWrite(seg.server_end()), lambda bodies: None, closed.append)
+    try:
+        # the second write happens in _flush: its ShmError must become the pipe's
+        # VppConnectionError, not escape to the event loop's exception handler
+        with pytest.raises(VppConnectionError, match="peer closed"):
+            pipe.write_many([b"a" * 10, b"b" * 10])
+        assert pipe.closed and len(closed) == 1
+    finally:
+        pipe.close()
+        seg.close()
