@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from aetcd import rpc
 
 from datasync.api import Op, SourceState
 from datasync.errors import CompactedError, SourceUnavailableError
@@ -52,45 +53,77 @@ async def test_paginated_snapshot_is_pinned_at_one_revision(
     etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
     src = make_source(etcd_endpoints, page_size=7, max_page_bytes=1)
+    pub = make_source(etcd_endpoints, name="pub")
     for i in range(0, 50, 10):
-        await src.txn({f"{prefix}k{j:03d}": b"v1" for j in range(i, i + 10)})
-    # Writes racing the pages must not show up: every page is read at R.
-    r_before = await src.current_revision()
+        await pub.txn({f"{prefix}k{j:03d}": b"v1" for j in range(i, i + 10)})
+    r_before = await pub.current_revision()
+    # The writer overtakes the reader: once the first page is read (R is fixed), it
+    # rewrites every key from the END of the range, which later pages have not reached.
+    # Unpinned pages would return those new values; pinned ones must not.
+    written: list[int] = []
 
     async def writer() -> None:
-        for j in range(50):
-            await src.put(f"{prefix}k{j:03d}", b"v2")
+        while src.stats["pages"] < 1:
+            await asyncio.sleep(0)
+        for j in range(49, -1, -1):
+            written.append(await pub.put(f"{prefix}k{j:03d}", b"v2"))
 
     w = asyncio.create_task(writer())
     snap = await src.snapshot([prefix])
     await w
-    assert len(snap.kvs) == 50
     assert snap.revision >= r_before
+    assert any(r > snap.revision for r in written), "the writer did not overtake the reader"
     assert all(kv.revision <= snap.revision for kv in snap.kvs)
-    # Consistent: a key has v2 exactly when it was written at or before R.
-    for kv in snap.kvs:
-        assert kv.value == (b"v2" if kv.revision > r_before else b"v1")
+    # Equal to the store at R, read in one go.
+    resp = await pub._call(
+        "check",
+        pub._ranger(
+            rpc.RangeRequest(
+                key=prefix.encode(),
+                range_end=prefix_range_end(prefix.encode()),
+                revision=snap.revision,
+            )
+        ),
+    )
+    assert [(kv.key, kv.value, kv.revision) for kv in snap.kvs] == [
+        (kv.key.decode(), kv.value, kv.mod_revision) for kv in resp.kvs
+    ]
+    assert len(snap.kvs) == 50
     assert src.stats["pages"] >= 8
 
 
-async def test_oversized_values_are_dropped_and_counted(
-    etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
+async def test_oversized_values_are_delivered_counted_and_logged_once(
+    etcd_endpoints: list[str],
+    make_source: Callable[..., EtcdSource],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """max_value_bytes only counts and logs: dropping would make the key look deleted in
+    a snapshot and unchanged in a watch. Validation downstream marks it INVALID."""
     src = make_source(etcd_endpoints, max_value_bytes=100)
     await src.put(prefix + "small", b"x" * 10)
     await src.put(prefix + "big", b"x" * 101)
     snap = await src.snapshot([prefix])
-    assert [kv.key for kv in snap.kvs] == [prefix + "small"]
+    assert [(kv.key, kv.value) for kv in snap.kvs] == [
+        (prefix + "big", b"x" * 101),
+        (prefix + "small", b"x" * 10),
+    ]
     assert src.stats["oversized"] == 1
+    await src.snapshot([prefix])
+    assert src.stats["oversized"] == 2
+    assert caplog.text.count(prefix + "big") == 1, "logged once per key"
     it = src.watch([prefix], snap.revision + 1)
     try:
         await src.put(prefix + "big2", b"y" * 500)
         await src.put(prefix + "ok", b"y")
-        changes = await collect(it, 1)
+        changes = await collect(it, 2)
     finally:
         await aclose(it)
-    assert [c.key for c in changes] == [prefix + "ok"]
-    assert src.stats["oversized"] == 2
+    assert [(c.key, c.value) for c in changes] == [
+        (prefix + "big2", b"y" * 500),
+        (prefix + "ok", b"y"),
+    ]
+    assert src.stats["oversized"] == 3
 
 
 async def test_large_snapshot_over_grpc_default_limit(

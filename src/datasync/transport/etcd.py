@@ -8,7 +8,9 @@ host:port. This module therefore uses only its generated stubs (``aetcd.rpc``) o
 - snapshots consistent: every prefix at ONE revision R, paginated with ``revision=R``;
 - watches resumable: one range watch covering all prefixes (so revisions can never
   interleave out of order), resumed from the last delivered revision + 1 on another
-  endpoint after a failure, with capped, jittered backoff;
+  endpoint after a failure, with capped, jittered backoff; each watch attempt runs on a
+  channel of its own, so that a failed unary request, which retires the shared channel
+  of its endpoint, never ends a healthy watch;
 - watches honest: a watchdog sends ``RequestProgress`` when the stream is quiet and
   declares it stalled when even that gets no answer (a SIGSTOPped or blackholed
   member), plus gRPC keepalive for the transport;
@@ -28,11 +30,12 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from ..api import Change, KeyVal, Op, Snapshot, SourceState
+from ..api import Change, KeyVal, Op, Snapshot, SourceState, validate_key
 from ..errors import (
     ClosedError,
     CompactedError,
     DatasyncError,
+    InvalidKeyError,
     SourceError,
     SourceUnavailableError,
     StoreResetError,
@@ -46,10 +49,16 @@ StateListener = Callable[[str, SourceState, str], None]
 
 _PUT = rpc.Event.EventType.PUT
 _tnew = tuple.__new__
+_FIRST_PAGE = 100  # keys in the first snapshot page at most: value sizes are unknown yet
+_LOGGED_KEYS = 10_000  # oversized keys remembered to log each once
 
 
 class EtcdRequestError(SourceError):
     """etcd refused a request for good (too large, no space, bad argument): not retriable."""
+
+
+class _PageTooLarge(EtcdRequestError):
+    """A response over ``max_receive_bytes`` (RESOURCE_EXHAUSTED): ask for fewer keys."""
 
 
 class _StreamEnded(Exception):
@@ -91,6 +100,8 @@ def _translate(exc: BaseException, what: str, endpoint: str, revision: int = 0) 
             grpc.StatusCode.ABORTED,
         ):
             return SourceUnavailableError(f"{where}: {code.name}: {details}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+            return _PageTooLarge(f"{where}: {code.name}: {details}")
         return EtcdRequestError(f"{where}: {code.name}: {details}")
     if isinstance(exc, (TimeoutError, OSError, _StreamEnded)):
         return SourceUnavailableError(f"{where}: {type(exc).__name__}: {exc}")
@@ -176,10 +187,17 @@ class EtcdSource:
       more often than every 5 s);
     - ``backoff_base`` / ``backoff_cap``: reconnect backoff (exponential, equal jitter);
     - ``max_retries``: None (the default) never gives up on a watch; with a number the
-      watch raises ``SourceUnavailableError`` after that many failed reconnects in a row;
-    - ``page_size``: keys in the first snapshot page (and the least per page);
-      ``max_page_bytes``: target size of later pages; ``max_receive_bytes``: gRPC limit;
-    - ``max_value_bytes``: larger values are dropped, logged and counted (``stats``);
+      watch raises ``SourceUnavailableError`` after that many failed reconnects in a row
+      (a reconnect counts as failed unless the attempt delivered changes or progress);
+    - ``stall_reconnects``: after this many watches in a row that were created but made
+      no progress the source reports STALLED (not in sync) and keeps retrying with backoff;
+    - ``page_size``: keys in the first snapshot page (at most 100) and the least per later
+      page, unless the gRPC receive limit calls for fewer; ``max_page_bytes``: target
+      size of later pages; ``max_receive_bytes``: gRPC limit (a page over it is asked
+      again for half as many keys, at the same revision);
+    - ``max_value_bytes``: a threshold for counting and logging only: larger values are
+      delivered unchanged, counted in ``stats["oversized"]`` and logged once per key; the
+      size limit is enforced where values are validated (the key becomes INVALID there);
     - ``recycle_interval``: a healthy watch is replaced after a random time in this range;
     - ``require_leader``: members without a leader refuse and cancel our requests.
 
@@ -204,6 +222,7 @@ class EtcdSource:
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
         max_retries: int | None = None,
+        stall_reconnects: int = 5,
         page_size: int = 1000,
         max_page_bytes: int = 4 << 20,
         max_value_bytes: int = 1 << 20,
@@ -222,9 +241,12 @@ class EtcdSource:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_retries = max_retries
+        self.stall_reconnects = stall_reconnects
         self.page_size = page_size
         self.max_page_bytes = max_page_bytes
         self.max_value_bytes = max_value_bytes
+        self._max_receive = max_receive_bytes
+        self._oversized_logged: set[str] = set()
         self.recycle_interval = recycle_interval
         # etcd enforces a 5 s minimum ping interval (--grpc-keepalive-min-time) and
         # GOAWAYs clients that ping faster; the 2 s ping timeout is what finds a hung peer.
@@ -242,6 +264,9 @@ class EtcdSource:
             ("grpc.enable_retries", 0),
         ]
         self._eps = [_Endpoint(a, options) for a in self.endpoints]
+        # The channels of running watches, one each: closed by close() only.
+        self._watch_eps: set[_Endpoint] = set()
+        self._closed_event: asyncio.Event | None = None
         self._current = 0
         # WithRequireLeader: a member cut off from its leader cancels our watch.
         self._md = (("hasleader", "true"),) if require_leader else None
@@ -252,9 +277,10 @@ class EtcdSource:
         self._closed = False
         self._leases: set[EtcdLease] = set()
         self._retiring: set[asyncio.Task[None]] = set()
-        #: counters: dropped values and keys, reconnects, stalls, pages, batches...
+        #: counters: oversized values, dropped keys, reconnects, stalls, pages, batches...
         self.stats: dict[str, int] = {
             "oversized": 0,
+            "bad_key": 0,
             "outside_prefix": 0,
             "duplicate": 0,
             "reconnects": 0,
@@ -351,27 +377,31 @@ class EtcdSource:
         """Every key under ``prefixes`` at one revision R, paginated at R.
 
         A failure midway raises (``SourceUnavailableError``, ``CompactedError``...);
-        a partial result is never returned. Values over ``max_value_bytes`` are dropped
-        and counted in ``stats["oversized"]``.
+        a partial result is never returned. No prefixes: an empty snapshot at the current
+        revision. Values over ``max_value_bytes`` are delivered unchanged, counted in
+        ``stats["oversized"]`` and logged once per key (validation downstream decides);
+        keys that are not valid UTF-8 or not valid keys are dropped, counted in
+        ``stats["bad_key"]`` and logged.
         """
         ranges = _ranges(prefixes)
+        if not ranges:
+            return await self._empty_snapshot()
         kvs: list[KeyVal] = []
         maxv = self.max_value_bytes
         revision = 0
         header: Any = None
         i = 0
         key = ranges[0][0]
-        limit = self.page_size
+        # A small first page: nothing is known of the value sizes yet.
+        limit = min(self.page_size, _FIRST_PAGE)
         pending: asyncio.Task[Any] | None = None
+        keyof = self._key_of
         try:
             while True:
                 if pending is None:
-                    req = rpc.RangeRequest(
-                        key=key, range_end=ranges[i][1], limit=self.page_size, revision=revision
-                    )
-                    resp = await self._call("snapshot range", self._ranger(req), revision)
+                    resp, limit = await self._page(key, ranges[i][1], limit, revision)
                 else:
-                    resp, pending = await pending, None
+                    (resp, limit), pending = await pending, None
                 self.stats["pages"] += 1
                 if header is None:
                     header = resp.header
@@ -383,11 +413,13 @@ class EtcdSource:
                 page = resp.kvs
                 if page:
                     # Size the next page by bytes: etcd 3.4 scans the whole remaining range
-                    # for every limited request, so few large pages beat many small ones.
+                    # for every limited request, so few large pages beat many small ones;
+                    # but never past half the gRPC receive limit, even below page_size.
                     # (ByteSize() would walk the whole message: sample a few entries instead.)
                     n = min(len(page), 64)
                     size = sum(len(page[j].key) + len(page[j].value) for j in range(n)) + 16 * n
                     limit = max(self.page_size, self.max_page_bytes * n // size)
+                    limit = max(1, min(limit, self._max_receive // 2 * n // size))
                 if resp.more and page:
                     key = page[-1].key + b"\0"
                 elif i + 1 < len(ranges):
@@ -397,22 +429,16 @@ class EtcdSource:
                     key = b""
                 if key:
                     # Ask for the next page now: etcd works on it while we convert this one.
-                    nxt = rpc.RangeRequest(
-                        key=key, range_end=ranges[i][1], limit=limit, revision=revision
-                    )
-                    pending = asyncio.create_task(
-                        self._call("snapshot range", self._ranger(nxt), revision)
-                    )
+                    pending = asyncio.create_task(self._page(key, ranges[i][1], limit, revision))
                 # The hot loop: tuple.__new__ skips KeyVal's Python-level __new__.
                 got = [
-                    _tnew(KeyVal, (kv.key.decode(), v, kv.mod_revision))
+                    _tnew(KeyVal, (k, kv.value, kv.mod_revision))
                     for kv in page
-                    if len(v := kv.value) <= maxv
+                    if (k := keyof(kv.key, kv.mod_revision)) is not None
                 ]
-                if len(got) != len(page):
-                    for kv in page:
-                        if len(kv.value) > maxv:
-                            self._drop_oversized(kv.key, len(kv.value), kv.mod_revision)
+                for kv in got:
+                    if len(kv[1]) > maxv:
+                        self._note_oversized(kv[0], len(kv[1]), kv[2])
                 kvs += got
                 if not key:
                     break
@@ -425,6 +451,18 @@ class EtcdSource:
                 # reported as never retrieved.
                 pending.cancel()
                 pending.add_done_callback(_consume)
+        return self._snapshot_done(header, revision, kvs)
+
+    async def _empty_snapshot(self) -> Snapshot:
+        req = rpc.RangeRequest(key=b"\0", count_only=True, limit=1)
+        try:
+            resp = await self._call("revision", self._ranger(req))
+        except SourceUnavailableError as exc:
+            self._set_state(SourceState.DISCONNECTED, str(exc))
+            raise
+        return self._snapshot_done(resp.header, resp.header.revision, [])
+
+    def _snapshot_done(self, header: Any, revision: int, kvs: list[KeyVal]) -> Snapshot:
         extra: dict[str, object] = {}
         if revision < self._handed_out:
             extra["revision_regressed_from"] = self._handed_out
@@ -434,15 +472,47 @@ class EtcdSource:
         self._set_state(SourceState.CONNECTED, "snapshot read")
         return Snapshot(revision=revision, kvs=kvs, store_id=self.cluster_id, extra=extra)
 
+    async def _page(self, key: bytes, end: bytes, limit: int, revision: int) -> tuple[Any, int]:
+        """One snapshot page and the limit that fit: a response over the gRPC receive limit
+        is asked again, at the same revision, for half as many keys."""
+        while True:
+            req = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
+            try:
+                return await self._call("snapshot range", self._ranger(req), revision), limit
+            except _PageTooLarge:
+                if limit <= 1:
+                    raise  # one value over max_receive_bytes: nothing to halve
+                limit //= 2
+                log.info("etcd source %s: snapshot page too large, %d keys next", self.name, limit)
+
     def _ranger(self, req: Any) -> Callable[[_Endpoint], Any]:
         return lambda ep: ep.kv.Range(req, timeout=self.request_timeout, metadata=self._md)
 
-    def _drop_oversized(self, key: bytes, size: int, revision: int) -> None:
+    def _key_of(self, raw: bytes, revision: int) -> str | None:
+        """The key of ``raw``, or None (counted, logged) when it is not a valid key."""
+        try:
+            return validate_key(raw.decode())
+        except (UnicodeDecodeError, InvalidKeyError) as exc:
+            self.stats["bad_key"] += 1
+            log.warning(
+                "etcd source %s: dropped bad key %r at revision %d: %s",
+                self.name,
+                raw,
+                revision,
+                exc,
+            )
+            return None
+
+    def _note_oversized(self, key: str, size: int, revision: int) -> None:
         self.stats["oversized"] += 1
+        if key in self._oversized_logged or len(self._oversized_logged) >= _LOGGED_KEYS:
+            return
+        self._oversized_logged.add(key)
         log.warning(
-            "etcd source %s: dropped value of key %r at revision %d: %d bytes > max_value_bytes %d",
+            "etcd source %s: value of key %r at revision %d is %d bytes > max_value_bytes %d "
+            "(delivered; validation decides)",
             self.name,
-            key.decode(errors="replace"),
+            key,
             revision,
             size,
             self.max_value_bytes,
@@ -456,11 +526,26 @@ class EtcdSource:
         One batch is one etcd watch response (whole revisions, ascending). Survives
         member loss by resuming elsewhere from the last delivered revision + 1. Raises
         ``CompactedError`` or ``StoreResetError``; ``SourceUnavailableError`` only when
-        ``max_retries`` is set and exhausted.
+        ``max_retries`` is set and exhausted; ``ClosedError`` once the source is closed.
+        No prefixes: yields nothing until the source is closed. Keys and values are
+        screened as in ``snapshot``.
         """
         if start_revision < 1:
             raise ValueError(f"start_revision must be >= 1, got {start_revision}")
-        return self._watch(list(prefixes), start_revision)
+        prefixes = list(prefixes)
+        _ranges(prefixes)  # bad prefixes fail here, not at the first iteration
+        if not prefixes:
+            return self._idle()
+        return self._watch(prefixes, start_revision)
+
+    async def _idle(self) -> AsyncIterator[list[Change]]:
+        if self._closed_event is None:
+            self._closed_event = asyncio.Event()
+        if not self._closed:
+            await self._closed_event.wait()
+        for _ in ():
+            yield []  # an async generator that yields nothing
+        raise ClosedError(f"etcd source {self.name} is closed")
 
     async def _watch(self, prefixes: list[str], start_revision: int) -> AsyncIterator[list[Change]]:
         bprefixes = tuple(p.encode() for p in prefixes)
@@ -468,12 +553,20 @@ class EtcdSource:
         next_rev = start_revision
         loop = asyncio.get_running_loop()
         failures = 0
+        keyof = self._key_of
+        name = self.name
         while True:
             ep = self._ep()
+            # A channel of this attempt's own: a failed unary request retires the shared
+            # channel of its endpoint, which must not end this stream.
+            wep = _Endpoint(ep.address, ep._options).open()
+            self._watch_eps.add(wep)
             call: Any = None
             dog: asyncio.Task[None] | None = None
             tr = _Tracker(loop.time())
-            created_at = None
+            created = False
+            progressed = False  # changes delivered or caught up (a progress notification)
+            lost: BaseException | None = None
             recycle_at = (
                 loop.time() + random.uniform(*self.recycle_interval)
                 if self.recycle_interval
@@ -482,7 +575,7 @@ class EtcdSource:
             try:
                 try:
                     with _mapped("watch", ep.address, next_rev):
-                        call = ep.watch.Watch(metadata=self._md)
+                        call = wep.watch.Watch(metadata=self._md)
                         await call.write(
                             rpc.WatchRequest(
                                 create_request=rpc.WatchCreateRequest(
@@ -498,29 +591,17 @@ class EtcdSource:
                             resp = await call.read()
                             if resp is grpc.aio.EOF:
                                 raise _StreamEnded("stream ended before the watch was created")
-                            await self._check_created(ep, resp, next_rev)
-                    created_at = loop.time()
-                    self._set_state(SourceState.CONNECTED, f"watching on {ep.address}")
+                            await self._check_created(wep, resp, next_rev)
+                    created = True
+                    if failures < self.stall_reconnects:
+                        self._set_state(SourceState.CONNECTED, f"watching on {ep.address}")
+                    # else: STALLED until this attempt shows progress
                     dog = asyncio.create_task(self._watchdog(call, tr))
                     maxv = self.max_value_bytes
-                    name = self.name
                     while True:
                         tr.waiting_since = loop.time()
                         with _mapped("watch", ep.address, next_rev):
-                            try:
-                                resp = await call.read()
-                            except asyncio.CancelledError:
-                                # grpc cancels the read when the watchdog cancels the call or
-                                # close() closes the channel; our own cancellation propagates.
-                                task = asyncio.current_task()
-                                if task is not None and not task.cancelling():
-                                    if self._closed:
-                                        raise ClosedError(
-                                            f"etcd source {self.name} is closed"
-                                        ) from None
-                                    if tr.stalled:
-                                        raise _StreamEnded("watch stalled") from None
-                                raise
+                            resp = await call.read()
                         now = loop.time()
                         tr.waiting_since = None
                         tr.last_response = now
@@ -531,6 +612,9 @@ class EtcdSource:
                             raise _StreamEnded(f"watch canceled: {resp.cancel_reason}")
                         if tr.stalled:
                             raise _StreamEnded("watch stalled")
+                        if not progressed:
+                            progressed = True
+                            self._set_state(SourceState.CONNECTED, f"watching on {ep.address}")
                         events = resp.events
                         if not events:
                             if now > recycle_at:
@@ -545,21 +629,23 @@ class EtcdSource:
                                 # etcd 3.4.23 can repeat or time-travel (#15275, #15271).
                                 self.stats["duplicate"] += 1
                                 continue
-                            key = kv.key
-                            if not key.startswith(bprefixes):
+                            raw = kv.key
+                            if not raw.startswith(bprefixes):
                                 # Inside the covering range, outside every prefix: expected.
                                 self.stats["outside_prefix"] += 1
-                                log.debug("etcd source %s: skipped key %r", name, key)
+                                log.debug("etcd source %s: skipped key %r", name, raw)
+                                continue
+                            key = keyof(raw, rev)
+                            if key is None:
                                 continue
                             if ev.type == _PUT:
-                                if len(kv.value) > maxv:
-                                    self._drop_oversized(key, len(kv.value), rev)
-                                    continue
                                 op, value = Op.PUT, kv.value
+                                if len(value) > maxv:
+                                    self._note_oversized(key, len(value), rev)
                             else:
                                 op, value = Op.DELETE, None
                             prev = ev.prev_kv.value if ev.HasField("prev_kv") else None
-                            batch.append(Change(key.decode(), op, value, rev, prev, name))
+                            batch.append(Change(key, op, value, rev, prev, name))
                         last = events[-1].kv.mod_revision
                         if last >= next_rev:
                             next_rev = last + 1
@@ -575,33 +661,53 @@ class EtcdSource:
                     # Not a failure: no state change, same endpoint, no backoff.
                     self.stats["recycles"] += 1
                 except (SourceUnavailableError, _StreamEnded) as exc:
-                    err = _translate(exc, "watch", ep.address, next_rev)
-                    if tr.stalled:
-                        self.stats["stalls"] += 1
-                        self._set_state(SourceState.STALLED, str(err))
-                    else:
-                        self._set_state(SourceState.DISCONNECTED, str(err))
-                    # A watch that lived a while earns a fresh backoff; one that dies right
-                    # after its creation (a member without leader, say) keeps backing off.
-                    if created_at is not None and loop.time() - created_at > 1.0:
-                        failures = 0
-                    failures += 1
-                    self.stats["reconnects"] += 1
-                    if self.max_retries is not None and failures > self.max_retries:
-                        raise SourceUnavailableError(
-                            f"etcd source {self.name}: gave up after {failures - 1} "
-                            f"reconnects: {err}"
-                        ) from exc
-                    log.info(
-                        "etcd source %s: watch lost (%s); resuming at %d", self.name, err, next_rev
-                    )
-                    self._fail_over(ep)
-                    await asyncio.sleep(self._backoff(failures))
+                    lost = exc
+                except asyncio.CancelledError:
+                    # Our own cancellation propagates. Any other is grpc canceling the read
+                    # because the watchdog canceled a stalled call or the channel was closed
+                    # under us: the stream ended, resume from next_rev.
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise
+                    if self._closed:
+                        raise ClosedError(f"etcd source {self.name} is closed") from None
+                    lost = _StreamEnded("watch stalled" if tr.stalled else "watch call canceled")
             finally:
                 if dog is not None:
                     dog.cancel()
                 if call is not None:
                     call.cancel()
+                self._watch_eps.discard(wep)
+                with contextlib.suppress(RuntimeError):  # no loop left to close it on
+                    wep.reset(0.0, self._retiring)
+            if lost is None:
+                continue
+            err = _translate(lost, "watch", ep.address, next_rev)
+            # Only an attempt that got somewhere earns a fresh backoff: one that dies
+            # right after its creation (a member without leader) or before its first
+            # response (a backlog too slow for stall_timeout) keeps backing off.
+            if progressed:
+                failures = 0
+            failures += 1
+            self.stats["reconnects"] += 1
+            if tr.stalled:
+                self.stats["stalls"] += 1
+            if created and failures >= self.stall_reconnects:
+                # Connected again and again, never further: not in sync, say so.
+                self._set_state(
+                    SourceState.STALLED, f"no progress after {failures} reconnects: {err}"
+                )
+            elif tr.stalled:
+                self._set_state(SourceState.STALLED, str(err))
+            else:
+                self._set_state(SourceState.DISCONNECTED, str(err))
+            if self.max_retries is not None and failures > self.max_retries:
+                raise SourceUnavailableError(
+                    f"etcd source {self.name}: gave up after {failures - 1} reconnects: {err}"
+                ) from lost
+            log.info("etcd source %s: watch lost (%s); resuming at %d", self.name, err, next_rev)
+            self._fail_over(ep)
+            await asyncio.sleep(self._backoff(failures))
 
     async def _check_created(self, ep: _Endpoint, resp: Any, next_rev: int) -> None:
         if resp.canceled or not resp.created:
@@ -742,8 +848,13 @@ class EtcdSource:
             with contextlib.suppress(DatasyncError):
                 await lease.revoke()
         self._closed = True
+        if self._closed_event is not None:
+            self._closed_event.set()
         for ep in self._eps:
             await ep.close()
+        # Watch channels: their reads end in a cancel that the watches turn into ClosedError.
+        for wep in list(self._watch_eps):
+            await wep.close()
         # Channels of failed endpoints: close them now, within the caller's loop.
         retiring = list(self._retiring)
         for task in retiring:
