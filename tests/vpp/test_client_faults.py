@@ -272,3 +272,17 @@ async def test_shm_flush_error_stays_in_write_many() -> None:
     finally:
         pipe.close()
         seg.close()
+
+
+async def test_call_many_refused_request_lets_the_sent_ones_settle(
+    sim: Simulator, make_client: Any
+) -> None:
+    c = await make_client(transport="shm", shm_size=1 << 16, reconnect=False)
+    tags = [{"tag": "a"}, {"tag": "b"}, {"tag": "t" * 70000}, {"tag": "c"}]
+    with pytest.raises(VppMessageTooLargeError, match="tap_create_v3"):
+        await c.call_many("tap_create_v3", tags)
+    # the two requests before the refused one were answered, none after it was sent
+    assert c._pending == {} and c._in_flight == 0
+    ifaces = await c.dump("sw_interface_dump")
+    assert sorted(i.tag for i in ifaces if i.tag) == ["a", "b"]
+    assert c.connected

@@ -801,6 +801,7 @@ class VppClient:
             raise ClosedError("VppClient is closed")
         limit = self.timeout if timeout is None else timeout
         submitted: list[tuple[int, _Call]] = []
+        refused: Exception | None = None
         try:
             async with asyncio.timeout(limit) as scope:
                 for fields in requests:
@@ -810,7 +811,13 @@ class VppClient:
                         scope.reschedule(self._loop.time() + limit)  # progress: a fresh deadline
                     else:
                         self._in_flight += 1
-                    submitted.append(self._submit(name, fields))
+                    try:
+                        submitted.append(self._submit(name, fields))
+                    except Exception as exc:
+                        # e.g. a field that does not encode, a body too large for the ring:
+                        # send nothing more, let the requests already sent settle, then raise
+                        refused = exc
+                        break
                 self._flush_out()
                 for _, call in submitted:
                     fut = call.future
@@ -830,7 +837,7 @@ class VppClient:
             self.stats["timeouts"] += 1
             raise VppTimeoutError(name, limit) from None
         results = []
-        error: BaseException | None = None
+        error: BaseException | None = refused
         for _, call in submitted:
             fut = call.future
             failure = fut.exception()
