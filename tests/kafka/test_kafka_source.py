@@ -202,23 +202,28 @@ async def test_bad_records_are_dropped_counted_and_do_not_stop_the_watch(
     p.produce(topic, b"1", b"\xff\xfe/bad", 0)  # not UTF-8
     p.produce(topic, b"1", None, 0)  # no key
     p.produce(topic, b"1", " /cfg/space", 0)  # invalid key (leading blank)
-    p.produce(topic, b"x" * 101, "/cfg/big", 0)  # oversized
+    p.produce(topic, b"x" * 101, "/cfg/big", 0)  # oversized: delivered, counted, logged
     p.produce(topic, b"1", "/other/k", 0)  # outside the prefixes
     p.produce(topic, b"ok", "/cfg/good", 0)
     p.flush(5)
     try:
         snap = await src.snapshot(["/cfg/"])
-        assert [(kv.key, kv.value) for kv in snap.kvs] == [("/cfg/good", b"ok")]
+        assert [(kv.key, kv.value) for kv in snap.kvs] == [
+            ("/cfg/big", b"x" * 101),
+            ("/cfg/good", b"ok"),
+        ]
         it = src.watch(["/cfg/"], 1)
-        got = await collect(it, 1)
-        assert [(c.key, c.revision) for c in got] == [("/cfg/good", 6)]
+        got = await collect(it, 2)
+        assert [(c.key, c.revision) for c in got] == [("/cfg/big", 4), ("/cfg/good", 6)]
+        assert got[0].value == b"x" * 101
         await it.aclose()
         stats = src.stats.as_dict()
         # Counted once by the snapshot and once by the watch.
         assert stats["dropped_bad_key"] == 6
-        assert stats["dropped_oversized"] == 2
+        assert stats["oversized"] == 2
         assert stats["dropped_outside_prefix"] == 2
-        assert "/cfg/big" in caplog.text and "max_value_bytes" in caplog.text
+        # The size limit is the validator's: the source logs an oversized key once.
+        assert caplog.text.count("max_value_bytes") == 1 and "/cfg/big" in caplog.text
     finally:
         await src.close()
 
@@ -265,6 +270,26 @@ async def test_close_ends_a_running_watch_and_listener_errors_are_contained(
         with pytest.raises(ClosedError):
             await pending
     assert src.state is SourceState.DISCONNECTED
+
+
+async def test_empty_prefix_list_means_no_key(tansu: TansuBroker, topic: str) -> None:
+    """[] is no prefix at all, as on etcd: an empty snapshot at the current revision and
+    a watch that yields nothing until the source is closed."""
+    src = fast_source(tansu.bootstrap, topic)
+    p = raw_producer(tansu.bootstrap)
+    p.produce(topic, b"1", "/cfg/a", 0)
+    p.flush(5)
+    snap = await src.snapshot([])
+    assert snap.kvs == [] and snap.revision == 1
+    it = src.watch([], 1)
+    async with background(anext(it)) as pending:
+        p.produce(topic, b"2", "/cfg/b", 0)
+        p.flush(5)
+        await wait_for(lambda: src.stats.records >= 3)  # 1 by the snapshot, 2 by the watch
+        assert not pending.done(), "a watch of no prefixes yielded something"
+        await src.close()
+        with pytest.raises(ClosedError):
+            await pending
 
 
 async def test_bad_client_config_is_a_clear_error(tansu: TansuBroker, topic: str) -> None:

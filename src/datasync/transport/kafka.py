@@ -195,7 +195,7 @@ class KafkaSourceStats:
     records: int = 0  # data records read (snapshot and watch)
     changes: int = 0  # changes yielded by watches
     dropped_outside_prefix: int = 0
-    dropped_oversized: int = 0
+    oversized: int = 0  # values over max_value_bytes: delivered, counted, logged once per key
     dropped_bad_key: int = 0  # null, non-UTF-8 or invalid keys
     store_resets: int = 0
     disconnects: int = 0
@@ -282,10 +282,11 @@ class _Reader:
 _BAD_KEY, _OUTSIDE = 0, 1
 _new_tuple = tuple.__new__
 _KEY_CACHE_SIZE = 1 << 17
+_LOGGED_KEYS = 10_000  # oversized keys remembered to log each once
 
 
 def _under(key: str, prefixes: Sequence[str]) -> bool:
-    return not prefixes or any(key.startswith(p) for p in prefixes)
+    return any(key.startswith(p) for p in prefixes)  # no prefixes: no key
 
 
 def _jittered(delay: float) -> float:
@@ -299,9 +300,12 @@ class KafkaSource:
     """A ``datasync.api.Source`` reading one partition of a Kafka config topic.
 
     ``config`` adds or overrides librdkafka consumer/admin properties. Keys outside the
-    watched prefixes (empty ``prefixes`` means every key), null, non-UTF-8 or invalid
-    keys, and values above ``max_value_bytes`` are dropped, counted in ``stats`` and
-    logged with the key: a dropped record leaves the key at its previous value.
+    watched prefixes (empty ``prefixes`` means no key: an empty snapshot, a watch that
+    yields nothing), null, non-UTF-8 or invalid keys are dropped, counted in ``stats``
+    and logged with the key: a dropped record leaves the key at its previous value.
+    ``max_value_bytes`` is a threshold for counting and logging only: a larger value is
+    delivered unchanged, counted in ``stats.oversized`` and logged once per key; the size
+    limit is enforced where values are validated (the key becomes INVALID there).
 
     An unreachable broker is retried for ever (capped exponential backoff with jitter,
     state ``DISCONNECTED``) unless ``give_up_after`` seconds are set, after which
@@ -342,6 +346,7 @@ class KafkaSource:
         self._topic = topic
         self._partition = partition
         self._max_value_bytes = max_value_bytes
+        self._oversized_logged: set[str] = set()
         self._batch = batch_size
         self._poll_timeout = poll_timeout
         self._check_interval = check_interval
@@ -558,17 +563,23 @@ class KafkaSource:
         if not isinstance(value, bytes):
             value = bytes(value)
         if len(value) > self._max_value_bytes:
-            self.stats.dropped_oversized += 1
-            log.warning(
-                "kafka %s@%s: value of key %r dropped: %d bytes > max_value_bytes %d",
-                self._topic,
-                msg.offset(),
-                key,
-                len(value),
-                self._max_value_bytes,
-            )
-            return None
+            self._note_oversized(key, len(value), msg.offset())
         return key, value
+
+    def _note_oversized(self, key: str, size: int, offset: int | None) -> None:
+        self.stats.oversized += 1
+        if key in self._oversized_logged or len(self._oversized_logged) >= _LOGGED_KEYS:
+            return
+        self._oversized_logged.add(key)
+        log.warning(
+            "kafka %s@%s: value of key %r is %d bytes > max_value_bytes %d "
+            "(delivered; validation decides)",
+            self._topic,
+            offset,
+            key,
+            size,
+            self._max_value_bytes,
+        )
 
     def _new_reader(self, snapshot: bool = False) -> _Reader:
         conf = self._consumer_conf
