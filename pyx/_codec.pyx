@@ -395,8 +395,41 @@ cdef extern from *:
         }
     #endif
     }
+
+    /* Decoded prefixes by wire bytes: a direct-mapped table per conversion (no key object,
+       no dict lookup). A slot holds a strong reference until another prefix replaces it. */
+    #define DS_PCACHE_SLOTS 512
+    typedef struct { PyObject* obj; int conv; unsigned char len; unsigned char key[18]; } ds_pslot;
+    static ds_pslot ds_pcache[DS_PCACHE_SLOTS];
+    static inline size_t ds_pcache_index(int conv, const unsigned char* p, Py_ssize_t n) {
+        size_t h = 2166136261u ^ (size_t)conv;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+        return (h ^ (h >> 15)) & (DS_PCACHE_SLOTS - 1);
+    }
+    /* Borrowed hit, or NULL. */
+    static inline PyObject* ds_pcache_get(int conv, const unsigned char* p, Py_ssize_t n) {
+        ds_pslot* s = &ds_pcache[ds_pcache_index(conv, p, n)];
+        if (s->obj && s->conv == conv && s->len == n && memcmp(s->key, p, n) == 0) return s->obj;
+        return NULL;
+    }
+    static inline void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, PyObject* o) {
+        ds_pslot* s;
+        PyObject* old;
+        if (n > 18) return;
+        s = &ds_pcache[ds_pcache_index(conv, p, n)];
+        old = s->obj;
+        Py_INCREF(o);
+        s->obj = o;
+        s->conv = conv;
+        s->len = (unsigned char)n;
+        memcpy(s->key, p, n);
+        Py_XDECREF(old);
+    }
     """
     int ds_init_small_ints() except -1
+    PyObject* ds_pcache_get(int conv, const unsigned char* p, Py_ssize_t n) noexcept
+    void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, object o) noexcept
     int ds_dict_next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
     void ds_dict_check(object d) noexcept
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
@@ -449,10 +482,8 @@ del _sample
 cdef object _MAC_TYPE = MacAddress  # a C global: a module-dict lookup per field costs
 cdef unsigned char _ZEROS[256]
 memset(_ZEROS, 0, sizeof(_ZEROS))
-# Decoded prefixes by wire bytes, per conversion: networks and interfaces are values, and
-# the same few come back in every dump; building one costs ~10x a lookup.
-cdef list _PREFIX_CACHE = [{} for _ in range(16)]
-cdef Py_ssize_t _PREFIX_CACHE_MAX = 4096
+# Decoded prefixes are cached by wire bytes (ds_pcache_*): networks and interfaces are
+# values, and the same few come back in every dump; building one costs ~10x a lookup.
 cdef list _NETMASKS4 = [None] * 33
 cdef list _NETMASKS6 = [None] * 129
 cdef object _S_NETWORK_ADDRESS = "network_address"
@@ -1114,6 +1145,10 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
         if mode == 1:
             check_names(L.plan, value)  # an unknown field is reported first, as the twin does
         raise exc.under(<object>L.ops[i].name)
+    except Exception:
+        if mode == 1:
+            check_names(L.plan, value)  # likewise before any other error (len() of a non-list)
+        raise
     finally:
         if ints != ints_stack:
             free(ints)
@@ -1205,19 +1240,14 @@ cdef object _mk_net(int af, const unsigned char* p, long plen, bint iface):
 
 cdef object _conv(COp* op, const unsigned char* p):
     cdef int conv = op.conv
-    cdef dict cache
     cdef PyObject* hit
-    if conv >= C_PREFIX and conv <= C_IP6_AWP:
-        cache = <dict>_PREFIX_CACHE[conv]
-        key = PyBytes_FromStringAndSize(<const char*>p, op.size)
-        hit = PyDict_GetItemWithError(cache, key)
+    if conv >= C_PREFIX and conv <= C_IP6_AWP and op.size <= 18:
+        hit = ds_pcache_get(conv, p, op.size)
         if hit != NULL:
             return <object>hit
         obj = _conv_new(op, p)
         if obj is not None:
-            if PyDict_GET_SIZE(cache) >= _PREFIX_CACHE_MAX:
-                cache.clear()
-            cache[key] = obj
+            ds_pcache_put(conv, p, op.size, obj)
         return obj
     return _conv_new(op, p)
 
