@@ -101,7 +101,7 @@ async def test_channel_closed_under_the_watch_resumes_it(
     assert src.stats["reconnects"] == 1
 
 
-async def test_non_utf8_keys_are_dropped_counted_and_logged(
+async def test_bad_keys_are_dropped_counted_and_logged(
     etcd_endpoints: list[str],
     make_source: Callable[..., EtcdSource],
     prefix: str,
@@ -113,7 +113,10 @@ async def test_non_utf8_keys_are_dropped_counted_and_logged(
     it = src.watch([prefix], snap0.revision + 1)
     try:
         bad = prefix.encode() + b"\xff\xfe"
-        await src._call("raw put", lambda ep: ep.kv.Put(rpc.PutRequest(key=bad, value=b"x")))
+        blank = prefix.encode() + b"blank "  # UTF-8, but not a valid key
+        for raw in (bad, blank):
+            req = rpc.PutRequest(key=raw, value=b"x")
+            await src._call("raw put", lambda ep, req=req: ep.kv.Put(req))
         await src.put(prefix + "late", b"2")
         async with asyncio.timeout(WAIT):
             batch = await anext(it)
@@ -122,8 +125,8 @@ async def test_non_utf8_keys_are_dropped_counted_and_logged(
     assert [c.key for c in batch] == [prefix + "late"]
     snap = await src.snapshot([prefix])
     assert [kv.key for kv in snap.kvs] == [prefix + "good", prefix + "late"]
-    assert src.stats["bad_key"] == 2  # once by the watch, once by the snapshot
-    assert repr(bad) in caplog.text
+    assert src.stats["bad_key"] == 4  # each once by the watch, once by the snapshot
+    assert repr(bad) in caplog.text and repr(blank) in caplog.text
 
 
 async def test_pages_shrink_below_page_size_for_the_receive_limit(
