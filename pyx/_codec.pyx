@@ -426,8 +426,44 @@ cdef extern from *:
         memcpy(s->key, p, n);
         Py_XDECREF(old);
     }
+
+    /* Item j of an exact list or tuple (borrowed; the caller checked the type and size). */
+    /* 1 for True, 0 for False, -1 for anything else. */
+    static inline int ds_bool_value(PyObject* o) {
+        return o == Py_True ? 1 : (o == Py_False ? 0 : -1);
+    }
+    static inline PyObject* ds_seq_item(PyObject* seq, Py_ssize_t j) {
+        return PyList_CheckExact(seq) ? PyList_GET_ITEM(seq, j) : PyTuple_GET_ITEM(seq, j);
+    }
+    /* Dotted-quad IPv4 text as glibc's inet_pton(AF_INET) reads it (four decimal octets,
+       no leading zeros): 1 and out[0:4] set, or 0. */
+    static inline int ds_parse_v4(const char* s, Py_ssize_t n, unsigned char* out) {
+        Py_ssize_t i;
+        int octets = 0, val = 0, digits = 0;
+        for (i = 0; i < n; i++) {
+            char c = s[i];
+            if (c >= '0' && c <= '9') {
+                if (digits && val == 0) return 0;  /* leading zero */
+                val = val * 10 + (c - '0');
+                if (val > 255) return 0;
+                digits++;
+            } else if (c == '.' && digits && octets < 3) {
+                out[octets++] = (unsigned char)val;
+                val = 0;
+                digits = 0;
+            } else {
+                return 0;
+            }
+        }
+        if (!digits || octets != 3) return 0;
+        out[3] = (unsigned char)val;
+        return 1;
+    }
     """
     int ds_init_small_ints() except -1
+    PyObject* ds_seq_item(object seq, Py_ssize_t j) noexcept
+    int ds_bool_value(PyObject* o) noexcept
+    int ds_parse_v4(const char* s, Py_ssize_t n, unsigned char* out) noexcept
     PyObject* ds_pcache_get(int conv, const unsigned char* p, Py_ssize_t n) noexcept
     void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, object o) noexcept
     int ds_dict_next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
@@ -770,7 +806,7 @@ cdef int _pton(const char* s, Py_ssize_t n, char* out) noexcept:
     tmp[n] = 0
     if memchr(s, 58, n) != NULL:
         return 1 if inet_pton(AF_INET6, tmp, out) == 1 else -1
-    return 0 if inet_pton(AF_INET, tmp, out) == 1 else -1
+    return 0 if ds_parse_v4(s, n, <unsigned char*>out) else -1
 
 
 cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
@@ -999,6 +1035,23 @@ cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
     cdef PyObject* prev = NULL
     cdef long long x
     cdef bint ints = elem.kind < K_F64 and elem.kind != K_U64
+    cdef Py_ssize_t n = len(items)
+    cdef PyObject* it
+    if ints:
+        # small ints (mtu[4], ...) inline on borrowed references, as in _enc_struct; the
+        # first other item goes to the general loop below
+        while j < n:
+            it = ds_seq_item(items, j)
+            if not (ds_is_long(it) and ds_small_long(it, &x) and x >= elem.lo and x <= elem.hi):
+                break
+            if w.len + elem.size > w.cap:
+                _grow(w, elem.size)
+            _put_be(w.data + w.len, <unsigned long long>x, elem.size)
+            w.len += elem.size
+            j += 1
+        if j == n:
+            return 0
+        items = items[j:]
     try:
         for item in items:
             if ints and ds_is_long(<PyObject*>item) and ds_small_long(<PyObject*>item, &x) and (
@@ -1106,6 +1159,16 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
                             _grow(w, op.size)
                         _put_be(w.data + w.len, <unsigned long long>x, op.size)
                         w.len += op.size
+                        ints[i] = x
+                        i += 1
+                        continue
+                    if op.kind == K_BOOL and ds_bool_value(pv) >= 0:
+                        # the bools themselves: no truth-value call
+                        x = ds_bool_value(pv)
+                        if w.len + 1 > w.cap:
+                            _grow(w, 1)
+                        w.data[w.len] = <char>x
+                        w.len += 1
                         ints[i] = x
                         i += 1
                         continue
