@@ -176,11 +176,13 @@ async def test_reconnects_without_progress_report_stalled(
     watch makes progress again."""
     pub = make_source(etcd1.endpoints, name="pub")
     r0 = await pub.current_revision()
-    for i in range(0, 20, 5):
-        await pub.txn({f"{prefix}{j:03d}": b"x" * 100_000 for j in range(i, i + 5)})
+    for i in range(0, 20, 10):
+        await pub.txn({f"{prefix}{j:03d}": b"x" * 100_000 for j in range(i, i + 10)})
     member = etcd1.members[0]
     async with TCPProxy("127.0.0.1", member.client_port) as proxy:
-        proxy.set_mode("delay", delay=0.1)  # ~640 kB/s: 2 MB take ~3 s
+        # ~640 kB/s: the first response (1 MB, one revision) takes ~1.6 s. (Slower links
+        # also slow the connection setup past grpc's connect timeout.)
+        proxy.set_mode("delay", delay=0.1)
         src = make_source(
             [proxy.address],
             stall_timeout=0.4,

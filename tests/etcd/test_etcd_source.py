@@ -64,7 +64,7 @@ async def test_paginated_snapshot_is_pinned_at_one_revision(
 
     async def writer() -> None:
         while src.stats["pages"] < 1:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
         for j in range(49, -1, -1):
             written.append(await pub.put(f"{prefix}k{j:03d}", b"v2"))
 
