@@ -544,6 +544,7 @@ cdef class _Layout:
     cdef bint is_union
     cdef Py_ssize_t big_arm  # unions: the first of the biggest arms
     cdef bint shareable  # decodes to an immutable record that may be shared (see _dec_struct)
+    cdef Py_ssize_t flat_size  # > 0: only int and bool fields, this many bytes (_enc_flat_dict)
     cdef object zero_rec  # the record of all-zero bytes, once decoded
     cdef object tuple_type
     cdef object plan
@@ -583,6 +584,7 @@ cdef _Layout _build(object pl, dict memo):
         L.big_arm = max(range(len(pl.ops)), key=lambda j: (pl.ops[j].size, -j))
     if not pl.is_union:
         _set_runs(L)
+        L.flat_size = _flat_size(L)
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
     )
@@ -600,6 +602,20 @@ cdef bint _op_simple(COp* op) noexcept:
     if op.kind == K_BYTES:
         return op.conv == C_NONE or (op.conv == C_MAC and op.size == 6)
     return False
+
+
+cdef Py_ssize_t _flat_size(_Layout L) noexcept:
+    """Wire size of a struct of int (not u64) and bool fields only; 0 for any other."""
+    cdef Py_ssize_t i, size = 0
+    cdef COp* op
+    for i in range(L.n):
+        op = &L.ops[i]
+        if not (op.kind < K_F64 and op.kind != K_U64 or op.kind == K_BOOL):
+            return 0
+        if op.conv != C_NONE or op.count_for >= 0 or op.len_index >= 0 or op.size <= 0:
+            return 0
+        size += op.size
+    return size
 
 
 cdef void _set_runs(_Layout L) noexcept:
@@ -977,6 +993,10 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
         w.len += 4
         return _append(w, s, n)
     if kind == K_STRUCT:
+        if PyDict_CheckExact(v) and (<_Layout>op.sub).flat_size and _enc_flat_dict(
+            <_Layout>op.sub, v, w
+        ):
+            return 0
         if v is None or PyDict_CheckExact(v) or (PyTuple_Check(v) and is_record(v)):
             return _enc_struct(<_Layout>op.sub, v, w, 0)
         if op.conv != C_NONE:
@@ -998,6 +1018,50 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return _slow_op(op, v, w)
         return _enc_items(&sub.ops[0], v, w)
     return _slow_op(op, v, w)
+
+
+cdef int _enc_flat_dict(_Layout L, object d, WBuf* w) except -1:
+    """A struct of int and bool fields from a dict holding exactly its fields, in order, as
+    exact ints in range and bools: 1 and the bytes written; else 0 and nothing written (the
+    general path then encodes it, or raises its error). No per-call exception handling."""
+    cdef Py_ssize_t pos = 0, i, at
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef COp* op
+    cdef long long x
+    cdef int b, overflow
+    if PyDict_GET_SIZE(d) != L.n:
+        return 0
+    _reserve(w, L.flat_size)
+    at = w.len
+    for i in range(L.n):
+        op = &L.ops[i]
+        if not ds_dict_next(d, &pos, &k, &v) or k != op.name:
+            w.len = at
+            return 0
+        if op.kind == K_BOOL:
+            b = ds_bool_value(v)
+            if b < 0:
+                w.len = at
+                return 0
+            w.data[w.len] = <char>b
+            w.len += 1
+            continue
+        if not ds_is_long(v):
+            w.len = at
+            return 0
+        if not ds_small_long(v, &x):
+            overflow = 0
+            x = PyLong_AsLongLongAndOverflow(<object>v, &overflow)
+            if overflow:
+                w.len = at
+                return 0
+        if x < op.lo or x > op.hi:
+            w.len = at
+            return 0
+        _put_be(w.data + w.len, <unsigned long long>x, op.size)
+        w.len += op.size
+    return 1
 
 
 cdef int _enc_union(COp* op, object v, WBuf* w) except -1:
