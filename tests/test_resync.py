@@ -875,3 +875,29 @@ async def test_round_without_watchers_reads_no_source(
     await orch.start()
     await events.until(lambda: len(events.rounds()) == 1)
     assert events.rounds()[0].ok
+
+
+async def test_a_cancellation_escaping_a_source_is_a_failed_watch(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    class Leaky(Flaky):
+        armed = True
+
+        async def watch(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+            if self.armed:
+                self.armed = False
+                raise asyncio.CancelledError  # e.g. a gRPC channel closed under the stream
+            async for batch in self.inner.watch(prefixes, start):
+                yield batch
+
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([Leaky(store)])
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await events.until(lambda: len(events.rounds()) >= 2)
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "watch cancelled" in started[1].reasons[0]
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    await eventually(lambda: p.state == {"/p/a": b"1"})

@@ -964,18 +964,26 @@ class Orchestrator:
                     slot.buffer.extend(batch)
                 else:
                     self._deliver(slot, slot.filter.filter(batch))
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as cancel:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # ours: the round restarts the watch, or stop()
+            # A cancellation the source let escape is a failed watch, not a stop.
+            self._watch_failed(slot, SourceUnavailableError(f"watch cancelled: {cancel!r}"))
+            return
         except Exception as exc:
-            # Compaction, store reset, lost source: only a fresh snapshot is safe now.
-            kind = type(exc).__name__
-            slot.set_state(SourceState.DISCONNECTED, f"{kind}: {exc}")
-            self.request_resync(f"source {slot.name}: watch failed ({kind}: {exc})")
+            self._watch_failed(slot, exc)
             return
         # The watch ended without error (source closed): resync once it is back.
         slot.set_state(SourceState.DISCONNECTED, "watch ended")
         if not self._stopped.is_set():
             self.request_resync(f"source {slot.name}: watch ended")
+
+    def _watch_failed(self, slot: _SourceSlot, exc: BaseException) -> None:
+        """Compaction, store reset, lost source: only a fresh snapshot is safe now."""
+        kind = type(exc).__name__
+        slot.set_state(SourceState.DISCONNECTED, f"{kind}: {exc}")
+        self.request_resync(f"source {slot.name}: watch failed ({kind}: {exc})")
 
     def _drain_buffers(self) -> None:
         for slot in self._slots:
