@@ -81,3 +81,16 @@ def test_demo_command_runs_and_reports_in_sync(tmp_path: Path) -> None:
     assert "in_sync=True" in out.stdout
     assert "dangling-reference violations=0" in out.stdout
     assert "[round 2] started: interfaces: dataplane restarted" in out.stdout
+
+
+def test_values_are_validated_with_the_key_named() -> None:
+    from datasync.agent.demo import MAX_VALUE_BYTES, parse_json
+    from datasync.errors import InvalidValueError
+
+    assert parse_json("/k", b'{"name": "a"}') == {"name": "a"}
+    with pytest.raises(InvalidValueError, match=r"'/k'.*not valid JSON"):
+        parse_json("/k", b"{bad")
+    with pytest.raises(InvalidValueError, match=r"'/k'.*expected a JSON object"):
+        parse_json("/k", b"[1]")
+    with pytest.raises(InvalidValueError, match=r"'/k'.*exceeds"):
+        parse_json("/k", b'{"x": "' + b"a" * MAX_VALUE_BYTES + b'"}')

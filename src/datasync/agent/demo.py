@@ -92,8 +92,14 @@ def _name_of(kv_key: str, prefix: str) -> str:
     return kv_key[len(prefix) :]
 
 
+#: values above this are invalid (the sources deliver them; validation rejects them)
+MAX_VALUE_BYTES = 1 << 20
+
+
 def parse_json(key: str, value: bytes) -> dict[str, Any]:
     """Decode a JSON object value; errors name the key."""
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidValueError(key, f"{len(value)} bytes exceeds {MAX_VALUE_BYTES}")
     try:
         doc = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
