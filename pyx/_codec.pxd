@@ -58,6 +58,7 @@ cdef struct COp:
     PyObject* plan_op        # the Python Op, for the twin's slow paths
     Py_ssize_t run           # decode: simple fixed-size fields from here on (0: not simple)
     Py_ssize_t run_size      # ... and their wire size, checked once for the whole run
+    Py_ssize_t erun          # encode: int and bool fields from here on (_enc_int_run)
 
 
 cdef struct WBuf:

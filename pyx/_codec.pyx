@@ -585,6 +585,7 @@ cdef _Layout _build(object pl, dict memo):
     if not pl.is_union:
         _set_runs(L)
         L.flat_size = _flat_size(L)
+        _set_eruns(L)
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
     )
@@ -616,6 +617,20 @@ cdef Py_ssize_t _flat_size(_Layout L) noexcept:
             return 0
         size += op.size
     return size
+
+
+cdef void _set_eruns(_Layout L) noexcept:
+    """Each op's run of int (not u64) and bool fields up to the next other one."""
+    cdef Py_ssize_t i = L.n - 1, run = 0
+    cdef COp* op
+    while i >= 0:
+        op = &L.ops[i]
+        if (op.kind < K_F64 and op.kind != K_U64 or op.kind == K_BOOL) and op.conv == C_NONE:
+            run += 1
+        else:
+            run = 0
+        op.erun = run
+        i -= 1
 
 
 cdef void _set_runs(_Layout L) noexcept:
@@ -1170,6 +1185,37 @@ cdef object _lookup(object value, int mode, object name):
     return None
 
 
+cdef inline Py_ssize_t _enc_int_run(
+    COp* ops, Py_ssize_t i, Py_ssize_t stop, object d, Py_ssize_t* pos, PyObject** nk,
+    PyObject** nv, bint* more, WBuf* w, long long* ints
+) noexcept:
+    """_enc_struct's walk over consecutive int and bool fields given in order as small ints
+    in range and bools: the index of the first field it did not take (anything unusual,
+    including a full buffer, is left to the general path, which raises the errors)."""
+    cdef long long x
+    cdef int b
+    cdef COp* op
+    cdef PyObject* v
+    while i < stop and more[0]:
+        op = &ops[i]
+        if nk[0] != op.name or w.len + op.size > w.cap:
+            break
+        v = nv[0]
+        if op.kind == K_BOOL:
+            b = ds_bool_value(v)
+            if b < 0:
+                break
+            x = b
+        elif not (ds_is_long(v) and ds_small_long(v, &x) and x >= op.lo and x <= op.hi):
+            break
+        _put_be(w.data + w.len, <unsigned long long>x, op.size)
+        w.len += op.size
+        ints[i] = x
+        more[0] = ds_dict_next(d, pos, nk, nv)
+        i += 1
+    return i
+
+
 cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except -1:
     """Encode a struct (a message's fields from ``start``) from a dict, mapping or namedtuple.
 
@@ -1177,7 +1223,7 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
     names), each field is matched by identity while walking the dict: no hashing at all.
     Other dicts take one lookup per field.
     """
-    cdef Py_ssize_t i = start, found = 0, pos = 0
+    cdef Py_ssize_t i = start, found = 0, pos = 0, j
     cdef int mode, overflow
     cdef COp* op
     cdef PyObject* pv
@@ -1206,6 +1252,12 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
     try:
         while i < L.n:
             op = &L.ops[i]
+            if mode == 1 and op.erun > 1 and more and nk == op.name:
+                j = _enc_int_run(L.ops, i, i + op.erun, value, &pos, &nk, &nv, &more, w, ints)
+                if j > i:
+                    found += j - i
+                    i = j
+                    continue
             if mode == 1:
                 if more and nk == op.name:
                     pv = nv
