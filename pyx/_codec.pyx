@@ -324,6 +324,7 @@ cdef extern from *:
         if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
         return PyLong_FromLongLong(v);
     }
+    static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type);
     static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
                                           const unsigned char* p, PyObject* mac_type) {
         double d;
@@ -333,7 +334,7 @@ cdef extern from *:
         case 9: { PyObject* b = p[0] ? Py_True : Py_False; Py_INCREF(b); return b; }
         case 8: memcpy(&d, p, 8); return PyFloat_FromDouble(d);
         case 10:
-            if (conv == 10) return ds_bytes_sub(mac_type, (const char*)p, 6);
+            if (conv == 10) return ds_mac_obj(p, mac_type);
             return PyBytes_FromStringAndSize((const char*)p, size);
         default:  /* 11: fixed string, up to its first NUL */
             nul = (const unsigned char*)memchr(p, 0, size);
@@ -426,6 +427,15 @@ cdef extern from *:
         memcpy(s->key, p, n);
         Py_XDECREF(old);
     }
+    /* A MacAddress (an immutable bytes subclass) from 6 wire bytes, from the same table:
+       an interface's MAC, and the all-zero one, come back in every dump. New reference. */
+    static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type) {
+        PyObject* o = ds_pcache_get(10, p, 6);  /* C_MAC */
+        if (o) { Py_INCREF(o); return o; }
+        o = ds_bytes_sub(mac_type, (const char*)p, 6);
+        if (o) ds_pcache_put(10, p, 6, o);
+        return o;
+    }
 
     /* Item j of an exact list or tuple (borrowed; the caller checked the type and size). */
     /* 1 for True, 0 for False, -1 for anything else. */
@@ -465,6 +475,7 @@ cdef extern from *:
     int ds_bool_value(PyObject* o) noexcept
     int ds_parse_v4(const char* s, Py_ssize_t n, unsigned char* out) noexcept
     PyObject* ds_pcache_get(int conv, const unsigned char* p, Py_ssize_t n) noexcept
+    object ds_mac_obj(const unsigned char* p, object mac_type)
     void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, object o) noexcept
     int ds_dict_next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
     void ds_dict_check(object d) noexcept
@@ -1436,7 +1447,7 @@ cdef object _conv_new(COp* op, const unsigned char* p):
     cdef int af
     try:
         if conv == C_MAC:
-            return ds_bytes_sub(MacAddress, <const char*>p, 6)
+            return ds_mac_obj(p, _MAC_TYPE)
         if conv == C_IP4:
             return _mk_ip(0, p)
         if conv == C_IP6:
