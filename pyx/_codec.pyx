@@ -842,13 +842,15 @@ cdef bint _parse_mac(const char* s, Py_ssize_t n, char* out) noexcept:
 cdef int _pton(const char* s, Py_ssize_t n, char* out) noexcept:
     """af of an IP address text (0 v4, 1 v6; ':' decides, as in _codec_plan), -1 if invalid."""
     cdef char tmp[64]
-    if n <= 0 or n >= 64 or memchr(s, 0, n) != NULL:
+    if n <= 0 or n >= 64:
+        return -1
+    if memchr(s, 58, n) == NULL:
+        return 0 if ds_parse_v4(s, n, <unsigned char*>out) else -1  # it rejects a NUL too
+    if memchr(s, 0, n) != NULL:
         return -1
     memcpy(tmp, s, n)
     tmp[n] = 0
-    if memchr(s, 58, n) != NULL:
-        return 1 if inet_pton(AF_INET6, tmp, out) == 1 else -1
-    return 0 if ds_parse_v4(s, n, <unsigned char*>out) else -1
+    return 1 if inet_pton(AF_INET6, tmp, out) == 1 else -1
 
 
 cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
