@@ -2,36 +2,42 @@
 processes, stopped by PID (FAULTS.md F1, F2, F3, F4, F5 silent member, F6, F14 scaled down,
 F21-like; invariants I1, I2, I3, I5, I8, I15).
 
-The plugin is a ``Recorder`` that keeps the state it was told, every change it applied and a
-count of effective changes. ``rec`` (FAULTS.md I8) is the number of rounds after start-up.
+The plugin is a ``Recorder`` (tests/orchestrator_helpers.py) that keeps the state it was
+told, every change it applied and a count of effective changes. ``rec`` (FAULTS.md I8) is the
+number of rounds after start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from datasync.api import Change, ChangeEvent, Op, ResyncEvent, SourceState
+from datasync.api import SourceState
 from datasync.errors import EscalationError, SourceError
 from datasync.resync import (
     EXIT_RESTART_REQUIRED,
     Escalated,
     Orchestrator,
     ResyncConfig,
-    RoundFinished,
-    RoundStarted,
 )
 from datasync.transport.etcd import EtcdSource
 from tests.netproxy import TCPProxy
+from tests.orchestrator_helpers import (
+    Recorder,
+    RecordingSleep,
+    Rounds,
+    background,
+    converge_on,
+    per_key_increasing,
+)
+from tests.orchestrator_helpers import eventually as _eventually
 
 from .etcdserver import EtcdCluster, etcdctl
 
@@ -43,81 +49,6 @@ END = "zz-end"  # sentinel key: its arrival means every earlier write arrived to
 
 
 # --- the plugin and the harness ----------------------------------------------------------
-
-
-@dataclass
-class Recorder:
-    """A plugin that keeps the state it was told, as a dataplane would.
-
-    ``effects`` counts changes that really changed the state (a put of a new value, a
-    delete of a present key): an idempotent plugin does nothing for a repeated value.
-    ``gate``, when set, holds every resync until it is opened.
-    """
-
-    name: str
-    prefixes: Sequence[str]
-    depends_on: Sequence[str] = ()
-    state: dict[str, bytes] = field(default_factory=dict)
-    resyncs: list[ResyncEvent] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    effects: int = 0
-    gate: asyncio.Event | None = None
-    entered: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def resync(self, ev: ResyncEvent) -> None:
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        self.resyncs.append(ev)
-        new = {k: kv.value for k, kv in ev.kvs.items()}
-        gone = sorted(self.state.keys() - new.keys())
-        self.deleted += gone
-        self.effects += len(gone) + sum(self.state.get(k) != v for k, v in new.items())
-        self.state = new
-
-    async def change(self, ev: ChangeEvent) -> None:
-        for ch in ev.changes:
-            self.changes.append(ch)
-            if ch.op is Op.PUT:
-                assert ch.value is not None
-                self.effects += self.state.get(ch.key) != ch.value
-                self.state[ch.key] = ch.value
-            elif ch.key in self.state:
-                del self.state[ch.key]
-                self.deleted.append(ch.key)
-                self.effects += 1
-
-
-class Rounds:
-    """Round events of one orchestrator."""
-
-    def __init__(self, orch: Orchestrator) -> None:
-        self.started: list[RoundStarted] = []
-        self.finished: list[RoundFinished] = []
-        orch.add_listener(self._add)
-
-    def _add(self, ev: object) -> None:
-        if isinstance(ev, RoundStarted):
-            self.started.append(ev)
-        elif isinstance(ev, RoundFinished):
-            self.finished.append(ev)
-
-    @property
-    def rec(self) -> int:
-        """Full relists after the start-up round."""
-        return max(0, len(self.started) - 1)
-
-
-class RecordingSleep:
-    """The orchestrator's backoff sleep: real, but the delays are kept for assertions."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(delay)
 
 
 # Fast rounds, and no escalation: these tests watch the retries themselves.
@@ -152,19 +83,14 @@ async def orch_factory(
         await o.stop()
 
 
+async def eventually(pred: Callable[[], bool], what: str = "condition") -> None:
+    """Poll ``pred`` until true (a hang fails after WAIT)."""
+    await _eventually(pred, what, WAIT)
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"/vnf-agent/{uuid.uuid4().hex[:8]}/config/"
-
-
-async def eventually(pred: Callable[[], bool], what: str = "condition") -> None:
-    """Poll ``pred`` until true (a hang fails after WAIT)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not pred():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def put_retrying(pub: EtcdSource, key: str, value: bytes) -> int:
@@ -183,30 +109,15 @@ async def converge(
     """I1: wait until the plugin holds the store's content at its current revision R, the
     orchestrator reports applied_revision == R and in_sync; returns R."""
     truth = EtcdSource(name="truth", endpoints=endpoints, recycle_interval=None)
-    want: dict[str, bytes] = {}
-    revision = -1
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                with contextlib.suppress(SourceError):
-                    snap = await truth.snapshot([prefix])
-                    want = {kv.key: kv.value for kv in snap.kvs}
-                    revision = snap.revision
-                    if (
-                        plugin.state == want
-                        and orch.applied_revision(src.name) == revision
-                        and orch.status().in_sync
-                    ):
-                        return revision
-                await asyncio.sleep(0.1)
-    except TimeoutError:
+
+    def failure(want: dict[str, bytes], revision: int) -> str:
         st = orch.status()
-        raise AssertionError(
+        return (
             f"no convergence: plugin has {len(plugin.state)} keys, store {len(want)}; "
             f"applied {orch.applied_revision(src.name)} vs R {revision}; status {st}"
-        ) from None
-    finally:
-        await truth.close()
+        )
+
+    return await converge_on(orch, src.name, plugin, truth, [prefix], WAIT, failure)
 
 
 async def history(endpoints: list[str], prefix: str, start: int) -> list[tuple[str, int]]:
@@ -223,29 +134,6 @@ async def history(endpoints: list[str], prefix: str, start: int) -> list[tuple[s
         await it.aclose()  # type: ignore[attr-defined]
         await src.close()
     return out
-
-
-def per_key_increasing(changes: list[Change]) -> bool:
-    """I3: for every key, the applied revisions strictly increase."""
-    last: dict[str, int] = {}
-    for ch in changes:
-        if ch.revision <= last.get(ch.key, 0):
-            return False
-        last[ch.key] = ch.revision
-    return True
-
-
-@contextlib.asynccontextmanager
-async def background(coro: Awaitable[object]) -> AsyncIterator[asyncio.Future[object]]:
-    """Run ``coro`` for the block; cancel it if the block fails first."""
-    task = asyncio.ensure_future(coro)
-    try:
-        yield task
-    finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
 
 
 async def preload(pub: EtcdSource, prefix: str, n: int) -> set[str]:

@@ -2,8 +2,9 @@
 broker (FAULTS.md F7, F8, F19; invariants I1, I3, I5, I8), and over etcd and Kafka at once
 (per-source ownership through a Kafka reset, a dead broker going stale beside etcd).
 
-The plugin is a ``Recorder`` that keeps the state it was told, every change it applied and a
-count of effective changes. ``rec`` (FAULTS.md I8) is the number of rounds after start-up.
+The plugin is a ``Recorder`` (tests/orchestrator_helpers.py) that keeps the state it was
+told, every change it applied and a count of effective changes. ``rec`` (FAULTS.md I8) is the
+number of rounds after start-up.
 
 What a redelivered record does, end to end: a producer resend is a second record at a NEW
 offset, so the source yields it as a change with a newer revision and the same value. The
@@ -19,16 +20,15 @@ import contextlib
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
-from datasync.api import Change, ChangeEvent, Op, ResyncEvent, SourceState
+from datasync.api import SourceState
 from datasync.errors import SourceError
-from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from datasync.resync import Orchestrator, ResyncConfig
 from datasync.transport.etcd import EtcdSource
 from datasync.transport.kafka import (
     KafkaLogTruncatedError,
@@ -39,6 +39,15 @@ from datasync.transport.kafka import (
 )
 from tests.etcd.etcdserver import ETCD, EtcdCluster
 from tests.netproxy import TCPProxy
+from tests.orchestrator_helpers import (
+    Recorder,
+    RecordingSleep,
+    Rounds,
+    background,
+    converge_on,
+    per_key_increasing,
+)
+from tests.orchestrator_helpers import eventually as _eventually
 
 from .conftest import TansuBroker, _quiet, free_port
 
@@ -53,64 +62,6 @@ IF = "/vnf-agent/vpp1/config/vpp/v2/interfaces/"
 
 
 # --- the plugin and the harness ----------------------------------------------------------
-
-
-@dataclass
-class Recorder:
-    """A plugin that keeps the state it was told, as a dataplane would.
-
-    ``effects`` counts changes that really changed the state (a put of a new value, a
-    delete of a present key): an idempotent plugin does nothing for a repeated value.
-    """
-
-    name: str
-    prefixes: Sequence[str]
-    depends_on: Sequence[str] = ()
-    state: dict[str, bytes] = field(default_factory=dict)
-    resyncs: list[ResyncEvent] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    effects: int = 0
-
-    async def resync(self, ev: ResyncEvent) -> None:
-        self.resyncs.append(ev)
-        new = {k: kv.value for k, kv in ev.kvs.items()}
-        gone = sorted(self.state.keys() - new.keys())
-        self.deleted += gone
-        self.effects += len(gone) + sum(self.state.get(k) != v for k, v in new.items())
-        self.state = new
-
-    async def change(self, ev: ChangeEvent) -> None:
-        for ch in ev.changes:
-            self.changes.append(ch)
-            if ch.op is Op.PUT:
-                assert ch.value is not None
-                self.effects += self.state.get(ch.key) != ch.value
-                self.state[ch.key] = ch.value
-            elif ch.key in self.state:
-                del self.state[ch.key]
-                self.deleted.append(ch.key)
-                self.effects += 1
-
-
-class Rounds:
-    """Round events of one orchestrator."""
-
-    def __init__(self, orch: Orchestrator) -> None:
-        self.started: list[RoundStarted] = []
-        self.finished: list[RoundFinished] = []
-        orch.add_listener(self._add)
-
-    def _add(self, ev: object) -> None:
-        if isinstance(ev, RoundStarted):
-            self.started.append(ev)
-        elif isinstance(ev, RoundFinished):
-            self.finished.append(ev)
-
-    @property
-    def rec(self) -> int:
-        """Full relists after the start-up round."""
-        return max(0, len(self.started) - 1)
 
 
 def fast_source(bootstrap: str, topic: str, name: str = "kafka", **kw: Any) -> KafkaSource:
@@ -156,12 +107,7 @@ def orchestrator(
 async def eventually(
     pred: Callable[[], bool], what: str = "condition", timeout: float = WAIT
 ) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await _eventually(pred, what, timeout)
 
 
 async def converge(
@@ -170,52 +116,14 @@ async def converge(
     """I1: the plugin holds the log's content at its end R (the high watermark), the
     orchestrator reports applied_revision == R and in_sync; returns R."""
     truth = fast_source(bootstrap, topic, name="truth")
-    want: dict[str, bytes] = {}
-    revision = -1
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                with contextlib.suppress(SourceError):
-                    snap = await truth.snapshot(list(plugin.prefixes))
-                    want = {kv.key: kv.value for kv in snap.kvs}
-                    revision = snap.revision
-                    if (
-                        plugin.state == want
-                        and orch.applied_revision(src.name) == revision
-                        and orch.status().in_sync
-                    ):
-                        return revision
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(
+
+    def failure(want: dict[str, bytes], revision: int) -> str:
+        return (
             f"no convergence: plugin {plugin.state} vs log {want}; applied "
             f"{orch.applied_revision(src.name)} vs R {revision}; {orch.status()}"
-        ) from None
-    finally:
-        await truth.close()
+        )
 
-
-def per_key_increasing(changes: list[Change]) -> bool:
-    """I3: for every key, the applied revisions strictly increase."""
-    last: dict[str, int] = {}
-    for ch in changes:
-        if ch.revision <= last.get(ch.key, 0):
-            return False
-        last[ch.key] = ch.revision
-    return True
-
-
-@contextlib.asynccontextmanager
-async def background(coro: Awaitable[object]) -> AsyncIterator[asyncio.Future[object]]:
-    """Run ``coro`` for the block; cancel it if the block fails first."""
-    task = asyncio.ensure_future(coro)
-    try:
-        yield task
-    finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+    return await converge_on(orch, src.name, plugin, truth, list(plugin.prefixes), WAIT, failure)
 
 
 def resend(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
@@ -580,17 +488,6 @@ async def test_shadowed_change_advances_applied_revision(
         await eventually(lambda: orch.applied_revision("kafka") == r, "applied", timeout=3.0)
     finally:
         assert plugin.state == {f"{IF}shared": b"etcd"} and plugin.changes == []
-
-
-class RecordingSleep:
-    """The orchestrator's backoff sleep: real, but the delays are kept for assertions."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(delay)
 
 
 async def two_sources(
