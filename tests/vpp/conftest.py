@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,8 @@ import uvloop
 from datasync.vpp.client import VppClient
 from datasync.vpp.sim import Simulator
 from tests.paths import VPP_API_REFERENCE, vpp_api_files
+
+from .helpers import client_factory
 
 SHARED_API = str(VPP_API_REFERENCE)
 
@@ -57,6 +59,14 @@ async def client(sim: Simulator) -> AsyncIterator[VppClient]:
     await c.connect()
     yield c
     await c.close()
+
+
+@pytest.fixture
+async def make_client(sim: Simulator) -> AsyncIterator[Callable[..., Awaitable[VppClient]]]:
+    """Makes connected clients of ``sim`` (see ``client_factory``), closed at teardown."""
+    assert sim.path
+    async with client_factory(sim.path) as make:
+        yield make
 
 
 @pytest.fixture

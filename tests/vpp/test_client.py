@@ -6,7 +6,7 @@ import asyncio
 import copy
 import os
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,44 +23,9 @@ from datasync.vpp.client import (
 from datasync.vpp.defs import ApiDefinitions, CodecError, builtin_definitions
 from datasync.vpp.sim import Simulator
 
+from .helpers import Faults, eventually
+
 DEFS = builtin_definitions()
-
-
-async def eventually(pred: Callable[[], bool], limit: float = 5.0) -> None:
-    """Poll ``pred`` until it holds (state changes here come from callbacks, not events)."""
-    async with asyncio.timeout(limit):
-        while not pred():
-            await asyncio.sleep(0.01)
-
-
-class Faults:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, kind: str, detail: Any) -> None:
-        self.seen.append((kind, dict(detail)))
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.seen]
-
-
-@pytest.fixture
-async def make_client(sim: Simulator) -> AsyncIterator[Callable[..., Awaitable[VppClient]]]:
-    made: list[VppClient] = []
-
-    async def make(**kw: Any) -> VppClient:
-        kw.setdefault("probe_interval", None)
-        kw.setdefault("backoff_initial", 0.01)
-        kw.setdefault("backoff_max", 0.05)
-        assert sim.path
-        c = VppClient(sim.path, **kw)
-        made.append(c)
-        await c.connect()
-        return c
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 # -- calls -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ the health probe tolerates the client's own backlog, an oversized shm message fa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,43 +21,7 @@ from datasync.vpp.sim import Simulator
 from datasync.vpp.transport import ShmPipe
 from tests.paths import VPP_API_REFERENCE
 
-
-async def eventually(pred: Callable[[], bool], limit: float = 5.0) -> None:
-    """Poll ``pred`` until it holds (state changes here come from callbacks, not events)."""
-    async with asyncio.timeout(limit):
-        while not pred():
-            await asyncio.sleep(0.01)
-
-
-class Faults:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, kind: str, detail: Any) -> None:
-        self.seen.append((kind, dict(detail)))
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.seen]
-
-
-@pytest.fixture
-async def make_client(sim: Simulator) -> AsyncIterator[Callable[..., Awaitable[VppClient]]]:
-    made: list[VppClient] = []
-
-    async def make(**kw: Any) -> VppClient:
-        kw.setdefault("probe_interval", None)
-        kw.setdefault("backoff_initial", 0.01)
-        kw.setdefault("backoff_max", 0.05)
-        assert sim.path
-        c = VppClient(sim.path, **kw)
-        made.append(c)
-        await c.connect()
-        return c
-
-    yield make
-    for c in made:
-        await c.close()
-
+from .helpers import Faults, eventually
 
 # -- close() ends everything that waits on the client ----------------------------------
 

@@ -33,6 +33,9 @@ from datasync.vpp.vac import (
     VacUnavailableError,
 )
 
+from .helpers import Faults, client_factory
+from .helpers import eventually as _eventually
+
 DEFS = builtin_definitions()
 FAKE_SRC = Path(__file__).with_name("fake_vac.c")
 NO_LIB_REASON = "libvppapiclient.so not found: install VPP to run the vac transport tests"
@@ -62,9 +65,7 @@ needs_real_library = pytest.mark.skipif(REAL_LIBRARY is None, reason=NO_LIB_REAS
 
 async def eventually(pred: Callable[[], bool], limit: float = 5.0) -> None:
     """Poll ``pred`` until it holds (state here changes from another thread)."""
-    async with asyncio.timeout(limit):
-        while not pred():
-            await asyncio.sleep(0.005)
+    await _eventually(pred, limit, poll=0.005)
 
 
 # -- the fake library --------------------------------------------------------------------
@@ -183,31 +184,8 @@ NAMES = [m.name_crc for m in DEFS.messages.values()]
 
 @pytest.fixture
 async def make_client(fake: Fake) -> AsyncIterator[Callable[..., Awaitable[VppClient]]]:
-    made: list[VppClient] = []
-
-    async def make(**kw: Any) -> VppClient:
-        kw.setdefault("probe_interval", None)
-        kw.setdefault("backoff_initial", 0.01)
-        kw.setdefault("backoff_max", 0.05)
-        c = VppClient(transport="vac", vac_library=fake.path, **kw)
-        made.append(c)
-        await c.connect()
-        return c
-
-    yield make
-    for c in made:
-        await c.close()
-
-
-class Faults:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, kind: str, detail: Any) -> None:
-        self.seen.append((kind, dict(detail)))
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.seen]
+    async with client_factory(transport="vac", vac_library=fake.path) as make:
+        yield make
 
 
 # -- no library ----------------------------------------------------------------------------
