@@ -40,12 +40,12 @@ from ..errors import (
     SourceUnavailableError,
     StoreResetError,
 )
+from ._state import StateListener as StateListener
+from ._state import StateReporter
 
 __all__ = ["EtcdLease", "EtcdRequestError", "EtcdSource", "prefix_range_end"]
 
 log = logging.getLogger("datasync.transport.etcd")
-
-StateListener = Callable[[str, SourceState, str], None]
 
 _PUT = rpc.Event.EventType.PUT
 _tnew = tuple.__new__
@@ -174,7 +174,7 @@ class _Tracker:
         self.stalled = False
 
 
-class EtcdSource:
+class EtcdSource(StateReporter):
     """An etcd cluster as a datasync ``Source`` and ``Publisher``.
 
     ``endpoints`` are ``host:port`` client URLs of the members; the source moves to
@@ -207,6 +207,8 @@ class EtcdSource:
     Publisher requests that fail as unavailable are retried once on each other endpoint,
     so a put may apply twice around a failover (at-least-once).
     """
+
+    _STATE_LOG = "%(kind)s source %(name)s: %(new)s (%(reason)s)"
 
     def __init__(
         self,
@@ -272,8 +274,7 @@ class EtcdSource:
         self._md = (("hasleader", "true"),) if require_leader else None
         self._cluster_id: int | None = None
         self._handed_out = 0  # highest revision this source handed out
-        self._state = SourceState.DISCONNECTED
-        self._listeners: list[StateListener] = []
+        self._init_state("etcd", name, log)
         self._closed = False
         self._leases: set[EtcdLease] = set()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -297,11 +298,6 @@ class EtcdSource:
     # --- state ---------------------------------------------------------------------------
 
     @property
-    def state(self) -> SourceState:
-        """CONNECTED, DISCONNECTED or STALLED, as last seen."""
-        return self._state
-
-    @property
     def cluster_id(self) -> str:
         """The etcd cluster id (hex) last seen, or "" before the first contact."""
         return "" if self._cluster_id is None else f"{self._cluster_id:x}"
@@ -310,25 +306,6 @@ class EtcdSource:
     def endpoint(self) -> str:
         """The endpoint the source currently talks to."""
         return self.endpoints[self._current]
-
-    def add_state_listener(self, cb: StateListener) -> None:
-        """Call ``cb(source_name, state, reason)`` on every state change."""
-        self._listeners.append(cb)
-
-    def remove_state_listener(self, cb: StateListener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(cb)
-
-    def _set_state(self, state: SourceState, reason: str) -> None:
-        if state == self._state:
-            return
-        self._state = state
-        log.info("etcd source %s: %s (%s)", self.name, state.value, reason)
-        for cb in list(self._listeners):
-            try:
-                cb(self.name, state, reason)
-            except Exception:
-                log.exception("etcd source %s: state listener failed", self.name)
 
     # --- endpoints -----------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ from ..errors import (
     SourceUnavailableError,
     StoreResetError,
 )
+from ._state import StateListener, StateReporter
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -92,9 +93,6 @@ log = logging.getLogger(__name__)
 _rdlog = logging.getLogger(__name__ + ".librdkafka")
 
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
-
-#: ``cb(source_name, state, reason)``, called on every state transition.
-StateListener = Callable[[str, SourceState, str], None]
 
 T = TypeVar("T")
 
@@ -296,7 +294,7 @@ def _jittered(delay: float) -> float:
 # --- the source ----------------------------------------------------------------------------
 
 
-class KafkaSource:
+class KafkaSource(StateReporter):
     """A ``datasync.api.Source`` reading one partition of a Kafka config topic.
 
     ``config`` adds or overrides librdkafka consumer/admin properties. Keys outside the
@@ -357,9 +355,7 @@ class KafkaSource:
         self._track_prev = track_prev_values
         self._store_id = store_id
         self._closed = False
-        self._state = SourceState.DISCONNECTED
-        self._state_reason = "not connected yet"
-        self._listeners: list[StateListener] = []
+        self._init_state("kafka", name, log)
         self._readers: set[_Reader] = set()
         self.stats = KafkaSourceStats()
         common: dict[str, Any] = {
@@ -410,37 +406,10 @@ class KafkaSource:
         """``"<topic>:<topic id>"`` of the last snapshot (or as given), None before."""
         return self._store_id
 
-    @property
-    def state(self) -> SourceState:
-        """The connection state, as shown in status."""
-        return self._state
-
-    @property
-    def state_reason(self) -> str:
-        return self._state_reason
-
-    def add_state_listener(self, cb: StateListener) -> None:
-        """Call ``cb(source_name, state, reason)`` on every state change."""
-        self._listeners.append(cb)
-
-    def remove_state_listener(self, cb: StateListener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(cb)
-
     def _set_state(self, state: SourceState, reason: str) -> None:
-        if state == self._state:
-            return
-        if state == SourceState.DISCONNECTED and not self._closed:
+        if state != self._state and state == SourceState.DISCONNECTED and not self._closed:
             self.stats.disconnects += 1
-        log.info(
-            "kafka source %s: %s -> %s (%s)", self._name, self._state.value, state.value, reason
-        )
-        self._state, self._state_reason = state, reason
-        for cb in list(self._listeners):
-            try:
-                cb(self._name, state, reason)
-            except Exception:
-                log.exception("kafka source %s: state listener failed", self._name)
+        super()._set_state(state, reason)
 
     # -- topic metadata
 
