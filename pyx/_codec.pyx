@@ -15,10 +15,18 @@ the two on arbitrary input.
 Where the time goes, and what is done about it (callgrind, CPython 3.11):
 
 - dict input: keys that come in field order are matched by identity while walking the
-  dict (field names are interned, as literal keys are), else one lookup per field;
-- ints: small values are read and written inline; big-endian through bswap;
-- addresses, prefixes, MACs: parsed from text with inet_pton and built as ipaddress
-  objects directly (their ``_ip`` slots), decoded prefixes cached by wire bytes;
+  dict (field names are interned, as literal keys are), else one lookup per field; on
+  CPython 3.11 the walk reads the dict's entry array (``ds_dict_next``); runs of int and
+  bool fields, and whole structs of them, are encoded by tight loops that hand anything
+  unusual back to the general path;
+- decoding: runs of fixed-size fields that cannot fail (ints, bools, bytes, MACs, fixed
+  strings) take one bounds check per run and no exception frame (``COp.run``); ints
+  0-255 are the interpreter's cached objects; arrays of such elements, or of flat structs
+  of them, are filled without a call per element;
+- ints: big-endian through bswap;
+- addresses, prefixes, MACs: parsed from text (IPv4 and MACs inline, IPv6 with
+  inet_pton) and built as ipaddress objects directly (their ``_ip`` slots); decoded
+  prefixes and MACs (immutable values) come from a direct-mapped table keyed by wire bytes;
 - records of small all-zero structs (MPLS label stacks) are shared, and an array element
   that is the same object as the one before is encoded once and copied;
 - ``encode`` is a METH_FASTCALL method (see ``ds_encode_fast``): a Cython ``**kw``
