@@ -173,14 +173,20 @@ cdef extern from *:
         default: { uint64_t x; memcpy(&x, p, 8); return __builtin_bswap64(x); }
         }
     }
-    /* The value of an exact int of at most one 30-bit digit (most field values), without a
-       call: 1 and *out set, else 0 (then the caller uses the API). */
+    /* The value of an exact int of at most two 30-bit digits (field values, ~0 u32s
+       included), without a call: 1 and *out set, else 0 (then the caller uses the API). */
     static inline int ds_small_long(PyObject* v, long long* out) {
     #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
         Py_ssize_t size = Py_SIZE(v);
-        if (size == 0) { *out = 0; return 1; }
-        if (size == 1) { *out = (long long)((PyLongObject*)v)->ob_digit[0]; return 1; }
-        if (size == -1) { *out = -(long long)((PyLongObject*)v)->ob_digit[0]; return 1; }
+        const digit* d = ((PyLongObject*)v)->ob_digit;
+        switch (size) {
+        case 0: *out = 0; return 1;
+        case 1: *out = (long long)d[0]; return 1;
+        case -1: *out = -(long long)d[0]; return 1;
+        case 2: *out = (long long)d[0] | ((long long)d[1] << 30); return 1;
+        case -2: *out = -((long long)d[0] | ((long long)d[1] << 30)); return 1;
+        default: break;
+        }
     #endif
         return 0;
     }
