@@ -191,6 +191,23 @@ cdef extern from *:
         return 0;
     }
     static inline int ds_is_long(PyObject* o) { return PyLong_CheckExact(o); }
+    /* The characters of an ASCII str (ds_ascii true): its UTF-8 form, without a call. */
+    static inline const char* ds_ascii_data(PyObject* o, Py_ssize_t* n) {
+        *n = PyUnicode_GET_LENGTH(o);
+        return (const char*)PyUnicode_DATA(o);
+    }
+    /* Hex digit values (-1: not one), for MAC text. */
+    static signed char ds_hex[256];
+    static void ds_init_hex(void) {
+        int i;
+        for (i = 0; i < 256; i++) ds_hex[i] = -1;
+        for (i = 0; i < 10; i++) ds_hex['0' + i] = (signed char)i;
+        for (i = 0; i < 6; i++) {
+            ds_hex['a' + i] = (signed char)(10 + i);
+            ds_hex['A' + i] = (signed char)(10 + i);
+        }
+    }
+    static inline int ds_hexval(char c) { return ds_hex[(unsigned char)c]; }
     /* Exact str holding only ASCII: its UTF-8 form is its own data (no encoding, no error). */
     static inline int ds_ascii(PyObject* o) {
         return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o);
@@ -503,6 +520,9 @@ cdef extern from *:
     void ds_put_be(char* p, unsigned long long v, Py_ssize_t size) noexcept
     unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) noexcept
     int ds_small_long(PyObject* v, long long* out) noexcept
+    const char* ds_ascii_data(object o, Py_ssize_t* n) noexcept
+    void ds_init_hex() noexcept
+    int ds_hexval(char c) noexcept
     bint ds_is_long(PyObject* o) noexcept
     bint ds_ascii(object o) noexcept
     PyObject* ds_int_new(int kind, unsigned long long u)
@@ -535,6 +555,7 @@ if _OFF_IP4 < 0 or _OFF_IP6 < 0 or _OFF_SCOPE6 < 0:
     raise ImportError("datasync._codec_c: unexpected ipaddress layout")
 # All-zero wire bytes: records of small structs decoded from them are shared (below).
 ds_init_small_ints()
+ds_init_hex()
 _sample = {"a": 1, "b": 2, "c": 3, "d": 4}
 del _sample["b"]  # a deleted entry too
 _sample["e"] = 5
@@ -827,16 +848,6 @@ cdef inline long long _enc_int(COp* op, object v, WBuf* w) except? -1:
     return x
 
 
-cdef inline int _hexval(char c) noexcept:
-    if c >= 48 and c <= 57:
-        return c - 48
-    if c >= 97 and c <= 102:
-        return c - 87
-    if c >= 65 and c <= 70:
-        return c - 55
-    return -1
-
-
 cdef bint _parse_mac(const char* s, Py_ssize_t n, char* out) noexcept:
     """``aa:bb:cc:dd:ee:ff`` -> 6 bytes; anything else is left to the twin."""
     cdef int i, hi, lo
@@ -845,8 +856,8 @@ cdef bint _parse_mac(const char* s, Py_ssize_t n, char* out) noexcept:
     for i in range(6):
         if i and s[3 * i - 1] != 58:  # ':'
             return False
-        hi = _hexval(s[3 * i])
-        lo = _hexval(s[3 * i + 1])
+        hi = ds_hexval(s[3 * i])
+        lo = ds_hexval(s[3 * i + 1])
         if hi < 0 or lo < 0:
             return False
         out[i] = <char>(hi * 16 + lo)
@@ -870,7 +881,7 @@ cdef int _pton(const char* s, Py_ssize_t n, char* out) noexcept:
 cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
     """Fast paths for text forms of addresses, prefixes and MACs: 1 taken, 0 not taken."""
     cdef Py_ssize_t n, i, alen
-    cdef const char* s = PyUnicode_AsUTF8AndSize(v, &n)
+    cdef const char* s = ds_ascii_data(v, &n)
     cdef char out[18]
     cdef int af, plen, want
     cdef const char* slash
@@ -1014,7 +1025,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return _zeros(w, op.size)
         if not ds_ascii(v):
             return _slow_op(op, v, w)  # other text: the twin encodes UTF-8 (and its errors)
-        s = PyUnicode_AsUTF8AndSize(v, &n)
+        s = ds_ascii_data(v, &n)
         if n >= op.size:
             return _slow_op(op, v, w)
         _reserve(w, op.size)
@@ -1027,7 +1038,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return _zeros(w, 4)
         if not ds_ascii(v):
             return _slow_op(op, v, w)
-        s = PyUnicode_AsUTF8AndSize(v, &n)
+        s = ds_ascii_data(v, &n)
         if n > 0xFFFFFFFF:
             return _slow_op(op, v, w)
         _reserve(w, 4 + n)
