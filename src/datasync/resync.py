@@ -493,7 +493,7 @@ class Orchestrator:
         """Check the plugin graph (cycles are errors here) and start the first round."""
         if self._started:
             return
-        self._levels(self._deps())
+        topological_levels(self._deps())  # unknown dependencies and cycles fail here
         self._started = True
         self._runner = asyncio.ensure_future(self._run())
         if self.config.anti_entropy_interval:
@@ -610,10 +610,6 @@ class Orchestrator:
 
     def _deps(self) -> dict[str, tuple[str, ...]]:
         return {n: r.depends_on for n, r in self._regs.items()}
-
-    @staticmethod
-    def _levels(deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
-        return topological_levels(deps)
 
     @staticmethod
     def _plan(members: Mapping[str, _Registration]) -> tuple[list[list[str]], dict[str, str]]:
