@@ -209,3 +209,40 @@ async def test_reconnects_without_progress_report_stalled(
             assert src.state == SourceState.CONNECTED
         finally:
             await reader.stop()
+
+
+async def test_backlog_slower_than_stall_timeout_converges(
+    etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
+) -> None:
+    """The first response of a catch-up (up to ~1000 revisions in one message) takes
+    longer to arrive than stall_timeout: each attempt that was created but made no
+    progress grows the next one's stall and keepalive timeouts, so the watch gets there,
+    in revision order, without anyone changing the link."""
+    pub = make_source(etcd1.endpoints, name="pub")
+    r0 = await pub.current_revision()
+    for i in range(0, 20, 10):
+        await pub.txn({f"{prefix}{j:03d}": b"x" * 100_000 for j in range(i, i + 10)})
+    member = etcd1.members[0]
+    async with TCPProxy("127.0.0.1", member.client_port) as proxy:
+        # ~640 kB/s: the 1 MB first response takes ~1.6 s, over 2x but under 8x 0.4 s.
+        proxy.set_mode("delay", delay=0.1)
+        src = make_source(
+            [proxy.address],
+            stall_timeout=0.4,
+            progress_interval=0.1,
+            backoff_cap=0.2,
+            recycle_interval=None,
+        )
+        reader = Reader(src.watch([prefix], r0 + 1))
+        try:
+            async with asyncio.timeout(15.0):
+                while len(reader.changes) < 20:
+                    assert not reader.task.done(), f"the watch ended: {reader.task!r}"
+                    await asyncio.sleep(0.05)
+            revs = [c.revision for c in reader.changes]
+            assert revs == sorted(revs) and len(set(revs)) == 2
+            assert [c.key for c in reader.changes] == [f"{prefix}{j:03d}" for j in range(20)]
+            assert src.stats["stalls"] >= 1
+            assert src.state == SourceState.CONNECTED
+        finally:
+            await reader.stop()

@@ -48,6 +48,7 @@ __all__ = ["EtcdLease", "EtcdRequestError", "EtcdSource", "prefix_range_end"]
 log = logging.getLogger("datasync.transport.etcd")
 
 _PUT = rpc.Event.EventType.PUT
+_MAX_GROWTH = 8  # cap on the growth of a watch's stall and ping timeouts
 _tnew = tuple.__new__
 _FIRST_PAGE = 100  # keys in the first snapshot page at most: value sizes are unknown yet
 _LOGGED_KEYS = 10_000  # oversized keys remembered to log each once
@@ -191,6 +192,9 @@ class EtcdSource(StateReporter):
       (a reconnect counts as failed unless the attempt delivered changes or progress);
     - ``stall_reconnects``: after this many watches in a row that were created but made
       no progress the source reports STALLED (not in sync) and keeps retrying with backoff;
+      each such attempt doubles the next one's ``stall_timeout`` and ``keepalive_timeout``
+      (up to 8x, back to the configured values after progress), so that a catch-up
+      response too big for the link within those timeouts gets through in the end;
     - ``page_size``: keys in the first snapshot page (at most 100) and the least per later
       page, unless the gRPC receive limit calls for fewer; ``max_page_bytes``: target
       size of later pages; ``max_receive_bytes``: gRPC limit (a page over it is asked
@@ -250,6 +254,7 @@ class EtcdSource(StateReporter):
         self._max_receive = max_receive_bytes
         self._oversized_logged: set[str] = set()
         self.recycle_interval = recycle_interval
+        self.keepalive_timeout = keepalive_timeout
         # etcd enforces a 5 s minimum ping interval (--grpc-keepalive-min-time) and
         # GOAWAYs clients that ping faster; the 2 s ping timeout is what finds a hung peer.
         options: list[tuple[str, Any]] = [
@@ -265,6 +270,7 @@ class EtcdSource(StateReporter):
             ("grpc.max_reconnect_backoff_ms", int(backoff_cap * 1000)),
             ("grpc.enable_retries", 0),
         ]
+        self._options = options
         self._eps = [_Endpoint(a, options) for a in self.endpoints]
         # The channels of running watches, one each: closed by close() only.
         self._watch_eps: set[_Endpoint] = set()
@@ -541,14 +547,19 @@ class EtcdSource(StateReporter):
         next_rev = start_revision
         loop = asyncio.get_running_loop()
         failures = 0
+        # Timeouts of the next attempt, in multiples of the configured ones: etcd 3.4
+        # sends up to ~1000 revisions in one response, which a slow link may not carry
+        # within stall_timeout, nor a ping ack queued behind it within keepalive_timeout.
+        grow = 1
         keyof = self._key_of
         name = self.name
         while True:
             ep = self._ep()
             # A channel of this attempt's own: a failed unary request retires the shared
             # channel of its endpoint, which must not end this stream.
-            wep = _Endpoint(ep.address, ep._options).open()
+            wep = _Endpoint(ep.address, self._grown_options(grow)).open()
             self._watch_eps.add(wep)
+            stall_timeout = self.stall_timeout * grow
             call: Any = None
             dog: asyncio.Task[None] | None = None
             tr = _Tracker(loop.time())
@@ -584,7 +595,7 @@ class EtcdSource(StateReporter):
                     if failures < self.stall_reconnects:
                         self._set_state(SourceState.CONNECTED, f"watching on {ep.address}")
                     # else: STALLED until this attempt shows progress
-                    dog = asyncio.create_task(self._watchdog(call, tr))
+                    dog = asyncio.create_task(self._watchdog(call, tr, stall_timeout))
                     maxv = self.max_value_bytes
                     while True:
                         tr.waiting_since = loop.time()
@@ -676,6 +687,9 @@ class EtcdSource(StateReporter):
             # response (a backlog too slow for stall_timeout) keeps backing off.
             if progressed:
                 failures = 0
+                grow = 1
+            elif created:
+                grow = min(grow * 2, _MAX_GROWTH)
             failures += 1
             self.stats["reconnects"] += 1
             if tr.stalled:
@@ -727,10 +741,18 @@ class EtcdSource(StateReporter):
                 resp.compact_revision,
             )
 
-    async def _watchdog(self, call: Any, tr: _Tracker) -> None:
+    def _grown_options(self, grow: int) -> list[tuple[str, Any]]:
+        """Channel options with the ping timeouts ``grow`` times the configured one."""
+        if grow == 1:
+            return self._options
+        ms = int(self.keepalive_timeout * grow * 1000)
+        timeouts = ("grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms")
+        return [(k, ms if k in timeouts else v) for k, v in self._options]
+
+    async def _watchdog(self, call: Any, tr: _Tracker, stall_timeout: float) -> None:
         """Ask for progress when the stream is quiet; cancel it when nothing answers."""
         loop = asyncio.get_running_loop()
-        tick = min(self.progress_interval, self.stall_timeout) / 2
+        tick = min(self.progress_interval, stall_timeout) / 2
         req = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
         due = loop.time() + tick
         while True:
@@ -746,7 +768,7 @@ class EtcdSource(StateReporter):
             if since is None:
                 continue  # the consumer is busy: our silence is not the server's
             idle = now - max(since, tr.last_response)
-            if idle >= self.stall_timeout:
+            if idle >= stall_timeout:
                 tr.stalled = True
                 call.cancel()
                 return
@@ -756,7 +778,7 @@ class EtcdSource(StateReporter):
             ):
                 tr.last_progress_req = now
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(self.stall_timeout):
+                    async with asyncio.timeout(stall_timeout):
                         await call.write(req)
 
     # --- publisher -----------------------------------------------------------------------
