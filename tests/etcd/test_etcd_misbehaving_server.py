@@ -41,16 +41,21 @@ class ScriptedEtcd(rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.KVServicer):  # type
     def __init__(self) -> None:
         self.revision = 10
         self.script: list[Any] = []
+        # Scripts for the following watch creates, one list each, taken in order.
+        self.later: list[list[Any]] = []
         self.creates: list[int] = []  # start revisions asked for
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for req in request_iterator:
             if req.HasField("create_request"):
                 self.creates.append(req.create_request.start_revision)
+                # Take this create's script before yielding: a test may set up the next
+                # one while this stream is still being read.
+                script = self.script
+                self.script = self.later.pop(0) if self.later else []
                 yield resp(self.revision, created=True)
-                for r in self.script:
+                for r in script:
                     yield r
-                self.script = []
             elif req.HasField("progress_request"):
                 yield resp(self.revision, watch_id=-1)
 
@@ -145,12 +150,12 @@ async def test_server_cancel_without_compaction_resumes_from_last_delivered(
         resp(12, ev(PUT, "/p/a", 12, b"1")),
         resp(12, canceled=True, cancel_reason="etcdserver: no leader"),
     ]
+    impl.later = [[resp(14, ev(PUT, "/p/b", 14, b"2"))]]  # for the resumed watch
     src = make_source([addr])
     it = src.watch(["/p/"], 11)
     try:
         async with asyncio.timeout(10):
             batch = await anext(it)
-            impl.script = [resp(14, ev(PUT, "/p/b", 14, b"2"))]
             batch2 = await anext(it)
     finally:
         await aclose(it)
