@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from tests.vpp.samples import ADD_ADDR, SW_IF_DETAILS, fib_path
 
 from datasync.vpp import _codec_py
 from datasync.vpp.codec import codec_for
@@ -30,68 +31,9 @@ try:
 except ImportError:
     _compiled = None
 
-LABELS = [{"is_uniform": 0, "label": 0, "ttl": 0, "exp": 0}] * 16
-
-
-def _path(i: int, nh: str) -> dict[str, Any]:
-    return {
-        "sw_if_index": i,
-        "table_id": 0,
-        "rpf_id": 0,
-        "weight": 1,
-        "preference": 0,
-        "type": 0,
-        "flags": 0,
-        "proto": 0,
-        "nh": {
-            "address": {"ip4": ipaddress.IPv4Address(nh)},
-            "via_label": 0,
-            "obj_id": 0,
-            "classify_table_index": 0xFFFFFFFF,
-        },
-        "n_labels": 0,
-        "label_stack": LABELS,
-    }
-
-
 MESSAGES: dict[str, dict[str, Any]] = {
-    "sw_interface_details": {
-        "context": 3,
-        "sw_if_index": 1,
-        "sup_sw_if_index": 1,
-        "l2_address": "de:ad:00:00:00:01",
-        "flags": 3,
-        "type": 0,
-        "link_duplex": 0,
-        "link_speed": 0,
-        "link_mtu": 9000,
-        "mtu": [9000, 0, 0, 0],
-        "sub_id": 0,
-        "sub_number_of_tags": 0,
-        "sub_outer_vlan_id": 0,
-        "sub_inner_vlan_id": 0,
-        "sub_if_flags": 0,
-        "vtr_op": 0,
-        "vtr_push_dot1q": 0,
-        "vtr_tag1": 0,
-        "vtr_tag2": 0,
-        "outer_tag": 0,
-        "b_dmac": b"\x00" * 6,
-        "b_smac": b"\x00" * 6,
-        "b_vlanid": 0,
-        "i_sid": 0,
-        "interface_name": "loop0",
-        "interface_dev_type": "Loopback",
-        "tag": "vpp-agent/loop0",
-    },
-    "sw_interface_add_del_address": {
-        "client_index": 0x80000001,
-        "context": 5,
-        "sw_if_index": 1,
-        "is_add": True,
-        "del_all": False,
-        "prefix": "10.0.0.1/24",
-    },
+    "sw_interface_details": SW_IF_DETAILS,
+    "sw_interface_add_del_address": ADD_ADDR,
     "ip_route_add_del": {
         "client_index": 0x80000001,
         "context": 9,
@@ -102,7 +44,11 @@ MESSAGES: dict[str, dict[str, Any]] = {
             "stats_index": 0,
             "prefix": "10.1.0.0/16",
             "n_paths": 3,
-            "paths": [_path(1, "10.0.0.2"), _path(2, "10.0.0.3"), _path(3, "10.0.0.4")],
+            "paths": [
+                fib_path(1, {"ip4": ipaddress.IPv4Address("10.0.0.2")}),
+                fib_path(2, {"ip4": ipaddress.IPv4Address("10.0.0.3")}),
+                fib_path(3, {"ip4": ipaddress.IPv4Address("10.0.0.4")}),
+            ],
         },
     },
     "bridge_domain_details": {

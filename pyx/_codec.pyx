@@ -988,6 +988,17 @@ cdef int _conv_obj(COp* op, object v, WBuf* w) except -1:
     return _append(w, out, op.size) + 1
 
 
+cdef int _conv_or_slow(COp* op, object v, WBuf* w) except -1:
+    """A value of a converted type (text or object form, e.g. "10.0.0.1/24"), else the twin."""
+    if op.conv != C_NONE:
+        if PyUnicode_CheckExact(v):
+            if ds_ascii(v) and _conv_str(op, v, w):
+                return 0
+        elif _conv_obj(op, v, w):
+            return 0
+    return _slow_op(op, v, w)
+
+
 cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
     cdef int kind = op.kind
     cdef Py_ssize_t n, j, start
@@ -1013,13 +1024,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
                 return _slow_op(op, v, w)
             _append(w, PyBytes_AS_STRING(v), n)
             return _zeros(w, op.size - n)
-        if op.conv != C_NONE:
-            if PyUnicode_CheckExact(v):
-                if ds_ascii(v) and _conv_str(op, v, w):
-                    return 0
-            elif _conv_obj(op, v, w):
-                return 0
-        return _slow_op(op, v, w)
+        return _conv_or_slow(op, v, w)
     if kind == K_STR:
         if v is None:
             return _zeros(w, op.size)
@@ -1052,13 +1057,7 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
             return 0
         if v is None or PyDict_CheckExact(v) or (PyTuple_Check(v) and is_record(v)):
             return _enc_struct(<_Layout>op.sub, v, w, 0)
-        if op.conv != C_NONE:
-            if PyUnicode_CheckExact(v):
-                if ds_ascii(v) and _conv_str(op, v, w):
-                    return 0
-            elif _conv_obj(op, v, w):
-                return 0
-        return _slow_op(op, v, w)
+        return _conv_or_slow(op, v, w)
     if kind == K_UNION:
         return _enc_union(op, v, w)
     if kind == K_ARRAY:

@@ -19,6 +19,7 @@ from datasync.vpp import _codec_py
 from datasync.vpp.codec import CodecError, MacAddress, codec_for
 from datasync.vpp.defs import ApiDefinitions, builtin_definitions, load_api_dir
 from tests.paths import VPP_API_REFERENCE
+from tests.vpp.samples import ADD_ADDR, SW_IF_DETAILS, fib_path
 
 REFERENCE = VPP_API_REFERENCE  # vendored under tests/data; DATASYNC_VPP_API_DIR overrides
 
@@ -70,24 +71,6 @@ def papi_unpack(papi: dict[str, Any], name: str, data: bytes) -> tuple[Any, ...]
 
 # --- typical messages, checked by hand against vpp-papi --------------------------------------
 
-LABELS = [{"is_uniform": 0, "label": 0, "ttl": 0, "exp": 0}] * 16
-
-
-def _path(i: int, nh: Any) -> dict[str, Any]:
-    return {
-        "sw_if_index": i,
-        "table_id": 0,
-        "rpf_id": 0,
-        "weight": 1,
-        "preference": 0,
-        "type": 0,
-        "flags": 0,
-        "proto": 0,
-        "nh": {"address": nh, "via_label": 0, "obj_id": 0, "classify_table_index": 0xFFFFFFFF},
-        "n_labels": 0,
-        "label_stack": LABELS,
-    }
-
 
 ROUTE3 = {
     "client_index": 0x80000001,
@@ -100,40 +83,11 @@ ROUTE3 = {
         "prefix": ipaddress.ip_network("10.1.0.0/16"),
         "n_paths": 3,
         "paths": [
-            _path(1, {"ip4": ipaddress.IPv4Address("10.0.0.2")}),
-            _path(2, {"ip4": b"\x0a\x00\x00\x03"}),
-            _path(3, {"ip6": ipaddress.IPv6Address("2001:db8::1")}),
+            fib_path(1, {"ip4": ipaddress.IPv4Address("10.0.0.2")}),
+            fib_path(2, {"ip4": b"\x0a\x00\x00\x03"}),
+            fib_path(3, {"ip6": ipaddress.IPv6Address("2001:db8::1")}),
         ],
     },
-}
-SW_IF_DETAILS = {
-    "context": 3,
-    "sw_if_index": 1,
-    "sup_sw_if_index": 1,
-    "l2_address": "de:ad:00:00:00:01",
-    "flags": 3,
-    "type": 0,
-    "link_duplex": 0,
-    "link_speed": 0,
-    "link_mtu": 9000,
-    "mtu": [9000, 0, 0, 0],
-    "sub_id": 0,
-    "sub_number_of_tags": 0,
-    "sub_outer_vlan_id": 0,
-    "sub_inner_vlan_id": 0,
-    "sub_if_flags": 0,
-    "vtr_op": 0,
-    "vtr_push_dot1q": 0,
-    "vtr_tag1": 0,
-    "vtr_tag2": 0,
-    "outer_tag": 0,
-    "b_dmac": b"\x00" * 6,
-    "b_smac": b"\x00" * 6,
-    "b_vlanid": 0,
-    "i_sid": 0,
-    "interface_name": "loop0",
-    "interface_dev_type": "Loopback",
-    "tag": "vpp-agent/loop0",
 }
 BD_DETAILS = {
     "context": 4,
@@ -150,14 +104,6 @@ BD_DETAILS = {
     "uu_fwd_sw_if_index": 0xFFFFFFFF,
     "n_sw_ifs": 8,
     "sw_if_details": [{"context": 0, "sw_if_index": i + 1, "shg": i % 2} for i in range(8)],
-}
-ADD_ADDR = {
-    "client_index": 0x80000001,
-    "context": 5,
-    "sw_if_index": 1,
-    "is_add": True,
-    "del_all": False,
-    "prefix": "10.0.0.1/24",
 }
 
 SAMPLES = {
