@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,18 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 # Tests run on uvloop, as the agent does; DATASYNC_TEST_LOOP=asyncio runs them on stock asyncio.
 _LOOP = os.environ.get("DATASYNC_TEST_LOOP", "uvloop")
 
+# A task that only a garbage cycle references is destroyed while pending whenever the
+# collector happens to run. DATASYNC_TEST_GC=1 collects after every test, so the test that
+# leaked it is the one that fails; DATASYNC_TEST_GC=stress also collects every 10 ms of loop
+# time, so such leaks show up on every run instead of once in a while. Both are slower.
+_GC_MODE = os.environ.get("DATASYNC_TEST_GC", "")
+
+
+def _collect_often(loop: asyncio.AbstractEventLoop) -> None:
+    gc.collect()
+    loop.call_later(0.01, _collect_often, loop)
+
+
 # Unhandled exceptions reported by the loop of the running test (see _fail_on_loop_exceptions).
 _LOOP_ERRORS: list[dict[str, Any]] = []
 
@@ -29,6 +42,8 @@ _LOOP_ERRORS: list[dict[str, Any]] = []
 def _new_loop() -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop() if _LOOP == "asyncio" else uvloop.new_event_loop()
     loop.set_exception_handler(lambda _loop, ctx: _LOOP_ERRORS.append(ctx))
+    if _GC_MODE == "stress":
+        loop.call_soon(_collect_often, loop)
     return loop
 
 
@@ -50,8 +65,15 @@ def _fail_on_loop_exceptions() -> Iterator[None]:
     """An exception nobody retrieved (a crashed task, a failing callback) fails the test."""
     _LOOP_ERRORS.clear()
     yield
+    if _GC_MODE:
+        gc.collect()  # a leaked pending task is reported by the test that leaked it
     if _LOOP_ERRORS:
-        errors = [f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in _LOOP_ERRORS]
+        # The task (or future, or handle) names the coroutine and where it waits.
+        errors = [
+            f"{ctx.get('message')}: {ctx.get('exception')!r}"
+            f" {ctx.get('task') or ctx.get('future') or ctx.get('handle') or ''}"
+            for ctx in _LOOP_ERRORS
+        ]
         _LOOP_ERRORS.clear()
         pytest.fail("unhandled event-loop exceptions: " + "; ".join(errors))
 

@@ -52,10 +52,7 @@ class _Conn:
         self.proxy = proxy
         self.cw, self.uw = cw, uw
         self.holed = False  # bytes were dropped: the stream is corrupt, reset on restore
-        self.tasks = [
-            asyncio.create_task(self._pump(cr, uw)),
-            asyncio.create_task(self._pump(ur, cw)),
-        ]
+        self.tasks = [proxy._spawn(self._pump(cr, uw)), proxy._spawn(self._pump(ur, cw))]
 
     async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         p = self.proxy
@@ -74,7 +71,7 @@ class _Conn:
                     held.append(data)
                     # Wake when the mode changes; more reads keep queueing meanwhile.
                     if len(held) == 1:
-                        self.tasks.append(asyncio.create_task(self._flush_when_resumed(held, w)))
+                        self.tasks.append(p._spawn(self._flush_when_resumed(held, w)))
                     continue
                 if held:
                     held.append(data)
@@ -124,6 +121,10 @@ class TCPProxy:
         self.bytes_seen = 0
         self.connections_total = 0
         self._conns: set[_Conn] = set()
+        # Every pump task, until it ends. A closed connection is dropped from _conns while
+        # its other pump still waits on a reader that only that task references: without
+        # this set the garbage collector may destroy the pending task.
+        self._tasks: set[asyncio.Task[None]] = set()
         self._held_clients: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
         self._resumed = asyncio.Event()
@@ -165,6 +166,12 @@ class TCPProxy:
             _rst(cw)
             return
         self._conns.add(_Conn(self, cr, cw, ur, uw))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def set_mode(self, mode: str, delay: float = 0.0, jitter: float = 0.0) -> None:
         """Switch mode; see the module docstring."""
@@ -215,7 +222,10 @@ class TCPProxy:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
-            await asyncio.sleep(0.01)  # let the reset connections' handlers finish
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0.01)  # let the reset connections' handlers finish
 
 
 class ThreadedTCPProxy:

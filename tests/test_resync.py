@@ -901,3 +901,47 @@ async def test_a_cancellation_escaping_a_source_is_a_failed_watch(
     await orch.wait_in_sync(WAIT)
     await store.put("/p/a", b"1")
     await eventually(lambda: p.state == {"/p/a": b"1"})
+
+
+async def test_a_watch_our_side_gave_up_on_is_closed_at_once(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    """A batch the orchestrator cannot take (here not a list of changes) fails the watch;
+    the source's stream is closed then, before the next round's snapshot, not left to the
+    garbage collector: this source, like one that closes its open streams on close(), keeps
+    a reference to each, so the collector would never release it."""
+    log: list[str] = []
+
+    class Garbled(Flaky):
+        armed = True
+        streams: list[AsyncIterator[list[Change]]] = []
+
+        async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+            log.append("snapshot")
+            return await self.inner.snapshot(prefixes)
+
+        def watch(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+            stream = self._stream(prefixes, start)
+            self.streams.append(stream)
+            return stream
+
+        async def _stream(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+            try:
+                if self.armed:
+                    self.armed = False
+                    yield [object()]  # type: ignore[list-item]
+                async for batch in self.inner.watch(prefixes, start):
+                    yield batch
+            finally:
+                log.append("watch closed")
+
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([Garbled(store)])
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await events.until(lambda: len(events.rounds()) >= 2)
+    assert log[:3] == ["snapshot", "watch closed", "snapshot"]
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    await eventually(lambda: p.state == {"/p/a": b"1"})

@@ -952,14 +952,22 @@ class Orchestrator:
     # --- changes ------------------------------------------------------------------------
 
     async def _watch_source(self, slot: _SourceSlot, prefixes: list[str], start: int) -> None:
+        changes = slot.source.watch(prefixes, start)
         try:
-            async for batch in slot.source.watch(prefixes, start):
-                if not batch:
-                    continue
-                if self._buffering:
-                    slot.buffer.extend(batch)
-                else:
-                    self._deliver(slot, slot.filter.filter(batch))
+            try:
+                async for batch in changes:
+                    if not batch:
+                        continue
+                    if self._buffering:
+                        slot.buffer.extend(batch)
+                    else:
+                        self._deliver(slot, slot.filter.filter(batch))
+            finally:
+                # A watch left at a yield (our side raised) releases its stream now, not
+                # whenever the collector finalizes it on some later loop iteration.
+                aclose = getattr(changes, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         except asyncio.CancelledError as cancel:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

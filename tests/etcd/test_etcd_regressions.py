@@ -224,8 +224,9 @@ async def test_backlog_slower_than_stall_timeout_converges(
         await pub.txn({f"{prefix}{j:03d}": b"x" * 100_000 for j in range(i, i + 10)})
     member = etcd1.members[0]
     async with TCPProxy("127.0.0.1", member.client_port) as proxy:
-        # ~640 kB/s: the 1 MB first response takes ~1.6 s, over 2x but under 8x 0.4 s.
-        proxy.set_mode("delay", delay=0.1)
+        # ~900 kB/s: the 1 MB first response takes ~1.1 s, about 2.8x the first stall
+        # timeout of 0.4 s and 1/2.8 of its 8x cap, so a loaded machine stays inside both.
+        proxy.set_mode("delay", delay=0.07)
         src = make_source(
             [proxy.address],
             stall_timeout=0.4,
