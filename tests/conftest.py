@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +61,30 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {_LOOP: _new_loop}
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(_ext.__file__))
+
+
+def _runs_package_code(task: object) -> bool:
+    """True when ``task`` runs a coroutine defined in the datasync package.
+
+    Only the outermost coroutine counts: whoever makes a task must hold it, and by the time
+    the collector destroys a task its coroutine may already be closed (no await chain left).
+    """
+    get_coro = getattr(task, "get_coro", None)
+    code = getattr(get_coro(), "cr_code", None) if get_coro is not None else None
+    return code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE_DIR)
+
+
+def _is_foreign_leak(ctx: dict[str, Any]) -> bool:
+    """A pending task the collector destroyed that a test helper or a library (grpc, say)
+    made, not the package. The collector runs at arbitrary times, so such a report may
+    land in any later test; it is a warning with the task's repr, not that test's failure.
+    A leaked task of the package itself still fails."""
+    return ctx.get("message") == "Task was destroyed but it is pending!" and not (
+        _runs_package_code(ctx.get("task"))
+    )
+
+
 @pytest.fixture(autouse=True)
 def _fail_on_loop_exceptions() -> Iterator[None]:
     """An exception nobody retrieved (a crashed task, a failing callback) fails the test."""
@@ -67,14 +92,20 @@ def _fail_on_loop_exceptions() -> Iterator[None]:
     yield
     if _GC_MODE:
         gc.collect()  # a leaked pending task is reported by the test that leaked it
-    if _LOOP_ERRORS:
+    reports, _LOOP_ERRORS[:] = list(_LOOP_ERRORS), []
+    for ctx in reports:
+        if _is_foreign_leak(ctx):
+            warnings.warn(
+                f"leaked pending task (not datasync code): {ctx.get('task')}", stacklevel=1
+            )
+    errors = [
         # The task (or future, or handle) names the coroutine and where it waits.
-        errors = [
-            f"{ctx.get('message')}: {ctx.get('exception')!r}"
-            f" {ctx.get('task') or ctx.get('future') or ctx.get('handle') or ''}"
-            for ctx in _LOOP_ERRORS
-        ]
-        _LOOP_ERRORS.clear()
+        f"{ctx.get('message')}: {ctx.get('exception')!r}"
+        f" {ctx.get('task') or ctx.get('future') or ctx.get('handle') or ''}"
+        for ctx in reports
+        if not _is_foreign_leak(ctx)
+    ]
+    if errors:
         pytest.fail("unhandled event-loop exceptions: " + "; ".join(errors))
 
 

@@ -37,3 +37,45 @@ def test_loop_exception_fails_the_test_that_caused_it(
         ["ERROR test_inner.py::test_callback_blows_up - Failed: unhandled event-loop*"]
     )
     result.stdout.fnmatch_lines(["*ZeroDivisionError*"])
+
+
+LEAKS = """
+import asyncio
+import gc
+
+from datasync.api import Channel
+
+
+async def test_leaks_a_helper_task():
+    async def hang():
+        await asyncio.get_running_loop().create_future()  # only this task holds it
+
+    task = asyncio.ensure_future(hang())
+    await asyncio.sleep(0)
+    del task
+    gc.collect()
+
+
+async def test_leaks_a_package_task():
+    task = asyncio.ensure_future(Channel().__anext__())
+    await asyncio.sleep(0)
+    del task
+    gc.collect()
+"""
+
+
+def test_leaked_pending_task_fails_only_when_it_runs_package_code(
+    pytester: pytest.Pytester,
+) -> None:
+    """A pending task destroyed by the collector is reported when it happens, which may be
+    during a later test: a task of datasync's own fails, a test helper's is a warning."""
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(test_leaks=LEAKS)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["ERROR test_leaks.py::test_leaks_a_package_task - Failed*"])
+    result.stdout.fnmatch_lines(["*Failed: *destroyed but it is pending*Channel.__anext__*"])
+    result.stdout.fnmatch_lines(["*leaked pending task (not datasync code)*hang()*"])
