@@ -131,9 +131,10 @@ async def test_probe_queued_behind_own_work_is_not_a_failure(
     sim: Simulator, make_client: Any
 ) -> None:
     faults = Faults()
-    c = await make_client(on_fault=faults, probe_interval=0.02, probe_timeout=0.1, probe_failures=1)
+    c = await make_client(on_fault=faults, probe_interval=0.02, probe_timeout=0.3, probe_failures=1)
     # a slow but alive VPP: replies keep coming, every 10 ms, for about a second; the
-    # probe's ping waits behind all of them, far longer than probe_timeout
+    # probe's ping waits behind all of them, far longer than probe_timeout (which is still
+    # 30 reply intervals, so a busy test machine's pauses are not a silent VPP)
     sim.set_latency(0.01)
     replies = await c.call_many("show_version", [None] * 100)
     sim.clear_faults()

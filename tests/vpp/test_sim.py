@@ -22,6 +22,8 @@ from datasync.vpp.defs import builtin_definitions
 from datasync.vpp.sim import Simulator
 from datasync.vpp.sim.admin import AdminServer
 
+from .helpers import eventually
+
 U32_MAX = 0xFFFFFFFF
 DEFS = builtin_definitions()
 
@@ -603,8 +605,7 @@ async def test_restart_wipes_state_and_changes_pid(sim: Simulator) -> None:
     old = sim.state.vpe_pid
     new = sim.restart()
     assert new != old
-    await asyncio.sleep(0.05)
-    assert not c.connected
+    await eventually(lambda: not c.connected)
     await c.close()
     c = VppClient(sim.path, probe_interval=None)
     await c.connect()
@@ -626,9 +627,9 @@ async def test_inject_error_and_latency(sim: Simulator, client: VppClient) -> No
     assert await rv(client, "sw_interface_set_flags", sw_if_index=1, flags=1) == 0
     with pytest.raises(ValueError, match="does not handle"):
         sim.inject_error("no_such_message", -1)
-    sim.inject_error("show_version", -1, count=None, until=time.time() + 0.1)
+    sim.inject_error("show_version", -1, count=None, until=time.time() + 0.5)
     assert await rv(client, "show_version") == -1
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.6)
     assert await rv(client, "show_version") == 0
     sim.clear_faults()
     # latency keeps per-connection order
@@ -658,8 +659,7 @@ async def test_drift_and_strict_violations(sim: Simulator, client: VppClient) ->
     sim.drift("delete_interface", name="loop1")  # route 9/8 goes through it
     assert sim.counters()["violations"] == 2
     assert any("bridge domain" in v for v in sim.dump_state()["violations"])
-    await asyncio.sleep(0.05)
-    assert (b, 0, True) in [(e.sw_if_index, e.flags, e.deleted) for e in events]
+    await eventually(lambda: (b, 0, True) in [(e.sw_if_index, e.flags, e.deleted) for e in events])
     assert "loop1" not in await names(client)
     with pytest.raises(ValueError, match="no such interface"):
         sim.drift("delete_interface", name="nope")
