@@ -65,6 +65,22 @@ def etcd1() -> Iterator[EtcdCluster]:
 
 
 @pytest.fixture
+def etcd1_autocompacting() -> Iterator[EtcdCluster]:
+    """A fresh single-member etcd that compacts its history on its own, every second, to
+    the revision it had a second before (``--auto-compaction-mode=periodic``; the revision
+    mode only runs every 5 minutes, too slow for a test)."""
+    _need_local()
+    cluster = EtcdCluster(1)
+    for member in cluster.members:
+        member.extra_args = ["--auto-compaction-mode=periodic", "--auto-compaction-retention=1s"]
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
 def etcd3() -> Iterator[EtcdCluster]:
     """A fresh 3-member etcd cluster for failover tests."""
     _need_local()
