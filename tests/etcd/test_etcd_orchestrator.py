@@ -491,6 +491,61 @@ async def test_leader_kill_resumes_without_relist_losing_or_repeating_nothing(
     await converge(orch, src, plugin, others, prefix)
 
 
+async def test_leader_killed_three_times_at_random_moments(
+    etcd3: EtcdCluster,
+    make_source: Callable[..., EtcdSource],
+    orch_factory: Callable[..., Orchestrator],
+    prefix: str,
+) -> None:
+    """F4, repeated: three times, at 1 s +-200 ms (seeded) after the write traffic flows,
+    SIGKILL whichever member leads now (the agent may or may not be talking to it), then
+    bring it back on its data dir, so the next kill keeps a quorum and the agent may land
+    on a member that is still catching up. Still no relist, and the changes the plugin
+    applied are exactly the store's history (I3, I4, I5)."""
+    rng = random.Random(20261127)
+    src = make_source(etcd3.endpoints)
+    pub = make_source(etcd3.endpoints, name="pub", request_timeout=1.0)
+    await pub.txn({f"{prefix}k{i}": b"0" for i in range(5)})
+    plugin = Recorder("if", [prefix])
+    orch = orch_factory(src)
+    rounds = Rounds(orch)
+    orch.add_plugin(plugin)
+    await orch.start()
+    await converge(orch, src, plugin, etcd3.endpoints, prefix)
+    start = plugin.resyncs[0].revisions["etcd"] + 1
+    acked: list[int] = []
+    done = asyncio.Event()
+
+    async def writer() -> None:
+        i = 0
+        while not done.is_set():
+            acked.append(await put_retrying(pub, f"{prefix}k{i % 5}", b"%d" % i))
+            i += 1
+            await asyncio.sleep(0.01)
+
+    async with background(writer()) as w:
+        for _ in range(3):
+            goal = len(plugin.changes) + 10
+            await eventually(lambda g=goal: len(plugin.changes) >= g, "traffic flowing")
+            await asyncio.sleep(rng.uniform(0.8, 1.2))
+            leader = await asyncio.to_thread(etcd3.leader)
+            await asyncio.to_thread(leader.kill)
+            await asyncio.to_thread(leader.restart)
+        seen = len(plugin.changes)
+        await eventually(lambda: len(plugin.changes) >= seen + 10, "traffic after the kills")
+        done.set()
+        await w
+    await put_retrying(pub, prefix + END, b"")
+    await eventually(lambda: prefix + END in plugin.state, "the sentinel")
+    truth = await history(etcd3.endpoints, prefix, start)
+    assert [(c.key, c.revision) for c in plugin.changes] == truth
+    assert set(acked) <= {r for _, r in truth}, "an acknowledged write was lost"
+    assert rounds.rec == 0, [r.reasons for r in rounds.started]
+    assert orch.status().failed_rounds == 0
+    assert src.stats["snapshots"] == 1
+    await converge(orch, src, plugin, etcd3.endpoints, prefix)
+
+
 # --- F5 (silent member) ------------------------------------------------------------------
 
 
