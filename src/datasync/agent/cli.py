@@ -11,7 +11,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datasync`` console script."""
     parser = argparse.ArgumentParser(prog="datasync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the core demo on the embedded store", add_help=False)
+    sub.add_parser(
+        "demo", help="run the resync demo: embedded store -> built-in VPP simulator", add_help=False
+    )
     sub.add_parser("vppsim", help="run the VPP API simulator", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
