@@ -324,56 +324,6 @@ async def test_kill_while_plugins_apply_resumes_the_watch_without_relist(
 # --- F2 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cut", ["reset", "blackhole"])
-async def test_compaction_while_cut_off_is_exactly_one_relist(
-    etcd1: EtcdCluster,
-    make_source: Callable[..., EtcdSource],
-    orch_factory: Callable[..., Orchestrator],
-    prefix: str,
-    cut: str,
-) -> None:
-    """F2: while the agent's link is cut, keys are deleted, deleted and re-created, added,
-    and the store is compacted to its head. On healing: exactly one relist (rec == 1),
-    0 phantoms, re-created keys at their new value, I1."""
-    member = etcd1.members[0]
-    pub = make_source(etcd1.endpoints, name="pub")
-    await pub.txn({f"{prefix}k{i}": b"old" for i in range(10)})
-    async with TCPProxy("127.0.0.1", member.client_port) as proxy:
-        src = make_source([proxy.address])
-        plugin = Recorder("if", [prefix])
-        orch = orch_factory(src)
-        rounds = Rounds(orch)
-        orch.add_plugin(plugin)
-        await orch.start()
-        await converge(orch, src, plugin, etcd1.endpoints, prefix)
-
-        proxy.trigger_connectivity_loss(cut)
-        gone = [f"{prefix}k{i}" for i in range(0, 4)]
-        recreated = [f"{prefix}k{i}" for i in range(4, 7)]
-        for k in gone + recreated:
-            await pub.delete(k)
-        for k in recreated:
-            await pub.put(k, b"new")
-        head = await pub.put(f"{prefix}added", b"new")
-        await pub.compact(head)
-        # The source notices the cut (a blackhole through its watchdog) before healing.
-        await eventually(lambda: src.state is not SourceState.CONNECTED, "the cut noticed")
-        assert not orch.status().in_sync
-        proxy.restore_connectivity()
-        await converge(orch, src, plugin, etcd1.endpoints, prefix)
-        # A later write still comes as a change: the relist left a working watch behind.
-        await pub.put(prefix + END, b"")
-        await eventually(lambda: prefix + END in plugin.state, "the sentinel")
-    assert rounds.rec == 1, [r.reasons for r in rounds.started]
-    assert "CompactedError" in " ".join(rounds.started[1].reasons)
-    assert orch.status().failed_rounds == 0
-    assert not set(gone) & plugin.state.keys(), "phantoms"
-    assert all(plugin.state[k] == b"new" for k in recreated)
-    assert plugin.state[f"{prefix}added"] == b"new"
-    assert src.stats["compacted"] == 1
-    assert per_key_increasing(plugin.changes)
-
-
 def _compacted_past(endpoints: list[str], key: str, revision: int) -> bool:
     """True once ``revision`` of the store's history is gone (compacted)."""
     try:
@@ -385,17 +335,24 @@ def _compacted_past(endpoints: list[str], key: str, revision: int) -> bool:
     return False
 
 
-async def test_auto_compaction_while_cut_off_is_exactly_one_relist(
-    etcd1_autocompacting: EtcdCluster,
+@pytest.mark.parametrize(
+    ("cut", "compaction"), [("reset", "ours"), ("blackhole", "ours"), ("reset", "etcd's own")]
+)
+async def test_compaction_while_cut_off_is_exactly_one_relist(
+    request: pytest.FixtureRequest,
     make_source: Callable[..., EtcdSource],
     orch_factory: Callable[..., Orchestrator],
     prefix: str,
+    cut: str,
+    compaction: str,
 ) -> None:
-    """F2 with etcd compacting on its own (periodic auto-compaction, every second) rather
-    than on our request: the history the cut-off agent needs is gone by the time the link
-    heals. Exactly one relist, 0 phantoms, re-created keys at their new value, and the
-    watch after it keeps delivering while compaction goes on."""
-    etcd = etcd1_autocompacting
+    """F2: while the agent's link is cut, keys are deleted, deleted and re-created, added,
+    and the history the agent needs is compacted: by our request to the head, or by etcd's
+    own periodic auto-compaction (which goes on after the link heals). On healing: exactly
+    one relist (rec == 1), 0 phantoms, re-created keys at their new value, I1, and the
+    watch the relist left behind keeps delivering."""
+    auto = compaction == "etcd's own"
+    etcd: EtcdCluster = request.getfixturevalue("etcd1_autocompacting" if auto else "etcd1")
     pub = make_source(etcd.endpoints, name="pub")
     await pub.txn({f"{prefix}k{i}": b"old" for i in range(10)})
     async with TCPProxy("127.0.0.1", etcd.members[0].client_port) as proxy:
@@ -407,8 +364,7 @@ async def test_auto_compaction_while_cut_off_is_exactly_one_relist(
         await orch.start()
         await converge(orch, src, plugin, etcd.endpoints, prefix)
 
-        proxy.trigger_connectivity_loss("reset")
-        await eventually(lambda: src.state is not SourceState.CONNECTED, "the cut noticed")
+        proxy.trigger_connectivity_loss(cut)
         gone = [f"{prefix}k{i}" for i in range(0, 4)]
         recreated = [f"{prefix}k{i}" for i in range(4, 7)]
         first_missed = await pub.delete(gone[0])
@@ -416,18 +372,24 @@ async def test_auto_compaction_while_cut_off_is_exactly_one_relist(
             await pub.delete(k)
         for k in recreated:
             await pub.put(k, b"new")
-        await pub.put(f"{prefix}added", b"new")
-        async with asyncio.timeout(WAIT):
-            while not await asyncio.to_thread(
-                _compacted_past, etcd.endpoints, gone[0], first_missed
-            ):
-                await pub.put(f"{prefix}tick", b"")  # the compactor needs newer revisions
-                await asyncio.sleep(0.5)
+        head = await pub.put(f"{prefix}added", b"new")
+        if auto:
+            async with asyncio.timeout(WAIT):
+                while not await asyncio.to_thread(
+                    _compacted_past, etcd.endpoints, gone[0], first_missed
+                ):
+                    await pub.put(f"{prefix}tick", b"")  # the compactor needs newer revisions
+                    await asyncio.sleep(0.5)
+        else:
+            await pub.compact(head)
+        # The source notices the cut (a blackhole through its watchdog) before healing.
+        await eventually(lambda: src.state is not SourceState.CONNECTED, "the cut noticed")
         assert not orch.status().in_sync
         proxy.restore_connectivity()
         await converge(orch, src, plugin, etcd.endpoints, prefix)
-        # Compaction goes on; the watch left behind by the relist still delivers.
-        await asyncio.sleep(1.5)
+        if auto:
+            await asyncio.sleep(1.5)  # a compaction past the relist's revision meanwhile
+        # A later write still comes as a change: the relist left a working watch behind.
         await pub.put(prefix + END, b"")
         await eventually(lambda: prefix + END in plugin.state, "the sentinel")
     assert rounds.rec == 1, [r.reasons for r in rounds.started]
@@ -436,6 +398,7 @@ async def test_auto_compaction_while_cut_off_is_exactly_one_relist(
     assert not set(gone) & plugin.state.keys(), "phantoms"
     assert all(plugin.state[k] == b"new" for k in recreated)
     assert plugin.state[f"{prefix}added"] == b"new"
+    assert src.stats["compacted"] == 1
     assert per_key_increasing(plugin.changes)
 
 
