@@ -28,10 +28,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..api import ChangeEvent, KeyVal, Op, ResyncEvent
 from ..errors import DatasyncError, InvalidValueError
@@ -42,6 +42,8 @@ from ..vpp.client import FaultCallback, VppClient
 from ..vpp.sim.server import Simulator
 
 log = logging.getLogger("datasync.demo")
+
+T = TypeVar("T")
 
 IF_PREFIX = "/vnf-agent/{label}/config/vpp/v2/interfaces/"
 BD_PREFIX = "/vnf-agent/{label}/config/vpp/l2/v2/bridge-domain/"
@@ -206,6 +208,21 @@ class VppDataplane:
         )
 
 
+def _validated(
+    invalid: dict[str, str], check: Callable[[str, bytes], T], key: str, value: bytes
+) -> T | None:
+    """``check(key, value)``, or None when it rejects the value; ``invalid`` keeps the
+    reason per key until a valid value replaces it."""
+    try:
+        result = check(key, value)
+    except InvalidValueError as exc:
+        invalid[key] = exc.reason
+        log.warning("%s", exc)
+        return None
+    invalid.pop(key, None)
+    return result
+
+
 # -- the plugins -------------------------------------------------------------------------
 
 
@@ -229,14 +246,7 @@ class InterfacePlugin:
     def _parse(self, key: str, value: bytes) -> bool | None:
         """``enabled``, or None for an invalid value: it is not applied, and what VPP
         already has for that name is left alone (in resync and change alike)."""
-        try:
-            enabled = interface_enabled(key, value)
-        except InvalidValueError as exc:
-            self.invalid[key] = exc.reason
-            log.warning("%s", exc)
-            return None
-        self.invalid.pop(key, None)
-        return enabled
+        return _validated(self.invalid, interface_enabled, key, value)
 
     async def _acknowledged(self, note: Notification | None) -> None:
         # a watcher's failure fails this resync or change: the next round retries it
@@ -339,14 +349,7 @@ class BridgeDomainPlugin:
                 ev.done()
 
     def _parse(self, key: str, value: bytes) -> set[str] | None:
-        try:
-            members = bridge_domain_members(key, value)
-        except InvalidValueError as exc:
-            self.invalid[key] = exc.reason
-            log.warning("%s", exc)
-            return None
-        self.invalid.pop(key, None)
-        return members
+        return _validated(self.invalid, bridge_domain_members, key, value)
 
     def _if_name(self, sw_if_index: int) -> str:
         entry = self.idx.lookup_index(sw_if_index)
