@@ -36,7 +36,13 @@ from datasync.agent.demo import (
     simulator_view,
 )
 from datasync.idx import NameToIndex
-from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from datasync.resync import (
+    Orchestrator,
+    ResyncConfig,
+    RoundFinished,
+    RoundStarted,
+    SouthboundStateChanged,
+)
 from datasync.transport.local import LocalStore
 from datasync.vpp.client import VppClient
 from datasync.vpp.sim import Simulator
@@ -198,6 +204,14 @@ async def test_a_reconnect_without_state_loss_resyncs_with_zero_writes(
     await store.txn({IF + "loop0": _iface("loop0"), BD + "bd1": _bd("bd1", ["loop0"])})
     try:
         async with running_agent(store, client) as agent:
+            seen: list[tuple[bool, bool]] = []  # (VPP up, agent in sync) at each report
+            agent.orch.add_listener(
+                lambda ev: (
+                    seen.append((ev.up, agent.orch.status().in_sync))
+                    if isinstance(ev, SouthboundStateChanged)
+                    else None
+                )
+            )
             sim.reset_counters()
             assert sim.drop_connections() == 1
             await eventually(
@@ -208,6 +222,10 @@ async def test_a_reconnect_without_state_loss_resyncs_with_zero_writes(
             )
             reasons = [r for ev in agent.rounds if isinstance(ev, RoundStarted) for r in ev.reasons]
             assert "VPP reconnected after a lost connection" in reasons
+            # not in sync while VPP was away, nor when it came back (a round was pending)
+            assert seen == [(False, False), (True, False)]
+            await agent.orch.wait_in_sync(10)
+            assert agent.orch.status().southbound["vpp"].up
             assert sim.counters()["writes"] == {}, sim.counters()["writes"]
             assert simulator_view(sim) == _view(["loop0"], {"bd1": ["loop0"]})
     finally:

@@ -28,6 +28,7 @@ from datasync.resync import (
     ResyncConfig,
     RoundFinished,
     RoundStarted,
+    SouthboundStateChanged,
     topological_levels,
 )
 from datasync.transport.local import LocalStore
@@ -945,3 +946,35 @@ async def test_a_watch_our_side_gave_up_on_is_closed_at_once(
     await orch.wait_in_sync(WAIT)
     await store.put("/p/a", b"1")
     await eventually(lambda: p.state == {"/p/a": b"1"})
+
+
+async def test_a_southbound_down_is_not_in_sync_and_not_a_failed_round(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    """A dataplane connection reported down makes the agent not in sync, with the reason in
+    status; it fails no round and no plugin (no backoff, no escalation). Reported up again,
+    the agent is in sync once no round is pending."""
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory()
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    orch.set_southbound("vpp", False, "VPP disconnected")
+    orch.set_southbound("vpp", False, "VPP disconnected")  # repeated: one event
+    st = orch.status()
+    assert not st.in_sync and st.state is PluginState.IN_SYNC
+    assert not st.southbound["vpp"].up and st.southbound["vpp"].reason == "VPP disconnected"
+    with pytest.raises(TimeoutError):
+        await orch.wait_in_sync(0.05)
+    waiter = asyncio.ensure_future(orch.wait_in_sync(WAIT))
+    await asyncio.sleep(0)
+    orch.set_southbound("vpp", True)
+    await waiter
+    assert orch.status().in_sync and orch.status().failed_rounds == 0
+    changes = [e for e in events.items if isinstance(e, SouthboundStateChanged)]
+    assert changes == [
+        SouthboundStateChanged("vpp", False, "VPP disconnected"),
+        SouthboundStateChanged("vpp", True, None),
+    ]
+    assert len(events.rounds()) == 1  # the start-up round only

@@ -70,6 +70,8 @@ __all__ = [
     "RoundFinished",
     "RoundStarted",
     "SourceStatus",
+    "SouthboundStateChanged",
+    "SouthboundStatus",
     "topological_levels",
 ]
 
@@ -155,6 +157,15 @@ class SourceStatus:
 
 
 @dataclass(frozen=True)
+class SouthboundStatus:
+    """A dataplane connection (VPP) as its owner reported it last."""
+
+    up: bool
+    since: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentStatus:
     """The agent's health: the worst plugin state, and in_sync only when all is settled."""
 
@@ -166,6 +177,7 @@ class AgentStatus:
     late_dones: int
     plugins: Mapping[str, PluginStatus]
     sources: Mapping[str, SourceStatus]
+    southbound: Mapping[str, SouthboundStatus] = field(default_factory=dict)
 
 
 # --- structured events for listeners ------------------------------------------------------
@@ -194,12 +206,21 @@ class PluginStateChanged:
 
 
 @dataclass(frozen=True)
+class SouthboundStateChanged:
+    name: str
+    up: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class Escalated:
     failed_rounds: int
     exit_code: int
 
 
-OrchestratorEvent = RoundStarted | RoundFinished | PluginStateChanged | Escalated
+OrchestratorEvent = (
+    RoundStarted | RoundFinished | PluginStateChanged | SouthboundStateChanged | Escalated
+)
 
 
 def topological_levels(deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
@@ -385,6 +406,7 @@ class Orchestrator:
         self._regs: dict[str, _Registration] = {}
         self._plugin_state: dict[str, PluginStatus] = {}
         self._listeners: list[Callable[[OrchestratorEvent], None]] = []
+        self._southbound: dict[str, SouthboundStatus] = {}
         self._rng = rng or random.Random()
         self._sleep = sleep or asyncio.sleep
         self._clock = clock
@@ -542,6 +564,24 @@ class Orchestrator:
         self._set_plugin_state(plugin, PluginState.FAILED, err)
         self.request_resync(f"{plugin}: {err}")
 
+    def set_southbound(self, name: str, up: bool, reason: str | None = None) -> None:
+        """Report a dataplane connection (e.g. the VPP client's) up or down.
+
+        While any is down the agent is not in sync: what the plugins applied may be gone
+        with it, and nothing can be applied meanwhile. A down connection is not a failed
+        round (no backoff, no escalation: restarting the agent does not bring VPP back);
+        whoever reports it up again requests the resync that a reconnect needs.
+        """
+        old = self._southbound.get(name)
+        if old is not None and old.up == up and old.reason == reason:
+            return
+        self._southbound[name] = SouthboundStatus(up, time.time(), reason)
+        if old is None or old.up != up:
+            log.info("datasync: southbound %s is %s (%s)", name, "up" if up else "down", reason)
+            self._emit(SouthboundStateChanged(name, up, reason))
+        if up:
+            self._in_sync.set()  # wait_in_sync callers look again
+
     # --- status -------------------------------------------------------------------------
 
     def status(self) -> AgentStatus:
@@ -549,6 +589,7 @@ class Orchestrator:
         plugins = dict(self._plugin_state)
         worst = max((p.state for p in plugins.values()), default=PluginState.IN_SYNC)
         stale = any(s.state is not SourceState.CONNECTED for s in self._slots)
+        southbound = dict(self._southbound)
         return AgentStatus(
             state=worst,
             in_sync=(
@@ -557,6 +598,7 @@ class Orchestrator:
                 and not self._round_running
                 and not self._pending
                 and not stale
+                and all(sb.up for sb in southbound.values())
                 and self._round > 0
             ),
             round_running=self._round_running,
@@ -570,6 +612,7 @@ class Orchestrator:
                 )
                 for s in self._slots
             },
+            southbound=southbound,
         )
 
     def applied_revision(self, source: str) -> int:

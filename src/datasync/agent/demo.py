@@ -430,22 +430,27 @@ class BridgeDomainPlugin:
 # -- wiring ------------------------------------------------------------------------------
 
 
-def resync_on_vpp_fault(orch: Orchestrator) -> FaultCallback:
-    """A ``VppClient(on_fault=...)`` callback: a VPP restart or reconnect starts a round.
+def resync_on_vpp_fault(orch: Orchestrator, name: str = "vpp") -> FaultCallback:
+    """A ``VppClient(on_fault=...)`` callback: the orchestrator follows the connection.
 
-    A reconnect resyncs even when vpe_pid did not change, because calls may have been
-    lost with the connection. "disconnected" and "unresponsive" do not: nothing can be
-    applied before the reconnect, which is reported in turn.
+    A lost or unresponsive VPP makes the agent not in sync (southbound ``name`` down). A
+    restart or a reconnect starts a round; a reconnect resyncs even when vpe_pid did not
+    change, because calls may have been lost with the connection.
     """
 
     def on_fault(kind: str, detail: Mapping[str, Any]) -> None:
-        if kind == "vpp_restarted":
+        if kind == "disconnected":
+            orch.set_southbound(name, False, f"VPP disconnected: {detail.get('error')}")
+        elif kind == "unresponsive":
+            orch.set_southbound(name, False, "VPP unresponsive to the health probe")
+        elif kind == "vpp_restarted":
             orch.request_resync(
                 f"VPP restarted (vpe_pid {detail['old_vpe_pid']} -> {detail['vpe_pid']})"
             )
         elif kind == "reconnected":
             after = "a restart" if detail.get("vpp_restarted") else "a lost connection"
             orch.request_resync(f"VPP reconnected after {after}")
+            orch.set_southbound(name, True)
 
     return on_fault
 
