@@ -303,6 +303,8 @@ def test_demo_command_runs_and_reports_in_sync(tmp_path: Path) -> None:
     started = [line for line in lines if line.startswith("  [round ") and "] started: " in line]
     assert any("VPP restarted (vpe_pid " in line for line in started), out.stdout
     assert any("VPP reconnected after a restart" in line for line in started), out.stdout
+    # while VPP was away the agent said it was not in sync
+    assert any(line.startswith("  [vpp] down (VPP disconnected") for line in lines), out.stdout
 
 
 def test_values_are_validated_with_the_key_named() -> None:

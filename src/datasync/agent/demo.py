@@ -36,7 +36,13 @@ from typing import Any, TypeVar
 from ..api import ChangeEvent, KeyVal, Op, ResyncEvent
 from ..errors import DatasyncError, InvalidValueError
 from ..idx import NameToIndex, Notification
-from ..resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from ..resync import (
+    Orchestrator,
+    ResyncConfig,
+    RoundFinished,
+    RoundStarted,
+    SouthboundStateChanged,
+)
 from ..transport.local import LocalStore
 from ..vpp.client import FaultCallback, VppClient
 from ..vpp.sim.server import Simulator
@@ -670,6 +676,9 @@ def _print_event(ev: object) -> None:
     elif isinstance(ev, RoundFinished):
         outcome = "in sync" if ev.ok else f"FAILED {dict(ev.errors)}"
         print(f"  [round {ev.round}] finished in {ev.duration * 1000:.1f} ms: {outcome}")
+    elif isinstance(ev, SouthboundStateChanged):
+        state = "up" if ev.up else f"down ({ev.reason}): the agent is not in sync"
+        print(f"  [{ev.name}] {state}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
