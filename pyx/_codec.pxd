@@ -41,6 +41,22 @@ cdef enum:
     C_IP6_AWP = 9
     C_MAC = 10
 
+# How _enc_fast encodes a field (COp.ek): ints by wire size, then the other fixed kinds;
+# EK_ICNT: the int length field of a variable array (its value is kept for the array).
+cdef enum:
+    EK_NONE = 0
+    EK_I1 = 1
+    EK_I2 = 2
+    EK_I4 = 3
+    EK_I8 = 4
+    EK_BOOL = 5
+    EK_F64 = 6
+    EK_STR = 7
+    EK_BYTES = 8
+    EK_CONV = 9
+    EK_IARR = 10
+    EK_ICNT = 11
+
 
 cdef struct COp:
     # One field of a compiled program. The PyObject pointers are borrowed: the owning
@@ -58,7 +74,9 @@ cdef struct COp:
     PyObject* plan_op        # the Python Op, for the twin's slow paths
     Py_ssize_t run           # decode: simple fixed-size fields from here on (0: not simple)
     Py_ssize_t run_size      # ... and their wire size, checked once for the whole run
-    Py_ssize_t erun          # encode: int and bool fields from here on (_enc_int_run)
+    int ek                   # encode: how _enc_fast takes the field (EK_*; 0: it does not)
+    Py_ssize_t wsize         # ... and its wire size
+    Py_ssize_t frun          # wire size of the fields _enc_fast may take from here on
 
 
 cdef struct WBuf:
@@ -91,6 +109,7 @@ cdef extern from "Python.h":
     object PyLong_FromLongLong(long long v)
     object PyLong_FromUnsignedLongLong(unsigned long long v)
     object PyFloat_FromDouble(double v)
+    double PyFloat_AS_DOUBLE(PyObject* o)
     double PyFloat_AsDouble(object o) except? -1.0
     object PyList_New(Py_ssize_t n)
     void PyList_SET_ITEM(object lst, Py_ssize_t i, PyObject* item)

@@ -3,7 +3,7 @@
 
 Runs the op programs of ``datasync.vpp._codec_plan`` over raw buffers: encoding writes
 into a stack buffer (moved to the heap only for big messages) and makes one ``bytes`` at
-the end; decoding walks a ``(const unsigned char*, length)`` cursor and builds each
+the end (or, for a fixed-size message on the fast path, fills the ``bytes`` in place); decoding walks a ``(const unsigned char*, length)`` cursor and builds each
 namedtuple in place (``tp_alloc`` + ``PyTuple_SET_ITEM``), one Python object per field
 value and none per wire byte.
 
@@ -16,9 +16,14 @@ Where the time goes, and what is done about it (callgrind, CPython 3.11):
 
 - dict input: keys that come in field order are matched by identity while walking the
   dict (field names are interned, as literal keys are), else one lookup per field; on
-  CPython 3.11 the walk reads the dict's entry array (``ds_dict_next``); runs of int and
-  bool fields, and whole structs of them, are encoded by tight loops that hand anything
-  unusual back to the general path;
+  CPython 3.11 the walk reads the dict's entry array (``ds_dict_next``,
+  ``ds_dict_entries``); runs of fields of the usual kinds (small ints, bools, fixed
+  strings, bytes, MAC / address / prefix text, int arrays) given as the usual types go
+  through one loop with no exception frame and a switch per field (``_enc_fast``,
+  ``COp.ek``), which hands anything unusual back to the general path; a message whose
+  fields are all of such kinds is written straight into its ``bytes`` object when they
+  all come that way (``MessageCodec._encode``); arrays of flat structs given as dicts
+  (bridge domain members, label stacks) take the same loop per element;
 - decoding: runs of fixed-size fields that cannot fail (ints, bools, bytes, MACs, fixed
   strings) take one bounds check per run and no exception frame (``COp.run``); ints
   0-255 are the interpreter's cached objects; arrays of such elements, or of flat structs
@@ -52,6 +57,18 @@ from _codec cimport (
     C_MAC,
     C_NONE,
     C_PREFIX,
+    EK_BOOL,
+    EK_BYTES,
+    EK_CONV,
+    EK_F64,
+    EK_I1,
+    EK_I2,
+    EK_I4,
+    EK_I8,
+    EK_IARR,
+    EK_ICNT,
+    EK_NONE,
+    EK_STR,
     K_ARRAY,
     K_BOOL,
     K_BYTES,
@@ -79,6 +96,7 @@ from _codec cimport (
     PyBytes_GET_SIZE,
     PyDict_CheckExact,
     PyDict_GetItem,
+    PyFloat_AS_DOUBLE,
     PyFloat_AsDouble,
     PyFloat_CheckExact,
     PyFloat_FromDouble,
@@ -207,7 +225,6 @@ cdef extern from *:
             ds_hex['A' + i] = (signed char)(10 + i);
         }
     }
-    static inline int ds_hexval(char c) { return ds_hex[(unsigned char)c]; }
     /* Exact str holding only ASCII: its UTF-8 form is its own data (no encoding, no error). */
     static inline int ds_ascii(PyObject* o) {
         return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o);
@@ -378,6 +395,7 @@ cdef extern from *:
        index table. The layout below is 3.11's (Include/internal/pycore_dict.h); it is
        re-read on every call (encoding may run Python code that mutates the dict) and
        checked against PyDict_Next at import (ds_dict_check), else PyDict_Next is used. */
+    typedef struct { PyObject* me_key; PyObject* me_value; } ds_ukentry;
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
     typedef struct {
         Py_ssize_t dk_refcnt;
@@ -389,9 +407,24 @@ cdef extern from *:
         Py_ssize_t dk_nentries;
         char dk_indices[];
     } ds_dictkeys;
-    typedef struct { PyObject* me_key; PyObject* me_value; } ds_ukentry;
     static int ds_dict_fast = 0;
     #endif
+    /* The entry array of such a dict and its length (deleted entries have a NULL value),
+       or NULL when the dict is not one (or not on 3.11): then _enc_fast uses PyDict_Next. */
+    static inline ds_ukentry* ds_dict_entries(PyObject* d, Py_ssize_t* n) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+        PyDictObject* mp = (PyDictObject*)d;
+        if (ds_dict_fast && mp->ma_values == NULL) {
+            ds_dictkeys* dk = (ds_dictkeys*)mp->ma_keys;
+            if (dk->dk_kind == 1) {  /* DICT_KEYS_UNICODE */
+                *n = dk->dk_nentries;
+                return (ds_ukentry*)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
+            }
+        }
+    #endif
+        *n = 0;
+        return NULL;
+    }
     static inline int ds_dict_next(PyObject* d, Py_ssize_t* pos, PyObject** k, PyObject** v) {
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
         PyDictObject* mp = (PyDictObject*)d;
@@ -476,6 +509,68 @@ cdef extern from *:
     static inline PyObject* ds_seq_item(PyObject* seq, Py_ssize_t j) {
         return PyList_CheckExact(seq) ? PyList_GET_ITEM(seq, j) : PyTuple_GET_ITEM(seq, j);
     }
+    /* Entry p of a dict through PyDict_Next (when ds_dict_entries gives no array): its key
+       and value, or NULLs when it is not there (a deleted entry, the end, another order). */
+    static ds_ukentry ds_entry_slow(PyObject* d, Py_ssize_t p) {
+        ds_ukentry r = {NULL, NULL};
+        Py_ssize_t q = p;
+        PyObject *k, *v;
+        if (PyDict_Next(d, &q, &k, &v) && q == p + 1) {
+            r.me_key = k;
+            r.me_value = v;
+        }
+        return r;
+    }
+    /* The value of an exact int of at most two 30-bit digits within [lo, hi]: 1 and *out
+       set, else 0. The usual 0 and one-digit values first. */
+    static inline int ds_int_in(PyObject* v, long long lo, long long hi, long long* out) {
+        long long x;
+    #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+        Py_ssize_t size;
+        const digit* d;
+        if (Py_TYPE(v) != &PyLong_Type) return 0;
+        size = Py_SIZE(v);
+        d = ((PyLongObject*)v)->ob_digit;
+        if (size == 1) x = (long long)d[0];
+        else if (size == 0) x = 0;
+        else if (size == -1) x = -(long long)d[0];
+        else if (size == 2) x = (long long)d[0] | ((long long)d[1] << 30);
+        else if (size == -2) x = -((long long)d[0] | ((long long)d[1] << 30));
+        else return 0;
+        if (x < lo || x > hi) return 0;
+        *out = x;
+        return 1;
+    #else
+        (void)v; (void)lo; (void)hi; (void)out; (void)x;
+        return 0;
+    #endif
+    }
+    /* MAC text "aa:bb:cc:dd:ee:ff" (either case) into out[0:6]: 1, else 0 (out[0:6] then
+       holds anything). Errors are collected and checked once (a bad digit is -1). */
+    static inline int ds_parse_mac(const char* s, Py_ssize_t n, char* out) {
+        int i, hi, lo, bad;
+        if (n != 17) return 0;
+        bad = (s[2] ^ ':') | (s[5] ^ ':') | (s[8] ^ ':') | (s[11] ^ ':') | (s[14] ^ ':');
+        for (i = 0; i < 6; i++) {
+            hi = ds_hex[(unsigned char)s[3 * i]];
+            lo = ds_hex[(unsigned char)s[3 * i + 1]];
+            bad |= (hi | lo) & 0x100;
+            out[i] = (char)(hi * 16 + lo);
+        }
+        return bad == 0;
+    }
+    /* The item array and size of an exact list or tuple (borrowed), else NULL. */
+    static inline PyObject** ds_seq_items(PyObject* seq, Py_ssize_t* n) {
+        if (PyList_CheckExact(seq)) {
+            *n = PyList_GET_SIZE(seq);
+            return ((PyListObject*)seq)->ob_item;
+        }
+        if (PyTuple_CheckExact(seq)) {
+            *n = PyTuple_GET_SIZE(seq);
+            return ((PyTupleObject*)seq)->ob_item;
+        }
+        return NULL;
+    }
     /* Dotted-quad IPv4 text as glibc's inet_pton(AF_INET) reads it (four decimal octets,
        no leading zeros): 1 and out[0:4] set, or 0. */
     static inline int ds_parse_v4(const char* s, Py_ssize_t n, unsigned char* out) {
@@ -509,6 +604,14 @@ cdef extern from *:
     object ds_mac_obj(const unsigned char* p, object mac_type)
     void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, object o) noexcept
     int ds_dict_next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    ctypedef struct ds_ukentry:
+        PyObject* me_key
+        PyObject* me_value
+    ds_ukentry* ds_dict_entries(object d, Py_ssize_t* n) noexcept
+    ds_ukentry ds_entry_slow(object d, Py_ssize_t p) noexcept
+    int ds_int_in(PyObject* v, long long lo, long long hi, long long* out) noexcept
+    int ds_parse_mac(const char* s, Py_ssize_t n, char* out) noexcept
+    PyObject** ds_seq_items(PyObject* seq, Py_ssize_t* n) noexcept
     void ds_dict_check(object d) noexcept
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new(object type, Py_ssize_t n)
@@ -522,7 +625,6 @@ cdef extern from *:
     int ds_small_long(PyObject* v, long long* out) noexcept
     const char* ds_ascii_data(object o, Py_ssize_t* n) noexcept
     void ds_init_hex() noexcept
-    int ds_hexval(char c) noexcept
     bint ds_is_long(PyObject* o) noexcept
     bint ds_ascii(object o) noexcept
     PyObject* ds_int_new(int kind, unsigned long long u)
@@ -533,6 +635,7 @@ cdef extern from *:
     int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
     object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    const Py_ssize_t PY_SSIZE_T_MAX
     Py_ssize_t PyDict_GET_SIZE(object d)
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
 
@@ -591,6 +694,7 @@ cdef class _Layout:
     cdef Py_ssize_t big_arm  # unions: the first of the biggest arms
     cdef bint shareable  # decodes to an immutable record that may be shared (see _dec_struct)
     cdef Py_ssize_t flat_size  # > 0: only int and bool fields, this many bytes (_enc_flat_dict)
+    cdef bint all_fast  # messages: _enc_fast takes every field (see MessageCodec._encode)
     cdef object zero_rec  # the record of all-zero bytes, once decoded
     cdef object tuple_type
     cdef object plan
@@ -631,7 +735,10 @@ cdef _Layout _build(object pl, dict memo):
     if not pl.is_union:
         _set_runs(L)
         L.flat_size = _flat_size(L)
-        _set_eruns(L)
+        _set_fruns(L)
+        L.all_fast = 2 <= L.fixed_size and L.n <= 64 and L.skip >= 1 and all(
+            L.ops[i].ek != EK_NONE for i in range(L.skip, L.n)
+        )
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
     )
@@ -665,17 +772,15 @@ cdef Py_ssize_t _flat_size(_Layout L) noexcept:
     return size
 
 
-cdef void _set_eruns(_Layout L) noexcept:
-    """Each op's run of int (not u64) and bool fields up to the next other one."""
-    cdef Py_ssize_t i = L.n - 1, run = 0
-    cdef COp* op
+cdef void _set_fruns(_Layout L) noexcept:
+    """Each op's wire size of the fields _enc_fast may take from it on (walked backwards)."""
+    cdef Py_ssize_t i = L.n - 1, size = 0
     while i >= 0:
-        op = &L.ops[i]
-        if (op.kind < K_F64 and op.kind != K_U64 or op.kind == K_BOOL) and op.conv == C_NONE:
-            run += 1
+        if L.ops[i].ek != EK_NONE:
+            size += L.ops[i].wsize
         else:
-            run = 0
-        op.erun = run
+            size = 0
+        L.ops[i].frun = size
         i -= 1
 
 
@@ -734,12 +839,77 @@ cdef int _fill(COp* c, object op, _Layout owner, dict memo) except -1:
         sub.index = {}
         _fill(&sub.ops[0], op.elem, sub, memo)
         _set_runs(sub)
+        _set_fruns(sub)
     else:
         sub = None
     if sub is not None:
         owner.keep.append(sub)
         c.sub = <PyObject*>sub
+    _set_ek(c)
     return 0
+
+
+cdef int _int_ek(COp* op) noexcept:
+    """EK_I* of an int field (not u64) of a usual width, else EK_NONE."""
+    if not (op.kind < K_F64 and op.kind != K_U64 and op.conv == C_NONE):
+        return EK_NONE
+    if op.size == 1:
+        return EK_I1
+    if op.size == 2:
+        return EK_I2
+    if op.size == 4:
+        return EK_I4
+    if op.size == 8:
+        return EK_I8
+    return EK_NONE
+
+
+cdef Py_ssize_t _conv_size(int conv) noexcept:
+    """Bytes _conv_text writes for a conversion (IPv4 / IPv6 addresses: the op's size)."""
+    if conv == C_MAC:
+        return 6
+    if conv == C_ADDRESS:
+        return 17
+    if conv == C_PREFIX or conv == C_AWP:
+        return 18
+    if conv == C_IP4_PREFIX or conv == C_IP4_AWP:
+        return 5
+    if conv == C_IP6_PREFIX or conv == C_IP6_AWP:
+        return 17
+    return -1
+
+
+cdef void _set_ek(COp* c) noexcept:
+    """How _enc_fast encodes the field: only where the general path (_enc_struct,
+    _enc_op) would write the same bytes from the same value without running Python code."""
+    cdef COp* el
+    c.ek = EK_NONE
+    c.wsize = c.size
+    if c.size <= 0 or c.len_index >= 0:
+        return
+    if c.kind < K_F64 and c.kind != K_U64:
+        c.ek = _int_ek(c)
+    elif c.kind == K_BOOL:
+        if c.conv == C_NONE and c.size == 1:
+            c.ek = EK_BOOL
+    elif c.kind == K_F64:
+        if c.conv == C_NONE and c.size == 8:
+            c.ek = EK_F64
+    elif c.kind == K_STR:
+        c.ek = EK_STR
+    elif c.kind == K_BYTES:
+        c.ek = EK_BYTES
+    elif c.kind == K_STRUCT:
+        if c.conv != C_NONE and _conv_size(c.conv) == c.size:
+            c.ek = EK_CONV
+    elif c.kind == K_ARRAY and c.sub != NULL:
+        el = &(<_Layout>c.sub).ops[0]
+        if _int_ek(el) != EK_NONE:
+            c.ek = EK_IARR
+            c.wsize = c.size * el.size
+    if c.count_for >= 0:
+        # a length field: its value is kept for the array (ints[]); only ints are taken
+        c.ek = EK_ICNT if EK_I1 <= c.ek <= EK_I8 else EK_NONE
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -848,22 +1018,6 @@ cdef inline long long _enc_int(COp* op, object v, WBuf* w) except? -1:
     return x
 
 
-cdef bint _parse_mac(const char* s, Py_ssize_t n, char* out) noexcept:
-    """``aa:bb:cc:dd:ee:ff`` -> 6 bytes; anything else is left to the twin."""
-    cdef int i, hi, lo
-    if n != 17:
-        return False
-    for i in range(6):
-        if i and s[3 * i - 1] != 58:  # ':'
-            return False
-        hi = ds_hexval(s[3 * i])
-        lo = ds_hexval(s[3 * i + 1])
-        if hi < 0 or lo < 0:
-            return False
-        out[i] = <char>(hi * 16 + lo)
-    return True
-
-
 cdef int _pton(const char* s, Py_ssize_t n, char* out) noexcept:
     """af of an IP address text (0 v4, 1 v6; ':' decides, as in _codec_plan), -1 if invalid."""
     cdef char tmp[64]
@@ -880,27 +1034,35 @@ cdef int _pton(const char* s, Py_ssize_t n, char* out) noexcept:
 
 cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
     """Fast paths for text forms of addresses, prefixes and MACs: 1 taken, 0 not taken."""
-    cdef Py_ssize_t n, i, alen
+    cdef Py_ssize_t n, m
     cdef const char* s = ds_ascii_data(v, &n)
     cdef char out[18]
+    m = _conv_text(op.conv, op.size, s, n, out)
+    if m == 0:
+        return 0
+    return _append(w, out, m) + 1
+
+
+cdef Py_ssize_t _conv_text(int conv, Py_ssize_t size, const char* s, Py_ssize_t n, char* out) noexcept:
+    """The wire form of the text of an address, prefix or MAC into out[0:18]: its length
+    (an IPv4 / IPv6 address: `size`), or 0 when the twin is to take it."""
+    cdef Py_ssize_t i, alen
     cdef int af, plen, want
     cdef const char* slash
-    if op.conv == C_MAC:
-        if not _parse_mac(s, n, out):
-            return 0
-        return _append(w, out, 6) + 1
+    if conv == C_MAC:
+        return 6 if ds_parse_mac(s, n, out) else 0
     memset(out, 0, 18)
-    if op.conv == C_IP4 or op.conv == C_IP6:
+    if conv == C_IP4 or conv == C_IP6:
         af = _pton(s, n, out)
-        if af != (0 if op.conv == C_IP4 else 1):
+        if af != (0 if conv == C_IP4 else 1):
             return 0
-        return _append(w, out, op.size) + 1
-    if op.conv == C_ADDRESS:
+        return size
+    if conv == C_ADDRESS:
         af = _pton(s, n, out + 1)
         if af < 0:
             return 0
         out[0] = <char>af
-        return _append(w, out, 17) + 1
+        return 17
     # prefixes: "address/len", len 1-3 plain digits (anything else goes to the twin)
     slash = <const char*>memchr(s, 47, n)
     if slash == NULL:
@@ -915,20 +1077,20 @@ cdef int _conv_str(COp* op, object v, WBuf* w) except -1:
         plen = plen * 10 + (s[i] - 48)
     if plen > 255:
         return 0
-    if op.conv == C_PREFIX or op.conv == C_AWP:
+    if conv == C_PREFIX or conv == C_AWP:
         af = _pton(s, alen, out + 1)
         if af < 0:
             return 0
         out[0] = <char>af
         out[17] = <char>plen
-        return _append(w, out, 18) + 1
-    want = 0 if op.conv == C_IP4_PREFIX or op.conv == C_IP4_AWP else 1
+        return 18
+    want = 0 if conv == C_IP4_PREFIX or conv == C_IP4_AWP else 1
     af = _pton(s, alen, out)
     if af != want:
         return 0
     i = 4 if want == 0 else 16
     out[i] = <char>plen
-    return _append(w, out, i + 1) + 1
+    return i + 1
 
 
 cdef int _ip_bytes(object addr, int af, char* out) except -1:
@@ -1076,44 +1238,16 @@ cdef int _enc_flat_dict(_Layout L, object d, WBuf* w) except -1:
     """A struct of int and bool fields from a dict holding exactly its fields, in order, as
     exact ints in range and bools: 1 and the bytes written; else 0 and nothing written (the
     general path then encodes it, or raises its error). No per-call exception handling."""
-    cdef Py_ssize_t pos = 0, i, at
-    cdef PyObject* k
-    cdef PyObject* v
-    cdef COp* op
-    cdef long long x
-    cdef int b, overflow
+    cdef Py_ssize_t pos = 0, at
     if PyDict_GET_SIZE(d) != L.n:
         return 0
     _reserve(w, L.flat_size)
     at = w.len
-    for i in range(L.n):
-        op = &L.ops[i]
-        if not ds_dict_next(d, &pos, &k, &v) or k != op.name:
-            w.len = at
-            return 0
-        if op.kind == K_BOOL:
-            b = ds_bool_value(v)
-            if b < 0:
-                w.len = at
-                return 0
-            w.data[w.len] = <char>b
-            w.len += 1
-            continue
-        if not ds_is_long(v):
-            w.len = at
-            return 0
-        if not ds_small_long(v, &x):
-            overflow = 0
-            x = PyLong_AsLongLongAndOverflow(<object>v, &overflow)
-            if overflow:
-                w.len = at
-                return 0
-        if x < op.lo or x > op.hi:
-            w.len = at
-            return 0
-        _put_be(w.data + w.len, <unsigned long long>x, op.size)
-        w.len += op.size
-    return 1
+    # no length fields in a flat struct (_flat_size), so _enc_fast keeps no ints
+    if _enc_fast(L.ops, 0, L.n, d, &pos, w, NULL) == L.n:
+        return 1
+    w.len = at
+    return 0
 
 
 cdef int _enc_union(COp* op, object v, WBuf* w) except -1:
@@ -1153,6 +1287,7 @@ cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
     cdef bint ints = elem.kind < K_F64 and elem.kind != K_U64
     cdef Py_ssize_t n = len(items)
     cdef PyObject* it
+    cdef _Layout sub
     if ints:
         # small ints (mtu[4], ...) inline on borrowed references, as in _enc_struct; the
         # first other item goes to the general loop below
@@ -1168,6 +1303,28 @@ cdef int _enc_items(COp* elem, object items, WBuf* w) except -1:
         if j == n:
             return 0
         items = items[j:]
+    elif elem.kind == K_STRUCT and (<_Layout>elem.sub).flat_size > 0:
+        # flat structs from dicts (bridge domain members, label stacks) as _enc_op takes
+        # them (_enc_flat_dict), and the same object again by copy, as below; the first
+        # other item goes to the general loop
+        sub = <_Layout>elem.sub
+        size = sub.flat_size
+        while j < n:
+            it = ds_seq_item(items, j)
+            if it == prev:
+                _reserve(w, size)
+                memcpy(w.data + w.len, w.data + prev_at, size)
+                w.len += size
+            elif PyDict_CheckExact(<object>it) and _enc_flat_dict(sub, <object>it, w):
+                prev = it
+                prev_at = w.len - size
+            else:
+                break
+            j += 1
+        if j == n:
+            return 0
+        items = items[j:]
+        prev = NULL
     try:
         for item in items:
             if ints and ds_is_long(<PyObject*>item) and ds_small_long(<PyObject*>item, &x) and (
@@ -1222,35 +1379,139 @@ cdef object _lookup(object value, int mode, object name):
     return None
 
 
-cdef inline Py_ssize_t _enc_int_run(
-    COp* ops, Py_ssize_t i, Py_ssize_t stop, object d, Py_ssize_t* pos, PyObject** nk,
-    PyObject** nv, bint* more, WBuf* w, long long* ints
+cdef Py_ssize_t _enc_fast(
+    COp* ops, Py_ssize_t i, Py_ssize_t stop, object d, Py_ssize_t* ppos, WBuf* w, long long* ints
 ) noexcept:
-    """_enc_struct's walk over consecutive int and bool fields given in order as small ints
-    in range and bools: the index of the first field it did not take (anything unusual,
-    including a full buffer, is left to the general path, which raises the errors)."""
-    cdef long long x
-    cdef int b
-    cdef COp* op
+    """_enc_struct's walk over fields given in order in a dict, from entry ``*ppos`` on, for
+    the values the general path encodes without running Python code (and the same way):
+    small ints in range, bools, exact floats, ASCII text of fixed strings, bytes, text of
+    addresses, prefixes and MACs, arrays of small ints. Returns the index of the first field
+    it did not take, ``*ppos`` the entry after the last one it took; anything unusual is
+    left to the general path, which raises the errors. The buffer must hold ops[i].frun
+    more bytes (the fields it may take), else it takes none."""
+    cdef Py_ssize_t nent = 0, p0 = ppos[0], n, j, m
+    cdef char* out = w.data + w.len
+    cdef ds_ukentry* e = ds_dict_entries(d, &nent)
+    cdef ds_ukentry* ep
+    cdef ds_ukentry ent
+    cdef COp* op = &ops[i]
+    cdef COp* op0 = op
+    cdef COp* end
+    cdef COp* el
     cdef PyObject* v
-    while i < stop and more[0]:
-        op = &ops[i]
-        if nk[0] != op.name or w.len + op.size > w.cap:
+    cdef PyObject** items
+    cdef long long x
+    cdef int ek
+    cdef bint ok
+    cdef double f
+    cdef const char* s
+    cdef char tmp[18]
+    if i >= stop or w.len + op.frun > w.cap:
+        return i
+    if e == NULL:
+        nent = PY_SSIZE_T_MAX - stop  # ds_entry_slow finds the end
+    if stop - i > nent - p0:
+        stop = i + (nent - p0)
+    end = &ops[stop]
+    ep = e + p0 if e != NULL else NULL
+    # op and ep (the dict entry) move together; out is where the field goes
+    while op < end:
+        ek = op.ek
+        if ep != NULL:
+            ent = ep[0]
+            ep += 1
+        else:
+            ent = ds_entry_slow(d, p0 + (op - op0))
+        v = ent.me_value
+        if ent.me_key != op.name or v == NULL:  # NULL: a deleted entry, skipped by the general path
             break
-        v = nv[0]
-        if op.kind == K_BOOL:
-            b = ds_bool_value(v)
-            if b < 0:
+        if ek == EK_I4:
+            if not ds_int_in(v, op.lo, op.hi, &x):
                 break
-            x = b
-        elif not (ds_is_long(v) and ds_small_long(v, &x) and x >= op.lo and x <= op.hi):
+            ds_put_be(out, <unsigned long long>x, 4)
+        elif ek == EK_I2:
+            if not ds_int_in(v, op.lo, op.hi, &x):
+                break
+            ds_put_be(out, <unsigned long long>x, 2)
+        elif ek == EK_I1:
+            if not ds_int_in(v, op.lo, op.hi, &x):
+                break
+            out[0] = <char>x
+        elif ek == EK_I8:
+            if not ds_int_in(v, op.lo, op.hi, &x):
+                break
+            ds_put_be(out, <unsigned long long>x, 8)
+        elif ek == EK_BOOL:
+            x = ds_bool_value(v)
+            if x < 0:
+                break
+            out[0] = <char>x
+        elif ek == EK_ICNT:  # the only ints the general path reads back (_enc_vla's count)
+            if not ds_int_in(v, op.lo, op.hi, &x):
+                break
+            _put_be(out, <unsigned long long>x, op.size)
+            ints[op - ops] = x
+        elif ek == EK_STR:
+            if not ds_ascii(<object>v):
+                break
+            s = ds_ascii_data(<object>v, &n)
+            if n >= op.size:
+                break
+            memcpy(out, s, n)
+            memset(out + n, 0, op.size - n)
+        elif ek == EK_BYTES:
+            if PyBytes_CheckExact(<object>v):
+                n = PyBytes_GET_SIZE(<object>v)
+                if n > op.size:
+                    break
+                memcpy(out, PyBytes_AS_STRING(<object>v), n)
+                if n < op.size:
+                    memset(out + n, 0, op.size - n)
+            elif op.conv == C_MAC and op.size == 6 and ds_ascii(<object>v):
+                s = ds_ascii_data(<object>v, &n)
+                if not ds_parse_mac(s, n, out):
+                    break
+            elif op.conv != C_NONE and op.size <= 18 and ds_ascii(<object>v):
+                s = ds_ascii_data(<object>v, &n)
+                m = _conv_text(op.conv, op.size, s, n, tmp)
+                if m != op.size:
+                    break
+                memcpy(out, tmp, m)
+            else:
+                break
+        elif ek == EK_CONV:
+            if not ds_ascii(<object>v):
+                break
+            s = ds_ascii_data(<object>v, &n)
+            m = _conv_text(op.conv, op.size, s, n, tmp)
+            if m != op.size:
+                break
+            memcpy(out, tmp, m)
+        elif ek == EK_IARR:
+            items = ds_seq_items(v, &n)
+            if items == NULL or n != op.size:
+                break
+            el = &(<_Layout>op.sub).ops[0]
+            ok = True
+            for j in range(n):
+                if not ds_int_in(items[j], el.lo, el.hi, &x):
+                    ok = False
+                    break
+                _put_be(out + j * el.size, <unsigned long long>x, el.size)
+            if not ok:
+                break
+        elif ek == EK_F64:
+            if not PyFloat_CheckExact(<object>v):
+                break
+            f = PyFloat_AS_DOUBLE(v)
+            memcpy(out, &f, 8)  # f64 in host byte order, as _enc_op writes it
+        else:
             break
-        _put_be(w.data + w.len, <unsigned long long>x, op.size)
-        w.len += op.size
-        ints[i] = x
-        more[0] = ds_dict_next(d, pos, nk, nv)
-        i += 1
-    return i
+        out += op.wsize
+        op += 1
+    w.len = out - w.data
+    ppos[0] = p0 + (op - op0)
+    return op - ops
 
 
 cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except -1:
@@ -1289,12 +1550,18 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
     try:
         while i < L.n:
             op = &L.ops[i]
-            if mode == 1 and op.erun > 1 and more and nk == op.name:
-                j = _enc_int_run(L.ops, i, i + op.erun, value, &pos, &nk, &nv, &more, w, ints)
+            if mode == 1 and op.ek != EK_NONE and more and nk == op.name:
+                # the lookahead entry (nk, nv) is the one before pos: the fast walk starts
+                # there, and on its return the lookahead is the first entry it left
+                pos -= 1
+                _reserve(w, op.frun)
+                j = _enc_fast(L.ops, i, L.n, value, &pos, w, ints)
                 if j > i:
                     found += j - i
                     i = j
+                    more = ds_dict_next(value, &pos, &nk, &nv)
                     continue
+                pos += 1
             if mode == 1:
                 if more and nk == op.name:
                     pv = nv
@@ -1785,6 +2052,30 @@ cdef class MessageCodec:
         return _encode_entry(self, msg_id, fields, kw or None)
 
     cdef object _encode(self, object msg_id, object values):
+        cdef _Layout L = self._layout
+        cdef WBuf w
+        cdef long long mid
+        cdef long long ints[64]
+        cdef Py_ssize_t pos = 0
+        if (
+            L.all_fast and PyDict_CheckExact(values) and PyDict_GET_SIZE(values) == L.n - L.skip
+            and ds_is_long(<PyObject*>msg_id) and ds_small_long(<PyObject*>msg_id, &mid)
+            and 0 <= mid <= 0xFFFF
+        ):
+            # Every field in order, each of a kind _enc_fast takes: the bytes object is
+            # filled in place, with no exception frame. When it stops (anything unusual)
+            # the general path below starts over, and writes or raises what it would have.
+            out = PyBytes_FromStringAndSize(NULL, L.fixed_size)
+            w.data = PyBytes_AS_STRING(out)
+            w.len = 2
+            w.cap = L.fixed_size
+            w.heap = NULL
+            _put_be(w.data, <unsigned long long>mid, 2)
+            if _enc_fast(L.ops, L.skip, L.n, values, &pos, &w, ints) == L.n and w.len == L.fixed_size:
+                return out
+        return self._encode_general(msg_id, values)
+
+    cdef object _encode_general(self, object msg_id, object values):
         cdef char stack[1024]
         cdef WBuf w
         cdef int overflow = 0
