@@ -12,6 +12,7 @@ import pytest
 from datasync.api import Change, ChangeEvent, Op, ResyncEvent, Snapshot, SourceState
 from datasync.errors import (
     ClosedError,
+    CompactedError,
     ConfigError,
     DependencyCycleError,
     DependencyFailedError,
@@ -978,3 +979,84 @@ async def test_a_southbound_down_is_not_in_sync_and_not_a_failed_round(
         SouthboundStateChanged("vpp", True, None),
     ]
     assert len(events.rounds()) == 1  # the start-up round only
+
+
+async def test_a_watch_that_fails_when_called_is_a_failed_watch(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    """``source.watch()`` may raise before it returns a stream (a closed store, say): that
+    is a failed watch like any other, never a silently dead one."""
+
+    class Refusing(Flaky):
+        armed = True
+
+        def watch(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+            if self.armed:
+                self.armed = False
+                raise SourceUnavailableError("store closed under us")
+            return self.inner.watch(prefixes, start)
+
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([Refusing(store)])
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await events.until(lambda: len(events.rounds()) >= 2)
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "store closed under us" in started[1].reasons[0]
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")
+    await eventually(lambda: p.state == {"/p/a": b"1"})
+
+
+class _Stream:
+    """A watch stream that is not a generator: its first batch fails, and its aclose()
+    hangs or raises (a close handshake with a peer that is gone)."""
+
+    def __init__(self, inner: AsyncIterator[list[Change]], fail: bool, close: str) -> None:
+        self.inner, self.fail, self.close = inner, fail, close
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> list[Change]:
+        batch = await self.inner.__anext__()
+        if self.fail:
+            raise CompactedError("history compacted")
+        return batch
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()  # type: ignore[attr-defined]
+        if self.close == "hangs":
+            await asyncio.Event().wait()
+        raise ConnectionResetError("cancel-watch request failed")
+
+
+@pytest.mark.parametrize("close", ["hangs", "raises"])
+async def test_a_stream_that_will_not_close_delays_neither_the_report_nor_stop(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator], close: str
+) -> None:
+    calls: list[int] = []
+
+    class Closing(Flaky):
+        def watch(self, prefixes: Sequence[str], start: int) -> AsyncIterator[list[Change]]:
+            calls.append(start)
+            return _Stream(self.inner.watch(prefixes, start), len(calls) == 1, close)
+
+    p = Recorder("p", ["/p/"])
+    orch = orch_factory([Closing(store)])
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+    await store.put("/p/a", b"1")  # the first stream fails on it: a relist brings it
+    await events.until(lambda: len(events.rounds()) >= 2)
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "CompactedError" in started[1].reasons[0]
+    await orch.wait_in_sync(WAIT)
+    assert p.state == {"/p/a": b"1"}
+    await store.put("/p/b", b"2")
+    await eventually(lambda: p.state.get("/p/b") == b"2")
+    assert len(events.rounds()) == 2  # a close that fails starts no round of its own
+    async with asyncio.timeout(WAIT):
+        await orch.stop()

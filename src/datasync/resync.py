@@ -27,7 +27,15 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -995,36 +1003,47 @@ class Orchestrator:
     # --- changes ------------------------------------------------------------------------
 
     async def _watch_source(self, slot: _SourceSlot, prefixes: list[str], start: int) -> None:
-        changes = slot.source.watch(prefixes, start)
+        changes: AsyncIterator[list[Change]] | None = None
         try:
-            try:
-                async for batch in changes:
-                    if not batch:
-                        continue
-                    if self._buffering:
-                        slot.buffer.extend(batch)
-                    else:
-                        self._deliver(slot, slot.filter.filter(batch))
-            finally:
-                # A watch left at a yield (our side raised) releases its stream now, not
-                # whenever the collector finalizes it on some later loop iteration.
-                aclose = getattr(changes, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            changes = slot.source.watch(prefixes, start)  # may raise at once (store closed)
+            async for batch in changes:
+                if not batch:
+                    continue
+                if self._buffering:
+                    slot.buffer.extend(batch)
+                else:
+                    self._deliver(slot, slot.filter.filter(batch))
         except asyncio.CancelledError as cancel:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # ours: the round restarts the watch, or stop()
+                # Ours (the round restarts the watch, or stop()). It landed in the stream's
+                # own __anext__, the only await here, which is where a stream cleans up.
+                raise
             # A cancellation the source let escape is a failed watch, not a stop.
             self._watch_failed(slot, SourceUnavailableError(f"watch cancelled: {cancel!r}"))
-            return
         except Exception as exc:
             self._watch_failed(slot, exc)
+        else:
+            # The watch ended without error (source closed): resync once it is back.
+            slot.set_state(SourceState.DISCONNECTED, "watch ended")
+            if not self._stopped.is_set():
+                self.request_resync(f"source {slot.name}: watch ended")
+        # Reported first, closed after: a stream slow to close delays nothing.
+        if changes is not None:
+            await self._close_stream(slot, changes)
+
+    async def _close_stream(self, slot: _SourceSlot, changes: AsyncIterator[Any]) -> None:
+        """Release a watch stream now, not whenever the collector finalizes it (a stream
+        left at a yield because our side raised). Bounded, and its own errors are only
+        logged: the watch's outcome (its error, our cancellation) is what counts."""
+        aclose = getattr(changes, "aclose", None)
+        if aclose is None:
             return
-        # The watch ended without error (source closed): resync once it is back.
-        slot.set_state(SourceState.DISCONNECTED, "watch ended")
-        if not self._stopped.is_set():
-            self.request_resync(f"source {slot.name}: watch ended")
+        try:
+            async with asyncio.timeout(self.config.snapshot_timeout):
+                await aclose()
+        except Exception as exc:  # TimeoutError included
+            log.warning("datasync: closing the watch of source %s failed: %r", slot.name, exc)
 
     def _watch_failed(self, slot: _SourceSlot, exc: BaseException) -> None:
         """Compaction, store reset, lost source: only a fresh snapshot is safe now."""
