@@ -1521,7 +1521,7 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
     names), each field is matched by identity while walking the dict: no hashing at all.
     Other dicts take one lookup per field.
     """
-    cdef Py_ssize_t i = start, found = 0, pos = 0, j
+    cdef Py_ssize_t i = start, found = 0, pos = 0, q, j
     cdef int mode, overflow
     cdef COp* op
     cdef PyObject* pv
@@ -1535,7 +1535,6 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
         mode = 0
     elif PyDict_CheckExact(value):
         mode = 1
-        more = ds_dict_next(value, &pos, &nk, &nv)
     elif PyTuple_Check(value) and is_record(value):
         mode = 3
     elif isinstance(value, Mapping):
@@ -1550,22 +1549,25 @@ cdef int _enc_struct(_Layout L, object value, WBuf* w, Py_ssize_t start) except 
     try:
         while i < L.n:
             op = &L.ops[i]
-            if mode == 1 and op.ek != EK_NONE and more and nk == op.name:
-                # the lookahead entry (nk, nv) is the one before pos: the fast walk starts
-                # there, and on its return the lookahead is the first entry it left
-                pos -= 1
-                _reserve(w, op.frun)
-                j = _enc_fast(L.ops, i, L.n, value, &pos, w, ints)
-                if j > i:
-                    found += j - i
-                    i = j
-                    more = ds_dict_next(value, &pos, &nk, &nv)
-                    continue
-                pos += 1
             if mode == 1:
+                # Peek at the next entry now, not after the previous field: encoding that
+                # field may have run Python code (__index__, __bool__) that changed the
+                # dict, and freed what an earlier peek pointed at.
+                q = pos
+                more = ds_dict_next(value, &q, &nk, &nv)
                 if more and nk == op.name:
+                    if op.ek != EK_NONE:
+                        # the fast walk starts at that entry (q - 1) and stops at the first
+                        # entry it left
+                        pos = q - 1
+                        _reserve(w, op.frun)
+                        j = _enc_fast(L.ops, i, L.n, value, &pos, w, ints)
+                        if j > i:
+                            found += j - i
+                            i = j
+                            continue
                     pv = nv
-                    more = ds_dict_next(value, &pos, &nk, &nv)
+                    pos = q
                 else:
                     pv = PyDict_GetItemWithError(value, <object>op.name)
                 if pv != NULL:

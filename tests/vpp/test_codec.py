@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import os
 import string
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -691,3 +694,51 @@ def test_text_encoding(impl: ModuleType, defs: ApiDefinitions) -> None:
     assert j.decode(j.encode(1, json="ünï")).json == "ünï"
     with pytest.raises(CodecError, match=r"mac_address: "):
         codec_for(defs, "create_loopback", impl).encode(1, mac_address="\ud800")
+
+
+_MUTATING_ENCODE = """
+import sys
+from datasync.vpp.codec import codec_for
+from datasync.vpp.defs import builtin_definitions
+import {module} as impl
+
+codec = codec_for(builtin_definitions(), "want_interface_events", impl)
+
+
+class Evil:
+    def __init__(self, d):
+        self.d = d
+
+    def __index__(self):
+        self.d.pop("context", None)  # frees the next entry's value, which only d held
+        return 1
+
+
+for _ in range(3):
+    d = {{}}
+    d["client_index"] = Evil(d)
+    d["context"] = [object() for _ in range(3)]
+    d["enable_disable"] = 1
+    d["pid"] = 2
+    try:
+        codec.encode(1, d)
+    except Exception as exc:  # an error is fine here; a crash is not
+        print(type(exc).__name__, exc)
+print("survived")
+"""
+
+
+def test_a_value_that_changes_its_dict_while_encoded_cannot_crash(impl: ModuleType) -> None:
+    """A field's ``__index__`` deletes the next key of the dict being encoded. The encoder
+    must not keep pointers into the dict across such a call (it once used the freed
+    value). Run under the debug allocator, which turns a use-after-free into a crash."""
+    code = _MUTATING_ENCODE.format(module=impl.__name__)
+    env = {**os.environ, "PYTHONMALLOC": "debug"}
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 0 and "survived" in out.stdout, out.stdout + out.stderr
