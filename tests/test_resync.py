@@ -23,6 +23,7 @@ from datasync.errors import (
     SourceUnavailableError,
 )
 from datasync.resync import (
+    Escalated,
     Orchestrator,
     PluginState,
     PluginStateChanged,
@@ -1060,3 +1061,49 @@ async def test_a_stream_that_will_not_close_delays_neither_the_report_nor_stop(
     assert len(events.rounds()) == 2  # a close that fails starts no round of its own
     async with asyncio.timeout(WAIT):
         await orch.stop()
+
+
+async def test_rounds_wait_for_a_southbound_that_is_down_and_never_escalate(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    """While the dataplane connection is down, rounds are held (nothing can be applied),
+    and a round that fails because it went down mid-way is not backed off from or counted
+    towards escalation: the agent must not restart itself over a VPP outage."""
+    sleeps = NoSleep()
+    state = {"up": True}
+
+    class Dataplane(Recorder):
+        async def resync(self, ev: ResyncEvent) -> None:
+            if not state["up"]:
+                raise ConnectionError("VPP is gone")
+            await super().resync(ev)
+
+    p = Dataplane("p", ["/p/"])
+    orch = orch_factory(escalate_after=2, sleep=sleeps)
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await orch.wait_in_sync(WAIT)
+
+    # Down mid-round: the plugin's call fails and the connection is reported down.
+    state["up"] = False
+
+    def vpp_lost(_ev: object) -> None:
+        if isinstance(_ev, RoundStarted) and _ev.round == 2:
+            orch.set_southbound("vpp", False, "VPP disconnected")
+
+    orch.add_listener(vpp_lost)
+    orch.request_resync("manual")
+    await events.until(lambda: len(events.rounds()) >= 2)
+    assert not events.rounds()[1].ok
+    for i in range(5):  # more requests meanwhile: held, not run
+        orch.report_error("p", ConnectionError(f"change {i} failed"))
+    await asyncio.sleep(0.05)
+    assert len(events.rounds()) == 2 and sleeps.delays == []
+    assert not orch.status().in_sync
+    state["up"] = True
+    orch.set_southbound("vpp", True)
+    await orch.wait_in_sync(WAIT)
+    assert len(events.rounds()) == 3 and events.rounds()[2].ok
+    assert not any(isinstance(e, Escalated) for e in events.items)
+    assert sleeps.delays == []

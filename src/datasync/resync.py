@@ -575,10 +575,11 @@ class Orchestrator:
     def set_southbound(self, name: str, up: bool, reason: str | None = None) -> None:
         """Report a dataplane connection (e.g. the VPP client's) up or down.
 
-        While any is down the agent is not in sync: what the plugins applied may be gone
-        with it, and nothing can be applied meanwhile. A down connection is not a failed
-        round (no backoff, no escalation: restarting the agent does not bring VPP back);
-        whoever reports it up again requests the resync that a reconnect needs.
+        While any is down the agent is not in sync (what the plugins applied may be gone
+        with it) and rounds are held, since nothing can be applied: requests made meanwhile
+        wait, and a round that failed while it went down is neither backed off from nor
+        counted towards escalation (restarting the agent does not bring VPP back). Whoever
+        reports it up again requests the resync that a reconnect needs.
         """
         old = self._southbound.get(name)
         if old is not None and old.up == up and old.reason == reason:
@@ -589,6 +590,10 @@ class Orchestrator:
             self._emit(SouthboundStateChanged(name, up, reason))
         if up:
             self._in_sync.set()  # wait_in_sync callers look again
+            self._wakeup.set()  # rounds held while it was down may run now
+
+    def _southbound_down(self) -> bool:
+        return any(not sb.up for sb in self._southbound.values())
 
     # --- status -------------------------------------------------------------------------
 
@@ -692,6 +697,8 @@ class Orchestrator:
             self._wakeup.clear()
             if self._stopped.is_set() or not self._pending:
                 continue
+            if self._southbound_down():
+                continue  # held: nothing can be applied; set_southbound(up) wakes us
             reasons, self._pending = tuple(self._pending), []
             try:
                 ok = await self._round_once(reasons)
@@ -702,6 +709,13 @@ class Orchestrator:
                 ok = False
             if ok:
                 self._consecutive_failures = 0
+                continue
+            if self._southbound_down():
+                # The dataplane went away under the round: not a failure to back off from
+                # or escalate (restarting the agent does not bring VPP back). The round is
+                # held until the connection is reported up again.
+                if not self._pending:
+                    self._pending.append(f"retry of round {self._round} (southbound was down)")
                 continue
             self._consecutive_failures += 1
             if self._should_escalate():
