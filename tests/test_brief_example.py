@@ -70,7 +70,7 @@ async def vpp() -> AsyncIterator[tuple[Simulator, VppClient]]:
     sim = Simulator(strict=True, seed=1)
     await sim.start(os.path.join(sock_dir, "api.sock"))
     assert sim.path is not None
-    client = VppClient(sim.path, timeout=2, probe_interval=0.2, backoff_max=0.5)
+    client = VppClient(sim.path, timeout=2, probe_interval=0.2, probe_timeout=1.0, backoff_max=0.5)
     try:
         await client.connect()
         yield sim, client
@@ -331,3 +331,21 @@ def test_values_are_validated_with_the_key_named() -> None:
     assert bridge_domain_members("/b/bd", _bd("bd", ["a", "b"])) == {"a", "b"}
     with pytest.raises(InvalidValueError, match=r"'/b/bd'.*list of objects with a name"):
         bridge_domain_members("/b/bd", b'{"interfaces": [{"nom": "a"}]}')
+
+
+async def test_what_is_not_the_agents_is_left_alone(vpp: tuple[Simulator, VppClient]) -> None:
+    """A tagged tap (someone else's: vpp-agent tags everything it makes) is not taken for
+    one of the demo's loopbacks, and a nested key, whose name could not be a VPP tag, is an
+    invalid value: neither fails a round."""
+    sim, client = vpp
+    tap = int((await client.call("tap_create_v3", id=0xFFFFFFFF, tag="tap0")).sw_if_index)
+    nested = IF + "a/b"
+    store = LocalStore()
+    await store.txn({IF + "loop0": _iface("loop0"), nested: _iface("b")})
+    try:
+        async with running_agent(store, client) as agent:
+            assert all(ev.ok for ev in agent.rounds if isinstance(ev, RoundFinished))
+            assert _indexes(sim) == {"tap0": tap, "loop0": agent.idx.lookup("loop0").index}  # type: ignore[union-attr]
+            assert "nested keys" in agent.interfaces.invalid[nested]
+    finally:
+        await store.close()

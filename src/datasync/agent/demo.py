@@ -58,6 +58,8 @@ BD_PREFIX = "/vnf-agent/{label}/config/vpp/l2/v2/bridge-domain/"
 ADMIN_UP = 1
 #: VPP tags (interface tag, bd_tag) are string[64]: 63 bytes and the terminating NUL
 TAG_MAX_BYTES = 63
+#: sw_interface_details.interface_dev_type of a loopback (the device class name)
+LOOPBACK_DEV_TYPE = "Loopback"
 #: AF_UNIX socket paths hold at most 107 bytes
 _SOCKET_PATH_MAX = 107
 
@@ -144,15 +146,20 @@ class VppDataplane:
         self.client = client
 
     async def interfaces(self) -> dict[str, VppInterface]:
-        """Tagged interfaces by tag."""
+        """Tagged loopbacks by tag: the only interfaces the demo makes. A tagged tap or
+        memif belongs to someone else (vpp-agent tags everything it creates)."""
         return {
             d.tag: VppInterface(int(d.sw_if_index), bool(d.flags & ADMIN_UP))
             for d in await self.client.dump("sw_interface_dump")
-            if d.tag
+            if d.tag and d.interface_dev_type == LOOPBACK_DEV_TYPE
         }
 
     async def create_loopback(self, name: str, enabled: bool) -> int:
-        """A loopback tagged ``name``, admin-up when ``enabled``; returns its sw_if_index."""
+        """A loopback tagged ``name``, admin-up when ``enabled``; returns its sw_if_index.
+
+        Create-then-tag is not atomic: if the connection drops after VPP made the loopback
+        but before its reply, the loopback stays untagged, unseen by every resync (a real
+        agent would also adopt untagged loopbacks it can attribute, e.g. by instance)."""
         sw_if_index = int((await self.client.call("create_loopback")).sw_if_index)
         try:
             await self.client.call(
@@ -215,11 +222,17 @@ class VppDataplane:
 
 
 def _validated(
-    invalid: dict[str, str], check: Callable[[str, bytes], T], key: str, value: bytes
+    invalid: dict[str, str],
+    check: Callable[[str, bytes], T],
+    key: str,
+    value: bytes,
+    prefix: str,
 ) -> T | None:
     """``check(key, value)``, or None when it rejects the value; ``invalid`` keeps the
     reason per key until a valid value replaces it."""
     try:
+        if "/" in _name_of(key, prefix):  # the name is the VPP tag: one path segment
+            raise InvalidValueError(key, "nested keys are not supported: the name has a '/'")
         result = check(key, value)
     except InvalidValueError as exc:
         invalid[key] = exc.reason
@@ -252,7 +265,7 @@ class InterfacePlugin:
     def _parse(self, key: str, value: bytes) -> bool | None:
         """``enabled``, or None for an invalid value: it is not applied, and what VPP
         already has for that name is left alone (in resync and change alike)."""
-        return _validated(self.invalid, interface_enabled, key, value)
+        return _validated(self.invalid, interface_enabled, key, value, self.prefix)
 
     async def _acknowledged(self, note: Notification | None) -> None:
         # a watcher's failure fails this resync or change: the next round retries it
@@ -355,7 +368,7 @@ class BridgeDomainPlugin:
                 ev.done()
 
     def _parse(self, key: str, value: bytes) -> set[str] | None:
-        return _validated(self.invalid, bridge_domain_members, key, value)
+        return _validated(self.invalid, bridge_domain_members, key, value, self.prefix)
 
     def _if_name(self, sw_if_index: int) -> str:
         entry = self.idx.lookup_index(sw_if_index)
@@ -553,6 +566,7 @@ async def run_demo(data_dir: Path, label: str = "demo") -> int:
             sim.path,
             timeout=2,
             probe_interval=0.2,
+            probe_timeout=1.0,  # a restart drops the socket: the probe only finds a hung VPP
             backoff_max=0.5,
             on_fault=resync_on_vpp_fault(orch),
         )
@@ -618,6 +632,8 @@ async def run_demo(data_dir: Path, label: str = "demo") -> int:
             await converge()
         except TimeoutError:
             print("\n!! timed out waiting for VPP to hold what the store wants")
+        except DatasyncError as exc:  # escalation, a closed store, a failed seeding call
+            print(f"\n!! the demo stopped: {type(exc).__name__}: {exc}")
         code = _report(orch, sim, await wanted(), [*earlier_boots, sim.counters()])
     return code
 
