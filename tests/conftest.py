@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -40,9 +41,36 @@ def _collect_often(loop: asyncio.AbstractEventLoop) -> None:
 _LOOP_ERRORS: list[dict[str, Any]] = []
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(_ext.__file__)) + os.sep
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
+#: appended to the name of every task the package creates (see _is_foreign_leak)
+_MADE_BY_PACKAGE = " [datasync]"
+
+
+def _in_package(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+
+
+def _task_factory(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kw: Any
+) -> asyncio.Task[Any]:
+    """Tasks as usual, named so that a leaked one tells who made it: the first caller
+    outside asyncio (gather, ensure_future, ...) and outside this file."""
+    task = asyncio.Task(coro, loop=loop, **kw)
+    frame = sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_ASYNCIO_DIR) or frame.f_code.co_filename == __file__
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is not None and _in_package(frame.f_code.co_filename):
+        task.set_name(task.get_name() + _MADE_BY_PACKAGE)
+    return task
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop() if _LOOP == "asyncio" else uvloop.new_event_loop()
     loop.set_exception_handler(lambda _loop, ctx: _LOOP_ERRORS.append(ctx))
+    loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
     if _GC_MODE == "stress":
         loop.call_soon(_collect_often, loop)
     return loop
@@ -61,27 +89,25 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {_LOOP: _new_loop}
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(_ext.__file__))
-
-
-def _runs_package_code(task: object) -> bool:
-    """True when ``task`` runs a coroutine defined in the datasync package.
-
-    Only the outermost coroutine counts: whoever makes a task must hold it, and by the time
-    the collector destroys a task its coroutine may already be closed (no await chain left).
-    """
+def _package_task(task: object) -> bool:
+    """True when the package made ``task`` or it runs a coroutine defined in the package
+    (the outermost one: by the time the collector destroys a task, its coroutine may
+    already be closed, with no await chain left)."""
+    get_name = getattr(task, "get_name", None)
+    if get_name is not None and get_name().endswith(_MADE_BY_PACKAGE):
+        return True
     get_coro = getattr(task, "get_coro", None)
     code = getattr(get_coro(), "cr_code", None) if get_coro is not None else None
-    return code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE_DIR)
+    return code is not None and _in_package(code.co_filename)
 
 
 def _is_foreign_leak(ctx: dict[str, Any]) -> bool:
-    """A pending task the collector destroyed that a test helper or a library (grpc, say)
-    made, not the package. The collector runs at arbitrary times, so such a report may
-    land in any later test; it is a warning with the task's repr, not that test's failure.
-    A leaked task of the package itself still fails."""
+    """A pending task the collector destroyed that neither the package made nor runs
+    package code: a test helper's or a library's (grpc, say). The collector runs at
+    arbitrary times, so such a report may land in any later test; it is a warning with the
+    task's repr, not that test's failure. A leaked task of the package still fails."""
     return ctx.get("message") == "Task was destroyed but it is pending!" and not (
-        _runs_package_code(ctx.get("task"))
+        _package_task(ctx.get("task"))
     )
 
 

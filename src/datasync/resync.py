@@ -584,7 +584,8 @@ class Orchestrator:
         old = self._southbound.get(name)
         if old is not None and old.up == up and old.reason == reason:
             return
-        self._southbound[name] = SouthboundStatus(up, time.time(), reason)
+        since = old.since if old is not None and old.up == up else time.time()
+        self._southbound[name] = SouthboundStatus(up, since, reason)
         if old is None or old.up != up:
             log.info("datasync: southbound %s is %s (%s)", name, "up" if up else "down", reason)
             self._emit(SouthboundStateChanged(name, up, reason))
