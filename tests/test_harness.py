@@ -67,7 +67,11 @@ async def test_leaks_a_package_task():
 
 # As if the package made a task of a stdlib coroutine (e.g. ensure_future(event.wait())):
 # a function whose code says it lives in the package.
-_SPAWN = "import asyncio\\ndef spawn():\\n    return asyncio.ensure_future(asyncio.Event().wait())\\n"
+_SPAWN = (
+    "import asyncio\\n"
+    "def spawn():\\n"
+    "    return asyncio.ensure_future(asyncio.Event().wait())\\n"
+)
 _ns = {}
 exec(compile(_SPAWN, os.path.join(os.path.dirname(datasync.__file__), "_spawn.py"), "exec"), _ns)
 
