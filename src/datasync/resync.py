@@ -1050,7 +1050,7 @@ class Orchestrator:
     async def _close_stream(self, slot: _SourceSlot, changes: AsyncIterator[Any]) -> None:
         """Release a watch stream now, not whenever the collector finalizes it (a stream
         left at a yield because our side raised). Bounded, and its own errors are only
-        logged: the watch's outcome (its error, our cancellation) is what counts."""
+        logged: the watch's outcome, already reported, is what counts."""
         aclose = getattr(changes, "aclose", None)
         if aclose is None:
             return
