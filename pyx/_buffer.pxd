@@ -34,28 +34,3 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, PyObject* key)
     int PyDict_SetItem(object d, PyObject* key, object value) except -1
     bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
-    # For exact str: the hash is cached in the object and comparison runs no Python code.
-    ctypedef struct PyASCIIObject:
-        Py_hash_t hash
-    ctypedef struct PyTupleObject:
-        PyObject* ob_item[1]
-    # Shrinks a list in place keeping its capacity (the slots past ``n`` must be NULL).
-    void Py_SET_SIZE(PyObject* o, Py_ssize_t n)
-    Py_hash_t PyObject_Hash(PyObject* o) except -1
-    int PyUnicode_Compare(PyObject* a, PyObject* b)  # cannot fail on two str
-
-
-cdef struct _Best:
-    # One key's newest held change while coalescing: open-addressing table entry.
-    PyObject* key  # borrowed from the buffer's list; NULL marks an empty entry
-    Py_hash_t hash
-    int64_t rev
-    Py_ssize_t slot
-
-
-cdef struct _Table:
-    # Open-addressing table of _Best entries (mask + 1 of them, a power of two), used of
-    # them taken; load kept at most 2/3.
-    _Best* tab
-    size_t mask
-    Py_ssize_t used

@@ -21,6 +21,7 @@ from _buffer cimport (
     Py_DECREF,
     Py_INCREF,
     PyDict_GetItemWithError,
+    PyDict_Next,
     PyDict_SetItem,
     PyList_Append,
     PyList_GET_ITEM,
@@ -35,14 +36,7 @@ from _buffer cimport (
     PyTuple_GET_SIZE,
     PyUnicode_CheckExact,
     PyUnicode_GET_LENGTH,
-    PyASCIIObject,
-    PyTupleObject,
-    Py_SET_SIZE,
-    PyObject_Hash,
-    PyUnicode_Compare,
-    _Best,
     _Entry,
-    _Table,
 )
 
 from datasync._buffer_py import MAX_COALESCE_ABOVE
@@ -126,82 +120,6 @@ cdef inline int _admit(RevisionFilter f, PyObject* key, int64_t rev) except -1:
     st.rev = rev
     PyDict_SetItem(f._last, key, st)
     return 1
-
-
-cdef inline Py_hash_t _str_hash(PyObject* key) except? -1:
-    """The hash of an exact str (cached in the object after the first time)."""
-    cdef Py_hash_t h = (<PyASCIIObject*>key).hash
-    if h == -1:
-        h = PyObject_Hash(key)
-    return h
-
-
-cdef inline _Best* _best_find(_Best* tab, size_t mask, PyObject* key, Py_hash_t h) noexcept:
-    """The entry of ``key`` (str of hash ``h``) in the table, or the empty one it would take.
-
-    Linear probing; the table always has empty entries. Keys are exact str: comparing
-    them runs no Python code and cannot fail.
-    """
-    cdef size_t i = <size_t>h & mask
-    cdef _Best* e
-    while True:
-        e = &tab[i]
-        if e.key == NULL or e.key == key or (
-            e.hash == h and PyUnicode_Compare(e.key, key) == 0
-        ):
-            return e
-        i = (i + 1) & mask
-
-
-cdef _Best* _best_grow(_Best* tab, size_t* mask) except NULL:
-    """The table at twice the size, with the same (distinct) keys; the old one is freed."""
-    cdef size_t old = mask[0] + 1
-    cdef size_t new_mask = 2 * old - 1
-    cdef size_t i, j
-    cdef _Best* new = <_Best*>calloc(2 * old, sizeof(_Best))
-    if new == NULL:
-        raise MemoryError()
-    for i in range(old):
-        if tab[i].key != NULL:
-            j = <size_t>tab[i].hash & new_mask
-            while new[j].key != NULL:
-                j = (j + 1) & new_mask
-            new[j] = tab[i]
-    free(tab)
-    mask[0] = new_mask
-    return new
-
-
-cdef int _table_init(_Table* t, Py_ssize_t hint) except -1:
-    """An empty table with room for about ``hint`` keys before it grows."""
-    cdef size_t cap = 16
-    while cap * 2 < <size_t>hint * 3:
-        cap *= 2
-    t.tab = <_Best*>calloc(cap, sizeof(_Best))
-    if t.tab == NULL:
-        raise MemoryError()
-    t.mask = cap - 1
-    t.used = 0
-    return 0
-
-
-cdef inline int _table_add(_Table* t, PyObject* key, int64_t rev, Py_ssize_t slot) except -1:
-    """Note the held change at ``slot``: it becomes its key's entry if it is the key's first
-    or strictly newer than the entry (equal revisions: the first to arrive stays)."""
-    cdef Py_hash_t h = _str_hash(key)
-    cdef _Best* e = _best_find(t.tab, t.mask, key, h)
-    if e.key == NULL:
-        e.key = key
-        e.hash = h
-        e.rev = rev
-        e.slot = slot
-        t.used += 1
-        if <size_t>t.used * 3 > (t.mask + 1) * 2:
-            t.tab = _best_grow(t.tab, &t.mask)
-    elif rev > e.rev:
-        e.rev = rev
-        e.slot = slot
-    return 0
 
 
 cdef class _KeyState:
@@ -541,20 +459,13 @@ cdef class EventBuffer:
         """
         cdef list seq = changes if type(changes) is list else list(changes)
         cdef Py_ssize_t n = PyList_GET_SIZE(seq)
-        cdef Py_ssize_t i, j, m, start, base, live
+        cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
+        cdef Py_ssize_t i, j
         cdef int64_t rev
-        cdef int64_t* revs
         cdef PyObject* c
-        cdef list src
-        cdef list kept_items = None
-        cdef list grown = None
-        cdef dict index = None
-        cdef bint fused
-        cdef _Table t
         if self._index is None and self._live + n <= self._coalesce_above:
             # Plain appends: validate and append in one pass (each change is touched
             # once), and take the batch back out if an item is invalid.
-            base = PyList_GET_SIZE(self._items)
             self._reserve(base + n)
             for i in range(n):
                 _prefetch_ahead(seq, i, n)
@@ -568,170 +479,34 @@ cdef class EventBuffer:
                 PyList_Append(self._items, c)
             self._live += n
             return
-        # As append() of each: the head that fits before the limit goes in bulk (validated
-        # and appended in one pass, as above); the rest is validated before anything of
-        # the batch counts as held, then pushed (coalescing, keyed mode) or bulk-appended.
-        # Coalescing frees changes, so finalizers may run: the rest is first copied when
-        # ``seq`` is the caller's list. Python objects are allocated before anything is
-        # read (an allocation may run finalizers); nothing below runs Python code until
-        # the first coalescing releases changes.
-        # In plain mode the first push past the limit coalesces: its per-key table is
-        # built while the head is appended (each change is touched once), and the lists
-        # it needs are allocated here.
-        while True:
-            n = PyList_GET_SIZE(seq)
-            base = PyList_GET_SIZE(self._items)
-            live = self._live
-            fused = self._index is None
-            j = min(n, self._coalesce_above - live) if fused else 0
-            src = PyList_New(n - j) if seq is changes and j < n else seq
-            if fused:
-                grown = PyList_New(base + j + 1)  # what is held up to the first push
-                kept_items = PyList_New(base + j + 1)
-                index = {}
-            if (
-                PyList_GET_SIZE(seq) == n
-                and PyList_GET_SIZE(self._items) == base
-                and self._live == live
-                and (self._index is None) == fused
-            ):
-                break
-        m = n - j
-        t.tab = NULL
-        revs = <int64_t*>malloc((m + 1) * sizeof(int64_t))
-        if revs == NULL:
-            raise MemoryError()
-        try:
-            if fused:
-                # Plain mode holds no empty slots: base == live.
-                _table_init(&t, (base + j + 1) // 8)
-                for i in range(base):
-                    c = PyList_GET_ITEM(self._items, i)
-                    _table_add(&t, PyTuple_GET_ITEM(c, 0), self._ents[i].rev, i)
-            self._reserve(base + j + 1)
-            if fused:
-                # The head goes into ``grown`` (no list growth), which replaces the held
-                # list once the whole batch is valid; on an invalid change, nothing of
-                # the batch was held.
-                self._fill_valid(seq, j, grown, base, &t)
+        if seq is changes:
+            seq = list(seq)  # coalescing frees changes: finalizers must not reach ``seq``
+        for i in range(n):
+            _revision_of(PyList_GET_ITEM(seq, i))
+        # As append() of each: what fits before the limit goes in bulk, then one push
+        # coalesces, and so on; in keyed mode, one by one.
+        i = 0
+        while i < n:
+            if self._index is None and self._live < self._coalesce_above:
+                j = min(n, i + (self._coalesce_above - self._live))
+                self._bulk(seq, i, j)
+                i = j
             else:
-                self._append_valid(seq, j)
-            for i in range(j, n):
-                _prefetch_ahead(seq, i, n)
                 c = PyList_GET_ITEM(seq, i)
-                rev = _fast_revision(c)
-                if rev < 0:
-                    if not fused:
-                        PyList_SetSlice(self._items, base, PyList_GET_SIZE(self._items), NULL)
-                    _raise_invalid(c)
-                revs[i - j] = rev
-            self._live += j
-            if src is seq:
-                start = j
-            else:
-                start = 0
-                for i in range(m):
-                    c = PyList_GET_ITEM(seq, j + i)
-                    Py_INCREF(c)
-                    PyList_SET_ITEM(src, i, c)
-            i = 0
-            if fused:
-                # The first push: held, then the coalescing it triggers, table ready.
-                c = PyList_GET_ITEM(src, start)
-                self._ents[base + j].rev = revs[0]
-                self._ents[base + j].slot = base + j
-                Py_INCREF(c)
-                PyList_SET_ITEM(grown, base + j, c)
-                self._live += 1
-                _table_add(&t, PyTuple_GET_ITEM(c, 0), revs[0], base + j)
-                # The held changes move over without touching their reference counts;
-                # the old list holds only NULL slots then. ``grown`` becomes the held
-                # list, and only that reference: coalescing releases it.
-                for i in range(base):
-                    c = PyList_GET_ITEM(self._items, i)
-                    PyList_SET_ITEM(self._items, i, NULL)
-                    PyList_SET_ITEM(grown, i, c)
-                self._items = grown
-                grown = None
-                self._coalesce_with(&t, kept_items, index)
-                i = 1
-            while i < m:
-                if self._index is None and self._live < self._coalesce_above:
-                    j = min(m, i + (self._coalesce_above - self._live))
-                    self._bulk(src, start, revs, i, j)
-                    i = j
-                else:
-                    self._push(<object>PyList_GET_ITEM(src, start + i), revs[i])
-                    i += 1
-        finally:
-            free(revs)
-            free(t.tab)
+                self._push(<object>c, _fast_revision(c))
+                i += 1
 
-    cdef int _fill_valid(
-        self, list seq, Py_ssize_t stop, list grown, Py_ssize_t base, _Table* t
-    ) except -1:
-        """Validate ``seq[:stop]`` into ``grown[base:]`` and the entries (room reserved),
-        noted in ``t``; on an invalid change, raise the twin's error."""
-        cdef Py_ssize_t i
-        cdef int64_t rev
-        cdef PyObject* c
-        cdef PyObject* k
-        for i in range(stop):
-            _prefetch_ahead(seq, i, stop)
-            if i + 4 < stop:
-                # and the table entry of the key a few places ahead, if it looks valid
-                c = PyList_GET_ITEM(seq, i + 4)
-                if PyTuple_Check(c) and PyTuple_GET_SIZE(c) >= 4:
-                    k = PyTuple_GET_ITEM(c, 0)
-                    if PyUnicode_CheckExact(k):
-                        __builtin_prefetch(
-                            &t.tab[<size_t>(<PyASCIIObject*>k).hash & t.mask]
-                        )
-            c = PyList_GET_ITEM(seq, i)
-            rev = _fast_revision(c)
-            if rev < 0:
-                _raise_invalid(c)
-            self._ents[base + i].rev = rev
-            self._ents[base + i].slot = base + i
-            Py_INCREF(c)
-            PyList_SET_ITEM(grown, base + i, c)
-            _table_add(t, PyTuple_GET_ITEM(c, 0), rev, base + i)
-        return 0
-
-    cdef int _append_valid(self, list seq, Py_ssize_t stop) except -1:
-        """Validate and append ``seq[:stop]`` (room reserved first); on an invalid change,
-        take them back out and raise the twin's error. ``_live`` is the caller's."""
-        cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
-        cdef Py_ssize_t i
-        cdef int64_t rev
-        cdef PyObject* c
-        self._reserve(base + stop)
-        for i in range(stop):
-            _prefetch_ahead(seq, i, stop)
-            c = PyList_GET_ITEM(seq, i)
-            rev = _fast_revision(c)
-            if rev < 0:
-                PyList_SetSlice(self._items, base, PyList_GET_SIZE(self._items), NULL)
-                _raise_invalid(c)
-            self._ents[base + i].rev = rev
-            self._ents[base + i].slot = base + i
-            PyList_Append(self._items, c)
-        return 0
-
-    cdef int _bulk(
-        self, list src, Py_ssize_t off, const int64_t* revs, Py_ssize_t start, Py_ssize_t stop
-    ) except -1:
-        """Plain appends of validated ``src[off + start:off + stop]`` (revisions
-        ``revs[start:stop]``), known to fit under the limit."""
+    cdef int _bulk(self, list seq, Py_ssize_t start, Py_ssize_t stop) except -1:
+        """Plain appends of validated ``seq[start:stop]``, known to fit under the limit."""
         cdef Py_ssize_t i
         cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
+        cdef PyObject* c
         self._reserve(base + stop - start)
         for i in range(start, stop):
-            if i + 8 < stop:
-                __builtin_prefetch(PyList_GET_ITEM(src, off + i + 8))
-            self._ents[base].rev = revs[i]
+            c = PyList_GET_ITEM(seq, i)
+            self._ents[base].rev = _fast_revision(c)
             self._ents[base].slot = base
-            PyList_Append(self._items, PyList_GET_ITEM(src, off + i))
+            PyList_Append(self._items, c)
             base += 1
         self._live += stop - start
         return 0
@@ -773,91 +548,58 @@ cdef class EventBuffer:
     cdef int _coalesce(self) except -1:
         """Keep each key's newest change, in arrival order; pick the mode to continue in."""
         cdef list items
-        cdef Py_ssize_t n, i
-        cdef dict index
+        cdef Py_ssize_t n
+        cdef dict best
         cdef list kept_items
+        cdef Py_ssize_t i, pos = 0, kept = 0
         cdef PyObject* c
-        cdef Py_hash_t h
-        cdef _Table t
+        cdef PyObject* p
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef PyObject** keepers
         # Python objects are allocated before the state is read: an allocation may run the
         # garbage collector, hence finalizers that could append to this buffer.
         while True:
             n = PyList_GET_SIZE(self._items)
-            index = {}
+            best = {}
             kept_items = PyList_New(n)
             if PyList_GET_SIZE(self._items) == n:
                 break
         items = self._items
-        # A C table of each key's newest change so far: one probe per held change, no
-        # Python object per key.
-        _table_init(&t, n // 8)
-        try:
-            for i in range(n):
-                # Pipeline the misses: the change 32 ahead, its key 16 ahead, and the
-                # table entry of the key 8 ahead (held changes are valid or None).
-                if i + 32 < n:
-                    __builtin_prefetch(&(<PyTupleObject*>PyList_GET_ITEM(items, i + 32)).ob_item[0])
-                if i + 16 < n:
-                    c = PyList_GET_ITEM(items, i + 16)
-                    if c != <PyObject*>None:
-                        __builtin_prefetch(&(<PyASCIIObject*>PyTuple_GET_ITEM(c, 0)).hash)
-                if i + 8 < n:
-                    c = PyList_GET_ITEM(items, i + 8)
-                    if c != <PyObject*>None:
-                        h = (<PyASCIIObject*>PyTuple_GET_ITEM(c, 0)).hash
-                        __builtin_prefetch(&t.tab[<size_t>h & t.mask])
-                c = PyList_GET_ITEM(items, i)
-                if c == <PyObject*>None:
-                    continue
-                _table_add(&t, PyTuple_GET_ITEM(c, 0), self._ents[i].rev, i)
-            self._coalesce_with(&t, kept_items, index)
-        finally:
-            free(t.tab)
-        return 0
-
-    cdef int _coalesce_with(self, _Table* t, list kept_items, dict index) except -1:
-        """Coalesce with ``t`` holding each key's newest held change; ``kept_items`` is a
-        fresh list as long as the buffer's, ``index`` a fresh dict. Runs no Python code
-        until the replaced changes are released, last."""
-        cdef list items = self._items
-        cdef Py_ssize_t n = PyList_GET_SIZE(items)
-        cdef Py_ssize_t i, j, kept = t.used
-        cdef size_t e
-        cdef PyObject* c
-        cdef char* keep = <char*>calloc(n + 1, 1)  # keep[i]: the change at i stays
-        if keep == NULL:
+        # keepers[i]: the _Slot of the key whose newest change sits at i, else NULL
+        keepers = <PyObject**>calloc(n + 1, sizeof(PyObject*))
+        if keepers == NULL:
             raise MemoryError()
         try:
-            for e in range(t.mask + 1):
-                if t.tab[e].key != NULL:
-                    keep[t.tab[e].slot] = 1
-            if kept * 2 > self._coalesce_above:
-                # Staying keyed: index each kept change at the slot it moves to.
-                j = 0
-                for i in range(n):
-                    if keep[i]:
-                        c = PyList_GET_ITEM(items, i)
-                        PyDict_SetItem(index, PyTuple_GET_ITEM(c, 0), _new_slot(j))
-                        j += 1
+            for i in range(n):
+                c = PyList_GET_ITEM(items, i)
+                if <object>c is None:
+                    continue
+                p = PyDict_GetItemWithError(best, PyTuple_GET_ITEM(c, 0))
+                if p == NULL:
+                    PyDict_SetItem(best, PyTuple_GET_ITEM(c, 0), _new_slot(i))
+                elif self._ents[i].rev > self._ents[(<_Slot>p).slot].rev:
+                    (<_Slot>p).slot = i
+            while PyDict_Next(best, &pos, &k, &v):
+                keepers[(<_Slot>v).slot] = v
             # Kept changes move over without touching their reference counts; the rest
             # are released with ``items`` below.
-            j = 0
             for i in range(n):
-                if keep[i]:
+                if keepers[i] != NULL:
                     c = PyList_GET_ITEM(items, i)
                     PyList_SET_ITEM(items, i, NULL)
-                    PyList_SET_ITEM(kept_items, j, c)
-                    self._ents[j].rev = self._ents[i].rev
-                    self._ents[j].slot = j
-                    j += 1
+                    PyList_SET_ITEM(kept_items, kept, c)
+                    self._ents[kept].rev = self._ents[i].rev
+                    self._ents[kept].slot = kept
+                    (<_Slot>keepers[i]).slot = kept
+                    kept += 1
         finally:
-            free(keep)
-        # Only empty tail slots go; the capacity stays for the appends that follow.
-        Py_SET_SIZE(<PyObject*>kept_items, kept)
+            free(keepers)
+        PyList_SetSlice(kept_items, kept, n, NULL)  # only empty tail slots go
         self._coalesced += <unsigned long long>(self._live - kept)
         self._live = kept
         # Mostly duplicates: back to cheap plain appends until the next overflow.
-        self._index = None if kept * 2 <= self._coalesce_above else index
+        self._index = None if kept * 2 <= self._coalesce_above else best
         self._items = kept_items  # last: may free the replaced changes
         return 0
 
