@@ -59,8 +59,11 @@ USED = {
     "ip_table_add_del": "ip_table_add_del_reply",
     "ip_route_add_del": "ip_route_add_del_reply",
     "ip_route_dump": "ip_route_details",
+    "ip_table_dump": "ip_table_details",
+    "sw_interface_get_table": "sw_interface_get_table_reply",
 }
 DUMPS = {
+    "ip_table_dump",
     "sw_interface_dump",
     "ip_address_dump",
     "sw_interface_tap_v2_dump",

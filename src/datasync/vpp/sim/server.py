@@ -57,10 +57,12 @@ HANDLED = (
     "sw_interface_tag_add_del",
     "sw_interface_set_mac_address",
     "sw_interface_set_table",
+    "sw_interface_get_table",
     "sw_interface_dump",
     "want_interface_events",
     "ip_address_dump",
     "ip_table_add_del",
+    "ip_table_dump",
     "ip_route_add_del",
     "ip_route_dump",
     "tap_create_v3",
@@ -724,6 +726,19 @@ class Simulator:
             bool(msg.is_add), int(t.table_id), bool(t.is_ip6), str(t.name)
         )
         self._reply(reg, "ip_table_add_del", msg.context, rv, out)
+
+    def _h_ip_table_dump(self, reg: _Registration, msg: Any) -> None:
+        for table in list(self.state.tables.values()):
+            fields = {"table_id": table.table_id, "is_ip6": table.is_ip6, "name": table.name}
+            self._details(reg, "ip_table_details", msg.context, {"table": fields})
+
+    def _h_sw_interface_get_table(self, reg: _Registration, msg: Any) -> None:
+        iface = self.state.interfaces.get(int(msg.sw_if_index))
+        if iface is None:
+            self._reply_rv(reg, "sw_interface_get_table", msg.context, st.INVALID_SW_IF_INDEX)
+            return
+        vrf_id = iface.vrf[1 if msg.is_ipv6 else 0]
+        self._reply(reg, "sw_interface_get_table", msg.context, 0, {"vrf_id": vrf_id})
 
     def _h_ip_route_add_del(self, reg: _Registration, msg: Any) -> None:
         route = msg.route
