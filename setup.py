@@ -5,6 +5,7 @@ explicit pure-Python build (the package then runs on its twins). DATASYNC_DEBUG=
 turns on C asserts, Cython bounds checks and line tracing: never in release builds.
 """
 
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -27,8 +28,18 @@ def cython_extensions() -> list[Extension]:
     if DEBUG:
         macros.append(("CYTHON_TRACE_NOGIL", "1"))
     extra = ["-O0", "-g"] if DEBUG else ["-O3"]
+    # The C helpers are headers beside the .pyx files (included from `cdef extern from`):
+    # a change to one rebuilds the extensions.
+    headers = sorted(glob.glob("pyx/*.h"))
     exts = [
-        Extension(name, [src], define_macros=macros, extra_compile_args=extra)
+        Extension(
+            name,
+            [src],
+            include_dirs=["pyx"],
+            depends=headers,
+            define_macros=macros,
+            extra_compile_args=extra,
+        )
         for name, src in CYTHON_EXTENSIONS
     ]
     directives = {

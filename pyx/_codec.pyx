@@ -16,8 +16,8 @@ Where the time goes, and what is done about it (callgrind, CPython 3.11):
 
 - dict input: keys that come in field order are matched by identity while walking the
   dict (field names are interned, as literal keys are), else one lookup per field; on
-  CPython 3.11 the walk reads the dict's entry array (``ds_dict_next``,
-  ``ds_dict_entries``); runs of fields of the usual kinds (small ints, bools, fixed
+  CPython 3.11-3.13 the walk reads the dict's entry array (``ds_dict_next``,
+  ``ds_dict_entries`` in ds_pyver.h), elsewhere it uses ``PyDict_Next``; runs of fields of the usual kinds (small ints, bools, fixed
   strings, bytes, MAC / address / prefix text, int arrays) given as the usual types go
   through one loop with no exception frame and a switch per field (``_enc_fast``,
   ``COp.ek``), which hands anything unusual back to the general path; a message whose
@@ -148,454 +148,9 @@ CONSTANTS = {
     "C_MAC": C_MAC,
 }
 
-cdef extern from *:
-    """
-    #include <structmember.h>
-    /* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM. */
-    static PyObject* ds_record_new(PyObject* type, Py_ssize_t n) {
-        return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
-    }
-    /* An instance without running __init__ (what object.__new__ does). */
-    static PyObject* ds_alloc(PyObject* type) {
-        return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, 0);
-    }
-    /* Byte offset of a __slots__ member, from its member descriptor; -1 if it is not one. */
-    static Py_ssize_t ds_member_offset(PyObject* descr) {
-        if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) return -1;
-        return ((PyMemberDescrObject*)descr)->d_member->offset;
-    }
-    static PyObject* ds_slot_get(PyObject* o, Py_ssize_t off) {  /* borrowed, may be NULL */
-        return *(PyObject**)((char*)o + off);
-    }
-    static void ds_slot_set(PyObject* o, Py_ssize_t off, PyObject* v) {
-        PyObject** p = (PyObject**)((char*)o + off);
-        PyObject* old = *p;
-        Py_INCREF(v);
-        *p = v;
-        Py_XDECREF(old);
-    }
-    /* Big-endian stores and loads of 1, 2, 4 or 8 bytes. */
-    static inline void ds_put_be(char* p, unsigned long long v, Py_ssize_t size) {
-        switch (size) {
-        case 1: p[0] = (char)v; break;
-        case 2: { uint16_t x = __builtin_bswap16((uint16_t)v); memcpy(p, &x, 2); break; }
-        case 4: { uint32_t x = __builtin_bswap32((uint32_t)v); memcpy(p, &x, 4); break; }
-        default: { uint64_t x = __builtin_bswap64((uint64_t)v); memcpy(p, &x, 8); break; }
-        }
-    }
-    static inline unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) {
-        switch (size) {
-        case 1: return p[0];
-        case 2: { uint16_t x; memcpy(&x, p, 2); return __builtin_bswap16(x); }
-        case 4: { uint32_t x; memcpy(&x, p, 4); return __builtin_bswap32(x); }
-        default: { uint64_t x; memcpy(&x, p, 8); return __builtin_bswap64(x); }
-        }
-    }
-    /* The value of an exact int of at most two 30-bit digits (field values, ~0 u32s
-       included), without a call: 1 and *out set, else 0 (then the caller uses the API). */
-    static inline int ds_small_long(PyObject* v, long long* out) {
-    #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
-        Py_ssize_t size = Py_SIZE(v);
-        const digit* d = ((PyLongObject*)v)->ob_digit;
-        switch (size) {
-        case 0: *out = 0; return 1;
-        case 1: *out = (long long)d[0]; return 1;
-        case -1: *out = -(long long)d[0]; return 1;
-        case 2: *out = (long long)d[0] | ((long long)d[1] << 30); return 1;
-        case -2: *out = -((long long)d[0] | ((long long)d[1] << 30)); return 1;
-        default: break;
-        }
-    #endif
-        return 0;
-    }
-    static inline int ds_is_long(PyObject* o) { return PyLong_CheckExact(o); }
-    /* The characters of an ASCII str (ds_ascii true): its UTF-8 form, without a call. */
-    static inline const char* ds_ascii_data(PyObject* o, Py_ssize_t* n) {
-        *n = PyUnicode_GET_LENGTH(o);
-        return (const char*)PyUnicode_DATA(o);
-    }
-    /* Hex digit values (-1: not one), for MAC text. */
-    static signed char ds_hex[256];
-    static void ds_init_hex(void) {
-        int i;
-        for (i = 0; i < 256; i++) ds_hex[i] = -1;
-        for (i = 0; i < 10; i++) ds_hex['0' + i] = (signed char)i;
-        for (i = 0; i < 6; i++) {
-            ds_hex['a' + i] = (signed char)(10 + i);
-            ds_hex['A' + i] = (signed char)(10 + i);
-        }
-    }
-    /* Exact str holding only ASCII: its UTF-8 form is its own data (no encoding, no error). */
-    static inline int ds_ascii(PyObject* o) {
-        return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o);
-    }
-
-    /* An int field's value as a new reference (NULL on error). */
-    static inline PyObject* ds_int_new(int kind, unsigned long long u) {
-        switch (kind) {
-        case 1: return PyLong_FromLong((signed char)u);   /* K_I8 */
-        case 3: return PyLong_FromLong((short)u);         /* K_I16 */
-        case 5: return PyLong_FromLong((int)u);           /* K_I32 */
-        case 7: return PyLong_FromLongLong((long long)u); /* K_I64 */
-        default:
-            if (u < 0x40000000ULL) return PyLong_FromLong((long)u);
-            return PyLong_FromUnsignedLongLong(u);
-        }
-    }
-    /* Text from wire bytes: ASCII (nearly every name and tag) is copied straight into a
-       compact str; anything else goes through the UTF-8 decoder with "replace". */
-    static PyObject* ds_text(const char* p, Py_ssize_t n) {
-        Py_ssize_t i;
-        PyObject* s;
-        for (i = 0; i < n; i++) {
-            if ((unsigned char)p[i] >= 0x80) return PyUnicode_DecodeUTF8(p, n, "replace");
-        }
-        s = PyUnicode_New(n, 127);
-        if (!s) return NULL;
-        memcpy(PyUnicode_DATA(s), p, n);
-        return s;
-    }
-
-    /* encode() as a METH_FASTCALL method: a Cython `def f(..., **kw)` builds a dict on
-       every call even when no keyword is given, which is a sizeable part of encoding a
-       small message. The shim builds one only when keywords are passed. */
-    typedef PyObject* (*ds_encode_fn)(PyObject* self, PyObject* msg_id, PyObject* fields,
-                                      PyObject* kw);
-    static ds_encode_fn ds_encode_impl = NULL;
-    static PyObject* ds_encode_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
-                                    PyObject* kwnames) {
-        PyObject* kw = NULL;
-        PyObject* r;
-        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0, i;
-        if (nargs < 1 || nargs > 2) {
-            PyErr_Format(PyExc_TypeError,
-                         "encode() takes 1 or 2 positional arguments (%zd given)", nargs);
-            return NULL;
-        }
-        if (nkw) {
-            kw = PyDict_New();
-            if (!kw) return NULL;
-            for (i = 0; i < nkw; i++) {
-                if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                    Py_DECREF(kw);
-                    return NULL;
-                }
-            }
-        }
-        r = ds_encode_impl(self, args[0], nargs > 1 ? args[1] : Py_None, kw ? kw : Py_None);
-        Py_XDECREF(kw);
-        return r;
-    }
-    static PyMethodDef ds_encode_def = {
-        "encode", (PyCFunction)(void (*)(void))ds_encode_fast, METH_FASTCALL | METH_KEYWORDS,
-        NULL};
-    static int ds_install_encode(PyObject* type, PyObject* doc) {
-        PyObject* descr;
-        ds_encode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
-        if (!ds_encode_def.ml_doc) return -1;
-        descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_encode_def);
-        if (!descr) return -1;
-        if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "encode", descr) < 0) {
-            Py_DECREF(descr);
-            return -1;
-        }
-        Py_DECREF(descr);
-        PyType_Modified((PyTypeObject*)type);
-        return 0;
-    }
-
-    static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
-        size_t i;
-        /* 3.11's _PyLong_FromByteArray reads an unset digit for 0 (harmless, multiplied
-           by a zero size, but memcheck reports it): take the small-int path instead */
-        for (i = 0; i < n && p[i] == 0; i++) {}
-        if (i == n) return PyLong_FromLong(0);
-        return _PyLong_FromByteArray(p, n, 0, 0);
-    }
-    static int ds_long_to_be(PyObject* v, unsigned char* p, size_t n) {
-    #if PY_VERSION_HEX >= 0x030D0000
-        return _PyLong_AsByteArray((PyLongObject*)v, p, n, 0, 0, 1);
-    #else
-        return _PyLong_AsByteArray((PyLongObject*)v, p, n, 0, 0);
-    #endif
-    }
-    /* A bytes-subclass instance (MacAddress) holding p[0:n], as bytes.__new__ builds it. */
-    static PyObject* ds_bytes_sub(PyObject* type, const char* p, Py_ssize_t n) {
-    #if PY_VERSION_HEX < 0x030D0000
-        PyBytesObject* o = (PyBytesObject*)((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
-        if (!o) return NULL;
-        /* the cached hash must read "not computed" (bytes_subtype_new does the same) */
-    #if defined(__GNUC__)
-    #pragma GCC diagnostic push
-    #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-    #endif
-        o->ob_shash = -1;
-    #if defined(__GNUC__)
-    #pragma GCC diagnostic pop
-    #endif
-        memcpy(o->ob_sval, p, n);
-        o->ob_sval[n] = 0;
-        return (PyObject*)o;
-    #else
-        PyObject* b = PyBytes_FromStringAndSize(p, n);
-        PyObject* r;
-        if (!b) return NULL;
-        r = PyObject_CallMethod((PyObject*)&PyBytes_Type, "__new__", "OO", type, b);
-        Py_DECREF(b);
-        return r;
-    #endif
-    }
-
-    /* Decoding of "simple" fields (fixed-size ints, bools, f64, bytes, MACs, strings):
-       no conversion that can fail, so a run of them needs one bounds check and no
-       exception handling. Op numbers as in _codec.pxd (K_U8 = 0 ... K_STR = 11, C_MAC). */
-    static PyObject* ds_small_ints[256];  /* 0..255, the interpreter's cached ints */
-    static int ds_init_small_ints(void) {
-        int i;
-        for (i = 0; i < 256; i++) {
-            ds_small_ints[i] = PyLong_FromLong(i);
-            if (!ds_small_ints[i]) return -1;
-        }
-        return 0;
-    }
-    static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
-        long long v;
-        switch (kind) {
-        case 1: v = (signed char)u; break;
-        case 3: v = (short)u; break;
-        case 5: v = (int)u; break;
-        case 7: v = (long long)u; break;
-        default:
-            if (u < 256) { Py_INCREF(ds_small_ints[u]); return ds_small_ints[u]; }
-            return ds_int_new(kind, u);
-        }
-        if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
-        return PyLong_FromLongLong(v);
-    }
-    static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type);
-    static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
-                                          const unsigned char* p, PyObject* mac_type) {
-        double d;
-        const unsigned char* nul;
-        if (kind <= 7) return ds_int_obj(kind, ds_get_be(p, size));
-        switch (kind) {
-        case 9: { PyObject* b = p[0] ? Py_True : Py_False; Py_INCREF(b); return b; }
-        case 8: memcpy(&d, p, 8); return PyFloat_FromDouble(d);
-        case 10:
-            if (conv == 10) return ds_mac_obj(p, mac_type);
-            return PyBytes_FromStringAndSize((const char*)p, size);
-        default:  /* 11: fixed string, up to its first NUL */
-            nul = (const unsigned char*)memchr(p, 0, size);
-            return ds_text((const char*)p, nul ? nul - p : size);
-        }
-    }
-
-    /* PyDict_Next without its generality: on CPython 3.11, a combined dict with str keys
-       (every literal dict) keeps its entries as an array of (key, value) pairs after the
-       index table. The layout below is 3.11's (Include/internal/pycore_dict.h); it is
-       re-read on every call (encoding may run Python code that mutates the dict) and
-       checked against PyDict_Next at import (ds_dict_check), else PyDict_Next is used. */
-    typedef struct { PyObject* me_key; PyObject* me_value; } ds_ukentry;
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    typedef struct {
-        Py_ssize_t dk_refcnt;
-        uint8_t dk_log2_size;
-        uint8_t dk_log2_index_bytes;
-        uint8_t dk_kind;
-        uint32_t dk_version;
-        Py_ssize_t dk_usable;
-        Py_ssize_t dk_nentries;
-        char dk_indices[];
-    } ds_dictkeys;
-    static int ds_dict_fast = 0;
-    #endif
-    /* The entry array of such a dict and its length (deleted entries have a NULL value),
-       or NULL when the dict is not one (or not on 3.11): then _enc_fast uses PyDict_Next. */
-    static inline ds_ukentry* ds_dict_entries(PyObject* d, Py_ssize_t* n) {
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-        PyDictObject* mp = (PyDictObject*)d;
-        if (ds_dict_fast && mp->ma_values == NULL) {
-            ds_dictkeys* dk = (ds_dictkeys*)mp->ma_keys;
-            if (dk->dk_kind == 1) {  /* DICT_KEYS_UNICODE */
-                *n = dk->dk_nentries;
-                return (ds_ukentry*)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
-            }
-        }
-    #endif
-        *n = 0;
-        return NULL;
-    }
-    static inline int ds_dict_next(PyObject* d, Py_ssize_t* pos, PyObject** k, PyObject** v) {
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-        PyDictObject* mp = (PyDictObject*)d;
-        if (ds_dict_fast && mp->ma_values == NULL) {
-            ds_dictkeys* dk = (ds_dictkeys*)mp->ma_keys;
-            if (dk->dk_kind == 1) {  /* DICT_KEYS_UNICODE */
-                ds_ukentry* e = (ds_ukentry*)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
-                Py_ssize_t i = *pos, n = dk->dk_nentries;
-                if (i < 0) return 0;
-                while (i < n && e[i].me_value == NULL) i++;
-                if (i >= n) return 0;
-                *pos = i + 1;
-                *k = e[i].me_key;
-                *v = e[i].me_value;
-                return 1;
-            }
-        }
-    #endif
-        return PyDict_Next(d, pos, k, v);
-    }
-    /* Turns the fast walk on if it sees what PyDict_Next sees on a sample dict. */
-    static void ds_dict_check(PyObject* d) {
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-        Py_ssize_t p1 = 0, p2 = 0;
-        PyObject *k1, *v1, *k2, *v2;
-        int r1, r2;
-        ds_dict_fast = 1;
-        for (;;) {
-            r1 = ds_dict_next(d, &p1, &k1, &v1);
-            r2 = PyDict_Next(d, &p2, &k2, &v2);
-            if (r1 != r2 || (r1 && (k1 != k2 || v1 != v2 || p1 != p2))) { ds_dict_fast = 0; return; }
-            if (!r1) return;
-        }
-    #endif
-    }
-
-    /* Decoded prefixes by wire bytes: a direct-mapped table per conversion (no key object,
-       no dict lookup). A slot holds a strong reference until another prefix replaces it. */
-    #define DS_PCACHE_SLOTS 512
-    typedef struct { PyObject* obj; int conv; unsigned char len; unsigned char key[18]; } ds_pslot;
-    static ds_pslot ds_pcache[DS_PCACHE_SLOTS];
-    static inline size_t ds_pcache_index(int conv, const unsigned char* p, Py_ssize_t n) {
-        size_t h = 2166136261u ^ (size_t)conv;
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
-        return (h ^ (h >> 15)) & (DS_PCACHE_SLOTS - 1);
-    }
-    /* Borrowed hit, or NULL. */
-    static inline PyObject* ds_pcache_get(int conv, const unsigned char* p, Py_ssize_t n) {
-        ds_pslot* s = &ds_pcache[ds_pcache_index(conv, p, n)];
-        if (s->obj && s->conv == conv && s->len == n && memcmp(s->key, p, n) == 0) return s->obj;
-        return NULL;
-    }
-    static inline void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, PyObject* o) {
-        ds_pslot* s;
-        PyObject* old;
-        if (n > 18) return;
-        s = &ds_pcache[ds_pcache_index(conv, p, n)];
-        old = s->obj;
-        Py_INCREF(o);
-        s->obj = o;
-        s->conv = conv;
-        s->len = (unsigned char)n;
-        memcpy(s->key, p, n);
-        Py_XDECREF(old);
-    }
-    /* A MacAddress (an immutable bytes subclass) from 6 wire bytes, from the same table:
-       an interface's MAC, and the all-zero one, come back in every dump. New reference. */
-    static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type) {
-        PyObject* o = ds_pcache_get(10, p, 6);  /* C_MAC */
-        if (o) { Py_INCREF(o); return o; }
-        o = ds_bytes_sub(mac_type, (const char*)p, 6);
-        if (o) ds_pcache_put(10, p, 6, o);
-        return o;
-    }
-
-    /* Item j of an exact list or tuple (borrowed; the caller checked the type and size). */
-    /* 1 for True, 0 for False, -1 for anything else. */
-    static inline int ds_bool_value(PyObject* o) {
-        return o == Py_True ? 1 : (o == Py_False ? 0 : -1);
-    }
-    static inline PyObject* ds_seq_item(PyObject* seq, Py_ssize_t j) {
-        return PyList_CheckExact(seq) ? PyList_GET_ITEM(seq, j) : PyTuple_GET_ITEM(seq, j);
-    }
-    /* Entry p of a dict through PyDict_Next (when ds_dict_entries gives no array): its key
-       and value, or NULLs when it is not there (a deleted entry, the end, another order). */
-    static ds_ukentry ds_entry_slow(PyObject* d, Py_ssize_t p) {
-        ds_ukentry r = {NULL, NULL};
-        Py_ssize_t q = p;
-        PyObject *k, *v;
-        if (PyDict_Next(d, &q, &k, &v) && q == p + 1) {
-            r.me_key = k;
-            r.me_value = v;
-        }
-        return r;
-    }
-    /* The value of an exact int of at most two 30-bit digits within [lo, hi]: 1 and *out
-       set, else 0. The usual 0 and one-digit values first. */
-    static inline int ds_int_in(PyObject* v, long long lo, long long hi, long long* out) {
-        long long x;
-    #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
-        Py_ssize_t size;
-        const digit* d;
-        if (Py_TYPE(v) != &PyLong_Type) return 0;
-        size = Py_SIZE(v);
-        d = ((PyLongObject*)v)->ob_digit;
-        if (size == 1) x = (long long)d[0];
-        else if (size == 0) x = 0;
-        else if (size == -1) x = -(long long)d[0];
-        else if (size == 2) x = (long long)d[0] | ((long long)d[1] << 30);
-        else if (size == -2) x = -((long long)d[0] | ((long long)d[1] << 30));
-        else return 0;
-        if (x < lo || x > hi) return 0;
-        *out = x;
-        return 1;
-    #else
-        (void)v; (void)lo; (void)hi; (void)out; (void)x;
-        return 0;
-    #endif
-    }
-    /* MAC text "aa:bb:cc:dd:ee:ff" (either case) into out[0:6]: 1, else 0 (out[0:6] then
-       holds anything). Errors are collected and checked once (a bad digit is -1). */
-    static inline int ds_parse_mac(const char* s, Py_ssize_t n, char* out) {
-        int i, hi, lo, bad;
-        if (n != 17) return 0;
-        bad = (s[2] ^ ':') | (s[5] ^ ':') | (s[8] ^ ':') | (s[11] ^ ':') | (s[14] ^ ':');
-        for (i = 0; i < 6; i++) {
-            hi = ds_hex[(unsigned char)s[3 * i]];
-            lo = ds_hex[(unsigned char)s[3 * i + 1]];
-            bad |= (hi | lo) & 0x100;
-            out[i] = (char)(hi * 16 + lo);
-        }
-        return bad == 0;
-    }
-    /* The item array and size of an exact list or tuple (borrowed), else NULL. */
-    static inline PyObject** ds_seq_items(PyObject* seq, Py_ssize_t* n) {
-        if (PyList_CheckExact(seq)) {
-            *n = PyList_GET_SIZE(seq);
-            return ((PyListObject*)seq)->ob_item;
-        }
-        if (PyTuple_CheckExact(seq)) {
-            *n = PyTuple_GET_SIZE(seq);
-            return ((PyTupleObject*)seq)->ob_item;
-        }
-        return NULL;
-    }
-    /* Dotted-quad IPv4 text as glibc's inet_pton(AF_INET) reads it (four decimal octets,
-       no leading zeros): 1 and out[0:4] set, or 0. */
-    static inline int ds_parse_v4(const char* s, Py_ssize_t n, unsigned char* out) {
-        Py_ssize_t i;
-        int octets = 0, val = 0, digits = 0;
-        for (i = 0; i < n; i++) {
-            char c = s[i];
-            if (c >= '0' && c <= '9') {
-                if (digits && val == 0) return 0;  /* leading zero */
-                val = val * 10 + (c - '0');
-                if (val > 255) return 0;
-                digits++;
-            } else if (c == '.' && digits && octets < 3) {
-                out[octets++] = (unsigned char)val;
-                val = 0;
-                digits = 0;
-            } else {
-                return 0;
-            }
-        }
-        if (!digits || octets != 3) return 0;
-        out[3] = (unsigned char)val;
-        return 1;
-    }
-    """
+# The C lives in headers beside this file: ds_codec.h, and ds_pyver.h for what depends
+# on one CPython version's internals (chosen at build time, checked at import below).
+cdef extern from "ds_codec.h":
     int ds_init_small_ints() except -1
     PyObject* ds_seq_item(object seq, Py_ssize_t j) noexcept
     int ds_bool_value(PyObject* o) noexcept
@@ -612,7 +167,8 @@ cdef extern from *:
     int ds_int_in(PyObject* v, long long lo, long long hi, long long* out) noexcept
     int ds_parse_mac(const char* s, Py_ssize_t n, char* out) noexcept
     PyObject** ds_seq_items(PyObject* seq, Py_ssize_t* n) noexcept
-    void ds_dict_check(object d) noexcept
+    void ds_pyver_check(object sample_dict, object sample_ints) noexcept
+    object ds_pyver_set_fast(int on, object sample_dict, object sample_ints)
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new(object type, Py_ssize_t n)
     object ds_alloc(object type)
@@ -659,11 +215,23 @@ if _OFF_IP4 < 0 or _OFF_IP6 < 0 or _OFF_SCOPE6 < 0:
 # All-zero wire bytes: records of small structs decoded from them are shared (below).
 ds_init_small_ints()
 ds_init_hex()
-_sample = {"a": 1, "b": 2, "c": 3, "d": 4}
-del _sample["b"]  # a deleted entry too
-_sample["e"] = 5
-ds_dict_check(_sample)
-del _sample
+# The import check of ds_pyver.h's fast paths: a dict with a deleted entry, and ints around
+# the digit boundaries of every layout (30-bit digits, compact values, long long).
+cdef object _SAMPLE_DICT = {"a": 1, "b": 2, "c": 3, "d": 4}
+del _SAMPLE_DICT["b"]
+_SAMPLE_DICT["e"] = 5
+cdef list _SAMPLE_INTS = [
+    0, 1, -1, 255, 2**30 - 1, 2**30, -(2**30), 2**32 - 1, -(2**31), 2**60 - 1, 2**60, -(2**60),
+    2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**100, -(2**100),
+]
+ds_pyver_check(_SAMPLE_DICT, _SAMPLE_INTS)
+
+
+def _fast_paths(on=None):
+    """Which of ds_pyver.h's interpreter-specific fast paths are on, as ``{"ints": 0|1,
+    "dicts": 0|1}``. For tests: ``on=False`` forces the portable paths (public C API
+    only), ``on=True`` runs the import check again."""
+    return ds_pyver_set_fast(-1 if on is None else (1 if on else 0), _SAMPLE_DICT, _SAMPLE_INTS)
 cdef object _MAC_TYPE = MacAddress  # a C global: a module-dict lookup per field costs
 cdef unsigned char _ZEROS[256]
 memset(_ZEROS, 0, sizeof(_ZEROS))

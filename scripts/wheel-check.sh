@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 "$top/.venv/bin/python" -m build --sdist --outdir "$work/dist" "$top" >/dev/null
 sdist=$(ls "$work"/dist/datasync-*.tar.gz)
 tar -tzf "$sdist" > "$work/sdist.txt"
-for must in pyx/_buffer.pyx pyx/_buffer.pxd pyx/_codec.pyx csrc/shmring.c csrc/build_shmring.py; do
+for must in pyx/_buffer.pyx pyx/_buffer.pxd pyx/_codec.pyx pyx/_codec.pxd pyx/ds_codec.h pyx/ds_pyver.h csrc/shmring.c csrc/build_shmring.py; do
   grep -q "/$must\$" "$work/sdist.txt" || { echo "wheel-check: sdist lacks $must" >&2; exit 1; }
 done
 if grep -qE '^[^/]+/pyx/.*\.c$' "$work/sdist.txt"; then

@@ -8,6 +8,7 @@ import os
 import string
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -585,6 +586,90 @@ def test_compiled_equals_twin_on_corrupt_bytes(data: Any, name: str) -> None:
             return ("error", str(exc))
 
     assert outcome(comp) == outcome(twin)
+
+
+# --- the interpreter-specific fast paths and the portable ones (pyx/ds_pyver.h) -------------
+
+_needs_compiled = pytest.mark.skipif("compiled" not in IMPLS, reason="compiled codec not built")
+
+
+@_needs_compiled
+def test_fast_paths_are_on_where_a_layout_is_known() -> None:
+    """On CPython 3.11-3.13 the dict walk and the int reads of that version are compiled in
+    and pass the import check; a layout that silently failed it would only be slower."""
+    paths = IMPLS["compiled"]._fast_paths()
+    known = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
+    free_threaded = not getattr(sys, "_is_gil_enabled", lambda: True)()
+    if known and not free_threaded:
+        assert paths == {"ints": 1, "dicts": 1}
+
+
+@pytest.fixture
+def portable() -> Iterator[ModuleType]:
+    """The compiled codec on its portable paths (public C API only), as a CPython without a
+    known layout runs it; the import check's choice is restored afterwards."""
+    c = IMPLS["compiled"]
+    assert c._fast_paths(False) == {"ints": 0, "dicts": 0}
+    try:
+        yield c
+    finally:
+        c._fast_paths(True)
+
+
+@_needs_compiled
+def test_portable_paths_encode_and_decode_samples_as_the_twin(
+    portable: ModuleType, defs: ApiDefinitions
+) -> None:
+    for name, values in SAMPLES.items():
+        twin = codec_for(defs, name, _codec_py)
+        comp = codec_for(defs, name, portable)
+        data = twin.encode(5, values)
+        assert comp.encode(5, values) == data, name
+        assert comp.decode(data) == twin.decode(data), name
+
+
+# values around every int layout's boundaries: 30-bit digits, compact values, each width
+_BITS = (7, 8, 15, 16, 30, 31, 32, 60, 63, 64)
+_BOUNDARY_INTS = sorted({s * v for s in (1, -1) for b in _BITS for v in (2**b - 1, 2**b)})
+_BOUNDARY_INTS += [0, 2**70]
+
+
+@_needs_compiled
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "portable"])
+def test_ints_at_layout_boundaries_equal_twin(fast: bool, defs: ApiDefinitions) -> None:
+    """Every field of every sample set to ints around the digit boundaries: the compiled
+    codec on its fast and its portable paths writes or rejects exactly what the twin does."""
+    c = IMPLS["compiled"]
+    c._fast_paths(fast)
+    try:
+        for name, sample in SAMPLES.items():
+            twin = codec_for(defs, name, _codec_py)
+            comp = codec_for(defs, name, c)
+            for key in twin.field_names:
+                for v in _BOUNDARY_INTS:
+                    values = {**sample, key: v}
+                    assert _outcome(comp, 5, values) == _outcome(twin, 5, values), (name, key, v)
+    finally:
+        c._fast_paths(True)
+
+
+@_needs_compiled
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), name=st.sampled_from(sorted(SAMPLES)))
+def test_portable_paths_equal_twin_on_any_input(data: Any, name: str) -> None:
+    c = IMPLS["compiled"]
+    c._fast_paths(False)
+    try:
+        d = builtin_definitions()
+        twin = codec_for(d, name, IMPLS["twin"])
+        comp = codec_for(d, name, c)
+        base = dict(SAMPLES[name])
+        for _ in range(data.draw(st.integers(1, 3))):
+            key = data.draw(st.sampled_from([*twin.field_names, "bogus"]))
+            base[key] = data.draw(_ANY)
+        assert _outcome(comp, 5, base) == _outcome(twin, 5, base)
+    finally:
+        c._fast_paths(True)
 
 
 @settings(max_examples=300, deadline=None)

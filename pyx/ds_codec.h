@@ -1,0 +1,297 @@
+/* C helpers of the compiled codec (pyx/_codec.pyx, datasync._codec_c): object
+ * construction without __init__, big-endian loads and stores, ASCII text in place, the
+ * METH_FASTCALL encode() shim, the decoded-prefix cache and text parsers. What depends
+ * on one CPython version's internals is in ds_pyver.h. Names are declared for Cython in
+ * the `cdef extern from "ds_codec.h"` block of _codec.pyx.
+ */
+#ifndef DS_CODEC_H
+#define DS_CODEC_H
+
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ds_pyver.h"
+
+/* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM. */
+static PyObject* ds_record_new(PyObject* type, Py_ssize_t n) {
+    return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
+}
+/* An instance without running __init__ (what object.__new__ does). */
+static PyObject* ds_alloc(PyObject* type) {
+    return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, 0);
+}
+/* Byte offset of a __slots__ member, from its member descriptor; -1 if it is not one. */
+static Py_ssize_t ds_member_offset(PyObject* descr) {
+    if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) return -1;
+    return ((PyMemberDescrObject*)descr)->d_member->offset;
+}
+static PyObject* ds_slot_get(PyObject* o, Py_ssize_t off) {  /* borrowed, may be NULL */
+    return *(PyObject**)((char*)o + off);
+}
+static void ds_slot_set(PyObject* o, Py_ssize_t off, PyObject* v) {
+    PyObject** p = (PyObject**)((char*)o + off);
+    PyObject* old = *p;
+    Py_INCREF(v);
+    *p = v;
+    Py_XDECREF(old);
+}
+/* Big-endian stores and loads of 1, 2, 4 or 8 bytes. */
+static inline void ds_put_be(char* p, unsigned long long v, Py_ssize_t size) {
+    switch (size) {
+    case 1: p[0] = (char)v; break;
+    case 2: { uint16_t x = __builtin_bswap16((uint16_t)v); memcpy(p, &x, 2); break; }
+    case 4: { uint32_t x = __builtin_bswap32((uint32_t)v); memcpy(p, &x, 4); break; }
+    default: { uint64_t x = __builtin_bswap64((uint64_t)v); memcpy(p, &x, 8); break; }
+    }
+}
+static inline unsigned long long ds_get_be(const unsigned char* p, Py_ssize_t size) {
+    switch (size) {
+    case 1: return p[0];
+    case 2: { uint16_t x; memcpy(&x, p, 2); return __builtin_bswap16(x); }
+    case 4: { uint32_t x; memcpy(&x, p, 4); return __builtin_bswap32(x); }
+    default: { uint64_t x; memcpy(&x, p, 8); return __builtin_bswap64(x); }
+    }
+}
+static inline int ds_is_long(PyObject* o) { return PyLong_CheckExact(o); }
+/* The characters of an ASCII str (ds_ascii true): its UTF-8 form, without a call. */
+static inline const char* ds_ascii_data(PyObject* o, Py_ssize_t* n) {
+    *n = PyUnicode_GET_LENGTH(o);
+    return (const char*)PyUnicode_DATA(o);
+}
+/* Hex digit values (-1: not one), for MAC text. */
+static signed char ds_hex[256];
+static void ds_init_hex(void) {
+    int i;
+    for (i = 0; i < 256; i++) ds_hex[i] = -1;
+    for (i = 0; i < 10; i++) ds_hex['0' + i] = (signed char)i;
+    for (i = 0; i < 6; i++) {
+        ds_hex['a' + i] = (signed char)(10 + i);
+        ds_hex['A' + i] = (signed char)(10 + i);
+    }
+}
+/* Exact str holding only ASCII: its UTF-8 form is its own data (no encoding, no error). */
+static inline int ds_ascii(PyObject* o) {
+    return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o);
+}
+
+/* An int field's value as a new reference (NULL on error). */
+static inline PyObject* ds_int_new(int kind, unsigned long long u) {
+    switch (kind) {
+    case 1: return PyLong_FromLong((signed char)u);   /* K_I8 */
+    case 3: return PyLong_FromLong((short)u);         /* K_I16 */
+    case 5: return PyLong_FromLong((int)u);           /* K_I32 */
+    case 7: return PyLong_FromLongLong((long long)u); /* K_I64 */
+    default:
+        if (u < 0x40000000ULL) return PyLong_FromLong((long)u);
+        return PyLong_FromUnsignedLongLong(u);
+    }
+}
+/* Text from wire bytes: ASCII (nearly every name and tag) is copied straight into a
+   compact str; anything else goes through the UTF-8 decoder with "replace". */
+static PyObject* ds_text(const char* p, Py_ssize_t n) {
+    Py_ssize_t i;
+    PyObject* s;
+    for (i = 0; i < n; i++) {
+        if ((unsigned char)p[i] >= 0x80) return PyUnicode_DecodeUTF8(p, n, "replace");
+    }
+    s = PyUnicode_New(n, 127);
+    if (!s) return NULL;
+    memcpy(PyUnicode_DATA(s), p, n);
+    return s;
+}
+
+/* encode() as a METH_FASTCALL method: a Cython `def f(..., **kw)` builds a dict on
+   every call even when no keyword is given, which is a sizeable part of encoding a
+   small message. The shim builds one only when keywords are passed. */
+typedef PyObject* (*ds_encode_fn)(PyObject* self, PyObject* msg_id, PyObject* fields,
+                                  PyObject* kw);
+static ds_encode_fn ds_encode_impl = NULL;
+static PyObject* ds_encode_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                                PyObject* kwnames) {
+    PyObject* kw = NULL;
+    PyObject* r;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0, i;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "encode() takes 1 or 2 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (nkw) {
+        kw = PyDict_New();
+        if (!kw) return NULL;
+        for (i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                Py_DECREF(kw);
+                return NULL;
+            }
+        }
+    }
+    r = ds_encode_impl(self, args[0], nargs > 1 ? args[1] : Py_None, kw ? kw : Py_None);
+    Py_XDECREF(kw);
+    return r;
+}
+static PyMethodDef ds_encode_def = {
+    "encode", (PyCFunction)(void (*)(void))ds_encode_fast, METH_FASTCALL | METH_KEYWORDS,
+    NULL};
+static int ds_install_encode(PyObject* type, PyObject* doc) {
+    PyObject* descr;
+    ds_encode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
+    if (!ds_encode_def.ml_doc) return -1;
+    descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_encode_def);
+    if (!descr) return -1;
+    if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "encode", descr) < 0) {
+        Py_DECREF(descr);
+        return -1;
+    }
+    Py_DECREF(descr);
+    PyType_Modified((PyTypeObject*)type);
+    return 0;
+}
+
+
+/* Decoding of "simple" fields (fixed-size ints, bools, f64, bytes, MACs, strings):
+   no conversion that can fail, so a run of them needs one bounds check and no
+   exception handling. Op numbers as in _codec.pxd (K_U8 = 0 ... K_STR = 11, C_MAC). */
+static PyObject* ds_small_ints[256];  /* 0..255, the interpreter's cached ints */
+static int ds_init_small_ints(void) {
+    int i;
+    for (i = 0; i < 256; i++) {
+        ds_small_ints[i] = PyLong_FromLong(i);
+        if (!ds_small_ints[i]) return -1;
+    }
+    return 0;
+}
+static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
+    long long v;
+    switch (kind) {
+    case 1: v = (signed char)u; break;
+    case 3: v = (short)u; break;
+    case 5: v = (int)u; break;
+    case 7: v = (long long)u; break;
+    default:
+        if (u < 256) { Py_INCREF(ds_small_ints[u]); return ds_small_ints[u]; }
+        return ds_int_new(kind, u);
+    }
+    if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
+    return PyLong_FromLongLong(v);
+}
+static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type);
+static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
+                                      const unsigned char* p, PyObject* mac_type) {
+    double d;
+    const unsigned char* nul;
+    if (kind <= 7) return ds_int_obj(kind, ds_get_be(p, size));
+    switch (kind) {
+    case 9: { PyObject* b = p[0] ? Py_True : Py_False; Py_INCREF(b); return b; }
+    case 8: memcpy(&d, p, 8); return PyFloat_FromDouble(d);
+    case 10:
+        if (conv == 10) return ds_mac_obj(p, mac_type);
+        return PyBytes_FromStringAndSize((const char*)p, size);
+    default:  /* 11: fixed string, up to its first NUL */
+        nul = (const unsigned char*)memchr(p, 0, size);
+        return ds_text((const char*)p, nul ? nul - p : size);
+    }
+}
+
+/* Decoded prefixes by wire bytes: a direct-mapped table per conversion (no key object,
+   no dict lookup). A slot holds a strong reference until another prefix replaces it. */
+#define DS_PCACHE_SLOTS 512
+typedef struct { PyObject* obj; int conv; unsigned char len; unsigned char key[18]; } ds_pslot;
+static ds_pslot ds_pcache[DS_PCACHE_SLOTS];
+static inline size_t ds_pcache_index(int conv, const unsigned char* p, Py_ssize_t n) {
+    size_t h = 2166136261u ^ (size_t)conv;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+    return (h ^ (h >> 15)) & (DS_PCACHE_SLOTS - 1);
+}
+/* Borrowed hit, or NULL. */
+static inline PyObject* ds_pcache_get(int conv, const unsigned char* p, Py_ssize_t n) {
+    ds_pslot* s = &ds_pcache[ds_pcache_index(conv, p, n)];
+    if (s->obj && s->conv == conv && s->len == n && memcmp(s->key, p, n) == 0) return s->obj;
+    return NULL;
+}
+static inline void ds_pcache_put(int conv, const unsigned char* p, Py_ssize_t n, PyObject* o) {
+    ds_pslot* s;
+    PyObject* old;
+    if (n > 18) return;
+    s = &ds_pcache[ds_pcache_index(conv, p, n)];
+    old = s->obj;
+    Py_INCREF(o);
+    s->obj = o;
+    s->conv = conv;
+    s->len = (unsigned char)n;
+    memcpy(s->key, p, n);
+    Py_XDECREF(old);
+}
+/* A MacAddress (an immutable bytes subclass) from 6 wire bytes, from the same table:
+   an interface's MAC, and the all-zero one, come back in every dump. New reference. */
+static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type) {
+    PyObject* o = ds_pcache_get(10, p, 6);  /* C_MAC */
+    if (o) { Py_INCREF(o); return o; }
+    o = ds_bytes_sub(mac_type, (const char*)p, 6);
+    if (o) ds_pcache_put(10, p, 6, o);
+    return o;
+}
+
+/* 1 for True, 0 for False, -1 for anything else. */
+static inline int ds_bool_value(PyObject* o) {
+    return o == Py_True ? 1 : (o == Py_False ? 0 : -1);
+}
+/* Item j of an exact list or tuple (borrowed; the caller checked the type and size). */
+static inline PyObject* ds_seq_item(PyObject* seq, Py_ssize_t j) {
+    return PyList_CheckExact(seq) ? PyList_GET_ITEM(seq, j) : PyTuple_GET_ITEM(seq, j);
+}
+/* MAC text "aa:bb:cc:dd:ee:ff" (either case) into out[0:6]: 1, else 0 (out[0:6] then
+   holds anything). Errors are collected and checked once (a bad digit is -1). */
+static inline int ds_parse_mac(const char* s, Py_ssize_t n, char* out) {
+    int i, hi, lo, bad;
+    if (n != 17) return 0;
+    bad = (s[2] ^ ':') | (s[5] ^ ':') | (s[8] ^ ':') | (s[11] ^ ':') | (s[14] ^ ':');
+    for (i = 0; i < 6; i++) {
+        hi = ds_hex[(unsigned char)s[3 * i]];
+        lo = ds_hex[(unsigned char)s[3 * i + 1]];
+        bad |= (hi | lo) & 0x100;
+        out[i] = (char)(hi * 16 + lo);
+    }
+    return bad == 0;
+}
+/* The item array and size of an exact list or tuple (borrowed), else NULL. */
+static inline PyObject** ds_seq_items(PyObject* seq, Py_ssize_t* n) {
+    if (PyList_CheckExact(seq)) {
+        *n = PyList_GET_SIZE(seq);
+        return ((PyListObject*)seq)->ob_item;
+    }
+    if (PyTuple_CheckExact(seq)) {
+        *n = PyTuple_GET_SIZE(seq);
+        return ((PyTupleObject*)seq)->ob_item;
+    }
+    return NULL;
+}
+/* Dotted-quad IPv4 text as glibc's inet_pton(AF_INET) reads it (four decimal octets,
+   no leading zeros): 1 and out[0:4] set, or 0. */
+static inline int ds_parse_v4(const char* s, Py_ssize_t n, unsigned char* out) {
+    Py_ssize_t i;
+    int octets = 0, val = 0, digits = 0;
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        if (c >= '0' && c <= '9') {
+            if (digits && val == 0) return 0;  /* leading zero */
+            val = val * 10 + (c - '0');
+            if (val > 255) return 0;
+            digits++;
+        } else if (c == '.' && digits && octets < 3) {
+            out[octets++] = (unsigned char)val;
+            val = 0;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    if (!digits || octets != 3) return 0;
+    out[3] = (unsigned char)val;
+    return 1;
+}
+
+#endif /* DS_CODEC_H */
