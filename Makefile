@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test deps install build lint typecheck pytest pytest-twins bench bench-quick wheel-check clean
+.PHONY: run test deps install build lint typecheck pytest pytest-twins bench bench-quick wheel-check clean \
+	test-pythons test-py312 test-py313 bench-codec-pythons
 
 # System packages the tests need (etcd from Debian). Root only; skipped when present.
 deps:
@@ -48,6 +49,18 @@ CORE_TESTS := tests/test_resync.py tests/test_local_store.py tests/test_idx.py \
 
 test: deps build lint typecheck pytest pytest-twins
 
+# The other supported CPythons (3.11 is .venv): a venv each from pyenv's interpreter
+# (scripts/pyvenv.sh fails when one is missing), the extensions rebuilt in place for it,
+# then the core, codec, buffer and VPP suites.
+PY_TESTS = $(CORE_TESTS) tests/vpp
+test-pythons: test-py312 test-py313
+test-py312 test-py313: test-py%:
+	@py=$$(bash scripts/pyvenv.sh $$(echo $* | sed 's/^3/3./') | tail -1) && \
+	  $$py setup.py -q build_ext --inplace && \
+	  $$py -c 'import sys, datasync.buffer, datasync.vpp.codec as c; print(sys.version.split()[0], datasync.implementation())' && \
+	  $$py -m pytest $(PYTEST_ARGS) $(PY_TESTS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest: no tests ran" >&2; fi; exit $$rc
+
 run: build
 	$(BIN)/datasync demo
 
@@ -57,6 +70,14 @@ bench: build
 # CI: each benchmark body runs once so benches keep working; no timings.
 bench-quick: build
 	$(BIN)/python -m pytest benches --benchmark-disable -q
+
+# The codec benchmark on every supported Python, each against vpp-papi on that Python.
+bench-codec-pythons: build
+	$(BIN)/python -m pytest benches/bench_codec.py --benchmark-only $(BENCH_CODEC_ARGS)
+	for v in 3.12 3.13; do py=$$(bash scripts/pyvenv.sh $$v | tail -1) && \
+	  $$py setup.py -q build_ext --inplace && \
+	  $$py -m pytest benches/bench_codec.py --benchmark-only $(BENCH_CODEC_ARGS) || exit 1; done
+BENCH_CODEC_ARGS ?= --benchmark-columns=min,median,mean,rounds -q -p no:cacheprovider
 
 wheel-check: install
 	bash scripts/wheel-check.sh

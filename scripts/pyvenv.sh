@@ -4,10 +4,13 @@
 # there); a missing one is an error, never a skip. The venv gets the build tools at the
 # pinned ranges, the test extra's packages and the package itself (editable, so
 # `setup.py build_ext --inplace` with the venv's python rebuilds it next to 3.11's).
-# Usage: scripts/pyvenv.sh 3.12   (prints the venv's python on its last line)
+# Usage: scripts/pyvenv.sh 3.12          (prints the venv's python on its last line)
+#        scripts/pyvenv.sh --find 3.12   (prints pyenv's interpreter only, no venv)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-ver=${1:?usage: pyvenv.sh 3.12}
+find_only=0
+if [ "${1:-}" = "--find" ]; then find_only=1; shift; fi
+ver=${1:?usage: pyvenv.sh [--find] 3.12}
 venv="$top/.venv${ver/./}"
 
 find_python() {
@@ -21,6 +24,8 @@ find_python() {
   [ -n "$best" ] || { echo "pyvenv: no CPython $ver under $root/versions (pyenv install $ver)" >&2; exit 1; }
   echo "$best"
 }
+
+if [ "$find_only" = 1 ]; then find_python; exit 0; fi
 
 stamp="$venv/.installed"
 if [ ! -x "$venv/bin/python" ] || [ "$top/pyproject.toml" -nt "$stamp" ] || [ "$top/setup.py" -nt "$stamp" ]; then
