@@ -1,9 +1,12 @@
 """VppClient fault handling found in review: close() ends waiters, reconnect never stops,
-the health probe tolerates the client's own backlog, an oversized shm message fails alone."""
+the health probe tells a VPP busy with our backlog from a hung one, call_many fails with
+the connection's loss, an oversized shm message fails alone."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +18,8 @@ from datasync.vpp.client import (
     VppMessageTooLargeError,
     VppTimeoutError,
 )
-from datasync.vpp.defs import load_api_dir
+from datasync.vpp.codec import codec_for
+from datasync.vpp.defs import builtin_definitions, load_api_dir
 from datasync.vpp.shm import ShmClosedError, ShmSegment
 from datasync.vpp.sim import Simulator
 from datasync.vpp.transport import ShmPipe
@@ -126,6 +130,190 @@ async def test_probe_restarts_a_missing_reconnect_loop(sim: Simulator, make_clie
 
 # -- the health probe: any frame is proof of life --------------------------------------
 
+DEFS = builtin_definitions()
+
+
+class InOrderVpp:
+    """A VPP that handles each connection strictly in order, one request at a time, and
+    answers as it goes: ``cost(n)`` is how long the n-th request takes (a slow operation
+    such as a tap creation), ``hang()`` (or ``hang_at``, a count of requests) stops it
+    answering anything (SIGSTOP), and ``drop_at`` closes the connection after that many
+    requests."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.ids: dict[str, int] = {"sockclnt_create": 15, "sockclnt_create_reply": 16}
+        for name in sorted(DEFS.messages):
+            self.ids.setdefault(name, 100 + len(self.ids))
+        self.names = {i: n for n, i in self.ids.items()}
+        self.cost: Callable[[int], float] = lambda n: 0.0
+        self.running = asyncio.Event()
+        self.running.set()
+        self.drop_at: int | None = None
+        self.hang_at: int | None = None
+        self.handled = 0  # requests answered, over all connections
+        self.pings = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def hang(self) -> None:
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
+
+    async def __aenter__(self) -> InOrderVpp:
+        self.server = await asyncio.start_unix_server(self._conn, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server
+        self.server.close()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    def _encode(self, name: str, fields: dict[str, Any]) -> bytes:
+        body = codec_for(DEFS, name).encode(self.ids[name], fields)
+        return struct.pack(">QII", 0, len(body), 0) + body
+
+    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        worker = asyncio.ensure_future(self._work(queue, w))
+        self.tasks.add(worker)
+        try:
+            while True:
+                hdr = await r.readexactly(16)
+                queue.put_nowait(await r.readexactly(struct.unpack(">I", hdr[8:12])[0]))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            worker.cancel()
+            w.close()
+
+    async def _work(self, queue: asyncio.Queue[bytes], w: asyncio.StreamWriter) -> None:
+        while True:
+            body = await queue.get()
+            name = self.names[(body[0] << 8) | body[1]]
+            if name == "sockclnt_create":
+                table = [{"index": i, "name": DEFS.name_crc(n)} for n, i in self.ids.items()]
+                w.write(
+                    self._encode(
+                        "sockclnt_create_reply",
+                        {
+                            "context": 124,
+                            "response": 0,
+                            "index": 1,
+                            "count": len(table),
+                            "message_table": table,
+                        },
+                    )
+                )
+                continue
+            if self.hang_at is not None and self.handled >= self.hang_at:
+                self.hang_at = None
+                self.hang()
+            await self.running.wait()
+            cost = self.cost(self.handled)
+            if cost:
+                await asyncio.sleep(cost)  # VPP at work on this one request
+            await self.running.wait()
+            if self.drop_at is not None and self.handled >= self.drop_at:
+                w.transport.abort()
+                return
+            self.handled += 1
+            ctx = int.from_bytes(body[6:10], "big")
+            if name == "control_ping":
+                self.pings += 1
+                w.write(self._encode("control_ping_reply", {"context": ctx, "vpe_pid": 77}))
+            else:
+                reply = DEFS.reply_of(name)
+                assert reply is not None and not DEFS.is_dump(name)
+                w.write(self._encode(reply, {"context": ctx, "retval": 0}))
+
+
+def _addresses(n: int) -> list[dict[str, Any]]:
+    return [
+        {"sw_if_index": 1, "is_add": True, "prefix": f"10.{i >> 8}.{i & 255}.1/32"}
+        for i in range(n)
+    ]
+
+
+async def test_probe_lets_a_slow_in_order_burst_finish(sock_path: str) -> None:
+    faults = Faults()
+    async with InOrderVpp(sock_path) as vpp:
+        c = VppClient(
+            sock_path, on_fault=faults, probe_interval=0.01, probe_timeout=0.03, probe_failures=1
+        )
+        await c.connect()
+        try:
+            # 2000 address adds with the default window (1024): every 200th one is a slow
+            # operation (0.15 s, five probe_timeouts of silence with our requests queued
+            # ahead of the probe's ping); the rest are answered as VPP goes
+            vpp.cost = lambda n: 0.15 if n % 200 == 199 else 0.0
+            pings = vpp.pings
+            replies = await c.call_many("sw_interface_add_del_address", _addresses(2000))
+            assert len(replies) == 2000 and all(r.retval == 0 for r in replies)
+            assert faults.kinds() == [] and c.stats["disconnects"] == 0
+            assert c.stats["max_in_flight_seen"] == c.max_in_flight
+            assert vpp.pings > pings  # the probe ran all along, queued behind the burst
+        finally:
+            await c.close()
+
+
+async def test_probe_finds_a_vpp_that_hangs_in_a_burst(sock_path: str) -> None:
+    faults = Faults()
+    async with InOrderVpp(sock_path) as vpp:
+        c = VppClient(
+            sock_path,
+            on_fault=faults,
+            probe_interval=0.02,
+            probe_timeout=0.05,
+            busy_timeout=0.5,
+            backoff_initial=0.01,
+            backoff_max=0.05,
+        )
+        await c.connect()
+        try:
+            vpp.hang_at = 600  # VPP hangs (SIGSTOP) in the middle of the burst
+            burst = asyncio.ensure_future(
+                c.call_many("sw_interface_add_del_address", _addresses(2000), timeout=60)
+            )
+            with pytest.raises(VppConnectionError, match="health probe failed") as err:
+                await asyncio.wait_for(burst, 30)
+            assert "requests outstanding" in str(err.value)
+            kind, detail = faults.seen[0]
+            assert kind == "unresponsive" and detail["outstanding"] > 0
+            assert detail["silent_for"] >= 0.5 and detail["timeout"] == 0.5
+            assert faults.kinds()[1] == "disconnected"
+            vpp.resume()  # VPP is back: the client reconnects
+            await eventually(lambda: "reconnected" in faults.kinds())
+            assert (await c.call("control_ping")).vpe_pid == 77
+        finally:
+            await c.close()
+
+
+async def test_call_many_losing_vpp_raises_the_loss(sock_path: str) -> None:
+    async with InOrderVpp(sock_path) as vpp:
+        c = VppClient(sock_path, probe_interval=None, reconnect=False)
+        await c.connect()
+        try:
+            vpp.drop_at = vpp.handled + 300  # VPP goes away in the middle of the window
+            single = asyncio.ensure_future(c.call("control_ping"))
+            with pytest.raises(VppConnectionError) as err:
+                await c.call_many("sw_interface_add_del_address", _addresses(2000))
+            with pytest.raises(VppConnectionError) as other:
+                await single
+            # the error every other call got, not "not connected" from a later request
+            assert "connection lost" in str(err.value)
+            assert str(err.value) == str(other.value)
+            assert c._pending == {} and c._in_flight == 0 and not c._window_waiters
+            with pytest.raises(VppConnectionError, match="not connected"):
+                await c.call_many("control_ping", [None] * 3)
+        finally:
+            await c.close()
+
 
 async def test_probe_queued_behind_own_work_is_not_a_failure(
     sim: Simulator, make_client: Any
@@ -145,15 +333,35 @@ async def test_probe_queued_behind_own_work_is_not_a_failure(
 
 async def test_probe_abort_is_reported_as_a_probe_failure(sim: Simulator, make_client: Any) -> None:
     faults = Faults()
-    c = await make_client(on_fault=faults, probe_interval=0.05, probe_timeout=0.05, reconnect=False)
+    c = await make_client(
+        on_fault=faults, probe_interval=0.05, probe_timeout=0.05, busy_timeout=0.3, reconnect=False
+    )
     sim.set_latency(10.0)  # VPP hangs: nothing comes back at all
-    call = asyncio.ensure_future(c.call("show_version"))
+    call = asyncio.ensure_future(c.call("show_version", timeout=30))
     with pytest.raises(VppConnectionError, match="health probe failed"):
-        await asyncio.wait_for(call, 5)
+        await asyncio.wait_for(call, 10)
     assert faults.kinds() == ["unresponsive", "disconnected"]
-    assert faults.seen[0][1]["misses"] == 2  # the default: two misses in a row
+    # our call was ahead of the ping: VPP got busy_timeout, not two probe_timeouts
+    assert faults.seen[0][1]["outstanding"] >= 1
     assert "health probe failed" in faults.seen[1][1]["error"]
     sim.clear_faults()
+
+
+async def test_idle_hang_is_two_silent_probes(sock_path: str) -> None:
+    faults = Faults()
+    async with InOrderVpp(sock_path) as vpp:
+        c = VppClient(
+            sock_path, on_fault=faults, probe_interval=0.02, probe_timeout=0.05, reconnect=False
+        )
+        await c.connect()
+        try:
+            vpp.hang()  # nothing of ours outstanding but the probe's own ping
+            await eventually(lambda: "disconnected" in faults.kinds())
+            assert faults.kinds() == ["unresponsive", "disconnected"]
+            assert faults.seen[0][1]["misses"] == 2  # the default: two misses in a row
+        finally:
+            vpp.resume()
+            await c.close()
 
 
 # -- shm: one message larger than the ring fails alone ---------------------------------

@@ -8,7 +8,11 @@ same context; the ping's reply ends the dump (VPP processes one socket strictly 
 order). Context-less messages (``sw_interface_event``) go to subscribers.
 
 A ``control_ping`` every ``probe_interval`` is the health probe; its ``vpe_pid`` tells a
-VPP restart from a mere reconnect. A lost connection fails the calls in flight with
+VPP restart from a mere reconnect. VPP answers one connection in order, so a ping queued
+behind the client's own requests is answered after them: any frame arriving is proof of
+life, an idle VPP that leaves ``probe_failures`` pings in a row unanswered for
+``probe_timeout`` is hung, and a VPP busy with our outstanding requests is hung only once
+it sent nothing at all for ``busy_timeout``. A lost connection fails the calls in flight with
 :class:`VppConnectionError`, is reported through ``on_fault(kind, detail)`` and is
 followed by a reconnect loop with capped, jittered backoff that only ``close()`` stops.
 """
@@ -80,6 +84,15 @@ class VppMessageError(DatasyncError):
         self.name = name
         self.reason = reason
         super().__init__(f"VPP message {name!r}: {reason}")
+
+
+class _Stalled(Exception):
+    """The probe's verdict: VPP sent nothing for busy_timeout with our requests outstanding."""
+
+    def __init__(self, silent_for: float, outstanding: int) -> None:
+        self.silent_for = silent_for
+        self.outstanding = outstanding
+        super().__init__(f"silent for {silent_for:.3f} s, {outstanding} outstanding")
 
 
 class _Call:
@@ -160,6 +173,7 @@ class VppClient:
         probe_interval: float | None = 1.0,
         probe_timeout: float = 0.25,
         probe_failures: int = 2,
+        busy_timeout: float | None = None,
         reconnect: bool = True,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
@@ -182,6 +196,13 @@ class VppClient:
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
         self.probe_failures = max(1, probe_failures)
+        #: how long VPP may send nothing while our requests are outstanding before the
+        #: probe calls it hung (default: the call timeout, when those calls fail anyway)
+        self.busy_timeout = (
+            busy_timeout
+            if busy_timeout is not None
+            else max(timeout, probe_timeout * self.probe_failures)
+        )
         self.reconnect = reconnect
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -233,6 +254,12 @@ class VppClient:
         self._reconnect_again = False
         #: batches of frames received (any frame is proof of life for the health probe)
         self._rx_batches = 0
+        #: loop time of the last frame, and since when requests are outstanding
+        self._last_rx = 0.0
+        self._busy_since = 0.0
+        #: connection losses so far, and the error the last one failed its calls with
+        self._losses = 0
+        self._loss: BaseException | None = None
         #: why we aborted the connection ourselves (reported instead of the transport's error)
         self._abort_reason: VppConnectionError | None = None
         #: the largest request body the connection carries (the shm ring's limit; None: any)
@@ -462,6 +489,7 @@ class VppClient:
 
     def frames_received(self, bodies: list[bytes]) -> None:
         self._rx_batches += 1
+        self._last_rx = self._loop.time()
         conn = self._conn
         if conn is None:
             self._handshake_frames(bodies)
@@ -557,7 +585,15 @@ class VppClient:
                 call.future.set_exception(exc)
         self._in_flight = 0
         self._timed_out.clear()
-        self._wake_window()
+        self._losses += 1
+        self._loss = exc
+        # a request waiting for a window slot was meant for this connection: it fails
+        # with the loss like the ones in flight (a slot would only meet "not connected")
+        waiters, self._window_waiters = self._window_waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+                waiter.exception()  # retrieved here: its task may be cancelled meanwhile
 
     # -- requests ------------------------------------------------------------------
 
@@ -667,6 +703,19 @@ class VppClient:
         assert isinstance(result, list)
         return result
 
+    def _submit_since(
+        self, name: str, fields: Mapping[str, Any] | None, losses: int
+    ) -> tuple[int, _Call]:
+        """``_submit``, but a connection lost since ``losses`` raises that loss's error."""
+        try:
+            return self._submit(name, fields)
+        except VppConnectionError:
+            loss = self._loss
+            if self._conn is None and self._losses != losses and loss is not None:
+                # lost while this caller waited: the error its requests in flight got
+                raise loss from None
+            raise
+
     def _submit(self, name: str, fields: Mapping[str, Any] | None) -> tuple[int, _Call]:
         """Encode and queue one request; the caller holds a window slot (released on error)."""
         ctx = self._next_context()
@@ -682,7 +731,10 @@ class VppClient:
         conn = self._conn
         assert conn is not None
         call = _Call(name, self._loop.create_future(), is_dump)
-        self._pending[ctx] = call
+        pending = self._pending
+        if not pending:
+            self._busy_since = self._loop.time()
+        pending[ctx] = call
         stats = self.stats
         stats["requests"] += 1
         if self._in_flight > stats["max_in_flight_seen"]:
@@ -726,8 +778,9 @@ class VppClient:
     ) -> Any:
         if self._closed and not closing_ok:
             raise ClosedError("VppClient is closed")
+        losses = self._losses
         await self._take_slot()
-        ctx, call = self._submit(name, fields)
+        ctx, call = self._submit_since(name, fields, losses)
         # The deadline expires the call's future (a VppTimeoutError) rather than cancelling
         # the task: no cancel/uncancel race, and no per-call timer for the common timeout.
         limit = self.timeout if timeout is None else timeout
@@ -801,18 +854,23 @@ class VppClient:
             raise ClosedError("VppClient is closed")
         limit = self.timeout if timeout is None else timeout
         submitted: list[tuple[int, _Call]] = []
-        refused: Exception | None = None
+        refused: BaseException | None = None
+        losses = self._losses
         try:
             async with asyncio.timeout(limit) as scope:
                 for fields in requests:
                     if self._in_flight >= self.max_in_flight or self._window_waiters:
                         self._flush_out()
-                        await self._take_slot()
+                        try:
+                            await self._take_slot()
+                        except (VppConnectionError, ClosedError) as exc:
+                            refused = exc  # lost while waiting: the error the sent ones got
+                            break
                         scope.reschedule(self._loop.time() + limit)  # progress: a fresh deadline
                     else:
                         self._in_flight += 1
                     try:
-                        submitted.append(self._submit(name, fields))
+                        submitted.append(self._submit_since(name, fields, losses))
                     except Exception as exc:
                         # e.g. a field that does not encode, a body too large for the ring:
                         # send nothing more, let the requests already sent settle, then raise
@@ -960,11 +1018,9 @@ class VppClient:
             self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def _probe_loop(self) -> None:
-        # The ping queues behind the client's own work (a big dump, a full window), so a
-        # slow ping alone proves nothing: VPP counts as unresponsive only when no frame at
-        # all arrived within probe_timeout, probe_failures times in a row.
         assert self.probe_interval
         failures = 0
+        rx_at_miss = -1
         while not self._closed:
             await asyncio.sleep(self.probe_interval)
             if not self.connected:
@@ -974,21 +1030,34 @@ class VppClient:
                     log.warning("VPP disconnected with no reconnect in progress: starting one")
                     self._start_reconnect()
                 continue
-            rx = self._rx_batches
+            if self._rx_batches != rx_at_miss:
+                failures = 0  # frames arrived since the last miss: VPP is alive
+            transport = self._transport
             try:
-                # the bound covers the wait for a window slot too
-                async with asyncio.timeout(self.probe_timeout):
-                    reply = await self._request(
-                        "control_ping",
-                        None,
-                        timeout=max(self.timeout, self.probe_timeout),
-                        check=True,
+                reply = await self._probe_once()
+            except _Stalled as stall:
+                failures = 0
+                if transport is not None and transport is self._transport:
+                    self._fault(
+                        "unresponsive",
+                        {
+                            "timeout": self.busy_timeout,
+                            "silent_for": round(stall.silent_for, 3),
+                            "outstanding": stall.outstanding,
+                        },
                     )
-            except TimeoutError:
-                if self._rx_batches != rx:
-                    failures = 0  # frames arrived meanwhile: VPP is alive, just busy
-                    continue
+                    self._abort_reason = VppConnectionError(
+                        f"health probe failed: no message from VPP for {stall.silent_for:.2f} s "
+                        f"with {stall.outstanding} requests outstanding (busy_timeout "
+                        f"{self.busy_timeout:g} s); connection aborted"
+                    )
+                    transport.abort()
+                continue
+            except DatasyncError:
+                continue
+            if reply is None:
                 failures += 1
+                rx_at_miss = self._rx_batches
                 transport = self._transport
                 if failures >= self.probe_failures and transport is not None:
                     self._fault("unresponsive", {"timeout": self.probe_timeout, "misses": failures})
@@ -1000,8 +1069,6 @@ class VppClient:
                     failures = 0
                     transport.abort()
                 continue
-            except DatasyncError:
-                continue
             failures = 0
             pid = int(reply.vpe_pid)
             if self.vpe_pid is not None and pid != self.vpe_pid:
@@ -1009,6 +1076,60 @@ class VppClient:
                 self._fault("vpp_restarted", {"old_vpe_pid": old, "vpe_pid": pid})
             else:
                 self.vpe_pid = pid
+
+    def _check_stall(self) -> None:
+        """Raise :class:`_Stalled` when VPP, busy with our requests, went silent too long."""
+        silent_for = self._loop.time() - max(self._last_rx, self._busy_since)
+        if silent_for >= self.busy_timeout:
+            raise _Stalled(silent_for, len(self._pending))
+
+    async def _probe_once(self) -> Any:
+        """One health probe: the control_ping reply, or None for a silent miss.
+
+        VPP answers in order, so while our own requests are ahead of the ping (or fill
+        the window it waits for) a late ping only means VPP is busy: the probe keeps
+        waiting as long as frames arrive, and raises :class:`_Stalled` once nothing at all
+        arrived for ``busy_timeout``. With nothing of ours ahead, ``probe_timeout`` of
+        silence is a miss.
+        """
+        slice_ = self.probe_timeout
+        if self._in_flight < self.max_in_flight and not self._window_waiters:
+            self._in_flight += 1
+        else:
+            # one waiter for the whole wait keeps the ping's place in the FIFO
+            waiter = self._loop.create_future()
+            self._window_waiters.append(waiter)
+            try:
+                while True:
+                    rx = self._rx_batches
+                    done, _ = await asyncio.wait((waiter,), timeout=slice_)
+                    if done:
+                        waiter.result()  # the loss, if the connection went meanwhile
+                        break
+                    if self._rx_batches == rx:
+                        self._check_stall()  # the window is full of our work: busy
+            except BaseException:
+                if not waiter.done():
+                    waiter.cancel()
+                elif not waiter.cancelled() and waiter.exception() is None:
+                    self._release_slot()  # we were handed a slot: pass it on
+                raise
+        ctx, call = self._submit("control_ping", None)
+        fut = call.future
+        try:
+            while True:
+                rx = self._rx_batches
+                done, _ = await asyncio.wait((fut,), timeout=slice_)
+                if done:
+                    return fut.result()
+                if self._rx_batches != rx:
+                    continue  # progress: VPP is alive, the ping is still queued
+                if next(iter(self._pending), ctx) == ctx:
+                    return None  # nothing of ours ahead of the ping and no word: a miss
+                self._check_stall()
+        finally:
+            if self._pending.get(ctx) is call:
+                self._abandon(ctx)
 
     def _start_reconnect(self) -> None:
         if not self.reconnect or self._closed:
