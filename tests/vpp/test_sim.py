@@ -19,6 +19,7 @@ import pytest
 from datasync.vpp.client import VppClient
 from datasync.vpp.codec import codec_for
 from datasync.vpp.defs import builtin_definitions
+from datasync.vpp.retvals import RETVAL_NAMES
 from datasync.vpp.sim import Simulator
 from datasync.vpp.sim.admin import AdminServer
 
@@ -26,6 +27,8 @@ from .helpers import eventually
 
 U32_MAX = 0xFFFFFFFF
 DEFS = builtin_definitions()
+RV = {name: value for value, name in RETVAL_NAMES.items()}
+UNSUPPORTED = RV["UNSUPPORTED"]
 
 
 async def rv(client: VppClient, name: str, **kw: Any) -> int:
@@ -258,7 +261,8 @@ async def test_flags_mtu_tag_mac(client: VppClient) -> None:
     assert d.flags == 3  # a loopback's link follows admin up
     assert await rv(client, "sw_interface_set_flags", sw_if_index=99, flags=1) == -2
     assert await rv(client, "sw_interface_set_mtu", sw_if_index=loop, mtu=[1500, 0, 1400, 0]) == 0
-    assert await rv(client, "hw_interface_set_mtu", sw_if_index=loop, mtu=8000) == 0
+    # the real VPP: a loopback cannot change its hardware MTU (it stays 9000)
+    assert await rv(client, "hw_interface_set_mtu", sw_if_index=loop, mtu=8000) == UNSUPPORTED
     assert await rv(client, "hw_interface_set_mtu", sw_if_index=99, mtu=8000) == -2
     assert (
         await rv(client, "sw_interface_tag_add_del", is_add=True, sw_if_index=loop, tag="t1") == 0
@@ -268,8 +272,8 @@ async def test_flags_mtu_tag_mac(client: VppClient) -> None:
     assert await rv(client, "sw_interface_set_mac_address", sw_if_index=loop, mac_address=mac) == 0
     d = (await client.dump("sw_interface_dump", sw_if_index=loop))[0]
     assert (d.link_mtu, list(d.mtu), d.tag, str(d.l2_address)) == (
-        8000,
-        [8000, 0, 1400, 0],
+        9000,
+        [1500, 0, 1400, 0],
         "t1",
         mac,
     )
@@ -366,19 +370,32 @@ async def test_memif(client: VppClient) -> None:
     r2 = await client.call(sock, is_add=True, socket_filename="/tmp/m2.sock")
     assert r1.socket_id not in (0, U32_MAX) and r2.socket_id != r1.socket_id + 1
     assert await rv(client, sock, is_add=True, socket_id=0, socket_filename="/tmp/x") == -73
-    m = await client.call("memif_create_v2", socket_id=r1.socket_id, id=3, role=1)
-    assert await rv(client, "memif_create_v2", socket_id=r1.socket_id, id=3) == -116
+    m = await client.call(
+        "memif_create_v2", socket_id=r1.socket_id, id=3, role=1, ring_size=2048, buffer_size=4096
+    )
+    # a duplicate id, as the real VPP answers it (not ENTRY_ALREADY_EXISTS)
+    dup = await rv(client, "memif_create_v2", socket_id=r1.socket_id, id=3)
+    assert dup == RV["SUBIF_ALREADY_EXISTS"]
+    # the same id on another socket is another memif
+    other = await client.call("memif_create_v2", socket_id=r2.socket_id, id=3)
     assert await rv(client, "memif_create_v2", socket_id=12345, id=3) == -73
     got = await names(client)
     assert got[f"memif{r1.socket_id}/3"] == m.sw_if_index
-    dumped = await client.dump("memif_dump")
-    assert [(d.id, d.socket_id, d.role, d.if_name) for d in dumped] == [
-        (3, r1.socket_id, 1, f"memif{r1.socket_id}/3")
-    ]
-    assert await rv(client, sock, is_add=False, socket_id=r1.socket_id) == -155  # in use
+    dumped = {d.sw_if_index: d for d in await client.dump("memif_dump")}
+    d = dumped[m.sw_if_index]
+    assert (d.id, d.socket_id, d.role, d.if_name) == (3, r1.socket_id, 1, f"memif{r1.socket_id}/3")
+    # never connected: no rings yet, whatever was asked for (the real VPP's values)
+    assert (d.ring_size, d.buffer_size, d.zero_copy) == (1, 0, False)
+    # deleting a socket filename a memif still uses, as the real VPP answers it
+    in_use = await rv(client, sock, is_add=False, socket_id=r1.socket_id)
+    assert in_use == RV["UNEXPECTED_INTF_STATE"]
     assert await rv(client, "memif_delete", sw_if_index=0) == -2
     assert await rv(client, "memif_delete", sw_if_index=m.sw_if_index) == 0
-    assert await client.dump("memif_dump") == []
+    assert [d.sw_if_index for d in await client.dump("memif_dump")] == [other.sw_if_index]
+    assert await rv(client, sock, is_add=False, socket_id=r1.socket_id) == 0
+    # an id is free again once its memif is gone
+    assert await rv(client, "memif_delete", sw_if_index=other.sw_if_index) == 0
+    assert await rv(client, "memif_create_v2", socket_id=r2.socket_id, id=3) == 0
 
 
 # -- events ----------------------------------------------------------------------------

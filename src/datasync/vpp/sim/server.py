@@ -38,6 +38,13 @@ _HDR = struct.Struct(">QII")
 _REQ_HEAD = struct.Struct(">HII")  # _vl_msg_id, client_index, context
 _HDR_LEN = 16
 _SHM_DEFAULT = 4 << 20  # bytes per ring: room for get_api_json of a full API dir
+# How much of a pipelined burst is handled before its replies are written and the loop
+# runs again: a slice ends after this many messages or this much time, whichever first.
+_SLICE_MESSAGES = 256
+_SLICE_SECONDS = 0.005
+# backlog (messages) above which the socket is not read, and below which it is again
+_BACKLOG_HIGH = 8192
+_BACKLOG_LOW = 2048
 
 #: messages the simulator handles (requests); their replies/details/events follow.
 HANDLED = (
@@ -109,6 +116,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.shm: ShmPipe | None = None  # once shared memory is set up
         self.shm_segment: Any = None
+        self.paused = False  # reading paused while the backlog is long
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -149,28 +157,73 @@ class _Connection(asyncio.Protocol):
     def bodies_received(self, bodies: list[bytes]) -> None:
         sim = self.sim
         if self.backlog or sim._latency_active():
-            self.backlog.extend(bodies)
-            if self.worker is None:
-                self.worker = asyncio.get_running_loop().create_task(self._drain())
+            self._queue(bodies)
             return
-        for body in bodies:
-            sim._process(self, body)
+        # Answer as we go, as VPP does: a window of pipelined requests is handled in
+        # bounded slices, with the replies of each slice written (and the loop free to
+        # run) before the next, so the client hears from us while a long burst runs.
+        done = self._run_slice(bodies, 0)
+        if done < len(bodies):
+            self._queue(bodies[done:])
+
+    def _run_slice(self, bodies: Sequence[bytes], start: int) -> int:
+        """Process bodies from ``start`` until a slice's count or time is up; flush the
+        replies; return the index of the first body not processed."""
+        sim = self.sim
+        end = min(len(bodies), start + _SLICE_MESSAGES)
+        deadline = time.perf_counter() + _SLICE_SECONDS
+        i = start
+        while i < end and not self.closing:
+            sim._process(self, bodies[i])
+            i += 1
+            if time.perf_counter() > deadline:
+                break
         sim._flush()
+        return i if not self.closing else len(bodies)
+
+    def _queue(self, bodies: Sequence[bytes]) -> None:
+        self.backlog.extend(bodies)
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._drain())
+        if (
+            not self.paused
+            and len(self.backlog) > _BACKLOG_HIGH
+            and self.shm is None
+            and self.transport is not None
+        ):
+            # backpressure: stop reading until the backlog is worked off
+            self.paused = True
+            self.transport.pause_reading()
 
     async def _drain(self) -> None:
-        # slow path used while latency faults are set: one message at a time, in order
+        # the backlog in order: in slices, or one message at a time while latency is set
         try:
-            while self.backlog and not self.closing:
-                body = self.backlog.popleft()
-                delay = self.sim._latency_for(body)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self.closing:
-                    return
-                self.sim._process(self, body)
-                self.sim._flush()
+            backlog = self.backlog
+            sim = self.sim
+            while backlog and not self.closing:
+                if sim._latency_active():
+                    body = backlog.popleft()
+                    delay = sim._latency_for(body)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if self.closing:
+                        return
+                    sim._process(self, body)
+                    sim._flush()
+                else:
+                    chunk = [backlog.popleft() for _ in range(min(len(backlog), _SLICE_MESSAGES))]
+                    done = self._run_slice(chunk, 0)
+                    if done < len(chunk):
+                        backlog.extendleft(reversed(chunk[done:]))
+                    await asyncio.sleep(0)
+                if self.paused and len(backlog) < _BACKLOG_LOW and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
         finally:
             self.worker = None
+            if self.paused and not self.closing and self.transport is not None:
+                self.paused = False
+                self.transport.resume_reading()
 
     def _shm_closed(self, exc: BaseException) -> None:
         # the ring closed or broke: drop the client as VPP drops a dead socket
@@ -427,7 +480,8 @@ class Simulator:
             ):
                 # complete message, impossible prefix length: VPP's handler answers it
                 stats["requests"] += 1
-                self._reply_rv(reg, name, int.from_bytes(body[6:10], "big"), -171)
+                context = int.from_bytes(body[6:10], "big")
+                self._reply_rv(reg, name, context, st.INVALID_PREFIX_LENGTH)
                 return
             stats["dropped_malformed"] += 1
             return
@@ -752,7 +806,8 @@ class Simulator:
     def _h_ip_route_dump(self, reg: _Registration, msg: Any) -> None:
         t = msg.table
         table_id = int(t.table_id)
-        for prefix, paths, stats_index in self.state.route_entries(table_id, bool(t.is_ip6)):
+        is_ip6 = bool(t.is_ip6)
+        for (net, length), paths, stats_index in self.state.route_entries(table_id, is_ip6):
             self._details(
                 reg,
                 "ip_route_details",
@@ -761,9 +816,9 @@ class Simulator:
                     "route": {
                         "table_id": table_id,
                         "stats_index": stats_index,
-                        "prefix": st.prefix_struct(prefix.network_address, prefix.prefixlen),
+                        "prefix": st.prefix_struct_int(net, length, is_ip6),
                         "n_paths": len(paths),
-                        "paths": [p.to_wire() for p in paths],
+                        "paths": [p.wire for p in paths],
                     }
                 },
             )
@@ -780,9 +835,9 @@ class Simulator:
 
     def _h_sw_interface_tap_v2_dump(self, reg: _Registration, msg: Any) -> None:
         wanted = int(msg.sw_if_index)
-        for idx in sorted(self.state.interfaces):
-            iface = self.state.interfaces[idx]
-            if iface.kind != "tap" or wanted not in (U32_MAX, idx):
+        for iface in self.state.of_kind("tap"):
+            idx = iface.sw_if_index
+            if wanted not in (U32_MAX, idx):
                 continue
             x = iface.extra
             p4 = x.get("host_ip4_prefix")
@@ -823,25 +878,24 @@ class Simulator:
         self._reply(reg, "memif_delete", msg.context, rv, out)
 
     def _h_memif_dump(self, reg: _Registration, msg: Any) -> None:
-        for idx in sorted(self.state.interfaces):
-            iface = self.state.interfaces[idx]
-            if iface.kind != "memif":
-                continue
+        for iface in self.state.of_kind("memif"):
             x = iface.extra
             self._details(
                 reg,
                 "memif_details",
                 msg.context,
                 {
-                    "sw_if_index": idx,
+                    "sw_if_index": iface.sw_if_index,
                     "hw_addr": iface.mac,
                     "id": x["id"],
                     "role": x["role"],
                     "mode": x["mode"],
-                    "zero_copy": x["zero_copy"],
+                    # a memif that never connected has no rings yet: the real VPP shows
+                    # ring_size 1 (1 << log2 0), buffer_size 0 and no zero copy
+                    "zero_copy": False,
                     "socket_id": x["socket_id"],
-                    "ring_size": x["ring_size"],
-                    "buffer_size": x["buffer_size"],
+                    "ring_size": 1,
+                    "buffer_size": 0,
                     "flags": 1 if iface.admin_up else 0,
                     "if_name": iface.name,
                 },
@@ -872,7 +926,8 @@ class Simulator:
         for i in ids:
             bd = bds[i]
             members = [
-                {"context": 0, "sw_if_index": sw, "shg": shg} for sw, shg in bd.members.items()
+                {"context": 0, "sw_if_index": sw, "shg": shg}
+                for sw, shg in self.state.bd_members(bd)
             ]
             self._details(
                 reg,

@@ -10,12 +10,15 @@ server flushes them, like VPP's interface event process.
 
 from __future__ import annotations
 
+import functools
+import heapq
 import ipaddress
-import itertools
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..retvals import RETVAL_NAMES
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -24,30 +27,34 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 U32_MAX = 0xFFFFFFFF
 BD_ID_MAX = (1 << 24) - 1
 
-# Retvals (vnet_api_errors.txt).
+# Retvals, by VPP's names (vnet_api_errors.txt through datasync.vpp.retvals).
+_RV = {name: value for value, name in RETVAL_NAMES.items()}
 OK = 0
-INVALID_SW_IF_INDEX = -2
-NO_SUCH_FIB = -3
-NO_SUCH_ENTRY = -6
-INVALID_VALUE = -7
-FEATURE_DISABLED = -30
-INVALID_REGISTRATION = -31
-NO_PATHS_IN_ROUTE = -52
-ADDRESS_NOT_FOUND_FOR_INTERFACE = -60
-INVALID_INTERFACE = -71
-INVALID_ARGUMENT = -73
-ADDRESS_IN_USE = -105
-ADDRESS_FOUND_FOR_INTERFACE = -114
-ENTRY_ALREADY_EXISTS = -116
-BD_ALREADY_EXISTS = -119
-BD_IN_USE = -120
-BD_NOT_MODIFIABLE = -121
-BD_ID_EXCEED_MAX = -122
-UNSUPPORTED = -126
-NON_ETHERNET = -151
-BD_ALREADY_HAS_BVI = -152
-RSRC_IN_USE = -155
-INVALID_PREFIX_LENGTH = -171
+INVALID_SW_IF_INDEX = _RV["INVALID_SW_IF_INDEX"]
+NO_SUCH_FIB = _RV["NO_SUCH_FIB"]
+NO_SUCH_ENTRY = _RV["NO_SUCH_ENTRY"]
+INVALID_VALUE = _RV["INVALID_VALUE"]
+FEATURE_DISABLED = _RV["FEATURE_DISABLED"]
+INVALID_REGISTRATION = _RV["INVALID_REGISTRATION"]
+NO_PATHS_IN_ROUTE = _RV["NO_PATHS_IN_ROUTE"]
+NO_MATCHING_INTERFACE = _RV["NO_MATCHING_INTERFACE"]
+ADDRESS_NOT_FOUND_FOR_INTERFACE = _RV["ADDRESS_NOT_FOUND_FOR_INTERFACE"]
+SUBIF_ALREADY_EXISTS = _RV["SUBIF_ALREADY_EXISTS"]
+INVALID_INTERFACE = _RV["INVALID_INTERFACE"]
+INVALID_ARGUMENT = _RV["INVALID_ARGUMENT"]
+UNEXPECTED_INTF_STATE = _RV["UNEXPECTED_INTF_STATE"]
+ADDRESS_IN_USE = _RV["ADDRESS_IN_USE"]
+ADDRESS_FOUND_FOR_INTERFACE = _RV["ADDRESS_FOUND_FOR_INTERFACE"]
+ENTRY_ALREADY_EXISTS = _RV["ENTRY_ALREADY_EXISTS"]
+BD_ALREADY_EXISTS = _RV["BD_ALREADY_EXISTS"]
+BD_IN_USE = _RV["BD_IN_USE"]
+BD_NOT_MODIFIABLE = _RV["BD_NOT_MODIFIABLE"]
+BD_ID_EXCEED_MAX = _RV["BD_ID_EXCEED_MAX"]
+UNSUPPORTED = _RV["UNSUPPORTED"]
+NON_ETHERNET = _RV["NON_ETHERNET"]
+BD_ALREADY_HAS_BVI = _RV["BD_ALREADY_HAS_BVI"]
+RSRC_IN_USE = _RV["RSRC_IN_USE"]
+INVALID_PREFIX_LENGTH = _RV["INVALID_PREFIX_LENGTH"]
 
 # sw_interface flags / event bits.
 ADMIN_UP = 1
@@ -57,6 +64,9 @@ LINK_UP = 2
 PATH_NORMAL = 0
 PATH_LOCAL = 1
 PATH_DROP = 2
+PATH_UDP_ENCAP = 3
+PATH_BIER_IMP = 4
+PATH_SOURCE_LOOKUP = 7
 
 ZERO_MAC = b"\x00" * 6
 
@@ -138,6 +148,13 @@ def address_struct(addr: IPAddress) -> dict[str, Any]:
 def prefix_struct(addr: IPAddress, length: int) -> dict[str, Any]:
     """``prefix`` / ``address_with_prefix`` as a plain dict."""
     return {"address": address_struct(addr), "len": length}
+
+
+def prefix_struct_int(value: int, length: int, is_ip6: bool) -> dict[str, Any]:
+    """``prefix`` as a plain dict, from the address as an int (the FIB's own keys)."""
+    if is_ip6:
+        return {"address": {"af": 1, "un": {"ip6": value.to_bytes(16, "big")}}, "len": length}
+    return {"address": {"af": 0, "un": {"ip4": value.to_bytes(4, "big")}}, "len": length}
 
 
 @dataclass
@@ -231,6 +248,9 @@ class BridgeDomain:
         }
 
 
+_NO_LABELS = tuple({"is_uniform": 0, "label": 0, "ttl": 0, "exp": 0} for _ in range(16))
+
+
 @dataclass(frozen=True)
 class Path:
     """One FIB path, normalized (weight 0 reads back as 1, as in VPP)."""
@@ -244,15 +264,17 @@ class Path:
     flags: int = 0
     proto: int = 0
     nh: IPAddress | None = None
-    via_label: int = 0x100000  # MPLS_LABEL_INVALID: what VPP reports for IP paths
-    obj_id: int = U32_MAX
-    classify_table_index: int = U32_MAX
+    via_label: int = 0
+    obj_id: int = 0
+    classify_table_index: int = 0
 
     def identity(self) -> tuple[Any, ...]:
         """What VPP compares when adding/removing one path of a multipath route."""
         return (self.sw_if_index, self.nh, self.table_id, self.type, self.proto)
 
-    def to_wire(self) -> dict[str, Any]:
+    @functools.cached_property
+    def wire(self) -> dict[str, Any]:
+        """The path as ip_route_details shows it (built once: dumps repeat it)."""
         nh = self.nh
         if nh is None:
             nh = ipaddress.IPv6Address(0) if self.proto == 1 else ipaddress.IPv4Address(0)
@@ -268,13 +290,18 @@ class Path:
             "proto": self.proto,
             "nh": {
                 "address": {arm: nh.packed},
-                "via_label": self.via_label,
-                "obj_id": self.obj_id,
-                "classify_table_index": self.classify_table_index,
+                # VPP's fib_api_path_encode zeroes the path and fills obj_id only for
+                # udp-encap and bier paths: a dump never echoes what the request sent
+                "via_label": 0,
+                "obj_id": self.obj_id if self.type in (PATH_UDP_ENCAP, PATH_BIER_IMP) else 0,
+                "classify_table_index": 0,
             },
             "n_labels": 0,
-            "label_stack": [{"is_uniform": 0, "label": 0, "ttl": 0, "exp": 0}] * 16,
+            "label_stack": list(_NO_LABELS),
         }
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.wire
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -290,34 +317,161 @@ class Path:
 
 @dataclass
 class Route:
+    """A route added through the API."""
+
     prefix: IPNetwork
     paths: list[Path]
     stats_index: int
 
+    @property
+    def key(self) -> tuple[int, int]:
+        return int(self.prefix.network_address), self.prefix.prefixlen
+
+
+@dataclass
+class FibEntry:
+    """A FIB entry VPP makes itself (special, connected, local, network/broadcast drop)."""
+
+    paths: list[Path]
+    stats_index: int
+    refs: int = 1
+
 
 @dataclass
 class Table:
+    """One IP table (VRF) of one family."""
+
     table_id: int
     is_ip6: bool
     name: str = ""
+    #: routes added through the API
     routes: dict[IPNetwork, Route] = field(default_factory=dict)
+    #: VPP's own entries: (network as int, length) -> entry
+    own: dict[tuple[int, int], FibEntry] = field(default_factory=dict)
+    #: interfaces bound to this table (sw_interface_set_table)
+    bound: set[int] = field(default_factory=set)
 
 
 _V4_SPECIALS = ("0.0.0.0/0", "0.0.0.0/32", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32")
 _V6_SPECIALS = ("::/0",)
 _V6_LOCAL_SPECIALS = ("fe80::/10",)
 
+_MASKS = {bits: [((1 << k) - 1) << (bits - k) for k in range(bits + 1)] for bits in (32, 128)}
 
-def _lowest_free(used: Iterable[int]) -> int:
-    taken = set(used)
-    for n in itertools.count():
-        if n not in taken:
-            return n
-    raise AssertionError("unreachable")
+
+class _AddressIndex:
+    """The interface addresses of one VRF and family, for VPP's overlap check.
+
+    A check costs one lookup per prefix length in use plus one; an add or delete costs
+    one update per shorter length, so neither grows with the number of addresses.
+    """
+
+    __slots__ = ("inner", "lengths", "masks", "nets")
+
+    def __init__(self, bits: int) -> None:
+        self.masks = _MASKS[bits]
+        #: (network, length) -> [(address, sw_if_index)] of the addresses in that subnet
+        self.nets: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        #: length -> how many addresses have it
+        self.lengths: dict[int, int] = {}
+        #: (network, length) -> how many addresses with a longer length lie inside it
+        self.inner: dict[tuple[int, int], int] = {}
+
+    def conflicts(self, addr: int, length: int, sw_if_index: int) -> bool:
+        masks = self.masks
+        for k in self.lengths:
+            if k > length:
+                continue
+            owners = self.nets.get((addr & masks[k], k))
+            if not owners:
+                continue
+            if k < length:
+                return True
+            for o_addr, o_sw in owners:
+                # VPP: "an intf may have >1 addr from the same prefix" (same length,
+                # different address); any other overlap is in use
+                if o_sw != sw_if_index or o_addr == addr:
+                    return True
+        return bool(self.inner.get((addr & masks[length], length)))
+
+    def add(self, addr: int, length: int, sw_if_index: int) -> None:
+        masks = self.masks
+        self.nets.setdefault((addr & masks[length], length), []).append((addr, sw_if_index))
+        self.lengths[length] = self.lengths.get(length, 0) + 1
+        inner = self.inner
+        for k in range(length):
+            key = (addr & masks[k], k)
+            inner[key] = inner.get(key, 0) + 1
+
+    def remove(self, addr: int, length: int, sw_if_index: int) -> None:
+        masks = self.masks
+        key = (addr & masks[length], length)
+        owners = self.nets.get(key)
+        if not owners or (addr, sw_if_index) not in owners:
+            return
+        owners.remove((addr, sw_if_index))
+        if not owners:
+            del self.nets[key]
+        left = self.lengths[length] - 1
+        if left:
+            self.lengths[length] = left
+        else:
+            del self.lengths[length]
+        inner = self.inner
+        for k in range(length):
+            key = (addr & masks[k], k)
+            n = inner[key] - 1
+            if n:
+                inner[key] = n
+            else:
+                del inner[key]
+
+
+class _Instances:
+    """Instance numbers handed out lowest free first, as VPP's bitmaps do, in O(log n)."""
+
+    __slots__ = ("_freed", "_next", "used")
+
+    def __init__(self) -> None:
+        self.used: set[int] = set()
+        self._next = 0
+        #: a heap of numbers below _next that were released (may hold stale ones)
+        self._freed: list[int] = []
+
+    def take_lowest(self) -> int:
+        while self._freed:
+            n = heapq.heappop(self._freed)
+            if n not in self.used:
+                self.used.add(n)
+                return n
+        while self._next in self.used:
+            self._next += 1
+        n = self._next
+        self._next += 1
+        self.used.add(n)
+        return n
+
+    def take(self, n: int) -> None:
+        self.used.add(n)
+
+    def release(self, n: int) -> None:
+        self.used.discard(n)
+        if n < self._next:
+            heapq.heappush(self._freed, n)
+
+
+#: a route, as the reverse indexes name it: (table key, prefix)
+RouteRef = tuple[tuple[int, bool], IPNetwork]
 
 
 class Dataplane:
-    """All dataplane state of one simulator "boot" (a restart builds a new one)."""
+    """All dataplane state of one simulator "boot" (a restart builds a new one).
+
+    Every write the plugins use costs O(1) or O(log n) here (indexes by kind, instance,
+    memif id, address prefix, route reference), and every dump costs what it returns.
+    Dump orders follow VPP's, not insertion: routes in a hash order seeded from ``rng``,
+    bridge domain members with the BVI first.
+    """
 
     def __init__(
         self,
@@ -330,18 +484,30 @@ class Dataplane:
         self.vpe_pid = vpe_pid
         self.strict = strict
         self.rng = rng or random.Random()
+        #: salts the dump orders that VPP takes from its hash tables
+        self._order_salt = self.rng.getrandbits(60)
         self.interfaces: dict[int, Interface] = {}
         self._next_index = 1 + index_offset
         self._free_indices: list[int] = []
+        self._by_kind: dict[str, set[int]] = {}
+        self._instances: dict[str, _Instances] = {"loopback": _Instances(), "tap": _Instances()}
+        #: (socket_id, memif id) -> sw_if_index, and memifs per socket_id
+        self._memifs: dict[tuple[int, int], int] = {}
+        self._memifs_on_socket: dict[int, int] = {}
+        #: (vrf, is_ip6) -> the addresses of the interfaces bound to that VRF
+        self._addresses: dict[tuple[int, bool], _AddressIndex] = {}
+        #: ("if", sw_if_index) or ("table", (table_id, is_ip6)) -> the API routes whose
+        #: paths go through that interface or resolve in that table
+        self._refs: dict[tuple[str, Any], set[RouteRef]] = {}
+        self._stats_next = 1
+        self._stats_free: list[int] = []
         self.bridge_domains: dict[int, BridgeDomain] = {}
-        self.tables: dict[tuple[int, bool], Table] = {
-            (0, False): Table(0, False, "ipv4-VRF:0"),
-            (0, True): Table(0, True, "ipv6-VRF:0"),
-        }
+        self.tables: dict[tuple[int, bool], Table] = {}
+        self._new_table(0, False, "ipv4-VRF:0")
+        self._new_table(0, True, "ipv6-VRF:0")
         self.memif_sockets: dict[int, str] = {0: "/run/vpp/memif.sock"}
         self._memif_socket_seed = 1013904223
         self._bd_seed = 7271263
-        self._stats_index = itertools.count(1)
         self.violations: list[str] = []
         #: sw_if_index -> [event bits, deleted]; flushed by the server.
         self.pending_events: dict[int, list[int]] = {}
@@ -351,6 +517,9 @@ class Dataplane:
         local0 = Interface(0, "local0", "local", "local", link_mtu=0, mtu=[0, 0, 0, 0])
         local0.ethernet = False
         self.interfaces[0] = local0
+        self._by_kind["local"] = {0}
+        self.tables[(0, False)].bound.add(0)
+        self.tables[(0, True)].bound.add(0)
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -373,10 +542,17 @@ class Dataplane:
             pending[1] |= int(deleted)
 
     def take_events(self) -> list[tuple[int, int, int]]:
-        """The batched interface events since the last call: (sw_if_index, flags, deleted)."""
+        """The batched interface events since the last call: (sw_if_index, flags, deleted).
+
+        Their order within one batch varies, as on a real VPP (seeded by ``rng``)."""
         events = [(idx, bits, deleted) for idx, (bits, deleted) in self.pending_events.items()]
         self.pending_events.clear()
+        if len(events) > 1:
+            self.rng.shuffle(events)
         return events
+
+    def _order(self, key: Any) -> int:
+        return hash((self._order_salt, key))
 
     def _alloc_index(self) -> int:
         if self._free_indices:
@@ -385,37 +561,70 @@ class Dataplane:
         self._next_index += 1
         return index
 
+    def _alloc_stats(self) -> int:
+        # one pool for every FIB entry, VPP's own ones included (load-balance indexes)
+        if self._stats_free:
+            return self._stats_free.pop()
+        index = self._stats_next
+        self._stats_next += 1
+        return index
+
     def _add_interface(self, iface: Interface, link_up_event: bool = False) -> Interface:
         self.interfaces[iface.sw_if_index] = iface
+        self._by_kind.setdefault(iface.kind, set()).add(iface.sw_if_index)
+        for family, vrf in enumerate(iface.vrf):
+            table = self.tables.get((vrf, bool(family)))
+            if table is not None:
+                table.bound.add(iface.sw_if_index)
         self._event(iface.sw_if_index, LINK_UP if link_up_event else 0)
         return iface
 
     def _remove_interface(self, sw_if_index: int) -> None:
         iface = self.interfaces.pop(sw_if_index)
+        self._by_kind[iface.kind].discard(sw_if_index)
         if iface.bd_id is not None:
             self._violation(
                 f"interface {iface.name} ({sw_if_index}) deleted while in bridge domain "
                 f"{iface.bd_id}"
             )
             self._leave_bd(iface)
-        for table in self.tables.values():
-            for prefix, route in list(table.routes.items()):
-                kept = [p for p in route.paths if p.sw_if_index != sw_if_index]
-                if len(kept) != len(route.paths):
-                    self._violation(
-                        f"interface {iface.name} ({sw_if_index}) deleted while route "
-                        f"{prefix} in table {table.table_id} goes through it"
-                    )
-                    if kept:
-                        route.paths = kept
-                    else:
-                        del table.routes[prefix]
+        for ref in sorted(self._refs.get(("if", sw_if_index), ()), key=str):
+            tkey, prefix = ref
+            table = self.tables[tkey]
+            route = table.routes[prefix]
+            self._violation(
+                f"interface {iface.name} ({sw_if_index}) deleted while route "
+                f"{prefix} in table {table.table_id} goes through it"
+            )
+            kept = [p for p in route.paths if p.sw_if_index != sw_if_index]
+            if kept:
+                self._set_paths(table, route, kept)
+            else:
+                self._drop_route(table, prefix)
+        for addr, length in list(iface.addresses):
+            self._unindex_address(iface, addr, length)
+        iface.addresses.clear()
+        for family, vrf in enumerate(iface.vrf):
+            bound = self.tables.get((vrf, bool(family)))
+            if bound is not None:
+                bound.bound.discard(sw_if_index)
+        instances = self._instances.get(iface.kind)
+        if instances is not None:
+            instances.release(iface.instance)
+        if iface.kind == "memif":
+            x = iface.extra
+            self._memifs.pop((x["socket_id"], x["id"]), None)
+            self._memifs_on_socket[x["socket_id"]] -= 1
         self._free_indices.append(sw_if_index)
         self._event(sw_if_index, 0, deleted=True)
 
     def get(self, sw_if_index: int) -> Interface | None:
         """The interface at ``sw_if_index`` or None."""
         return self.interfaces.get(sw_if_index)
+
+    def of_kind(self, kind: str) -> list[Interface]:
+        """The interfaces of one kind (loopback, tap, memif, local) in sw_if_index order."""
+        return [self.interfaces[i] for i in sorted(self._by_kind.get(kind, ()))]
 
     def by_name(self, name: str) -> Interface | None:
         for iface in self.interfaces.values():
@@ -431,11 +640,13 @@ class Dataplane:
     def create_loopback(
         self, mac: bytes = ZERO_MAC, instance: int | None = None
     ) -> tuple[int, dict[str, Any]]:
-        used = {i.instance for i in self.interfaces.values() if i.kind == "loopback"}
+        instances = self._instances["loopback"]
         if instance is None:
-            instance = _lowest_free(used)
-        elif instance in used:
+            instance = instances.take_lowest()
+        elif instance in instances.used:
             return INVALID_REGISTRATION, {}
+        else:
+            instances.take(instance)
         if mac == ZERO_MAC:
             mac = bytes([0xDE, 0xAD, 0, 0, 0, instance & 0xFF])
         index = self._alloc_index()
@@ -456,12 +667,14 @@ class Dataplane:
     # -- tap ---------------------------------------------------------------------------
 
     def tap_create(self, req: Any, tag: str = "") -> tuple[int, dict[str, Any]]:
-        used = {i.instance for i in self.interfaces.values() if i.kind == "tap"}
+        instances = self._instances["tap"]
         tap_id = int(req.id)
         if tap_id == U32_MAX:
-            tap_id = _lowest_free(used)
-        elif tap_id in used:
+            tap_id = instances.take_lowest()
+        elif tap_id in instances.used:
             return INVALID_INTERFACE, {}
+        else:
+            instances.take(tap_id)
         mac = ZERO_MAC if req.use_random_mac else mac_bytes(req.mac_address)
         if mac == ZERO_MAC:
             mac = self._random_mac()
@@ -525,11 +738,8 @@ class Dataplane:
             return INVALID_ARGUMENT, {}
         if socket_id not in self.memif_sockets:
             return NO_SUCH_ENTRY, {}
-        if any(
-            i.kind == "memif" and i.extra["socket_id"] == socket_id
-            for i in self.interfaces.values()
-        ):
-            return RSRC_IN_USE, {}
+        if self._memifs_on_socket.get(socket_id):
+            return UNEXPECTED_INTF_STATE, {}  # what the real VPP answers for "in use"
         del self.memif_sockets[socket_id]
         self.record("memif_socket", "delete")
         return OK, {"socket_id": socket_id}
@@ -539,13 +749,8 @@ class Dataplane:
         if socket_id not in self.memif_sockets:
             return INVALID_ARGUMENT, {}
         memif_id = int(req.id)
-        for iface in self.interfaces.values():
-            if (
-                iface.kind == "memif"
-                and iface.extra["socket_id"] == socket_id
-                and iface.extra["id"] == memif_id
-            ):
-                return ENTRY_ALREADY_EXISTS, {}
+        if (socket_id, memif_id) in self._memifs:
+            return SUBIF_ALREADY_EXISTS, {}
         mac = mac_bytes(req.hw_addr)
         if mac == ZERO_MAC:
             mac = self._random_mac()
@@ -564,6 +769,8 @@ class Dataplane:
             "rx_queues": int(req.rx_queues) or 1,
             "tx_queues": int(req.tx_queues) or 1,
         }
+        self._memifs[(socket_id, memif_id)] = index
+        self._memifs_on_socket[socket_id] = self._memifs_on_socket.get(socket_id, 0) + 1
         self._add_interface(iface)
         self.record("interface", "create")
         return OK, {"sw_if_index": index}
@@ -617,6 +824,10 @@ class Dataplane:
             return INVALID_SW_IF_INDEX, {}
         if not iface.ethernet:
             return FEATURE_DISABLED, {}
+        if iface.kind == "loopback":
+            # the loopback device cannot change its max frame size: the real VPP answers
+            # UNSUPPORTED and keeps 9000 (sw_interface_set_mtu is what works there)
+            return UNSUPPORTED, {}
         if iface.link_mtu == mtu and iface.mtu[0] == mtu:
             self.record("interface", "noop")
         else:
@@ -652,6 +863,67 @@ class Dataplane:
 
     # -- addresses and VRFs ------------------------------------------------------------
 
+    def _address_index(self, vrf: int, is_ip6: bool) -> _AddressIndex:
+        index = self._addresses.get((vrf, is_ip6))
+        if index is None:
+            index = self._addresses[(vrf, is_ip6)] = _AddressIndex(128 if is_ip6 else 32)
+        return index
+
+    def _own_entries(
+        self, iface: Interface, addr: IPAddress, length: int
+    ) -> list[tuple[tuple[int, int], list[Path]]]:
+        """The FIB entries VPP makes for one interface address."""
+        is_ip6 = addr.version == 6
+        proto = 1 if is_ip6 else 0
+        bits = addr.max_prefixlen
+        a = int(addr)
+        net = a & _MASKS[bits][length]
+        sw = iface.sw_if_index
+        out: list[tuple[tuple[int, int], list[Path]]] = []
+        if length < bits:
+            out.append(((net, length), [Path(sw_if_index=sw, proto=proto)]))
+        # the local entry's next hop is the interface address itself
+        out.append(((a, bits), [Path(sw_if_index=sw, type=PATH_LOCAL, proto=proto, nh=addr)]))
+        if not is_ip6 and length < 31:
+            drop = [Path(type=PATH_DROP, proto=proto)]
+            out.append(((net, 32), drop))
+            out.append(((net | ((1 << (bits - length)) - 1), 32), drop))
+        return out
+
+    def _own_add(self, table: Table, key: tuple[int, int], paths: list[Path]) -> None:
+        entry = table.own.get(key)
+        if entry is None:
+            table.own[key] = FibEntry(paths, self._alloc_stats())
+        else:
+            entry.refs += 1
+
+    def _own_remove(self, table: Table, key: tuple[int, int]) -> None:
+        entry = table.own.get(key)
+        if entry is None:
+            return
+        entry.refs -= 1
+        if entry.refs <= 0:
+            del table.own[key]
+            self._stats_free.append(entry.stats_index)
+
+    def _index_address(self, iface: Interface, addr: IPAddress, length: int) -> None:
+        is_ip6 = addr.version == 6
+        vrf = iface.vrf[int(is_ip6)]
+        self._address_index(vrf, is_ip6).add(int(addr), length, iface.sw_if_index)
+        table = self.tables.get((vrf, is_ip6))
+        if table is not None:
+            for key, paths in self._own_entries(iface, addr, length):
+                self._own_add(table, key, paths)
+
+    def _unindex_address(self, iface: Interface, addr: IPAddress, length: int) -> None:
+        is_ip6 = addr.version == 6
+        vrf = iface.vrf[int(is_ip6)]
+        self._address_index(vrf, is_ip6).remove(int(addr), length, iface.sw_if_index)
+        table = self.tables.get((vrf, is_ip6))
+        if table is not None:
+            for key, _paths in self._own_entries(iface, addr, length):
+                self._own_remove(table, key)
+
     def add_del_address(
         self, sw_if_index: int, is_add: bool, del_all: bool, addr: IPAddress, length: int
     ) -> tuple[int, dict[str, Any]]:
@@ -660,6 +932,8 @@ class Dataplane:
             return INVALID_SW_IF_INDEX, {}
         if del_all:
             if iface.addresses:
+                for a, n in iface.addresses:
+                    self._unindex_address(iface, a, n)
                 iface.addresses.clear()
                 self.record("address", "delete")
             else:
@@ -671,26 +945,17 @@ class Dataplane:
             if (addr, length) not in iface.addresses:
                 return ADDRESS_NOT_FOUND_FOR_INTERFACE, {}
             iface.addresses.remove((addr, length))
+            self._unindex_address(iface, addr, length)
             self.record("address", "delete")
             return OK, {}
         if iface.kind == "local":
             return UNSUPPORTED, {}
-        net = ipaddress.ip_network((addr, length), strict=False)
-        family = 1 if addr.version == 6 else 0
-        table = iface.vrf[family]
-        for other in self.interfaces.values():
-            if other.vrf[family] != table:
-                continue
-            for o_addr, o_len in other.addresses:
-                if o_addr.version != addr.version:
-                    continue
-                # VPP: "an intf may have >1 addr from the same prefix" (same length,
-                # different address); any other overlap is in use
-                if other is iface and o_len == length and o_addr != addr:
-                    continue
-                if ipaddress.ip_network((o_addr, o_len), strict=False).overlaps(net):
-                    return ADDRESS_IN_USE, {}
+        is_ip6 = addr.version == 6
+        index = self._address_index(iface.vrf[int(is_ip6)], is_ip6)
+        if index.conflicts(int(addr), length, sw_if_index):
+            return ADDRESS_IN_USE, {}
         iface.addresses.append((addr, length))
+        self._index_address(iface, addr, length)
         self.record("address", "create")
         return OK, {}
 
@@ -704,11 +969,34 @@ class Dataplane:
             return OK, {}
         if any((a.version == 6) == is_ipv6 for a, _ in iface.addresses):
             return ADDRESS_FOUND_FOR_INTERFACE, {}
-        if (vrf_id, is_ipv6) not in self.tables:
+        table = self.tables.get((vrf_id, is_ipv6))
+        if table is None:
+            self._violation(
+                f"interface {iface.name} ({sw_if_index}) bound to ip{6 if is_ipv6 else 4} "
+                f"table {vrf_id}, which does not exist"
+            )
             return NO_SUCH_FIB, {}
+        old = self.tables.get((iface.vrf[family], is_ipv6))
+        if old is not None:
+            old.bound.discard(sw_if_index)
+        table.bound.add(sw_if_index)
         iface.vrf[family] = vrf_id
         self.record("interface", "update")
         return OK, {}
+
+    def _new_table(self, table_id: int, is_ip6: bool, name: str) -> Table:
+        table = self.tables[(table_id, is_ip6)] = Table(table_id, is_ip6, name)
+        proto = 1 if is_ip6 else 0
+        drop = [Path(type=PATH_DROP, proto=proto)]
+        for text in _V6_SPECIALS if is_ip6 else _V4_SPECIALS:
+            net = ipaddress.ip_network(text)
+            self._own_add(table, (int(net.network_address), net.prefixlen), drop)
+        if is_ip6:
+            for text in _V6_LOCAL_SPECIALS:
+                net = ipaddress.ip_network(text)
+                # VPP's link-local entry reads back as a normal path (type 0)
+                self._own_add(table, (int(net.network_address), net.prefixlen), [Path(proto=1)])
+        return table
 
     def table_add_del(
         self, is_add: bool, table_id: int, is_ip6: bool, name: str
@@ -719,16 +1007,32 @@ class Dataplane:
                 self.record("vrf", "noop")
                 return OK, {}
             family = "ipv6" if is_ip6 else "ipv4"
-            self.tables[key] = Table(table_id, is_ip6, name or f"{family}-VRF:{table_id}")
+            self._new_table(table_id, is_ip6, name or f"{family}-VRF:{table_id}")
             self.record("vrf", "create")
             return OK, {}
-        if table_id == 0 or key not in self.tables:
+        table = self.tables.get(key)
+        if table_id == 0 or table is None:
             self.record("vrf", "noop")
             return OK, {}
+        for sw in sorted(table.bound):
+            iface = self.interfaces.get(sw)
+            who = iface.name if iface is not None else str(sw)
+            self._violation(f"table {table_id} deleted while {who} is bound to it")
+        if table.routes:
+            self._violation(
+                f"table {table_id} deleted while {len(table.routes)} route(s) are in it"
+            )
+        for tkey, prefix in sorted(self._refs.get(("table", key), ()), key=str):
+            if tkey != key:
+                self._violation(
+                    f"table {table_id} deleted while route {prefix} in table {tkey[0]} "
+                    f"resolves through it"
+                )
+        for prefix in list(table.routes):
+            self._drop_route(table, prefix)
+        for entry in table.own.values():
+            self._stats_free.append(entry.stats_index)
         del self.tables[key]
-        for iface in self.interfaces.values():
-            if iface.vrf[int(is_ip6)] == table_id:
-                self._violation(f"table {table_id} deleted while {iface.name} is bound to it")
         self.record("vrf", "delete")
         return OK, {}
 
@@ -773,6 +1077,17 @@ class Dataplane:
             self._bd_seed = (self._bd_seed * 1103515245 + 12345) & BD_ID_MAX
             if candidate not in self.bridge_domains and candidate not in (0, BD_ID_MAX):
                 return candidate
+
+    def bd_members(self, bd: BridgeDomain) -> list[tuple[int, int]]:
+        """A bridge domain's (sw_if_index, shg) in dump order: the BVI first, as VPP keeps
+        it, then the others in an order that is not the join order (seeded)."""
+        others = sorted(
+            ((sw, shg) for sw, shg in bd.members.items() if sw != bd.bvi),
+            key=lambda m: self._order(m[0]),
+        )
+        if bd.bvi in bd.members:
+            return [(bd.bvi, bd.members[bd.bvi]), *others]
+        return others
 
     def _leave_bd(self, iface: Interface) -> None:
         bd = self.bridge_domains.get(iface.bd_id) if iface.bd_id is not None else None
@@ -833,6 +1148,54 @@ class Dataplane:
 
     # -- routes ------------------------------------------------------------------------
 
+    @staticmethod
+    def _path_refs(path: Path) -> tuple[str, Any]:
+        if path.sw_if_index != U32_MAX:
+            return ("if", path.sw_if_index)
+        return ("table", (path.table_id, path.proto == 1))
+
+    def _set_paths(self, table: Table, route: Route, paths: list[Path]) -> None:
+        ref = ((table.table_id, table.is_ip6), route.prefix)
+        refs = self._refs
+        for path in route.paths:
+            users = refs.get(self._path_refs(path))
+            if users is not None:
+                users.discard(ref)
+        route.paths = paths
+        for path in paths:
+            refs.setdefault(self._path_refs(path), set()).add(ref)
+
+    def _add_route(self, table: Table, prefix: IPNetwork, paths: list[Path]) -> Route:
+        route = Route(prefix, [], self._alloc_stats())
+        table.routes[prefix] = route
+        self._set_paths(table, route, paths)
+        return route
+
+    def _drop_route(self, table: Table, prefix: IPNetwork) -> None:
+        route = table.routes.pop(prefix)
+        self._set_paths(table, route, [])
+        self._stats_free.append(route.stats_index)
+
+    def _check_paths(self, paths: list[Path], where: str) -> int:
+        # VPP's fib_api_path_decode: an attached next hop needs an existing interface
+        # (NO_MATCHING_INTERFACE), a recursive one an existing table (NO_SUCH_FIB)
+        for path in paths:
+            if path.type not in (PATH_NORMAL, PATH_SOURCE_LOOKUP) or path.proto not in (0, 1):
+                continue
+            if path.sw_if_index != U32_MAX:
+                if path.sw_if_index not in self.interfaces:
+                    self._violation(
+                        f"route {where} added through sw_if_index {path.sw_if_index}, "
+                        f"which does not exist"
+                    )
+                    return NO_MATCHING_INTERFACE
+            elif (path.table_id, path.proto == 1) not in self.tables:
+                self._violation(
+                    f"route {where} added to resolve in table {path.table_id}, which does not exist"
+                )
+                return NO_SUCH_FIB
+        return OK
+
     def route_add_del(
         self,
         is_add: bool,
@@ -845,6 +1208,10 @@ class Dataplane:
         is_ip6 = addr.version == 6
         table = self.tables.get((table_id, is_ip6))
         if table is None:
+            if is_add:
+                self._violation(
+                    f"route {addr}/{length} added to table {table_id}, which does not exist"
+                )
             return NO_SUCH_FIB, {}
         if length > addr.max_prefixlen:
             return INVALID_PREFIX_LENGTH, {}
@@ -853,18 +1220,17 @@ class Dataplane:
         if is_add:
             if not paths:
                 return NO_PATHS_IN_ROUTE, {}
-            for path in paths:
-                if path.sw_if_index != U32_MAX and path.sw_if_index not in self.interfaces:
-                    return INVALID_SW_IF_INDEX, {}
+            rv = self._check_paths(paths, f"{prefix} in table {table_id}")
+            if rv != OK:
+                return rv, {}
             if route is None:
-                route = Route(prefix, _dedupe(paths), next(self._stats_index))
-                table.routes[prefix] = route
+                route = self._add_route(table, prefix, _dedupe(paths))
                 self.record("route", "create")
             elif is_multipath:
                 known = {p.identity() for p in route.paths}
                 new = [p for p in _dedupe(paths) if p.identity() not in known]
                 if new:
-                    route.paths.extend(new)
+                    self._set_paths(table, route, [*route.paths, *new])
                     self.record("route", "update")
                 else:
                     self.record("route", "noop")
@@ -873,7 +1239,7 @@ class Dataplane:
                 if wanted == route.paths:
                     self.record("route", "noop")
                 else:
-                    route.paths = wanted
+                    self._set_paths(table, route, wanted)
                     self.record("route", "update")
             return OK, {"stats_index": route.stats_index}
         # deleting a missing route (or path) is not an error in VPP
@@ -886,49 +1252,36 @@ class Dataplane:
             if len(kept) == len(route.paths):
                 self.record("route", "noop")
             elif kept:
-                route.paths = kept
+                self._set_paths(table, route, kept)
                 self.record("route", "update")
             else:
-                del table.routes[prefix]
+                self._drop_route(table, prefix)
                 self.record("route", "delete")
             return OK, {}
-        del table.routes[prefix]
+        self._drop_route(table, prefix)
         self.record("route", "delete")
         return OK, {}
 
-    def route_entries(self, table_id: int, is_ip6: bool) -> list[tuple[IPNetwork, list[Path], int]]:
-        """What ip_route_dump shows: special entries, connected/local ones, then API routes."""
+    def route_entries(
+        self, table_id: int, is_ip6: bool
+    ) -> list[tuple[tuple[int, int], list[Path], int]]:
+        """What ip_route_dump shows, ((network as int, length), paths, stats_index) each:
+        VPP's own entries and the API routes, in a seeded hash order (VPP walks its FIB
+        hash, so the order is neither sorted nor the order of insertion)."""
         table = self.tables.get((table_id, is_ip6))
         if table is None:
             return []
-        proto = 1 if is_ip6 else 0
-        entries: dict[IPNetwork, tuple[list[Path], int]] = {}
-        drop = [Path(type=PATH_DROP, proto=proto)]
-        for text in _V6_SPECIALS if is_ip6 else _V4_SPECIALS:
-            entries[ipaddress.ip_network(text)] = (drop, 0)
-        if is_ip6:
-            for text in _V6_LOCAL_SPECIALS:
-                entries[ipaddress.ip_network(text)] = ([Path(type=PATH_LOCAL, proto=1)], 0)
-        for route in table.routes.values():
-            entries[route.prefix] = (route.paths, route.stats_index)
-        for iface in self.interfaces.values():
-            if iface.vrf[proto] != table_id:
-                continue
-            for addr, length in iface.addresses:
-                if (addr.version == 6) != is_ip6:
-                    continue
-                net = ipaddress.ip_network((addr, length), strict=False)
-                host = ipaddress.ip_network((addr, addr.max_prefixlen))
-                if length < addr.max_prefixlen:
-                    entries[net] = ([Path(sw_if_index=iface.sw_if_index, proto=proto)], 0)
-                entries[host] = (
-                    [Path(sw_if_index=iface.sw_if_index, type=PATH_LOCAL, proto=proto)],
-                    0,
-                )
-                if not is_ip6 and length < 31:
-                    entries[ipaddress.ip_network((net.network_address, 32))] = (drop, 0)
-                    entries[ipaddress.ip_network((net.broadcast_address, 32))] = (drop, 0)
-        return [(prefix, paths, stats) for prefix, (paths, stats) in entries.items()]
+        entries: dict[tuple[int, int], tuple[list[Path], int]] = {
+            route.key: (route.paths, route.stats_index) for route in table.routes.values()
+        }
+        # a connected or local entry wins over an API route to the same prefix
+        for key, entry in table.own.items():
+            entries[key] = (entry.paths, entry.stats_index)
+        order = self._order
+        return sorted(
+            ((key, paths, stats) for key, (paths, stats) in entries.items()),
+            key=lambda e: order(e[0]),
+        )
 
     # -- out-of-band drift (behind the client's back; not counted as API writes) -------
 
@@ -963,10 +1316,12 @@ class Dataplane:
             assert iface is not None
             a = ipaddress.ip_interface(str(params["prefix"]))
             iface.addresses.append((a.ip, a.network.prefixlen))
+            self._index_address(iface, a.ip, a.network.prefixlen)
         elif action == "del_address":
             assert iface is not None
             a = ipaddress.ip_interface(str(params["prefix"]))
             iface.addresses.remove((a.ip, a.network.prefixlen))
+            self._unindex_address(iface, a.ip, a.network.prefixlen)
         elif action == "remove_from_bd":
             assert iface is not None
             self._leave_bd(iface)
@@ -978,13 +1333,18 @@ class Dataplane:
         elif action == "delete_route":
             net = ipaddress.ip_network(str(params["prefix"]), strict=False)
             table = self.tables[(int(params.get("table_id", 0)), net.version == 6)]
-            del table.routes[net]
+            if net not in table.routes:
+                raise KeyError(net)
+            self._drop_route(table, net)
         elif action == "add_route":
             net = ipaddress.ip_network(str(params["prefix"]), strict=False)
             table = self.tables[(int(params.get("table_id", 0)), net.version == 6)]
             nh = ipaddress.ip_address(str(params.get("next_hop", "0.0.0.0")))
             path = Path(sw_if_index=int(params.get("via_sw_if_index", U32_MAX)), nh=nh)
-            table.routes[net] = Route(net, [path], next(self._stats_index))
+            if net in table.routes:
+                self._set_paths(table, table.routes[net], [path])
+            else:
+                self._add_route(table, net, [path])
         else:
             raise ValueError(f"unknown drift action {action!r}")
 
