@@ -1176,7 +1176,7 @@ class Dataplane:
         self._set_paths(table, route, [])
         self._stats_free.append(route.stats_index)
 
-    def _check_paths(self, paths: list[Path], where: str) -> int:
+    def _check_paths(self, paths: list[Path], table_id: int, prefix: IPNetwork) -> int:
         # VPP's fib_api_path_decode: an attached next hop needs an existing interface
         # (NO_MATCHING_INTERFACE), a recursive one an existing table (NO_SUCH_FIB)
         for path in paths:
@@ -1185,13 +1185,14 @@ class Dataplane:
             if path.sw_if_index != U32_MAX:
                 if path.sw_if_index not in self.interfaces:
                     self._violation(
-                        f"route {where} added through sw_if_index {path.sw_if_index}, "
-                        f"which does not exist"
+                        f"route {prefix} in table {table_id} added through sw_if_index "
+                        f"{path.sw_if_index}, which does not exist"
                     )
                     return NO_MATCHING_INTERFACE
             elif (path.table_id, path.proto == 1) not in self.tables:
                 self._violation(
-                    f"route {where} added to resolve in table {path.table_id}, which does not exist"
+                    f"route {prefix} in table {table_id} added to resolve in table "
+                    f"{path.table_id}, which does not exist"
                 )
                 return NO_SUCH_FIB
         return OK
@@ -1220,7 +1221,7 @@ class Dataplane:
         if is_add:
             if not paths:
                 return NO_PATHS_IN_ROUTE, {}
-            rv = self._check_paths(paths, f"{prefix} in table {table_id}")
+            rv = self._check_paths(paths, table_id, prefix)
             if rv != OK:
                 return rv, {}
             if route is None:
