@@ -25,6 +25,7 @@ __all__ = [
     "ChangeEvent",
     "Channel",
     "KeyVal",
+    "MAX_VALUE_BYTES",
     "Op",
     "Plugin",
     "Publisher",
@@ -37,6 +38,10 @@ __all__ = [
     "validate_key",
     "validate_prefix",
 ]
+
+
+#: the largest value the plugins accept (sources deliver larger ones; validation rejects them)
+MAX_VALUE_BYTES = 1 << 20
 
 
 class Op(enum.IntEnum):

@@ -1,0 +1,89 @@
+"""The VPP configuration plugins: interfaces, bridge domains, VRF tables and routes.
+
+Keys and values follow vpp-agent's layout and models (see :mod:`.models`), so existing
+vpp-agent data works unchanged. Every key has a state with a reason (:mod:`.state`); a
+bad key never fails a round. :class:`VppPlugins` builds the four plugins around one
+:class:`~datasync.vpp.client.VppClient`::
+
+    plugins = VppPlugins(client, label="vpp1")
+    plugins.add_to(orch)                     # orchestrator plugins, in dependency order
+    client.on_fault = chain(plugins.on_fault, resync_on_vpp_fault(orch))
+    ... plugins.states.counts() ...          # key states of every plugin
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..resync import Orchestrator
+from ..vpp.client import VppClient
+from .base import Ledger, VppContext, VppPlugin
+from .interfaces import InterfacePlugin
+from .l2 import BridgeDomainPlugin
+from .l3 import RoutePlugin, VrfPlugin
+from .state import KeyState, KeyStates, KeyStatus, RetryPolicy, StateRegistry
+
+__all__ = [
+    "BridgeDomainPlugin",
+    "InterfacePlugin",
+    "KeyState",
+    "KeyStates",
+    "KeyStatus",
+    "Ledger",
+    "RetryPolicy",
+    "RoutePlugin",
+    "StateRegistry",
+    "VppContext",
+    "VppPlugin",
+    "VppPlugins",
+    "VrfPlugin",
+]
+
+
+class VppPlugins:
+    """The VRF, interface, bridge-domain and route plugins of one agent and one VPP.
+
+    ``ledger_path`` keeps which routes and VRF tables the agent made across restarts
+    (VPP has no tag on them); without it an agent restart forgets them, and a route
+    deleted from the store while the agent was down stays in VPP.
+    """
+
+    def __init__(
+        self,
+        client: VppClient,
+        label: str,
+        *,
+        retry: RetryPolicy | None = None,
+        ack_timeout: float = 10.0,
+        ledger_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.ctx = VppContext(
+            client, retry=retry, ack_timeout=ack_timeout, ledger=Ledger(ledger_path)
+        )
+        self.vrfs = VrfPlugin(self.ctx, label)
+        self.interfaces = InterfacePlugin(self.ctx, label)
+        self.bridge_domains = BridgeDomainPlugin(self.ctx, label)
+        self.routes = RoutePlugin(self.ctx, label)
+
+    @property
+    def plugins(self) -> list[VppPlugin[Any]]:
+        return [self.vrfs, self.interfaces, self.bridge_domains, self.routes]
+
+    @property
+    def states(self) -> StateRegistry:
+        """The key states of every plugin."""
+        return self.ctx.registry
+
+    def add_to(self, orch: Orchestrator) -> None:
+        for plugin in self.plugins:
+            orch.add_plugin(plugin)
+
+    def on_fault(self, kind: str, detail: Mapping[str, Any]) -> None:
+        """A ``VppClient`` fault callback: a VPP restart forgets every index."""
+        self.ctx.on_fault(kind, detail)
+
+    async def close(self) -> None:
+        for plugin in self.plugins:
+            await plugin.close()
