@@ -8,10 +8,18 @@
  * Anything else is counted and gets no reply (as VPP does with unknown ids).
  * fake_vac_* functions let the test inject faults and read counters.
  *
+ * VPP's input queue is modelled when "VPP" is dead (killed, or SIGSTOPped): every write
+ * waits in it unanswered, and once it holds queue_limit messages (1024, as VPP's
+ * api-queue) vac_write and vac_disconnect's goodbye wait for room, as the real
+ * svm_queue_add does, for good: only reviving "VPP" (or the test's safety valve,
+ * block_ms) lets them go. Threads that waited are recorded by kernel thread id.
+ *
  * Built by the test with: cc -shared -fPIC -pthread -o libvppapiclient.so fake_vac.c
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +69,11 @@ static long outstanding; /* buffers handed out by vac_read and not yet vac_free'
 static int counts[1024];
 static int connect_result, write_result, read_result, bad_read, hang, connect_delay_ms;
 static int events_enabled;
+/* the dead-peer model: messages waiting in VPP's input queue, its length, the threads
+   that waited for room (kernel tids), and how long one may wait before the valve */
+static int dead, inq, queue_limit = 1024, block_ms = 10000, blocked, valve_expired;
+#define MAX_TIDS 64
+static long blocked_tids[MAX_TIDS];
 static uint32_t vpe_pid = 4242;
 static char last_name[64], last_prefix[64];
 static int last_rx_qlen = -1, had_callback;
@@ -111,6 +124,38 @@ clear_queue (void)
   tail = 0;
 }
 
+/* caller holds the lock: a message goes into dead VPP's input queue, waiting for room
+   like svm_queue_add; returns 0, or -1 when the valve expired or we were disconnected */
+static int
+dead_enqueue (void)
+{
+  struct timespec deadline;
+  if (inq >= queue_limit)
+    {
+      long tid = (long) syscall (SYS_gettid);
+      if (blocked < MAX_TIDS)
+        blocked_tids[blocked] = tid;
+      blocked++;
+      clock_gettime (CLOCK_REALTIME, &deadline);
+      deadline.tv_sec += block_ms / 1000;
+      deadline.tv_nsec += (long) (block_ms % 1000) * 1000000L;
+      if (deadline.tv_nsec >= 1000000000L)
+        {
+          deadline.tv_sec++;
+          deadline.tv_nsec -= 1000000000L;
+        }
+      while (dead && inq >= queue_limit)
+        if (pthread_cond_timedwait (&cond, &lock, &deadline) == ETIMEDOUT)
+          {
+            valve_expired++;
+            return -1;
+          }
+    }
+  if (dead)
+    inq++;
+  return 0;
+}
+
 void
 vac_mem_init (size_t size)
 {
@@ -141,6 +186,8 @@ vac_connect (char *name, char *chroot_prefix, vac_callback_t cb, int rx_qlen)
   last_rx_qlen = rx_qlen;
   had_callback = cb != 0;
   rv = connect_result;
+  if (rv == 0 && dead)
+    rv = -1; /* no VPP to answer memclnt_create */
   if (rv == 0 && connected)
     rv = -1; /* the real library keeps one connection per process */
   if (rv == 0)
@@ -157,6 +204,8 @@ int
 vac_disconnect (void)
 {
   pthread_mutex_lock (&lock);
+  if (connected && dead)
+    dead_enqueue (); /* memclnt_delete: waits for room like any write */
   if (connected)
     {
       connected = 0;
@@ -204,6 +253,11 @@ vac_write (char *p, int l)
     counts[id]++;
   if (hang)
     goto done;
+  if (dead)
+    {
+      rv = dead_enqueue (); /* never answered */
+      goto done;
+    }
   if (id == ID_CONTROL_PING && l >= 10)
     {
       put_be16 (out, ID_CONTROL_PING_REPLY);
@@ -378,6 +432,9 @@ fake_vac_reset (void)
   memset (counts, 0, sizeof (counts));
   connect_result = write_result = read_result = bad_read = hang = connect_delay_ms = 0;
   events_enabled = 0;
+  dead = inq = blocked = valve_expired = 0;
+  queue_limit = 1024;
+  block_ms = 10000;
   vpe_pid = 4242;
   last_name[0] = last_prefix[0] = 0;
   last_rx_qlen = -1;
@@ -439,6 +496,41 @@ fake_vac_set_hang (int on)
   pthread_mutex_unlock (&lock);
 }
 
+/* VPP killed (1): writes wait unanswered in its input queue, which fills; connects
+   fail. Back (0): a new VPP, the old queue gone, waiting writers go on. */
+void
+fake_vac_set_dead (int on)
+{
+  pthread_mutex_lock (&lock);
+  dead = on;
+  if (!on)
+    inq = 0;
+  pthread_cond_broadcast (&cond);
+  pthread_mutex_unlock (&lock);
+}
+
+/* VPP's input queue length, and the safety valve of a wait for room (ms) */
+void
+fake_vac_set_queue (int limit, int valve_ms)
+{
+  pthread_mutex_lock (&lock);
+  queue_limit = limit;
+  block_ms = valve_ms;
+  pthread_cond_broadcast (&cond);
+  pthread_mutex_unlock (&lock);
+}
+
+/* the kernel tid of the i-th thread that waited for room in the queue (0: none) */
+long
+fake_vac_blocked_tid (int i)
+{
+  long v;
+  pthread_mutex_lock (&lock);
+  v = i >= 0 && i < blocked && i < MAX_TIDS ? blocked_tids[i] : 0;
+  pthread_mutex_unlock (&lock);
+  return v;
+}
+
 /* a restarted VPP has a new pid */
 void
 fake_vac_set_pid (unsigned int pid)
@@ -459,7 +551,8 @@ fake_vac_inject (const char *data, int len)
 }
 
 /* counters: 0 mem_inits, 1 connects, 2 disconnects, 3 writes, 4 reads, 5 outstanding,
-   6 connected, 7 last rx_qlen, 8 connect had a callback; 1000+id: writes of msg id */
+   6 connected, 7 last rx_qlen, 8 connect had a callback, 9 messages in dead VPP's
+   queue, 10 waits for room, 11 valve expiries; 1000+id: writes of msg id */
 long
 fake_vac_stat (int which)
 {
@@ -476,6 +569,9 @@ fake_vac_stat (int which)
     case 6: v = connected; break;
     case 7: v = last_rx_qlen; break;
     case 8: v = had_callback; break;
+    case 9: v = inq; break;
+    case 10: v = blocked; break;
+    case 11: v = valve_expired; break;
     default:
       if (which >= 1000 && which < 2024)
         v = counts[which - 1000];

@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ _CTL.cdef(
     void fake_vac_set_hang(int on);
     void fake_vac_set_pid(unsigned int pid);
     void fake_vac_inject(const char *data, int len);
+    void fake_vac_set_dead(int on);
+    void fake_vac_set_queue(int limit, int valve_ms);
+    long fake_vac_blocked_tid(int i);
     long fake_vac_stat(int which);
     const char *fake_vac_last(int which);
     """
@@ -107,6 +111,9 @@ class Fake:
             "connected": 6,
             "rx_qlen": 7,
             "had_callback": 8,
+            "queued": 9,
+            "waits_for_room": 10,
+            "valve_expired": 11,
         }[name]
         return int(self.ctl.fake_vac_stat(which))
 
@@ -119,6 +126,13 @@ class Fake:
 
     def last_prefix(self) -> str:
         return _CTL.string(self.ctl.fake_vac_last(1)).decode()
+
+    def blocked_threads(self) -> list[int]:
+        """Kernel thread ids of the callers that waited for room in VPP's input queue."""
+        tids = []
+        while tid := int(self.ctl.fake_vac_blocked_tid(len(tids))):
+            tids.append(tid)
+        return tids
 
     def inject(self, body: bytes) -> None:
         self.ctl.fake_vac_inject(body, len(body))
@@ -148,7 +162,18 @@ def fake_lib_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-async def fake(fake_lib_path: str) -> AsyncIterator[Fake]:
+def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the transport looks for VPP's API region: "VPP" is there (default and "dsx")."""
+    d = tmp_path / "shm"
+    d.mkdir()
+    for region in ("vpe-api", "dsx-vpe-api"):
+        (d / region).write_bytes(b"")
+    monkeypatch.setattr(VacTransport, "shm_dir", str(d))
+    return d
+
+
+@pytest.fixture
+async def fake(fake_lib_path: str, shm_dir: Path) -> AsyncIterator[Fake]:
     f = Fake(fake_lib_path)
     f.ctl.fake_vac_reset()
     yield f
@@ -265,8 +290,11 @@ async def test_real_vpp_control_ping() -> None:
         probe_interval=None,
     )
     try:
+        # bounded: no API region means no vac_connect at all (the library would wait
+        # about 100 s for it), and a region without a VPP answering is connect_timeout
         await c.connect()
     except VacError as exc:
+        # the one allowed skip, in CI too: this kind of machine cannot run a real VPP
         pytest.skip(f"libvppapiclient.so found but VPP is not running here: {exc}")
     try:
         reply = await c.call("control_ping")
@@ -542,3 +570,61 @@ async def test_hung_vpp_found_by_the_probe(fake: Fake, make_client: Any) -> None
     # the reader, not woken by a ping any more, leaves vac_read after its 1 s timeout
     await eventually(lambda: "reconnected" in faults.kinds())
     assert (await c.call("control_ping")).retval == 0
+
+
+# -- VPP gone: nothing blocks the loop, every library call is bounded -------------------
+
+
+async def test_missing_region_fails_fast_without_calling_the_library(
+    fake: Fake, shm_dir: Path
+) -> None:
+    # the real vac_connect waits about 100 s for a region that does not exist
+    fake.ctl.fake_vac_set_connect_delay(60_000)
+    c = VppClient(transport="vac", vac_library=fake.path, vac_prefix="nope", probe_interval=None)
+    with pytest.raises(VacError, match="no VPP API region") as err:
+        await c.connect()
+    assert err.value.code_name == "VAC_SHM_NOT_READY"
+    assert str(shm_dir / "nope-vpe-api") in str(err.value)
+    assert fake.stat("connects") == 0 and not fake.library.slot.locked()
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        pytest.param(1024, id="vpp-queue"),  # VPP's own input queue length
+        pytest.param(64, id="queue-full-of-others"),  # room taken by other clients
+    ],
+)
+async def test_vpp_killed_under_load_never_blocks_the_loop(
+    fake: Fake, make_client: Any, queue: int
+) -> None:
+    faults = Faults()
+    # the valve only bounds this test on a client that blocks: a real vac_write waits for
+    # room in a dead VPP's queue for good
+    fake.ctl.fake_vac_set_queue(queue, 5000)
+    c = await make_client(
+        on_fault=faults,
+        probe_interval=0.02,
+        probe_timeout=0.05,
+        busy_timeout=0.3,
+        connect_timeout=0.5,
+    )
+    assert c._window < 1024  # our own requests leave room in VPP's queue
+    fake.ctl.fake_vac_set_dead(1)  # VPP is killed with a full window on its way
+    burst = asyncio.ensure_future(c.call_many("control_ping", [None] * 2000, timeout=60))
+    with pytest.raises(VppConnectionError, match="health probe failed"):
+        await asyncio.wait_for(burst, 30)
+    # the loop's thread never waited inside the library (the writer thread may have)
+    assert threading.get_native_id() not in fake.blocked_threads()
+    if queue > c._window:
+        # our window plus the wake ping and the goodbye fit: nothing waited for room
+        assert fake.stat("queued") <= c._window + 2 and fake.blocked_threads() == []
+    else:
+        assert fake.stat("queued") == queue and fake.blocked_threads() != []
+    with pytest.raises(VppConnectionError):
+        await c.call("control_ping")  # no VPP: a clean error, the loop runs
+    fake.ctl.fake_vac_set_dead(0)  # VPP is back
+    await eventually(lambda: "reconnected" in faults.kinds(), 30)
+    assert (await c.call("control_ping")).retval == 0
+    assert fake.stat("valve_expired") == 0

@@ -191,6 +191,8 @@ class VppClient:
         self.defs = defs if defs is not None else builtin_definitions()
         self.name = name
         self.max_in_flight = max_in_flight
+        #: the window in use: max_in_flight, or less when the transport needs it
+        self._window = max_in_flight
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.probe_interval = probe_interval
@@ -323,6 +325,10 @@ class VppClient:
             await self._handshake_socket(loop)
         self._handshake = None
         self._max_body = getattr(self._transport, "max_body", None)
+        # vac: fewer outstanding than VPP's input queue holds, or vac_write blocks
+        self._window = min(
+            self.max_in_flight, getattr(self._transport, "max_in_flight", self.max_in_flight)
+        )
         self.stats["connects"] += 1
         self._connected.set()
         # learn vpe_pid at once, so a restart is detected even before the first probe
@@ -412,13 +418,15 @@ class VppClient:
         from .vac import VacTransport
 
         names = [m.name_crc for m in self.defs.messages.values()]
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                transport, table = await VacTransport.open(
-                    self, names, name=self.name, prefix=self.vac_prefix, library=self.vac_library
-                )
-        except TimeoutError as exc:
-            raise VppConnectionError(f"vac_connect took over {self.connect_timeout:g} s") from exc
+        # open() bounds vac_connect itself and skips it when VPP's region is missing
+        transport, table = await VacTransport.open(
+            self,
+            names,
+            name=self.name,
+            prefix=self.vac_prefix,
+            library=self.vac_library,
+            connect_timeout=self.connect_timeout,
+        )
         try:
             conn = self._check_conn(_Conn(table, self.defs, 0))
         except BaseException:
@@ -624,7 +632,7 @@ class VppClient:
         # hand free slots to waiters in FIFO order; the slot is taken on their behalf so
         # that replies arriving before a waiter runs cannot wake more waiters than slots
         waiters = self._window_waiters
-        while waiters and self._in_flight < self.max_in_flight:
+        while waiters and self._in_flight < self._window:
             w = waiters.popleft()
             if not w.done():
                 self._in_flight += 1
@@ -632,7 +640,7 @@ class VppClient:
 
     async def _take_slot(self) -> None:
         """Take one in-flight slot, waiting (FIFO) while the window is full."""
-        if self._in_flight < self.max_in_flight and not self._window_waiters:
+        if self._in_flight < self._window and not self._window_waiters:
             self._in_flight += 1
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -859,7 +867,7 @@ class VppClient:
         try:
             async with asyncio.timeout(limit) as scope:
                 for fields in requests:
-                    if self._in_flight >= self.max_in_flight or self._window_waiters:
+                    if self._in_flight >= self._window or self._window_waiters:
                         self._flush_out()
                         try:
                             await self._take_slot()
@@ -1093,7 +1101,7 @@ class VppClient:
         silence is a miss.
         """
         slice_ = self.probe_timeout
-        if self._in_flight < self.max_in_flight and not self._window_waiters:
+        if self._in_flight < self._window and not self._window_waiters:
             self._in_flight += 1
         else:
             # one waiter for the whole wait keeps the ping's place in the FIFO

@@ -16,10 +16,12 @@ The library is a per-process singleton: one connection per loaded library at a t
 It is used in sync mode (no callback, no library rx thread); our own reader thread
 blocks in ``vac_read`` with the GIL released and hands bodies to the event loop in
 batches. Every return code is checked: the library's -1..-5 codes become
-:class:`VacError` (a :class:`VppConnectionError`), never a crash. ``vac_write`` runs on
-the loop's thread (it only copies into shared memory); like papi, it waits inside the
-library if VPP's input queue is full, which happens only when VPP itself is stalled.
-There is no socket to break when VPP dies: the client's control_ping probe finds it.
+:class:`VacError` (a :class:`VppConnectionError`), never a crash. The event loop's
+thread never calls the library: ``vac_write`` waits inside it while VPP's input queue
+is full, for good when VPP died, so a writer thread makes the writes and the client keeps
+fewer requests outstanding than that queue holds. There is no socket to break when VPP
+dies: the client's control_ping probe finds it, and the connection is torn down in
+threads, each library call bounded by a timeout on our side.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import glob
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -246,16 +249,59 @@ class VacLibrary:
         return int(self.lib.vac_msg_table_max_index())
 
 
+def _in_thread(
+    loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
+) -> asyncio.Future[Any]:
+    """Run ``fn(*args)`` in a daemon thread: a library call that never returns must not
+    hold up the interpreter's exit the way the default executor's threads would."""
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result, ok = fn(*args), True
+        except BaseException as exc:
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name=f"vac-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return fut
+
+
 class VacTransport:
     """VPP message bodies through libvppapiclient; the same shape as ``SocketTransport``.
 
     Open it with :meth:`open`; bodies read by the reader thread reach
     ``sink.frames_received`` on the event loop, and the end of the connection (an error
-    code, :meth:`abort`, :meth:`close`) reaches ``sink.transport_lost`` exactly once,
-    after ``vac_disconnect`` returned and the library is free for the next connection.
+    code, :meth:`abort`, :meth:`close`) reaches ``sink.transport_lost`` exactly once.
+
+    The event loop's thread never calls into the library: a library call can block for
+    good (``vac_write`` waits while VPP's input queue is full, and a dead VPP never drains
+    it). Writes go through a writer thread, reads through a reader thread that polls with
+    ``read_timeout``, and the teardown (``vac_disconnect`` once both threads left the
+    library) runs in a thread of its own. ``transport_lost`` follows once the teardown is
+    done, or after ``stuck_timeout`` if a thread is still inside the library; the library
+    (one connection per process) is free for the next connection only once it returns.
+    To keep VPP's input queue from filling with our own messages, at most
+    ``max_in_flight`` requests (VPP's queue length less a reserve) may be outstanding:
+    the client caps its window to it.
     """
 
     kind = "vac"
+    #: where shm_open puts VPP's API region (None: do not check before vac_connect)
+    shm_dir: str | None = "/dev/shm"
+    #: VPP's input queue length (``api-queue { length }``, 1024 by default) ...
+    vpp_queue_length = 1024
+    #: ... less what others may need in it: our pings and goodbye, vppctl, other clients
+    queue_reserve = 128
 
     def __init__(
         self,
@@ -264,6 +310,7 @@ class VacTransport:
         loop: asyncio.AbstractEventLoop,
         *,
         read_timeout: int = 1,
+        stuck_timeout: float = 2.0,
     ) -> None:
         if not 1 <= read_timeout <= 0xFFFF:
             raise ValueError(f"read_timeout must be 1..65535 seconds, got {read_timeout!r}")
@@ -273,7 +320,9 @@ class VacTransport:
         self._sink = sink
         self._loop = loop
         self._read_timeout = read_timeout
-        self._write_lock = threading.Lock()
+        self._stuck_timeout = stuck_timeout
+        #: the most requests we let wait in VPP's input queue
+        self.max_in_flight = max(1, self.vpp_queue_length - self.queue_reserve)
         self._lib_connected = False  # vac_connect succeeded, vac_disconnect not yet called
         self._holds_slot = False
         self._closing = False
@@ -282,7 +331,18 @@ class VacTransport:
         self._rx: list[bytes] = []
         self._rx_lock = threading.Lock()
         self._rx_scheduled = False
+        # the writer's queue: the loop only appends under this lock, never calls the library
+        self._tx: list[bytes] = []
+        self._tx_cv = threading.Condition(threading.Lock())
         self._reader: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._teardown_started = False
+        self._teardown_lock = threading.Lock()
+        #: the library call the writer is inside of, and since when (for the loss report)
+        self._writing_since: float | None = None
+        #: two parts end a connection: the loop heard of the loss, the library is free
+        self._parts_done = 0
+        self._parts_lock = threading.Lock()
         self._wake_body: bytes | None = None
         self._closed_future: asyncio.Future[None] = loop.create_future()
         self.table: dict[str, int] = {}
@@ -290,6 +350,18 @@ class VacTransport:
         self.stats = {"read": 0, "written": 0, "batches": 0}
 
     # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def region_path(cls, prefix: str | None) -> str | None:
+        """The file of VPP's API region (``api-segment { prefix }``), or None: not checked."""
+        if cls.shm_dir is None or not os.path.isdir(cls.shm_dir):
+            return None
+        return os.path.join(cls.shm_dir, f"{prefix}-vpe-api" if prefix else "vpe-api")
+
+    @classmethod
+    def _missing_region(cls, prefix: str | None) -> str | None:
+        region = cls.region_path(prefix)
+        return region if region is not None and not os.path.exists(region) else None
 
     @classmethod
     async def open(
@@ -304,6 +376,8 @@ class VacTransport:
         read_timeout: int = 1,
         mem_size: int = 0,
         slot_timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        stuck_timeout: float = 2.0,
     ) -> tuple[VacTransport, dict[str, int]]:
         """Connect (``vac_connect`` in sync mode) and resolve ``names`` (each a name_crc).
 
@@ -311,29 +385,45 @@ class VacTransport:
         offers. ``prefix`` is VPP's ``api-segment { prefix }`` (None: the default region).
         ``rx_qlen`` sizes our input queue in shared memory: VPP's main thread blocks when
         it is full, so it is sized for a pipelined window (papi's 32 suits one call at a
-        time).
+        time). Without VPP's region file ``vac_connect`` is not called at all (the library
+        would wait for the region for over a minute); ``connect_timeout`` bounds the wait
+        for the rest (the library's own is 10 s).
         Raises :class:`VacUnavailableError` without the library, :class:`VacError` when
-        ``vac_connect`` fails.
+        ``vac_connect`` fails or takes longer than ``connect_timeout``.
         """
         loop = asyncio.get_running_loop()
         if isinstance(library, VacLibrary):
             lib = library
         else:  # the first search runs ldconfig: keep it off the loop
-            lib = await loop.run_in_executor(None, VacLibrary.load, library)
-        self = cls(lib, sink, loop, read_timeout=read_timeout)
+            lib = await _in_thread(loop, VacLibrary.load, library)
+        region = cls._missing_region(prefix)
+        if region is not None:
+            raise VacError(
+                VAC_SHM_NOT_READY,
+                "vac_connect",
+                f"no VPP API region {region}: is VPP running"
+                + (f" with api-segment prefix {prefix!r}?" if prefix else "?"),
+            )
+        self = cls(lib, sink, loop, read_timeout=read_timeout, stuck_timeout=stuck_timeout)
         wanted = list(names)
-        # vac_connect blocks (up to 10 s inside the library): run it off the loop
-        fut = loop.run_in_executor(
-            None, self._open_blocking, name, prefix, rx_qlen, mem_size, wanted, slot_timeout
+        slot_wait = slot_timeout if connect_timeout is None else min(slot_timeout, connect_timeout)
+        fut = _in_thread(
+            loop, self._open_blocking, name, prefix, rx_qlen, mem_size, wanted, slot_wait
         )
         try:
-            table = await asyncio.shield(fut)
-        except asyncio.CancelledError:
+            table = await asyncio.wait_for(asyncio.shield(fut), connect_timeout)
+        except (asyncio.CancelledError, TimeoutError) as exc:
             # the connect goes on in its thread: undo it once it is done
             fut.add_done_callback(lambda f: self._undo_open(f))
+            if isinstance(exc, TimeoutError):
+                raise VacError(
+                    VAC_TIMEOUT,
+                    "vac_connect",
+                    f"vac_connect took over {connect_timeout:g} s: is VPP running?",
+                ) from None
             raise
         self.table = table
-        self._start_reader()
+        self._start_threads()
         return self, dict(table)
 
     def _open_blocking(
@@ -349,7 +439,8 @@ class VacTransport:
         if not library.slot.acquire(timeout=slot_timeout):
             raise VppConnectionError(
                 f"{library.path} is still connected (libvppapiclient allows one connection "
-                "per process): close the other VppClient first"
+                "per process, and the previous one has not left the library yet): close the "
+                "other VppClient first, or wait for its vac_* call to return"
             )
         self._holds_slot = True
         try:
@@ -389,26 +480,62 @@ class VacTransport:
             threading.Thread(target=undo, daemon=True).start()
 
     def _disconnect_blocking(self) -> None:
-        """vac_disconnect, once; safe from any thread."""
-        with self._write_lock:
-            if self._lib_connected:
-                self._lib_connected = False
-                # a failing disconnect still frees us: the library resets its state anyway
-                with contextlib.suppress(Exception):
-                    self._lib.vac_disconnect()
+        """vac_disconnect, once; only when no other thread of ours is inside the library."""
+        if self._lib_connected:
+            self._lib_connected = False
+            # a failing disconnect still frees us: the library resets its state anyway
+            with contextlib.suppress(Exception):
+                self._lib.vac_disconnect()
 
     def _release_slot(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
             self.library.slot.release()
 
-    # -- reading -----------------------------------------------------------------------
+    # -- the threads ---------------------------------------------------------------------
 
-    def _start_reader(self) -> None:
+    def _start_threads(self) -> None:
         self._reader = threading.Thread(
             target=self._read_loop, name=f"vac-reader-{self.path}", daemon=True
         )
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"vac-writer-{self.path}", daemon=True
+        )
+        self._writer.start()
         self._reader.start()
+
+    def _write_loop(self) -> None:
+        write = self._lib.vac_write
+        cv = self._tx_cv
+        stats = self.stats
+        err: BaseException | None = None
+        try:
+            while err is None:
+                with cv:
+                    while not self._tx and not self._closing:
+                        cv.wait()
+                    bodies, self._tx = self._tx, []
+                    last = self._closing
+                for body in bodies:
+                    if self._closing and not last:
+                        break  # closing: the rest of the backlog is for a dead connection
+                    self._writing_since = time.monotonic()
+                    rc = int(write(body, len(body)))  # may wait while VPP's queue is full
+                    self._writing_since = None
+                    if rc != 0:
+                        err = VacError(rc, "vac_write")
+                        break
+                    stats["written"] += 1
+                if last:
+                    return
+        except Exception as exc:  # a misbehaving library must end the connection, not us
+            err = VppConnectionError(f"libvppapiclient writer failed: {exc!r}")
+        finally:
+            self._writing_since = None
+        if err is not None:
+            if self._lost_error is None:
+                self._lost_error = err
+            self._closing = True  # the reader sees it within read_timeout
 
     def _read_loop(self) -> None:
         lib = self._lib
@@ -471,18 +598,61 @@ class VacTransport:
             self.stats["batches"] += 1
             self._sink.frames_received(bodies)
 
+    # -- the end -----------------------------------------------------------------------
+
     def _finish(self, err: BaseException | None) -> None:
-        """Reader thread exit: disconnect, then tell the loop (which frees the slot)."""
+        """Reader thread exit: tear down, then tell the loop (bounded by stuck_timeout)."""
         self._closing = True
-        self._disconnect_blocking()
         if self._lost_error is None:
             self._lost_error = err
+        done = self._start_teardown()
+        if not done.wait(self._stuck_timeout):
+            since = self._writing_since
+            stuck = (
+                f"vac_write has not returned for {time.monotonic() - since:.1f} s"
+                if since is not None
+                else "the library has not returned"
+            )
+            self._lost_error = VppConnectionError(
+                f"{self._lost_error or 'VPP API connection (libvppapiclient) closed'}; "
+                f"{stuck} (VPP's input queue is full and nobody drains it): the library "
+                "is busy until it does, and the next connection waits for it"
+            )
         if not self._to_loop(self._report_lost):
+            self._part_done()
+
+    def _start_teardown(self) -> threading.Event:
+        done = threading.Event()
+        with self._teardown_lock:
+            if self._teardown_started:
+                done.set()  # someone else tears down: report now
+                return done
+            self._teardown_started = True
+
+        def teardown() -> None:
+            with self._tx_cv:
+                self._tx = []
+                self._tx_cv.notify()
+            writer = self._writer
+            if writer is not None:
+                writer.join()  # no vac_disconnect under a thread still inside the library
+            self._disconnect_blocking()
+            done.set()
+            self._part_done()
+
+        threading.Thread(target=teardown, name=f"vac-teardown-{self.path}", daemon=True).start()
+        return done
+
+    def _part_done(self) -> None:
+        # The slot is freed once the library is free *and* the sink heard of the loss: a
+        # reconnect cannot finish before the report, so it never hits the next connection.
+        with self._parts_lock:
+            self._parts_done += 1
+            last = self._parts_done == 2
+        if last:
             self._release_slot()
 
     def _report_lost(self) -> None:
-        # The slot is freed only after the sink heard of the loss: a reconnect cannot
-        # finish before it, so this late report never hits the next connection.
         if self._shut:
             return
         self._shut = True
@@ -493,7 +663,7 @@ class VacTransport:
                 self._closed_future.set_result(None)
             self._sink.transport_lost(self._lost_error)
         finally:
-            self._release_slot()
+            self._part_done()
 
     # -- the transport interface the client uses ------------------------------------
 
@@ -502,28 +672,22 @@ class VacTransport:
         return not self._closing
 
     def send(self, body: bytes) -> None:
-        """Write one body (``vac_write`` copies it into shared memory)."""
+        """Queue one body for the writer thread (``vac_write`` copies it into shared memory)."""
         self.send_many((body,))
 
     def send_many(self, bodies: Iterable[bytes]) -> None:
-        """Write bodies in order; a failing ``vac_write`` ends the connection."""
+        """Queue bodies in order for the writer; a failing ``vac_write`` ends the connection."""
         if self._closing:
             return
-        write = self._lib.vac_write
-        rc = 0
-        with self._write_lock:
-            if not self._lib_connected:
-                return
-            for body in bodies:
-                rc = int(write(body, len(body)))
-                if rc != 0:
-                    break
-                self.stats["written"] += 1
-        if rc != 0:
-            self._end(VacError(rc, "vac_write"))
+        cv = self._tx_cv
+        with cv:
+            was_empty = not self._tx
+            self._tx.extend(bodies)
+            if was_empty:
+                cv.notify()
 
     async def drain(self) -> None:
-        return None  # vac_write blocks in the library when VPP's queue is full
+        return None  # the window keeps VPP's queue from filling with our messages
 
     def _end(self, err: BaseException | None) -> None:
         if self._closing:
@@ -531,17 +695,17 @@ class VacTransport:
         self._closing = True
         if self._lost_error is None:
             self._lost_error = err
-        if self._reader is None or not self._reader.is_alive():
+        reader = self._reader
+        if reader is None or not reader.is_alive():
             threading.Thread(target=self._finish, args=(err,), daemon=True).start()
             return
         # The reader sits in vac_read: VPP's answer to a ping wakes it at once (else it
-        # sees the flag after read_timeout, when VPP is hung).
+        # sees the flag after read_timeout). Requests not written yet are dropped.
         wake = self._wake_body
-        if wake is not None:
-            with self._write_lock:
-                if self._lib_connected:
-                    with contextlib.suppress(Exception):
-                        self._lib.vac_write(wake, len(wake))
+        with self._tx_cv:
+            self._closing = True  # under the lock: the writer sees only the wake ping
+            self._tx = [wake] if wake is not None else []
+            self._tx_cv.notify()
 
     def close(self) -> None:
         """Disconnect (in the reader thread); ``transport_lost(None)`` follows."""
@@ -552,5 +716,5 @@ class VacTransport:
         self._end(VppConnectionError("VPP API connection (libvppapiclient) aborted"))
 
     async def wait_closed(self) -> None:
-        """Wait until ``vac_disconnect`` returned and ``transport_lost`` was delivered."""
+        """Wait until ``transport_lost`` was delivered."""
         await asyncio.shield(self._closed_future)
