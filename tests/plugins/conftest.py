@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from datasync.agent.demo import resync_on_vpp_fault
-from datasync.plugins import KeyState, VppPlugins
+from datasync.plugins import KeyState, RetryPolicy, VppPlugins
 from datasync.plugins.models import BD_PREFIX, IF_PREFIX, ROUTE_PREFIX, VRF_PREFIX
 from datasync.resync import Orchestrator, ResyncConfig
 from datasync.transport.local import LocalStore
@@ -74,7 +75,7 @@ def vrf(table: int, proto: str = "IPV4", label: str = "") -> tuple[str, bytes]:
 
 @dataclass
 class Agent:
-    store: LocalStore
+    store: Any  # a LocalStore or an EtcdSource: both take txn()
     sim: Simulator
     client: VppClient
     orch: Orchestrator
@@ -133,17 +134,25 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-async def agent(sock_dir: str, tmp_path: Path, transport: str) -> AsyncIterator[Agent]:
+#: fast per-key retries, so RETRYING keys come back within a test's patience
+FAST_RETRY = RetryPolicy(initial=0.05, maximum=0.5)
+
+
+@asynccontextmanager
+async def running_agent(
+    store: Any, sock_dir: str, state_dir: Path, transport: str = "socket"
+) -> AsyncIterator[Agent]:
+    """The plugins and the orchestrator on ``store``, driving a fresh strict simulator."""
     sim = Simulator(seed=1, strict=True)
     await sim.start(os.path.join(sock_dir, "api.sock"))
-    store = LocalStore(tmp_path / "store.db", poll_interval=0.02)
     orch = Orchestrator([store], ResyncConfig(resync_timeout=20, backoff_initial=0.1))
     assert sim.path is not None
     client = VppClient(
         sim.path, probe_interval=None, timeout=10, transport=transport, backoff_max=0.2
     )
-    plugins = VppPlugins(client, LABEL, ack_timeout=5, ledger_path=tmp_path / "ledger.json")
+    plugins = VppPlugins(
+        client, LABEL, retry=FAST_RETRY, ack_timeout=5, ledger_path=state_dir / "ledger.json"
+    )
     on_orch = resync_on_vpp_fault(orch)
 
     def on_fault(kind: str, detail: Mapping[str, Any]) -> None:
@@ -151,14 +160,22 @@ async def agent(sock_dir: str, tmp_path: Path, transport: str) -> AsyncIterator[
         on_orch(kind, detail)
 
     client.on_fault = on_fault
-    await client.connect()
-    plugins.add_to(orch)
-    a = Agent(store, sim, client, orch, plugins)
     try:
-        yield a
+        await client.connect()
+        plugins.add_to(orch)
+        yield Agent(store, sim, client, orch, plugins)
     finally:
         await orch.stop()
         await plugins.close()
         await client.close()
-        await store.close()
         await sim.stop()
+
+
+@pytest.fixture
+async def agent(sock_dir: str, tmp_path: Path, transport: str) -> AsyncIterator[Agent]:
+    store = LocalStore(tmp_path / "store.db", poll_interval=0.02)
+    try:
+        async with running_agent(store, sock_dir, tmp_path, transport) as a:
+            yield a
+    finally:
+        await store.close()

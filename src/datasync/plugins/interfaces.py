@@ -82,6 +82,13 @@ class InterfacePlugin(VppPlugin[Interface]):
         check_interface(key, name, m)
         return m
 
+    def _missing_vrfs(self, m: Interface) -> list[str]:
+        return [
+            vrf_name(v6, m.vrf)
+            for v6, needed in zip((False, True), _families(m), strict=True)
+            if needed and m.vrf and vrf_name(v6, m.vrf) not in self.ctx.vrfs
+        ]
+
     def _same_link(self, h: VppInterface, m: Interface) -> bool:
         if h.type is not m.type:
             return False
@@ -183,11 +190,7 @@ class InterfacePlugin(VppPlugin[Interface]):
                 continue
             if self.settled(key):
                 continue
-            missing = [
-                vrf_name(v6, m.vrf)
-                for v6, needed in zip((False, True), _families(m), strict=True)
-                if needed and m.vrf and vrf_name(v6, m.vrf) not in self.ctx.vrfs
-            ]
+            missing = self._missing_vrfs(m)
             if missing:
                 self.pending(key, missing, f"waiting for VRF table {', '.join(missing)}")
                 continue
@@ -481,8 +484,10 @@ class InterfacePlugin(VppPlugin[Interface]):
         if failed:
             raise RuntimeError(f"could not unbind {', '.join(sorted(failed))} from VRF {ev.name}")
         for key, _h in bound:
-            if key in self.desired:
-                self.pending(key, [ev.name], f"waiting for VRF table {ev.name}")
+            m = self.desired.get(key)
+            if m is not None:
+                missing = self._missing_vrfs(m)
+                self.pending(key, missing, f"waiting for VRF table {', '.join(missing)}")
         log.info("interfaces: unbound %d interface(s) from VRF %s", len(bound), ev.name)
 
 

@@ -231,5 +231,7 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
             raise RuntimeError(f"could not detach {ev.name} from {', '.join(sorted(failed))}")
         for key in affected:
             log.info("bridge-domains: detached %s from %s", ev.name, self.name_of(key))
-            if key in self.desired and any(i.name == ev.name for i in self.desired[key].interfaces):
-                self.pending(key, [ev.name], f"waiting for interface {ev.name}")
+            m = self.desired.get(key)
+            if m is not None and any(i.name == ev.name for i in m.interfaces):
+                missing = [i.name for i in m.interfaces if i.name not in self.ctx.interfaces]
+                self.pending(key, missing, f"waiting for interface {', '.join(missing)}")

@@ -366,7 +366,9 @@ class RoutePlugin(VppPlugin[Route]):
         if failed:
             raise RuntimeError(f"could not remove the routes {', '.join(sorted(failed))}")
         for key in keys:
-            if key in self.desired:
-                self.pending(key, [ev.name], f"waiting for {ev.name}")
+            m = self.desired.get(key)
+            if m is not None:
+                missing = self._missing(m)
+                self.pending(key, missing, f"waiting for {', '.join(missing)}")
         if keys:
             log.info("routes: removed %d route(s) through %s", len(keys), ev.name)
