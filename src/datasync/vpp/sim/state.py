@@ -328,13 +328,29 @@ class Route:
         return int(self.prefix.network_address), self.prefix.prefixlen
 
 
-@dataclass
-class FibEntry:
-    """A FIB entry VPP makes itself (special, connected, local, network/broadcast drop)."""
+#: what one path of VPP's own entries is: (type, sw_if_index, proto, next hop)
+PathSpec = tuple[int, int, int, IPAddress | None]
 
-    paths: list[Path]
-    stats_index: int
-    refs: int = 1
+
+class FibEntry:
+    """A FIB entry VPP makes itself (special, connected, local, network/broadcast drop).
+
+    Its path is built on the first dump, not on the address add that made it."""
+
+    __slots__ = ("_paths", "refs", "spec", "stats_index")
+
+    def __init__(self, spec: PathSpec, stats_index: int) -> None:
+        self.spec = spec
+        self.stats_index = stats_index
+        self.refs = 1
+        self._paths: list[Path] | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        if self._paths is None:
+            kind, sw, proto, nh = self.spec
+            self._paths = [Path(sw_if_index=sw, type=kind, proto=proto, nh=nh)]
+        return self._paths
 
 
 @dataclass
@@ -871,7 +887,7 @@ class Dataplane:
 
     def _own_entries(
         self, iface: Interface, addr: IPAddress, length: int
-    ) -> list[tuple[tuple[int, int], list[Path]]]:
+    ) -> list[tuple[tuple[int, int], PathSpec]]:
         """The FIB entries VPP makes for one interface address."""
         is_ip6 = addr.version == 6
         proto = 1 if is_ip6 else 0
@@ -879,21 +895,21 @@ class Dataplane:
         a = int(addr)
         net = a & _MASKS[bits][length]
         sw = iface.sw_if_index
-        out: list[tuple[tuple[int, int], list[Path]]] = []
+        out: list[tuple[tuple[int, int], PathSpec]] = []
         if length < bits:
-            out.append(((net, length), [Path(sw_if_index=sw, proto=proto)]))
+            out.append(((net, length), (PATH_NORMAL, sw, proto, None)))
         # the local entry's next hop is the interface address itself
-        out.append(((a, bits), [Path(sw_if_index=sw, type=PATH_LOCAL, proto=proto, nh=addr)]))
+        out.append(((a, bits), (PATH_LOCAL, sw, proto, addr)))
         if not is_ip6 and length < 31:
-            drop = [Path(type=PATH_DROP, proto=proto)]
+            drop: PathSpec = (PATH_DROP, U32_MAX, proto, None)
             out.append(((net, 32), drop))
             out.append(((net | ((1 << (bits - length)) - 1), 32), drop))
         return out
 
-    def _own_add(self, table: Table, key: tuple[int, int], paths: list[Path]) -> None:
+    def _own_add(self, table: Table, key: tuple[int, int], spec: PathSpec) -> None:
         entry = table.own.get(key)
         if entry is None:
-            table.own[key] = FibEntry(paths, self._alloc_stats())
+            table.own[key] = FibEntry(spec, self._alloc_stats())
         else:
             entry.refs += 1
 
@@ -912,8 +928,8 @@ class Dataplane:
         self._address_index(vrf, is_ip6).add(int(addr), length, iface.sw_if_index)
         table = self.tables.get((vrf, is_ip6))
         if table is not None:
-            for key, paths in self._own_entries(iface, addr, length):
-                self._own_add(table, key, paths)
+            for key, spec in self._own_entries(iface, addr, length):
+                self._own_add(table, key, spec)
 
     def _unindex_address(self, iface: Interface, addr: IPAddress, length: int) -> None:
         is_ip6 = addr.version == 6
@@ -921,7 +937,7 @@ class Dataplane:
         self._address_index(vrf, is_ip6).remove(int(addr), length, iface.sw_if_index)
         table = self.tables.get((vrf, is_ip6))
         if table is not None:
-            for key, _paths in self._own_entries(iface, addr, length):
+            for key, _spec in self._own_entries(iface, addr, length):
                 self._own_remove(table, key)
 
     def add_del_address(
@@ -987,7 +1003,7 @@ class Dataplane:
     def _new_table(self, table_id: int, is_ip6: bool, name: str) -> Table:
         table = self.tables[(table_id, is_ip6)] = Table(table_id, is_ip6, name)
         proto = 1 if is_ip6 else 0
-        drop = [Path(type=PATH_DROP, proto=proto)]
+        drop: PathSpec = (PATH_DROP, U32_MAX, proto, None)
         for text in _V6_SPECIALS if is_ip6 else _V4_SPECIALS:
             net = ipaddress.ip_network(text)
             self._own_add(table, (int(net.network_address), net.prefixlen), drop)
@@ -995,7 +1011,8 @@ class Dataplane:
             for text in _V6_LOCAL_SPECIALS:
                 net = ipaddress.ip_network(text)
                 # VPP's link-local entry reads back as a normal path (type 0)
-                self._own_add(table, (int(net.network_address), net.prefixlen), [Path(proto=1)])
+                link_local: PathSpec = (PATH_NORMAL, U32_MAX, 1, None)
+                self._own_add(table, (int(net.network_address), net.prefixlen), link_local)
         return table
 
     def table_add_del(
