@@ -140,11 +140,9 @@ FAST_RETRY = RetryPolicy(initial=0.05, maximum=0.5)
 
 @asynccontextmanager
 async def running_agent(
-    store: Any, sock_dir: str, state_dir: Path, transport: str = "socket"
+    store: Any, sim: Simulator, state_dir: Path, transport: str = "socket"
 ) -> AsyncIterator[Agent]:
-    """The plugins and the orchestrator on ``store``, driving a fresh strict simulator."""
-    sim = Simulator(seed=1, strict=True)
-    await sim.start(os.path.join(sock_dir, "api.sock"))
+    """The plugins and the orchestrator on ``store``, driving ``sim``."""
     orch = Orchestrator([store], ResyncConfig(resync_timeout=20, backoff_initial=0.1))
     assert sim.path is not None
     client = VppClient(
@@ -168,14 +166,26 @@ async def running_agent(
         await orch.stop()
         await plugins.close()
         await client.close()
-        await sim.stop()
 
 
 @pytest.fixture
-async def agent(sock_dir: str, tmp_path: Path, transport: str) -> AsyncIterator[Agent]:
-    store = LocalStore(tmp_path / "store.db", poll_interval=0.02)
-    try:
-        async with running_agent(store, sock_dir, tmp_path, transport) as a:
-            yield a
-    finally:
-        await store.close()
+async def sim(sock_dir: str) -> AsyncIterator[Simulator]:
+    s = Simulator(seed=1, strict=True)
+    await s.start(os.path.join(sock_dir, "api.sock"))
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
+    s = LocalStore(tmp_path / "store.db", poll_interval=0.02)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def agent(
+    store: LocalStore, sim: Simulator, tmp_path: Path, transport: str
+) -> AsyncIterator[Agent]:
+    async with running_agent(store, sim, tmp_path, transport) as a:
+        yield a

@@ -3,11 +3,16 @@ VppClient (socket and shm) into the strict simulator."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from datasync.plugins import KeyState
+from datasync.transport.local import LocalStore
+from datasync.vpp.sim import Simulator
+from tests.vpp.helpers import eventually
 
-from .conftest import BD, IF, ROUTE, Agent, bd, js, loop, route, vrf
+from .conftest import BD, IF, Agent, bd, js, loop, route, running_agent, vrf
 
 
 def routes_of(agent: Agent, table: int = 0) -> dict[str, list[dict[str, object]]]:
@@ -127,8 +132,8 @@ async def test_objects_the_agent_did_not_make_are_never_touched(agent: Agent) ->
     await c.call("ip_table_add_del", is_add=True, table={"table_id": 9, "is_ip6": False})
     nh = {"address": {"ip4": bytes([10, 7, 0, 2])}}
     path = {"sw_if_index": hand, "nh": nh, "weight": 1}
-    await c.call("ip_route_add_del", is_add=True, is_multipath=True,
-                 route={"table_id": 0, "prefix": "50.0.0.0/8", "n_paths": 1, "paths": [path]})  # fmt: skip
+    r = {"table_id": 0, "prefix": "50.0.0.0/8", "n_paths": 1, "paths": [path]}
+    await c.call("ip_route_add_del", is_add=True, is_multipath=True, route=r)
     await c.call("bridge_domain_add_del_v2", is_add=True, bd_id=77)  # no tag
     await agent.put(loop("loop0"))
     await agent.orch.start()
@@ -152,8 +157,6 @@ async def test_vpp_restart_restores_everything(agent: Agent) -> None:
     async def restored() -> bool:
         return {n: (i["addresses"], i["admin_up"]) for n, i in agent.tagged().items()} == wanted
 
-    from tests.vpp.helpers import eventually
-
     await eventually(lambda: agent.orch.status().rounds > rounds, limit=10)
     await agent.settle()
     assert {n: (i["addresses"], i["admin_up"]) for n, i in agent.tagged().items()} == wanted
@@ -163,14 +166,29 @@ async def test_vpp_restart_restores_everything(agent: Agent) -> None:
     assert agent.violations() == 0
 
 
-async def test_an_orphan_route_is_deleted_after_an_agent_restart(agent: Agent) -> None:
-    """The ledger remembers the routes the agent made: one deleted from the store while
-    the agent was away is removed by the next agent's first resync."""
-    key, value = route("60.0.0.0/8", gw="10.0.0.9", iface="loop0")
-    await agent.put(loop("loop0", "10.0.0.1/24"), (key, value))
-    await agent.orch.start()
-    await agent.settle()
-    assert "60.0.0.0/8" in routes_of(agent)
-    assert ROUTE in key
-    ledger = agent.plugins.ctx.ledger
-    assert key in ledger.of("routes")
+async def test_an_orphan_route_is_deleted_after_an_agent_restart(
+    store: LocalStore, sim: Simulator, tmp_path: Path
+) -> None:
+    """The ledger remembers the routes and tables the agent made (VPP has no tag on them):
+    those deleted from the store while the agent was down go at the next agent's first
+    resync, and nothing else is written."""
+    key, value = route("60.0.0.0/8", gw="10.0.0.9", iface="loop0", vrf=3)
+    async with running_agent(store, sim, tmp_path) as first:
+        await first.put(loop("loop0", "10.0.0.1/24", vrf=3), vrf(3), (key, value))
+        await first.orch.start()
+        await first.settle()
+        assert "60.0.0.0/8" in routes_of(first, 3)
+    await store.txn({}, [key, vrf(3)[0]])
+    await store.put(*loop("loop0", "10.0.0.1/24"))
+    async with running_agent(store, sim, tmp_path) as second:
+        await second.orch.start()
+        await second.settle()
+        assert routes_of(second, 3) == {}
+        assert not any(t["table_id"] == 3 for t in sim.dump_state()["tables"])
+        assert second.tagged()["loop0"]["vrf"]["ip4"] == 0
+        assert second.violations() == 0
+        before = second.writes()
+    async with running_agent(store, sim, tmp_path) as third:  # a restart with no change
+        await third.orch.start()
+        await third.settle()
+        assert third.writes() == before

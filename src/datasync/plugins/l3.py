@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from ..api import Op
+from ..errors import InvalidValueError
 from ..idx import IdxEvent
 from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_name
 from .models import (
@@ -69,6 +70,14 @@ class VrfPlugin(VppPlugin[VrfTable]):
         }
         stale = [e.name for e in self.idx if _ident_of_name(e.name) not in self.have]
         await self.announce_deletes(self.idx, stale)
+        # the tables this agent made are known on IDX before any of them may be deleted,
+        # so that the delete reaches the interfaces and routes that use them
+        for key, value in list(self.ledger.items()) + [
+            (k, self.values[k].decode()) for k in self.desired
+        ]:
+            ident = _ident(value)
+            if ident[0] and ident in self.have:
+                self._put_idx(ident)
 
     def _put_idx(self, ident: tuple[int, bool]) -> None:
         name = vrf_name(ident[1], ident[0])
@@ -266,20 +275,28 @@ class RoutePlugin(VppPlugin[Route]):
         )  # fmt: skip
 
     def _old_ident(self, key: str) -> RouteIdent | None:
-        """What ``key`` was applied as: known this run, or from the ledger."""
+        """The path VPP has for what ``key`` was applied as (known this run, or from the
+        ledger after an agent restart), or None."""
         ident = self.applied.get(key)
         if ident is not None:
-            return ident
+            return ident if ident in self.present else None
         value = self.ledger.get(key)
         if value is None:
             return None
         try:
             m = self.parse(key, value.encode())
-        except Exception:
+        except InvalidValueError:
             return None
+        ident = self._ident(m, self._sw_if_index(m))
+        if ident in self.present:
+            return ident
         if m.outgoing_interface and m.outgoing_interface not in self.ctx.interfaces:
-            return None  # its interface is gone, and with it the path
-        return self._ident(m, self._sw_if_index(m))
+            # the interface is not known (yet) here: the path through any interface
+            rest = ident[:3], ident[4:]
+            for found in self.present:
+                if (found[:3], found[4:]) == rest:
+                    return found
+        return None
 
     async def apply(self, keys: Sequence[str], full: bool) -> None:
         removes: list[Call] = []
@@ -293,7 +310,7 @@ class RoutePlugin(VppPlugin[Route]):
                 if key in self.values:
                     continue
                 self.states.remove(key)
-                if old is not None and old in self.present:
+                if old is not None:
                     removes.append(self._call(key, old, False))
                 gone.append(key)
                 continue
@@ -301,13 +318,13 @@ class RoutePlugin(VppPlugin[Route]):
                 continue
             missing = self._missing(m)
             if missing:
-                if old is not None and old in self.present:
+                if old is not None:
                     removes.append(self._call(key, old, False))
                 self.pending(key, missing, f"waiting for {', '.join(missing)}")
                 continue
             ident = self._ident(m, self._sw_if_index(m))
             weight, pref = m.weight or 1, m.preference
-            if old is not None and old != ident and old in self.present:
+            if old is not None and old != ident:
                 removes.append(self._call(key, old, False))
             found = self.present.get(ident)
             if found == (weight, pref):
@@ -322,7 +339,7 @@ class RoutePlugin(VppPlugin[Route]):
             for key in list(self.ledger):
                 if key not in self.values:
                     old = self._old_ident(key)
-                    if old is not None and old in self.present:
+                    if old is not None:
                         removes.append(self._call(key, old, False))
                     gone.append(key)
         failed = await self.send(removes)
@@ -358,8 +375,8 @@ class RoutePlugin(VppPlugin[Route]):
         calls = []
         keys = []
         for key in set(self.applied) | set(self.ledger):
-            ident = self._old_ident(key) if key not in self.applied else self.applied[key]
-            if ident is not None and ident in self.present and hit(ident):
+            ident = self._old_ident(key)
+            if ident is not None and hit(ident):
                 calls.append(self._call(key, ident, False))
                 keys.append(key)
         failed = await self.send(calls)
