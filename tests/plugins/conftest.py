@@ -178,7 +178,8 @@ async def sim(sock_dir: str) -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
-    s = LocalStore(tmp_path / "store.db", poll_interval=0.02)
+    # a store that takes values above the plugins' limit, so the plugins are what refuse them
+    s = LocalStore(tmp_path / "store.db", poll_interval=0.02, max_value_bytes=4 << 20)
     yield s
     await s.close()
 

@@ -195,10 +195,9 @@ class VppPlugin(Generic[M]):
     async def resync(self, ev: ResyncEvent) -> None:
         async with self._lock:
             self._cancel_retries()
-            self.desired = {}
-            self.values = {}
+            old, self.values, self.desired = self.values, {}, {}
             for key, kv in ev.kvs.items():
-                self._take(key, kv.value)
+                self._take(key, kv.value, old.get(key))
             for key in self.states.keys():  # noqa: SIM118 - KeyStates, not a dict
                 if key not in ev.kvs:
                     self.states.remove(key)
@@ -221,7 +220,7 @@ class VppPlugin(Generic[M]):
                     self._failed_at.pop(ch.key, None)
                 else:
                     assert ch.value is not None
-                    self._take(ch.key, ch.value)
+                    self._take(ch.key, ch.value, self.values.get(ch.key))
                 keys.append(ch.key)
             if not self.fresh:  # only between a VPP restart and the round it starts
                 await self.read()
@@ -247,8 +246,8 @@ class VppPlugin(Generic[M]):
     def name_of(self, key: str) -> str:
         return key[len(self.prefix) :]
 
-    def _take(self, key: str, value: bytes) -> None:
-        if self.values.get(key) != value:
+    def _take(self, key: str, value: bytes, old: bytes | None) -> None:
+        if old != value:
             self._failed_at.pop(key, None)
         self.values[key] = value
         try:

@@ -72,9 +72,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
         await self.announce_deletes(self.idx, stale)
         # the tables this agent made are known on IDX before any of them may be deleted,
         # so that the delete reaches the interfaces and routes that use them
-        for key, value in list(self.ledger.items()) + [
-            (k, self.values[k].decode()) for k in self.desired
-        ]:
+        for value in [*self.ledger.values(), *(self.values[k].decode() for k in self.desired)]:
             ident = _ident(value)
             if ident[0] and ident in self.have:
                 self._put_idx(ident)
