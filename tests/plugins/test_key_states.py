@@ -20,7 +20,7 @@ BAD_VALUES = [
     (js({"name": "x", "ip_addresses": ["10.0.0.1/24"] * 2000}), ["ip_addresses"]),
     (js({"name": "x", "enabled": "yes"}), ["enabled"]),
     (js({"name": "x", "type": "SOFTWARE_LOOPBACK", "mtu": 70000}), ["mtu"]),
-    (js({"name": "x", "ip_addresses": ["10.0.0.1/33"]}), ["ip_addresses[0]"]),
+    (js({"name": "x", "type": 2, "ip_addresses": ["10.0.0.1/33"]}), ["ip_addresses[0]"]),
     (js({"name": "other", "type": "SOFTWARE_LOOPBACK"}), ["name", "other"]),
     (js({"name": "x", "type": "DPDK"}), ["type", "DPDK", "not supported"]),
     (js({"name": "x", "type": "SOFTWARE_LOOPBACK", "bogus": 1}), ["bogus", "unknown field"]),
