@@ -5,6 +5,8 @@ Wire behaviour follows ``shared/vpp-api/README.md``: 16-byte ``>QII`` headers (o
 ``sockclnt_create`` is 15 and its reply 16, other modules numbered in blocks after,
 replies routed by the ``client_index`` inside each request, strictly in-order processing
 per connection, dumps answered by details and terminated by the client's control_ping.
+A pipelined burst is answered as it goes, as VPP does: it is handled in bounded slices
+and each slice's replies are written before the next one starts.
 Malformed input (short bodies, unknown ids, unknown client_index, undecodable bodies)
 is dropped without a reply and counted, as VPP does.
 """
