@@ -6,7 +6,11 @@ the rate. Ids: ``[ours-pipelined]`` (call_many, window 1024), ``[ours-tasks-256]
 tasks calling in a loop), ``[ours-sequential]`` (one call at a time), ``[papi-sync]``,
 ``[papi-async-256]`` (vpp_papi_async with 256 in flight; no event subscription, see the
 README's note on its reader bug); ``-shm`` ids run over the project's shared-memory ring
-(negotiated with ``sock_init_shm``) instead of the socket.
+(negotiated with ``sock_init_shm``) instead of the socket. ``-vac-fake`` ids run over
+the vac transport against the fake libvppapiclient of ``tests/vpp/fake_vac.c`` (an
+in-process loopback that answers at once: our side's cost alone, no VPP), with
+``raw-vac-fake`` the bare ``vac_write`` + ``vac_read`` loop it is bounded by, and
+``-tt`` with the real library's timeout-thread handshake in each ``vac_read``.
 
     .venv/bin/python -m pytest benches/bench_client.py --benchmark-columns=min,median,rounds
 """
@@ -18,18 +22,22 @@ import contextlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import cffi
 import pytest
 import uvloop
 from tests.paths import VPP_API_REFERENCE, vpp_api_files
 
 from datasync.vpp.client import VppClient
+from datasync.vpp.vac import VacLibrary, VacTransport, ffi
 
 SHARED_API = str(VPP_API_REFERENCE)
 # --benchmark-disable (CI) runs each body once only to prove it works: a tenth of the size
@@ -181,6 +189,84 @@ def test_control_ping_papi_async(
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(vpp.disconnect())
+
+
+# -- vac, against the fake libvppapiclient ------------------------------------------------
+
+FAKE_VAC_SRC = Path(__file__).parent.parent / "tests" / "vpp" / "fake_vac.c"
+
+
+@pytest.fixture(scope="module")
+def fake_vac() -> Iterator[Any]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler: cannot build the fake libvppapiclient.so")
+    tmp = tempfile.mkdtemp(prefix="dsbench-vac-", dir="/tmp")
+    out = os.path.join(tmp, "libvppapiclient.so")
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-pthread", "-O2", "-o", out, str(FAKE_VAC_SRC)],
+        check=True,
+        capture_output=True,
+    )
+    ctl = cffi.FFI()
+    ctl.cdef("void fake_vac_reset(void); void fake_vac_set_timeout_thread(int on);")
+    lib = ctl.dlopen(out)
+    saved, VacTransport.shm_dir = VacTransport.shm_dir, None  # the fake needs no region
+    try:
+        yield out, lib
+    finally:
+        VacTransport.shm_dir = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "pipelined", "raw"])
+@pytest.mark.parametrize("tt", [False, True], ids=["", "tt"])
+def test_control_ping_vac_fake(
+    benchmark: Any, fake_vac: Any, loop: asyncio.AbstractEventLoop, mode: str, tt: bool
+) -> None:
+    path, ctl = fake_vac
+    ctl.fake_vac_reset()
+    ctl.fake_vac_set_timeout_thread(int(tt))
+    benchmark.group = "control_ping rate"
+    suffix = "-vac-fake" + ("-tt" if tt else "")
+    benchmark.name = f"test_control_ping[{'raw' if mode == 'raw' else 'ours-' + mode}{suffix}]"
+    n = N_OURS // 10 if mode != "pipelined" else N_OURS
+    if mode == "raw":
+        lib = VacLibrary.load(path).lib
+        assert lib.vac_connect(b"bench", ffi.NULL, ffi.NULL, 1024) == 0
+        pbuf, plen = ffi.new("char **"), ffi.new("int *")
+        body = struct.pack(">HII", 23, 0, 1)  # control_ping, the fake's id
+
+        def raw() -> None:
+            for _ in range(n):
+                assert lib.vac_write(body, len(body)) == 0
+                assert lib.vac_read(pbuf, plen, 1) == 0
+                lib.vac_free(pbuf[0])
+
+        try:
+            benchmark.pedantic(raw, rounds=3, iterations=1, warmup_rounds=1)
+        finally:
+            lib.vac_disconnect()
+        _rate(benchmark, n)
+        return
+    client = VppClient(transport="vac", vac_library=path, probe_interval=None)
+    loop.run_until_complete(client.connect())
+
+    async def sequential() -> None:
+        for _ in range(n):
+            await client.call("control_ping")
+
+    async def pipelined() -> None:
+        await client.call_many("control_ping", [None] * n)
+
+    body_fn = sequential if mode == "sequential" else pipelined
+    try:
+        benchmark.pedantic(
+            lambda: loop.run_until_complete(body_fn()), rounds=3, iterations=1, warmup_rounds=1
+        )
+    finally:
+        loop.run_until_complete(client.close())  # returns once the library is free
+    _rate(benchmark, n)
 
 
 # -- dump of 10k interfaces ------------------------------------------------------------

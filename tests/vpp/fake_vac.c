@@ -14,6 +14,10 @@
  * svm_queue_add does, for good: only reviving "VPP" (or the test's safety valve,
  * block_ms) lets them go. Threads that waited are recorded by kernel thread id.
  *
+ * With fake_vac_set_timeout_thread(1), vac_read with a timeout pokes a timeout thread
+ * before it waits and again after, as the real library does (set_timeout and
+ * unset_timeout in client.c), so the cost of that handshake can be measured.
+ *
  * Built by the test with: cc -shared -fPIC -pthread -o libvppapiclient.so fake_vac.c
  */
 #include <errno.h>
@@ -77,6 +81,57 @@ static long blocked_tids[MAX_TIDS];
 static uint32_t vpe_pid = 4242;
 static char last_name[64], last_prefix[64];
 static int last_rx_qlen = -1, had_callback;
+
+/* the real library's timeout thread: poked by every vac_read with a timeout */
+static pthread_mutex_t t_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t t_cv = PTHREAD_COND_INITIALIZER, t_cancel_cv = PTHREAD_COND_INITIALIZER;
+static int t_enabled, t_started, t_timeout, t_cancelled;
+static pthread_t t_thread;
+
+static void *
+timeout_thread (void *arg)
+{
+  struct timespec ts;
+  (void) arg;
+  pthread_mutex_lock (&t_lock);
+  for (;;)
+    {
+      while (!t_timeout)
+        pthread_cond_wait (&t_cv, &t_lock);
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_sec += t_timeout;
+      t_timeout = 0;
+      while (!t_cancelled)
+        if (pthread_cond_timedwait (&t_cancel_cv, &t_lock, &ts) == ETIMEDOUT)
+          break; /* the real one queues a read-timeout pseudo-message here */
+      t_cancelled = 0;
+    }
+  return 0;
+}
+
+static void
+set_timeout (int timeout)
+{
+  pthread_mutex_lock (&t_lock);
+  if (!t_started)
+    {
+      pthread_create (&t_thread, 0, timeout_thread, 0);
+      pthread_detach (t_thread);
+      t_started = 1;
+    }
+  t_timeout = timeout;
+  pthread_cond_signal (&t_cv);
+  pthread_mutex_unlock (&t_lock);
+}
+
+static void
+unset_timeout (void)
+{
+  pthread_mutex_lock (&t_lock);
+  t_cancelled = 1;
+  pthread_cond_signal (&t_cancel_cv);
+  pthread_mutex_unlock (&t_lock);
+}
 
 static void
 put_be16 (unsigned char *p, uint16_t v)
@@ -296,8 +351,27 @@ done:
   return rv;
 }
 
+static int read_locked (char **p, int *l, unsigned short timeout);
+
 int
 vac_read (char **p, int *l, unsigned short timeout)
+{
+  int rv;
+
+  int poked = 0;
+  if (timeout && t_enabled)
+    {
+      set_timeout (timeout);
+      poked = 1;
+    }
+  rv = read_locked (p, l, timeout);
+  if (poked)
+    unset_timeout ();
+  return rv;
+}
+
+static int
+read_locked (char **p, int *l, unsigned short timeout)
 {
   struct timespec deadline;
   msg_t *m;
@@ -432,7 +506,7 @@ fake_vac_reset (void)
   memset (counts, 0, sizeof (counts));
   connect_result = write_result = read_result = bad_read = hang = connect_delay_ms = 0;
   events_enabled = 0;
-  dead = inq = blocked = valve_expired = 0;
+  dead = inq = blocked = valve_expired = t_enabled = 0;
   queue_limit = 1024;
   block_ms = 10000;
   vpe_pid = 4242;
@@ -529,6 +603,15 @@ fake_vac_blocked_tid (int i)
   v = i >= 0 && i < blocked && i < MAX_TIDS ? blocked_tids[i] : 0;
   pthread_mutex_unlock (&lock);
   return v;
+}
+
+/* 1: vac_read with a timeout does the real library's timeout-thread handshake */
+void
+fake_vac_set_timeout_thread (int on)
+{
+  pthread_mutex_lock (&lock);
+  t_enabled = on;
+  pthread_mutex_unlock (&lock);
 }
 
 /* a restarted VPP has a new pid */
