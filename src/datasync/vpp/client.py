@@ -470,11 +470,12 @@ class VppClient:
         self._drop_connection(ClosedError("VppClient closed"))
         if transport is not None:
             transport.close()
-            if self.transport_kind == "vac":
+            wait_closed = getattr(transport, "wait_closed", None)
+            if self.transport_kind == "vac" and wait_closed is not None:
                 # the library is free (vac_disconnect returned) once the transport
                 # reported its end: the next connection need not wait for it
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(transport.wait_closed(), self.timeout)
+                    await asyncio.wait_for(wait_closed(), self.timeout)
         for task in list(self._fault_tasks):
             task.cancel()
         for waiter in self._window_waiters:
