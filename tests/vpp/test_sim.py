@@ -343,6 +343,17 @@ async def test_vrf_tables(client: VppClient) -> None:
     b = (await client.call("create_loopback")).sw_if_index
     add = "sw_interface_add_del_address"
     assert await rv(client, add, sw_if_index=b, is_add=True, prefix="1.1.1.2/24") == 0
+    # the connected entries live in the table the interface is bound to
+    in_5 = await client.dump("ip_route_dump", table={"table_id": 5, "is_ip6": False})
+    assert {"1.1.1.0/24", "1.1.1.1/32"} <= {str(d.route.prefix) for d in in_5}
+    in_0 = await client.dump("ip_route_dump", table={"table_id": 0, "is_ip6": False})
+    assert "1.1.1.1/32" not in {str(d.route.prefix) for d in in_0}
+    # read back: the tables and the bindings
+    tables = {(d.table.table_id, d.table.is_ip6) for d in await client.dump("ip_table_dump")}
+    assert tables == {(0, False), (0, True), (5, False)}
+    assert (await client.call("sw_interface_get_table", sw_if_index=a)).vrf_id == 5
+    assert (await client.call("sw_interface_get_table", sw_if_index=b)).vrf_id == 0
+    assert await rv(client, "sw_interface_get_table", sw_if_index=99) == -2
 
 
 # -- tap and memif ---------------------------------------------------------------------
