@@ -155,6 +155,19 @@ async def test_bridge_domain_members_bvi_first_then_not_join_order(client: VppCl
     assert sorted(members[1:]) == loops[:8] and members[1:] != loops[:8]
 
 
+async def test_bridge_domains_dump_in_bd_index_order_not_by_id(client: VppClient) -> None:
+    add = "bridge_domain_add_del_v2"
+    for bd_id in (30, 10, 20):
+        await client.call(add, bd_id=bd_id)
+    assert [d.bd_id for d in await client.dump("bridge_domain_dump")] == [30, 10, 20]
+    # a freed bd_index is taken again, lowest first; a bd made by a member join takes one too
+    await client.call(add, bd_id=10, is_add=False)
+    await client.call(add, bd_id=5)
+    loop = (await client.call("create_loopback")).sw_if_index
+    await client.call("sw_interface_set_l2_bridge", rx_sw_if_index=loop, bd_id=1)
+    assert [d.bd_id for d in await client.dump("bridge_domain_dump")] == [30, 5, 20, 1]
+
+
 async def test_events_of_one_batch_come_in_varying_order(sim: Simulator, client: VppClient) -> None:
     events: list[Any] = []
     client.subscribe("sw_interface_event", events.append)

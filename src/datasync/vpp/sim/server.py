@@ -924,9 +924,11 @@ class Simulator:
         if int(msg.sw_if_index) != U32_MAX or bd_id == 0:
             return  # VPP: filtering by interface is not implemented; bd 0 is never shown
         bds = self.state.bridge_domains
-        ids = sorted(bds) if bd_id == U32_MAX else [bd_id] if bd_id in bds else []
-        for i in ids:
-            bd = bds[i]
+        if bd_id == U32_MAX:
+            selected = self.state.bd_dump_order()
+        else:
+            selected = [bds[bd_id]] if bd_id in bds else []
+        for bd in selected:
             members = [
                 {"context": 0, "sw_if_index": sw, "shg": shg}
                 for sw, shg in self.state.bd_members(bd)

@@ -218,6 +218,8 @@ class BridgeDomain:
     members: dict[int, int] = field(default_factory=dict)
     bvi: int = U32_MAX
     uu_fwd: int = U32_MAX
+    #: VPP's bd_index (lowest free, 0 is bd 0's): the order bridge_domain_dump walks
+    index: int = 0
 
     def settings(self) -> tuple[Any, ...]:
         return (
@@ -518,6 +520,8 @@ class Dataplane:
         self._stats_next = 1
         self._stats_free: list[int] = []
         self.bridge_domains: dict[int, BridgeDomain] = {}
+        self._bd_indexes = _Instances()
+        self._bd_indexes.take(0)  # bd 0, VPP's own, which no dump shows
         self.tables: dict[tuple[int, bool], Table] = {}
         self._new_table(0, False, "ipv4-VRF:0")
         self._new_table(0, True, "ipv6-VRF:0")
@@ -1066,6 +1070,7 @@ class Dataplane:
             if bd.members:
                 return BD_IN_USE, {}
             del self.bridge_domains[bd_id]
+            self._bd_indexes.release(bd.index)
             self.record("bridge_domain", "delete")
             return OK, {"bd_id": bd_id}
         if bd_id == U32_MAX:
@@ -1076,6 +1081,7 @@ class Dataplane:
             return BD_ALREADY_EXISTS, {}
         self.bridge_domains[bd_id] = BridgeDomain(
             bd_id,
+            index=self._bd_indexes.take_lowest(),
             flood=bool(req.flood),
             uu_flood=bool(req.uu_flood),
             forward=bool(req.forward),
@@ -1094,6 +1100,11 @@ class Dataplane:
             self._bd_seed = (self._bd_seed * 1103515245 + 12345) & BD_ID_MAX
             if candidate not in self.bridge_domains and candidate not in (0, BD_ID_MAX):
                 return candidate
+
+    def bd_dump_order(self) -> list[BridgeDomain]:
+        """The bridge domains as bridge_domain_dump walks them: by bd_index (creation
+        order, freed indexes reused lowest first), not by bd_id."""
+        return sorted(self.bridge_domains.values(), key=lambda bd: bd.index)
 
     def bd_members(self, bd: BridgeDomain) -> list[tuple[int, int]]:
         """A bridge domain's (sw_if_index, shg) in dump order: the BVI first, as VPP keeps
@@ -1139,7 +1150,8 @@ class Dataplane:
         bd = self.bridge_domains.get(bd_id)
         if bd is None:
             # VPP creates a missing bridge domain on first use, with flood and learn on
-            bd = self.bridge_domains[bd_id] = BridgeDomain(bd_id)
+            bd = BridgeDomain(bd_id, index=self._bd_indexes.take_lowest())
+            self.bridge_domains[bd_id] = bd
             self.record("bridge_domain", "create")
         if port_type == 1 and bd.bvi not in (U32_MAX, sw_if_index):
             return BD_ALREADY_HAS_BVI, {}
@@ -1345,6 +1357,7 @@ class Dataplane:
             self._leave_bd(iface)
         elif action == "delete_bd":
             bd = self.bridge_domains.pop(int(params["bd_id"]))
+            self._bd_indexes.release(bd.index)
             for member in bd.members:
                 if member in self.interfaces:
                     self.interfaces[member].bd_id = None
