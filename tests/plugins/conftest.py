@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from datasync.agent.demo import resync_on_vpp_fault
+from datasync.agent.wiring import vpp_fault_handler
 from datasync.plugins import KeyState, RetryPolicy, VppPlugins
 from datasync.plugins.models import BD_PREFIX, IF_PREFIX, ROUTE_PREFIX, VRF_PREFIX
 from datasync.resync import Orchestrator, ResyncConfig
@@ -140,10 +140,11 @@ FAST_RETRY = RetryPolicy(initial=0.05, maximum=0.5)
 
 @asynccontextmanager
 async def running_agent(
-    store: Any, sim: Simulator, state_dir: Path, transport: str = "socket"
+    store: Any, sim: Simulator, state_dir: Path, transport: str = "socket", **config: Any
 ) -> AsyncIterator[Agent]:
     """The plugins and the orchestrator on ``store``, driving ``sim``."""
-    orch = Orchestrator([store], ResyncConfig(resync_timeout=20, backoff_initial=0.1))
+    config = {"resync_timeout": 20, "backoff_initial": 0.1, **config}
+    orch = Orchestrator([store], ResyncConfig(**config))
     assert sim.path is not None
     client = VppClient(
         sim.path, probe_interval=None, timeout=10, transport=transport, backoff_max=0.2
@@ -151,13 +152,7 @@ async def running_agent(
     plugins = VppPlugins(
         client, LABEL, retry=FAST_RETRY, ack_timeout=5, ledger_path=state_dir / "ledger.json"
     )
-    on_orch = resync_on_vpp_fault(orch)
-
-    def on_fault(kind: str, detail: Mapping[str, Any]) -> None:
-        plugins.on_fault(kind, detail)
-        on_orch(kind, detail)
-
-    client.on_fault = on_fault
+    client.on_fault = vpp_fault_handler(orch, plugins)
     try:
         await client.connect()
         plugins.add_to(orch)
