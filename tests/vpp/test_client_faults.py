@@ -151,6 +151,8 @@ class InOrderVpp:
         self.running.set()
         self.drop_at: int | None = None
         self.hang_at: int | None = None
+        #: while hung, send an interface event this often (VPP's other work goes on)
+        self.chatter: float | None = None
         self.handled = 0  # requests answered, over all connections
         self.pings = 0
         self.server: asyncio.AbstractServer | None = None
@@ -182,6 +184,7 @@ class InOrderVpp:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         worker = asyncio.ensure_future(self._work(queue, w))
         self.tasks.add(worker)
+        self.tasks.add(asyncio.ensure_future(self._chat(w)))
         try:
             while True:
                 hdr = await r.readexactly(16)
@@ -191,6 +194,12 @@ class InOrderVpp:
         finally:
             worker.cancel()
             w.close()
+
+    async def _chat(self, w: asyncio.StreamWriter) -> None:
+        while not w.is_closing():
+            if self.chatter is not None and not self.running.is_set():
+                w.write(self._encode("sw_interface_event", {"sw_if_index": 1, "flags": 1}))
+            await asyncio.sleep(self.chatter or 0.01)
 
     async def _work(self, queue: asyncio.Queue[bytes], w: asyncio.StreamWriter) -> None:
         while True:
@@ -458,3 +467,29 @@ async def test_call_many_refused_request_lets_the_sent_ones_settle(
     ifaces = await c.dump("sw_interface_dump")
     assert sorted(i.tag for i in ifaces if i.tag) == ["a", "b"]
     assert c.connected
+
+
+async def test_events_alone_do_not_keep_a_hung_vpp_alive(sock_path: str) -> None:
+    faults = Faults()
+    async with InOrderVpp(sock_path) as vpp:
+        c = VppClient(
+            sock_path,
+            on_fault=faults,
+            probe_interval=0.02,
+            probe_timeout=0.05,
+            busy_timeout=0.4,
+            reconnect=False,
+        )
+        await c.connect()
+        try:
+            vpp.chatter = 0.01  # requests go unanswered, but events keep coming
+            vpp.hang()
+            await eventually(lambda: "disconnected" in faults.kinds())
+            kind, detail = faults.seen[0]
+            assert kind == "unresponsive" and detail["events_only"] is True
+            assert detail["silent_for"] >= 0.4
+            assert "no reply (events only)" in faults.seen[1][1]["error"]
+            assert c.stats["events"] > 0
+        finally:
+            vpp.resume()
+            await c.close()

@@ -89,10 +89,12 @@ class VppMessageError(DatasyncError):
 class _Stalled(Exception):
     """The probe's verdict: VPP sent nothing for busy_timeout with our requests outstanding."""
 
-    def __init__(self, silent_for: float, outstanding: int) -> None:
+    def __init__(self, silent_for: float, outstanding: int, events_only: bool = False) -> None:
         self.silent_for = silent_for
         self.outstanding = outstanding
-        super().__init__(f"silent for {silent_for:.3f} s, {outstanding} outstanding")
+        self.events_only = events_only
+        what = "no reply (events only)" if events_only else "no message"
+        super().__init__(f"{what} from VPP for {silent_for:.2f} s")
 
 
 class _Call:
@@ -1058,12 +1060,12 @@ class VppClient:
                             "timeout": self.busy_timeout,
                             "silent_for": round(stall.silent_for, 3),
                             "outstanding": stall.outstanding,
+                            "events_only": stall.events_only,
                         },
                     )
                     self._abort_reason = VppConnectionError(
-                        f"health probe failed: no message from VPP for {stall.silent_for:.2f} s "
-                        f"with {stall.outstanding} requests outstanding (busy_timeout "
-                        f"{self.busy_timeout:g} s); connection aborted"
+                        f"health probe failed: {stall} with {stall.outstanding} requests "
+                        f"outstanding (busy_timeout {self.busy_timeout:g} s); connection aborted"
                     )
                     transport.abort()
                 continue
@@ -1130,15 +1132,20 @@ class VppClient:
                 raise
         ctx, call = self._submit("control_ping", None)
         fut = call.future
+        sent = self._loop.time()
         try:
             while True:
                 rx = self._rx_batches
                 done, _ = await asyncio.wait((fut,), timeout=slice_)
                 if done:
                     return fut.result()
+                first = next(iter(self._pending), ctx)
                 if self._rx_batches != rx:
+                    if first == ctx and self._loop.time() - sent >= self.busy_timeout:
+                        # events keep coming, but the ping, first in line, is not answered
+                        raise _Stalled(self._loop.time() - sent, len(self._pending), True)
                     continue  # progress: VPP is alive, the ping is still queued
-                if next(iter(self._pending), ctx) == ctx:
+                if first == ctx:
                     return None  # nothing of ours ahead of the ping and no word: a miss
                 self._check_stall()
         finally:
