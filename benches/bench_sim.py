@@ -2,10 +2,10 @@
 
 The simulator runs in a subprocess (``datasync vppsim``) so that it and the client each
 get a core; the client is ``VppClient.call_many`` with its default window (1024 in
-flight). Every round sends ``N`` requests of one kind against ``N`` interfaces (2,000
-loopbacks) and ``extra_info["req_per_s"]`` holds the rate of the fastest round (for the
-dumps: details per second). What a round needs (fresh interfaces, the opposite flag or
-tag) is prepared before it, untimed.
+flight). Every round sends ``N`` requests of one kind: against ``N`` interfaces (2,000
+loopbacks), or creating 2,000 loopbacks, taps or memifs. ``extra_info["req_per_s"]``
+holds the rate of the fastest round (for the dumps: details per second). What a round
+needs (fresh interfaces, the opposite flag or tag) is prepared before it, untimed.
 
     .venv/bin/python -m pytest benches/bench_sim.py --benchmark-columns=min,median,rounds
 """
@@ -164,6 +164,25 @@ def test_create_loopback(benchmark: Any, bench: _Bench) -> None:
 
     _measure(benchmark, bench, "create_loopback", make, keep=keep)
     bench.delete(made)
+
+
+@pytest.mark.parametrize("kind", ["tap_create_v3", "memif_create_v2"])
+def test_create_tap_memif(benchmark: Any, bench: _Bench, kind: str) -> None:
+    made: list[int] = []
+    delete = "tap_delete_v2" if kind == "tap_create_v3" else "memif_delete"
+
+    def make() -> list[dict[str, Any] | None]:
+        if made:
+            bench.many(delete, [{"sw_if_index": i} for i in made])
+        if kind == "tap_create_v3":
+            return [{"tag": f"tap-{n}"} for n in range(N)]
+        return [{"socket_id": 0, "id": n} for n in range(N)]
+
+    def keep(replies: list[Any]) -> None:
+        made[:] = [r.sw_if_index for r in replies]
+
+    _measure(benchmark, bench, kind, make, keep=keep)
+    bench.many(delete, [{"sw_if_index": i} for i in made])
 
 
 def test_add_address(benchmark: Any, bench: _Bench) -> None:

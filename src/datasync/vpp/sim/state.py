@@ -380,11 +380,13 @@ _MASKS = {bits: [((1 << k) - 1) << (bits - k) for k in range(bits + 1)] for bits
 class _AddressIndex:
     """The interface addresses of one VRF and family, for VPP's overlap check.
 
-    A check costs one lookup per prefix length in use plus one; an add or delete costs
-    one update per shorter length, so neither grows with the number of addresses.
+    A check costs one lookup per prefix length in use plus one. An add or delete costs
+    one update per tracked level below its length: a level is tracked from the first
+    time an address of that length is checked or added (once, O(n)), and there are as
+    few levels as address lengths in use. Neither grows with the number of addresses.
     """
 
-    __slots__ = ("inner", "lengths", "masks", "nets")
+    __slots__ = ("inner", "lengths", "levels", "masks", "nets")
 
     def __init__(self, bits: int) -> None:
         self.masks = _MASKS[bits]
@@ -392,8 +394,20 @@ class _AddressIndex:
         self.nets: dict[tuple[int, int], list[tuple[int, int]]] = {}
         #: length -> how many addresses have it
         self.lengths: dict[int, int] = {}
-        #: (network, length) -> how many addresses with a longer length lie inside it
+        #: (network, level) -> how many addresses with a longer length lie inside it,
+        #: kept for the tracked levels only
         self.inner: dict[tuple[int, int], int] = {}
+        self.levels: set[int] = set()
+
+    def _track(self, level: int) -> None:
+        self.levels.add(level)
+        mask = self.masks[level]
+        inner = self.inner
+        for (_net, length), owners in self.nets.items():
+            if length > level:
+                for addr, _sw in owners:
+                    key = (addr & mask, level)
+                    inner[key] = inner.get(key, 0) + 1
 
     def conflicts(self, addr: int, length: int, sw_if_index: int) -> bool:
         masks = self.masks
@@ -410,16 +424,21 @@ class _AddressIndex:
                 # different address); any other overlap is in use
                 if o_sw != sw_if_index or o_addr == addr:
                     return True
+        if length not in self.levels:
+            self._track(length)
         return bool(self.inner.get((addr & masks[length], length)))
 
     def add(self, addr: int, length: int, sw_if_index: int) -> None:
         masks = self.masks
+        if length not in self.levels:
+            self._track(length)
         self.nets.setdefault((addr & masks[length], length), []).append((addr, sw_if_index))
         self.lengths[length] = self.lengths.get(length, 0) + 1
         inner = self.inner
-        for k in range(length):
-            key = (addr & masks[k], k)
-            inner[key] = inner.get(key, 0) + 1
+        for k in self.levels:
+            if k < length:
+                key = (addr & masks[k], k)
+                inner[key] = inner.get(key, 0) + 1
 
     def remove(self, addr: int, length: int, sw_if_index: int) -> None:
         masks = self.masks
@@ -436,13 +455,14 @@ class _AddressIndex:
         else:
             del self.lengths[length]
         inner = self.inner
-        for k in range(length):
-            key = (addr & masks[k], k)
-            n = inner[key] - 1
-            if n:
-                inner[key] = n
-            else:
-                del inner[key]
+        for k in self.levels:
+            if k < length:
+                key = (addr & masks[k], k)
+                n = inner[key] - 1
+                if n:
+                    inner[key] = n
+                else:
+                    del inner[key]
 
 
 class _Instances:
