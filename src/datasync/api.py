@@ -20,12 +20,12 @@ from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 from .errors import ClosedError, InvalidKeyError
 
 __all__ = [
+    "MAX_VALUE_BYTES",
     "Ack",
     "Change",
     "ChangeEvent",
     "Channel",
     "KeyVal",
-    "MAX_VALUE_BYTES",
     "Op",
     "Plugin",
     "Publisher",
