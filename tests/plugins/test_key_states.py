@@ -158,3 +158,32 @@ async def test_vpp_agent_values_both_naming_styles_and_enums(agent: Agent) -> No
     assert tagged["memif1"]["addresses"] == ["10.20.0.1/24"]
     tables = {(t["table_id"], t["is_ip6"]) for t in agent.sim.dump_state()["tables"]}
     assert {(3, True), (4, False)} <= tables
+
+
+def memif(name: str, memif_id: int) -> tuple[str, bytes]:
+    doc = {"name": name, "type": "MEMIF", "enabled": True, "memif": {"id": memif_id}}
+    return IF + name, js(doc)
+
+
+async def test_an_untagged_memif_of_an_interrupted_create_is_adopted(agent: Agent) -> None:
+    """A create whose tag was lost (a crash between the two calls) leaves an untagged
+    memif; VPP answers the next create "already exists", and the read-back adopts it."""
+    lost = (await agent.client.call("memif_create_v2", socket_id=0, id=4, role=1)).sw_if_index
+    await agent.put(memif("memif4", 4))
+    await agent.orch.start()
+    await agent.settle()
+    assert agent.state(IF + "memif4") is KeyState.CONFIGURED
+    assert agent.tagged()["memif4"]["sw_if_index"] == lost
+    assert [i["kind"] for i in agent.sim.dump_state()["interfaces"]].count("memif") == 1
+
+
+async def test_two_keys_with_one_memif_id_the_second_fails(agent: Agent) -> None:
+    await agent.put(memif("a", 5))
+    await agent.orch.start()
+    await agent.settle()
+    await agent.put(memif("b", 5))
+    await agent.settle()
+    await agent.wait_state(IF + "b", KeyState.FAILED)
+    assert "in use" in agent.reason(IF + "b") and "by a" in agent.reason(IF + "b")
+    assert agent.state(IF + "a") is KeyState.CONFIGURED
+    assert agent.orch.status().failed_rounds == 0

@@ -139,6 +139,9 @@ class Call:
     op: str  # "create", "update" or "delete": how a retval is classified
     what: str
     then: Callable[[Any], None] | None = None
+    #: a create that VPP answered "already exists": the caller reads it back (without
+    #: this the key is RETRYING: the reply has no handle on the object)
+    exists: Callable[[Any], None] | None = None
 
 
 class VppPlugin(Generic[M]):
@@ -354,7 +357,16 @@ class VppPlugin(Generic[M]):
             for call, reply in zip(group, replies, strict=True):
                 rv = int(getattr(reply, "retval", 0))
                 outcome = classify(rv, call.op)
-                if outcome in ("ok", "benign"):
+                if outcome == "benign" and rv < 0 and call.op == "create":
+                    if call.exists is not None:
+                        call.exists(reply)
+                    elif call.key not in failed:
+                        failed.add(call.key)
+                        name = retval_name(rv)
+                        self.retry_later(
+                            call.key, f"{call.what}: VPP returned {rv} {name}", retval=name
+                        )
+                elif outcome in ("ok", "benign"):
                     if call.then is not None:
                         call.then(reply)
                 elif call.key not in failed:

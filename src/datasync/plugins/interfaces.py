@@ -264,13 +264,19 @@ class InterfacePlugin(VppPlugin[Interface]):
 
         # 2. create what is missing
         created: set[str] = set()
+        exists: list[str] = []
         calls = []
         for key, m in alive():
             name = names[key]
             if name in self.have:
                 continue
-            calls.append(self._create_call(key, m, created))
+            call = self._create_call(key, m, created)
+            if m.type is IfType.MEMIF:
+                call.exists = lambda _r, key=key: exists.append(key)
+            calls.append(call)
         failed |= await self.send(calls)
+        if exists:
+            failed |= await self._adopt_memifs({k: work[k] for k in exists}, created)
 
         # 3. tag what was created without one (the tag is how a resync finds it again)
         calls = []
@@ -378,6 +384,42 @@ class InterfacePlugin(VppPlugin[Interface]):
         failed |= await self.send(calls)
         for key, _m in alive():
             self.configured(key)
+
+    async def _adopt_memifs(self, work: dict[str, Interface], created: set[str]) -> set[str]:
+        """VPP already has a memif with this id on this socket: read it back. An untagged
+        one is this agent's own from a create whose tag was lost (a crash or a dropped
+        reply): adopt it. A tagged one is another key's: FAILED."""
+        details = {int(d.sw_if_index): d for d in await self.client.dump("sw_interface_dump")}
+        found = {(int(d.socket_id), int(d.id)): d for d in await self.client.dump("memif_dump")}
+        failed = set()
+        adopted = []
+        for key, m in work.items():
+            memif = m.memif
+            socket = self.sockets.get(memif.socket_filename if memif else "", 0)
+            d = found.get((socket, memif.id if memif else 0))
+            sw = details.get(int(d.sw_if_index)) if d is not None else None
+            if d is None or sw is None or sw.tag:
+                other = f" by {sw.tag}" if sw is not None and sw.tag else ""
+                reason = f"memif id {memif.id if memif else 0} is in use on its socket{other}"
+                self.states.set(key, KeyState.FAILED, reason)
+                self._failed_at[key] = self.values.get(key, b"")
+                failed.add(key)
+                continue
+            link = (int(d.id), int(d.role), int(d.mode), int(d.socket_id))
+            h = VppInterface(
+                int(d.sw_if_index), IfType.MEMIF, bool(int(sw.flags) & ADMIN_UP),
+                bytes(sw.l2_address), int(sw.mtu[0]), link=link,
+            )  # fmt: skip
+            self.have[m.name] = h
+            adopted.append(h)
+            created.add(m.name)  # untagged: the tag stage names it
+            log.info("interfaces: adopted untagged memif %s", m.name)
+        reqs = [
+            {"sw_if_index": h.sw_if_index, "is_ipv6": v6} for h in adopted for v6 in (False, True)
+        ]
+        for n, addrs in enumerate(await self.dump_many("ip_address_dump", reqs)):
+            adopted[n // 2].addresses.update(ipaddress.ip_interface(a.prefix) for a in addrs)
+        return failed
 
     def _create_call(self, key: str, m: Interface, created: set[str]) -> Call:
         name = m.name
