@@ -289,6 +289,9 @@ class FakeVpp:
         self.server.close()
         for t in self.tasks:
             t.cancel()
+        # a cancelled handler still runs until its next await: let it end before the
+        # test checks for leaked tasks (the stock asyncio loop is slower to get there)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.wait_closed()
 
     async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

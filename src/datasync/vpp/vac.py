@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ctypes.util
 import glob
+import logging
 import os
 import struct
 import threading
@@ -50,6 +51,8 @@ __all__ = [
     "VacTransport",
     "VacUnavailableError",
 ]
+
+log = logging.getLogger("datasync.vpp.vac")
 
 #: environment variable naming the library file to load
 ENV_LIBRARY = "DATASYNC_VAC_LIBRARY"
@@ -618,6 +621,7 @@ class VacTransport:
                 f"{stuck} (VPP's input queue is full and nobody drains it): the library "
                 "is busy until it does, and the next connection waits for it"
             )
+            log.warning("%s", self._lost_error)  # the client may report its own reason
         if not self._to_loop(self._report_lost):
             self._part_done()
 
