@@ -174,6 +174,7 @@ _RETRY = frozenset(
     for n in (
         "UNSPECIFIED",
         "INVALID_SW_IF_INDEX",  # on create/update: the interface may not exist *yet*
+        "NO_MATCHING_INTERFACE",  # a route path's interface: it too may not exist yet
         "NO_SUCH_FIB",  # the VRF table is created by another item
         "SYSCALL_ERROR_1",
         "SYSCALL_ERROR_2",
