@@ -493,3 +493,33 @@ async def test_events_alone_do_not_keep_a_hung_vpp_alive(sock_path: str) -> None
         finally:
             vpp.resume()
             await c.close()
+
+
+async def test_a_slot_handed_out_as_the_connection_dies_meets_the_loss(sock_path: str) -> None:
+    # One read can carry the reply that frees a window slot and the end of the stream:
+    # the waiter handed that slot resumes on a dead connection and must fail with the
+    # loss its peers got, not "not connected to VPP (calling control_ping)".
+    async with InOrderVpp(sock_path) as vpp:
+        c = VppClient(sock_path, probe_interval=None, reconnect=False, max_in_flight=1)
+        await c.connect()
+        try:
+            vpp.hang()
+            first = asyncio.ensure_future(c.call("control_ping"))
+            second = asyncio.ensure_future(c.call("control_ping"))
+            await eventually(lambda: len(c._pending) == 1 and len(c._window_waiters) == 1)
+            [ctx] = c._pending
+            reply = codec_for(DEFS, "control_ping_reply").encode(
+                vpp.ids["control_ping_reply"], {"context": ctx, "vpe_pid": 77}
+            )
+            transport = c._transport
+            assert transport is not None
+            c.frames_received([reply])  # the slot goes to the second call ...
+            c.transport_lost(ConnectionResetError("peer reset"))  # ... and the stream ends
+            transport.abort()
+            assert (await first).vpe_pid == 77
+            with pytest.raises(VppConnectionError, match="connection lost: peer reset"):
+                await second
+            assert c._in_flight == 0 and not c._window_waiters
+        finally:
+            vpp.resume()
+            await c.close()

@@ -409,7 +409,10 @@ class VacTransport:
             )
         self = cls(lib, sink, loop, read_timeout=read_timeout, stuck_timeout=stuck_timeout)
         wanted = list(names)
-        slot_wait = slot_timeout if connect_timeout is None else min(slot_timeout, connect_timeout)
+        # a library still busy with the last connection is named before our bound expires
+        slot_wait = (
+            slot_timeout if connect_timeout is None else min(slot_timeout, connect_timeout / 2)
+        )
         fut = _in_thread(
             loop, self._open_blocking, name, prefix, rx_qlen, mem_size, wanted, slot_wait
         )
