@@ -9,8 +9,9 @@ README's note on its reader bug); ``-shm`` ids run over the project's shared-mem
 (negotiated with ``sock_init_shm``) instead of the socket. ``-vac-fake`` ids run over
 the vac transport against the fake libvppapiclient of ``tests/vpp/fake_vac.c`` (an
 in-process loopback that answers at once: our side's cost alone, no VPP), with
-``raw-vac-fake`` the bare ``vac_write`` + ``vac_read`` loop it is bounded by, and
-``-tt`` with the real library's timeout-thread handshake in each ``vac_read``.
+``raw-vac-fake`` the bare ``vac_write`` + ``vac_read`` loop it is bounded by, ``-tt``
+with the real library's timeout-thread handshake in each ``vac_read``, and ``-cb`` in
+the callback mode (``vac_mode="callback"``: the library's rx thread delivers).
 
     .venv/bin/python -m pytest benches/bench_client.py --benchmark-columns=min,median,rounds
 """
@@ -220,15 +221,17 @@ def fake_vac() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("mode", ["sequential", "pipelined", "raw"])
-@pytest.mark.parametrize("tt", [False, True], ids=["", "tt"])
+@pytest.mark.parametrize("variant", ["sync", "tt", "cb"])
 def test_control_ping_vac_fake(
-    benchmark: Any, fake_vac: Any, loop: asyncio.AbstractEventLoop, mode: str, tt: bool
+    benchmark: Any, fake_vac: Any, loop: asyncio.AbstractEventLoop, mode: str, variant: str
 ) -> None:
     path, ctl = fake_vac
+    if mode == "raw" and variant == "cb":
+        pytest.skip("the callback mode has no raw read loop")
     ctl.fake_vac_reset()
-    ctl.fake_vac_set_timeout_thread(int(tt))
+    ctl.fake_vac_set_timeout_thread(int(variant == "tt"))
     benchmark.group = "control_ping rate"
-    suffix = "-vac-fake" + ("-tt" if tt else "")
+    suffix = "-vac-fake" + ("" if variant == "sync" else f"-{variant}")
     benchmark.name = f"test_control_ping[{'raw' if mode == 'raw' else 'ours-' + mode}{suffix}]"
     n = N_OURS // 10 if mode != "pipelined" else N_OURS
     if mode == "raw":
@@ -249,7 +252,12 @@ def test_control_ping_vac_fake(
             lib.vac_disconnect()
         _rate(benchmark, n)
         return
-    client = VppClient(transport="vac", vac_library=path, probe_interval=None)
+    client = VppClient(
+        transport="vac",
+        vac_library=path,
+        probe_interval=None,
+        vac_mode="callback" if variant == "cb" else "sync",
+    )
     loop.run_until_complete(client.connect())
 
     async def sequential() -> None:

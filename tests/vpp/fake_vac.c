@@ -14,6 +14,10 @@
  * svm_queue_add does, for good: only reviving "VPP" (or the test's safety valve,
  * block_ms) lets them go. Threads that waited are recorded by kernel thread id.
  *
+ * vac_connect with a callback starts an rx thread that hands every message to it (and
+ * frees it after), as the real library's async mode does; vac_disconnect stops and
+ * joins it before anything else.
+ *
  * With fake_vac_set_timeout_thread(1), vac_read with a timeout pokes a timeout thread
  * before it waits and again after, as the real library does (set_timeout and
  * unset_timeout in client.c), so the cost of that handshake can be measured.
@@ -81,6 +85,39 @@ static long blocked_tids[MAX_TIDS];
 static uint32_t vpe_pid = 4242;
 static char last_name[64], last_prefix[64];
 static int last_rx_qlen = -1, had_callback;
+
+/* async mode: the library's rx thread calls the callback with each message */
+static vac_callback_t rx_cb;
+static pthread_t rx_thread;
+static int rx_running, rx_exit;
+
+static void *
+rx_fn (void *arg)
+{
+  msg_t *m;
+  (void) arg;
+  pthread_mutex_lock (&lock);
+  for (;;)
+    {
+      while (!head && !rx_exit)
+        pthread_cond_wait (&cond, &lock);
+      if (!head)
+        break; /* RX_THREAD_EXIT: it queues behind what came before */
+      m = head;
+      head = m->next;
+      if (!head)
+        tail = 0;
+      outstanding++;
+      reads++;
+      pthread_mutex_unlock (&lock);
+      rx_cb (m->data, m->len);
+      pthread_mutex_lock (&lock);
+      outstanding--;
+      free (m);
+    }
+  pthread_mutex_unlock (&lock);
+  return 0;
+}
 
 /* the real library's timeout thread: poked by every vac_read with a timeout */
 static pthread_mutex_t t_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -250,6 +287,12 @@ vac_connect (char *name, char *chroot_prefix, vac_callback_t cb, int rx_qlen)
       connected = 1;
       connects++;
       events_enabled = 0;
+      if (cb)
+        {
+          rx_cb = cb;
+          rx_exit = 0;
+          rx_running = pthread_create (&rx_thread, 0, rx_fn, 0) == 0;
+        }
     }
   pthread_mutex_unlock (&lock);
   return rv;
@@ -259,6 +302,16 @@ int
 vac_disconnect (void)
 {
   pthread_mutex_lock (&lock);
+  if (rx_running)
+    {
+      /* like the real one: RX_THREAD_EXIT into our own queue, then join */
+      rx_exit = 1;
+      rx_running = 0;
+      pthread_cond_broadcast (&cond);
+      pthread_mutex_unlock (&lock);
+      pthread_join (rx_thread, 0);
+      pthread_mutex_lock (&lock);
+    }
   if (connected && dead)
     dead_enqueue (); /* memclnt_delete: waits for room like any write */
   if (connected)

@@ -275,19 +275,23 @@ async def test_client_without_library(no_library: str, monkeypatch: pytest.Monke
     await c.close()
     with pytest.raises(ValueError, match="'vac'"):
         VppClient(transport="carrier-pigeon")
+    with pytest.raises(ValueError, match="'callback'"):
+        VppClient(transport="vac", vac_mode="async")
 
 
 # -- a real VPP ----------------------------------------------------------------------------
 
 
 @needs_real_library
-async def test_real_vpp_control_ping() -> None:
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+async def test_real_vpp_control_ping(mode: str) -> None:
     assert REAL_LIBRARY is not None
     c = VppClient(
         transport="vac",
         vac_library=REAL_LIBRARY,
         vac_prefix=os.environ.get("DATASYNC_VAC_PREFIX") or None,
         probe_interval=None,
+        vac_mode=mode,
     )
     try:
         # bounded: no API region means no vac_connect at all (the library would wait
@@ -348,9 +352,11 @@ async def test_transport_round_trip(fake: Fake) -> None:
     assert fake.stat("writes") == 2  # the ping above and the one that woke the reader
 
 
-async def test_bodies_arrive_in_order_and_in_batches(fake: Fake) -> None:
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+async def test_bodies_arrive_in_order_and_in_batches(fake: Fake, mode: str) -> None:
     sink = Sink()
-    t, _ = await VacTransport.open(sink, NAMES, library=fake.library)
+    t, _ = await VacTransport.open(sink, NAMES, library=fake.library, mode=mode)
+    assert fake.stat("had_callback") == (mode == "callback")
     n = 2000
     t.send_many(ping(i) for i in range(1, n + 1))
     await eventually(lambda: len(sink.bodies) == n)
@@ -465,8 +471,9 @@ def test_read_timeout_is_validated(fake: Fake) -> None:
 # -- the client over the fake ---------------------------------------------------------------
 
 
-async def test_client_calls_over_vac(fake: Fake, make_client: Any) -> None:
-    c = await make_client(name="dsync-vac")
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+async def test_client_calls_over_vac(fake: Fake, make_client: Any, mode: str) -> None:
+    c = await make_client(name="dsync-vac", vac_mode=mode)
     assert c.connected and c.vpe_pid == 4242
     assert fake.last_name() == "dsync-vac"
     reply = await c.call("control_ping")
@@ -480,8 +487,9 @@ async def test_client_calls_over_vac(fake: Fake, make_client: Any) -> None:
     assert fake.sent("sockclnt_delete") == 0
 
 
-async def test_client_events_over_vac(fake: Fake, make_client: Any) -> None:
-    c = await make_client()
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+async def test_client_events_over_vac(fake: Fake, make_client: Any, mode: str) -> None:
+    c = await make_client(vac_mode=mode)
     seen: list[Any] = []
     c.subscribe("sw_interface_event", seen.append)
     await c.want("want_interface_events")
@@ -548,9 +556,10 @@ async def test_client_reconnects_after_a_read_error(fake: Fake, make_client: Any
     assert fake.stat("connects") == 2 and fake.stat("disconnects") == 1
 
 
-async def test_client_survives_write_errors(fake: Fake, make_client: Any) -> None:
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+async def test_client_survives_write_errors(fake: Fake, make_client: Any, mode: str) -> None:
     faults = Faults()
-    c = await make_client(on_fault=faults)
+    c = await make_client(on_fault=faults, vac_mode=mode)
     fake.ctl.fake_vac_set_write_result(-2)
     with pytest.raises(VppConnectionError, match="vac_write failed: VAC_SVM_QUEUE_SUB_2"):
         await c.call("control_ping")
@@ -559,10 +568,15 @@ async def test_client_survives_write_errors(fake: Fake, make_client: Any) -> Non
     assert (await c.call("control_ping")).retval == 0
 
 
-async def test_hung_vpp_found_by_the_probe(fake: Fake, make_client: Any) -> None:
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+async def test_hung_vpp_found_by_the_probe(fake: Fake, make_client: Any, mode: str) -> None:
     faults = Faults()
     c = await make_client(
-        on_fault=faults, probe_interval=0.05, probe_timeout=0.05, connect_timeout=0.5
+        on_fault=faults,
+        probe_interval=0.05,
+        probe_timeout=0.05,
+        connect_timeout=0.5,
+        vac_mode=mode,
     )
     fake.ctl.fake_vac_set_hang(1)
     await eventually(lambda: "unresponsive" in faults.kinds())
@@ -589,6 +603,7 @@ async def test_missing_region_fails_fast_without_calling_the_library(
     await c.close()
 
 
+@pytest.mark.parametrize("mode", ["sync", "callback"])
 @pytest.mark.parametrize(
     "queue",
     [
@@ -597,7 +612,7 @@ async def test_missing_region_fails_fast_without_calling_the_library(
     ],
 )
 async def test_vpp_killed_under_load_never_blocks_the_loop(
-    fake: Fake, make_client: Any, queue: int
+    fake: Fake, make_client: Any, queue: int, mode: str
 ) -> None:
     faults = Faults()
     # the valve only bounds this test on a client that blocks: a real vac_write waits for
@@ -609,6 +624,7 @@ async def test_vpp_killed_under_load_never_blocks_the_loop(
         probe_timeout=0.05,
         busy_timeout=0.3,
         connect_timeout=0.5,
+        vac_mode=mode,
     )
     assert c._window < 1024  # our own requests leave room in VPP's queue
     fake.ctl.fake_vac_set_dead(1)  # VPP is killed with a full window on its way

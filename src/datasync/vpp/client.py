@@ -186,6 +186,7 @@ class VppClient:
         shm_size: int = 4 << 20,
         vac_library: str | None = None,
         vac_prefix: str | None = None,
+        vac_mode: str = "sync",
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -223,6 +224,11 @@ class VppClient:
         #: the libvppapiclient.so file (default: searched) and VPP's api-segment prefix
         self.vac_library = vac_library
         self.vac_prefix = vac_prefix
+        if vac_mode not in ("sync", "callback"):
+            raise ValueError(f"vac_mode must be 'sync' or 'callback', got {vac_mode!r}")
+        #: "sync" (our reader polls vac_read) or "callback" (the library's rx thread
+        #: delivers: no timeout-thread handshake per message; see benches/README.md)
+        self.vac_mode = vac_mode
         #: VPP's pid as reported by control_ping (None until known)
         self.vpe_pid: int | None = None
         self.stats: dict[str, int] = {
@@ -428,6 +434,7 @@ class VppClient:
             prefix=self.vac_prefix,
             library=self.vac_library,
             connect_timeout=self.connect_timeout,
+            mode=self.vac_mode,
         )
         try:
             conn = self._check_conn(_Conn(table, self.defs, 0))

@@ -314,9 +314,16 @@ class VacTransport:
         *,
         read_timeout: int = 1,
         stuck_timeout: float = 2.0,
+        mode: str = "sync",
     ) -> None:
         if not 1 <= read_timeout <= 0xFFFF:
             raise ValueError(f"read_timeout must be 1..65535 seconds, got {read_timeout!r}")
+        if mode not in ("sync", "callback"):
+            raise ValueError(f"mode must be 'sync' or 'callback', got {mode!r}")
+        #: "sync": our reader thread polls vac_read with read_timeout; "callback": the
+        #: library's own rx thread hands us each message (no timeout thread per read)
+        self.mode = mode
+        self._c_callback: Any = None
         self.library = library
         self.path = library.path
         self._lib = library.lib
@@ -324,6 +331,9 @@ class VacTransport:
         self._loop = loop
         self._read_timeout = read_timeout
         self._stuck_timeout = stuck_timeout
+        if mode == "callback":
+            # kept referenced for the connection's life: the library calls it
+            self._c_callback = ffi.callback("vac_callback_t", self._on_message)
         #: the most requests we let wait in VPP's input queue
         self.max_in_flight = max(1, self.vpp_queue_length - self.queue_reserve)
         self._lib_connected = False  # vac_connect succeeded, vac_disconnect not yet called
@@ -381,6 +391,7 @@ class VacTransport:
         slot_timeout: float = 10.0,
         connect_timeout: float | None = None,
         stuck_timeout: float = 2.0,
+        mode: str = "sync",
     ) -> tuple[VacTransport, dict[str, int]]:
         """Connect (``vac_connect`` in sync mode) and resolve ``names`` (each a name_crc).
 
@@ -390,7 +401,9 @@ class VacTransport:
         it is full, so it is sized for a pipelined window (papi's 32 suits one call at a
         time). Without VPP's region file ``vac_connect`` is not called at all (the library
         would wait for the region for over a minute); ``connect_timeout`` bounds the wait
-        for the rest (the library's own is 10 s).
+        for the rest (the library's own is 10 s). ``mode="callback"`` connects with a
+        callback, so that the library's rx thread delivers messages with no timeout-thread
+        handshake per message (``vac_disconnect`` stops that thread itself).
         Raises :class:`VacUnavailableError` without the library, :class:`VacError` when
         ``vac_connect`` fails or takes longer than ``connect_timeout``.
         """
@@ -407,7 +420,9 @@ class VacTransport:
                 f"no VPP API region {region}: is VPP running"
                 + (f" with api-segment prefix {prefix!r}?" if prefix else "?"),
             )
-        self = cls(lib, sink, loop, read_timeout=read_timeout, stuck_timeout=stuck_timeout)
+        self = cls(
+            lib, sink, loop, read_timeout=read_timeout, stuck_timeout=stuck_timeout, mode=mode
+        )
         wanted = list(names)
         # a library still busy with the last connection is named before our bound expires
         slot_wait = (
@@ -453,7 +468,8 @@ class VacTransport:
             library.mem_init(mem_size)
             c_name = ffi.new("char[]", name.encode("utf-8")[:63])
             c_prefix = ffi.new("char[]", prefix.encode("utf-8")) if prefix else ffi.NULL
-            rc = int(self._lib.vac_connect(c_name, c_prefix, ffi.NULL, rx_qlen))
+            cb = self._c_callback if self._c_callback is not None else ffi.NULL
+            rc = int(self._lib.vac_connect(c_name, c_prefix, cb, rx_qlen))
             if rc != 0:
                 where = f"prefix {prefix!r}" if prefix else "the default API region"
                 raise VacError(rc, "vac_connect", f"is VPP running? {where}")
@@ -501,14 +517,15 @@ class VacTransport:
     # -- the threads ---------------------------------------------------------------------
 
     def _start_threads(self) -> None:
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"vac-reader-{self.path}", daemon=True
-        )
         self._writer = threading.Thread(
             target=self._write_loop, name=f"vac-writer-{self.path}", daemon=True
         )
         self._writer.start()
-        self._reader.start()
+        if self.mode == "sync":
+            self._reader = threading.Thread(
+                target=self._read_loop, name=f"vac-reader-{self.path}", daemon=True
+            )
+            self._reader.start()
 
     def _write_loop(self) -> None:
         write = self._lib.vac_write
@@ -542,6 +559,8 @@ class VacTransport:
             if self._lost_error is None:
                 self._lost_error = err
             self._closing = True  # the reader sees it within read_timeout
+            if self._reader is None:  # callback mode: no reader to end it
+                threading.Thread(target=self._finish, args=(err,), daemon=True).start()
 
     def _read_loop(self) -> None:
         lib = self._lib
@@ -578,6 +597,21 @@ class VacTransport:
             err = VppConnectionError(f"libvppapiclient reader failed: {exc!r}")
         finally:
             self._finish(err)
+
+    def _on_message(self, data: Any, length: int) -> None:
+        # the library's rx thread, with the GIL cffi took for it; the library frees the
+        # message when we return, so it is copied here, and nothing may raise
+        try:
+            if self._closing:
+                return
+            if data == ffi.NULL or not 0 <= length <= MAX_FRAME:
+                self._to_loop(
+                    self._end, VppProtocolError(f"libvppapiclient delivered {length} bytes")
+                )
+                return
+            self._push(ffi.buffer(data, length)[:])
+        except BaseException:  # pragma: no cover - a callback must not raise into C
+            log.exception("vac callback failed")
 
     def _push(self, body: bytes) -> None:
         with self._rx_lock:
@@ -699,20 +733,19 @@ class VacTransport:
     def _end(self, err: BaseException | None) -> None:
         if self._closing:
             return
-        self._closing = True
         if self._lost_error is None:
             self._lost_error = err
         reader = self._reader
-        if reader is None or not reader.is_alive():
-            threading.Thread(target=self._finish, args=(err,), daemon=True).start()
-            return
-        # The reader sits in vac_read: VPP's answer to a ping wakes it at once (else it
+        reading = reader is not None and reader.is_alive()
+        # Our reader sits in vac_read: VPP's answer to a ping wakes it at once (else it
         # sees the flag after read_timeout). Requests not written yet are dropped.
-        wake = self._wake_body
+        wake = self._wake_body if reading else None
         with self._tx_cv:
             self._closing = True  # under the lock: the writer sees only the wake ping
             self._tx = [wake] if wake is not None else []
             self._tx_cv.notify()
+        if not reading:  # callback mode (vac_disconnect stops the library's rx thread)
+            threading.Thread(target=self._finish, args=(err,), daemon=True).start()
 
     def close(self) -> None:
         """Disconnect (in the reader thread); ``transport_lost(None)`` follows."""
