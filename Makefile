@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test deps install build lint typecheck pytest pytest-twins bench bench-quick wheel-check clean \
+.PHONY: run demo test deps install build lint typecheck pytest pytest-twins bench bench-quick wheel-check clean \
 	test-pythons test-py312 test-py313 bench-codec-pythons
 
 # System packages the tests need (etcd from Debian). Root only; skipped when present.
@@ -61,7 +61,13 @@ test-py312 test-py313: test-py%:
 	  $$py -m pytest $(PYTEST_ARGS) $(PY_TESTS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests ran" >&2; fi; exit $$rc
 
+# The agent on its embedded defaults (store and simulator in ./.datasync, HTTP on
+# 127.0.0.1:9191) with examples/config.yaml loaded; Ctrl-C stops it. `make demo`: the
+# scripted fault demo, which ends by itself.
 run: build
+	$(BIN)/datasync agent --apply examples/config.yaml
+
+demo: build
 	$(BIN)/datasync demo
 
 bench: build

@@ -1,31 +1,363 @@
-"""The ``datasync`` command: the agent, its demo, and the VPP simulator."""
+"""The ``datasync`` command: the agent, an agentctl-like client of its HTTP API, the demo
+and the VPP simulator.
+
+Client commands talk to a running agent over HTTP (``--http``, default 127.0.0.1:9191);
+``put``/``get``/``del``/``apply`` write the agent's embedded store through it. ``--json``
+prints machine-readable output. Exit codes: 0 ok, 1 failed (the agent said no, or is
+not reachable), 2 usage or bad input; errors are one line naming the key or setting.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_HTTP = "127.0.0.1:9191"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- talking to the agent ----------------------------------------------------------------
+
+
+async def _request(http: str, method: str, path: str, body: bytes | None = None) -> Any:
+    import aiohttp
+
+    url = f"http://{http}{path}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.request(method, url, data=body) as resp,
+        ):
+            text = await resp.text()
+            try:
+                doc = json.loads(text) if text else {}
+            except json.JSONDecodeError:
+                doc = {"text": text}
+            if resp.status >= 400 and resp.status != 503:
+                err = doc.get("error", text) if isinstance(doc, dict) else text
+                raise CliError(f"{method} {path}: {resp.status} {err}")
+            return doc
+    except aiohttp.ClientError as exc:
+        raise CliError(f"agent at {http} not reachable: {exc}") from None
+    except TimeoutError:
+        raise CliError(f"agent at {http}: no answer within 30 s") from None
+
+
+def _kv_path(key: str) -> str:
+    if not key.startswith("/"):
+        raise CliError(f"key {key!r}: keys start with '/'", EXIT_USAGE)
+    return "/v1/kv" + quote(key)
+
+
+def _value(arg: str) -> bytes:
+    if arg.startswith("@"):
+        try:
+            return Path(arg[1:]).read_bytes()
+        except OSError as exc:
+            raise CliError(f"{arg[1:]}: {exc.strerror or exc}", EXIT_USAGE) from None
+    return arg.encode()
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    Console().print(table)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+async def cmd_put(a: argparse.Namespace) -> int:
+    value = _value(a.value)
+    try:
+        json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"value for {a.key}: not valid JSON: {exc}", EXIT_USAGE) from None
+    doc = await _request(a.http, "PUT", _kv_path(a.key), value)
+    print(json.dumps(doc) if a.json else f"put {a.key} at revision {doc['revision']}")
+    return EXIT_OK
+
+
+async def cmd_get(a: argparse.Namespace) -> int:
+    doc = await _request(a.http, "GET", "/v1/kv?prefix=" + quote(a.prefix))
+    if a.json:
+        _print_json(doc)
+    else:
+        for kv in doc["kvs"]:
+            print(kv["key"])
+            print(kv["value"] if isinstance(kv["value"], str) else json.dumps(kv["value"]))
+    return EXIT_OK
+
+
+async def cmd_del(a: argparse.Namespace) -> int:
+    doc = await _request(a.http, "DELETE", _kv_path(a.key))
+    print(json.dumps(doc) if a.json else f"deleted {a.key} at revision {doc['revision']}")
+    return EXIT_OK
+
+
+async def cmd_apply(a: argparse.Namespace) -> int:
+    from .document import DocumentError, kind_prefixes, load_document, to_keys
+
+    try:
+        text = Path(a.file).read_bytes()  # noqa: ASYNC240 - a CLI, nothing else on the loop
+    except OSError as exc:
+        raise CliError(f"{a.file}: {exc.strerror or exc}", EXIT_USAGE) from None
+    status = await _request(a.http, "GET", "/status")
+    label = status["agent"]["label"]
+    try:
+        keys = to_keys(load_document(text, a.file), label, a.file)
+    except DocumentError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    stale: list[str] = []
+    if a.replace:
+        for prefix in kind_prefixes(label):
+            have = await _request(a.http, "GET", "/v1/kv?prefix=" + quote(prefix))
+            stale += [kv["key"] for kv in have["kvs"] if kv["key"] not in keys]
+    for key, value in keys.items():
+        await _request(a.http, "PUT", _kv_path(key), value)
+    for key in stale:
+        await _request(a.http, "DELETE", _kv_path(key))
+    if a.json:
+        _print_json({"put": sorted(keys), "deleted": sorted(stale)})
+    else:
+        print(f"applied {a.file}: {len(keys)} keys put, {len(stale)} deleted")
+    return EXIT_OK
+
+
+async def cmd_status(a: argparse.Namespace) -> int:
+    doc = await _request(a.http, "GET", "/status")
+    if a.json:
+        _print_json(doc)
+        return EXIT_OK if doc["agent"]["in_sync"] else EXIT_FAILED
+    ag = doc["agent"]
+    print(
+        f"agent {ag['label']}: {ag['state']}, in_sync={ag['in_sync']}, rounds={ag['rounds']}, "
+        f"failed_rounds={ag['failed_rounds']}"
+    )
+    _table(
+        "plugins",
+        ["plugin", "state", "keys", "error"],
+        [
+            [
+                n,
+                p["state"],
+                ", ".join(f"{k} {v}" for k, v in p["keys"].items() if v),
+                p["error"] or "",
+            ]
+            for n, p in sorted(doc["plugins"].items())
+        ],
+    )
+    _table(
+        "sources",
+        ["source", "state", "applied revision", "error"],
+        [
+            [n, s["state"], s["applied_revision"], s["error"] or ""]
+            for n, s in doc["sources"].items()
+        ],
+    )
+    if doc["keys"]:
+        _table("keys not CONFIGURED", ["key", "state", "reason"],
+               [[k["key"], k["state"], k.get("reason", "")] for k in doc["keys"]])  # fmt: skip
+    return EXIT_OK if ag["in_sync"] else EXIT_FAILED
+
+
+async def cmd_explain(a: argparse.Namespace) -> int:
+    doc = await _request(a.http, "GET", "/status")
+    match = [k for k in doc["keys"] if k["key"] == a.key]
+    if match:
+        info = match[0]
+    else:
+        kv = await _request(a.http, "GET", "/v1/kv?prefix=" + quote(a.key))
+        if not any(k["key"] == a.key for k in kv["kvs"]):
+            raise CliError(f"key {a.key}: not in the store")
+        info = {"key": a.key, "state": "CONFIGURED"}
+    if a.json:
+        _print_json(info)
+    else:
+        print(f"{info['key']}: {info['state']}")
+        if info.get("reason"):
+            print(f"  reason: {info['reason']}")
+        if info.get("next_attempt"):
+            print(f"  next attempt at {info['next_attempt']:.0f}")
+    return EXIT_OK
+
+
+async def cmd_resync(a: argparse.Namespace) -> int:
+    path = "/resync?downstream" if a.downstream else "/resync"
+    doc = await _request(a.http, "POST", path)
+    if a.wait:
+        before = doc["rounds_before"]
+        async with asyncio.timeout(a.timeout):
+            while True:
+                st = await _request(a.http, "GET", "/status")
+                if st["agent"]["rounds"] > before and st["agent"]["in_sync"]:
+                    break
+                await asyncio.sleep(0.1)
+    print(json.dumps(doc) if a.json else f"resync requested ({doc['requested']})")
+    return EXIT_OK
+
+
+async def cmd_vpp_dump(a: argparse.Namespace) -> int:
+    from ..vpp.client import VppClient
+
+    client = VppClient(a.socket, probe_interval=None, reconnect=False, timeout=10)
+    try:
+        await client.connect()
+    except Exception as exc:
+        raise CliError(f"VPP at {a.socket} not reachable: {exc}") from None
+    try:
+        rows: list[list[Any]] = []
+        if a.what == "interfaces":
+            cols = ["sw_if_index", "name", "tag", "admin", "mtu", "mac"]
+            for d in await client.dump("sw_interface_dump", sw_if_index=0xFFFFFFFF):
+                admin = "up" if d.flags & 1 else "down"
+                row = [d.sw_if_index, d.interface_name, d.tag, admin, d.mtu[0], str(d.l2_address)]
+                rows.append(row)
+        elif a.what == "bds":
+            cols = ["bd_id", "tag", "members", "bvi"]
+            for d in await client.dump(
+                "bridge_domain_dump", bd_id=0xFFFFFFFF, sw_if_index=0xFFFFFFFF
+            ):
+                members = [m.sw_if_index for m in d.sw_if_details[: d.n_sw_ifs]]
+                bvi = "" if d.bvi_sw_if_index == 0xFFFFFFFF else d.bvi_sw_if_index
+                rows.append([d.bd_id, d.bd_tag, members, bvi])
+        elif a.what == "vrfs":
+            cols = ["table_id", "ipv6", "name"]
+            for d in await client.dump("ip_table_dump"):
+                rows.append([d.table.table_id, d.table.is_ip6, d.table.name])
+        else:
+            cols = ["table", "prefix", "paths"]
+            for t in await client.dump("ip_table_dump"):
+                req = {"table_id": t.table.table_id, "is_ip6": t.table.is_ip6}
+                for d in await client.dump("ip_route_dump", table=req):
+                    r = d.route
+                    paths = [
+                        f"sw_if_index {p.sw_if_index} type {p.type}" for p in r.paths[: r.n_paths]
+                    ]
+                    rows.append([r.table_id, str(r.prefix), "; ".join(paths)])
+        if a.json:
+            _print_json([dict(zip(cols, row, strict=True)) for row in rows])
+        else:
+            _table(f"VPP {a.what}", cols, rows)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+def _config_check(argv: Sequence[str]) -> int:
+    from ..errors import ConfigError
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(prog="datasync config check")
+    parser.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(f"datasync config check: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: ok")
+    return EXIT_OK
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--http", default=DEFAULT_HTTP, help=f"the agent's HTTP API (default {DEFAULT_HTTP})"
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="datasync")
+    sub = parser.add_subparsers(dest="command", required=True)
+    # handled before parsing (they have their own options); listed for --help
+    sub.add_parser("agent", help="run the agent (datasync agent --help)", add_help=False)
+    sub.add_parser("config", help="config check FILE: validate a config file", add_help=False)
+    sub.add_parser("demo", help="the scripted demo on the built-in simulator", add_help=False)
+    sub.add_parser("vppsim", help="run the VPP API simulator", add_help=False)
+    p = sub.add_parser("put", parents=[common], help="put KEY JSON|@FILE into the agent's store")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.set_defaults(run=cmd_put)
+    p = sub.add_parser("get", parents=[common], help="get the keys under PREFIX")
+    p.add_argument("prefix", nargs="?", default="/")
+    p.set_defaults(run=cmd_get)
+    p = sub.add_parser("del", parents=[common], help="delete KEY")
+    p.add_argument("key")
+    p.set_defaults(run=cmd_del)
+    p = sub.add_parser("apply", parents=[common], help="apply a vpp-agent config document")
+    p.add_argument("file")
+    p.add_argument("--replace", action="store_true", help="delete the keys the file does not hold")
+    p.set_defaults(run=cmd_apply)
+    p = sub.add_parser("status", parents=[common], help="the agent's status (exit 1: not in sync)")
+    p.set_defaults(run=cmd_status)
+    p = sub.add_parser("explain", parents=[common], help="one key's state and why")
+    p.add_argument("key")
+    p.set_defaults(run=cmd_explain)
+    p = sub.add_parser("resync", parents=[common], help="request a resync round")
+    p.add_argument("--downstream", action="store_true")
+    p.add_argument("--wait", action="store_true", help="until in sync again")
+    p.add_argument("--timeout", type=float, default=60)
+    p.set_defaults(run=cmd_resync)
+    p = sub.add_parser("vpp", parents=[common], help="read VPP directly: vpp dump WHAT")
+    vsub = p.add_subparsers(dest="vpp_command", required=True)
+    d = vsub.add_parser("dump", parents=[common])
+    d.add_argument("what", choices=["interfaces", "bds", "routes", "vrfs"])
+    d.add_argument("--socket", default=".datasync/vpp-api.sock", help="VPP's API socket")
+    d.set_defaults(run=cmd_vpp_dump)
+    return parser
+
+
+COMMANDS = ("agent", "config", "demo", "vppsim")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datasync`` console script."""
-    parser = argparse.ArgumentParser(prog="datasync", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
-        "demo", help="run the resync demo: embedded store -> built-in VPP simulator", add_help=False
-    )
-    sub.add_parser("vppsim", help="run the VPP API simulator", add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "agent":
+        from .runtime import main as agent_main
+
+        return agent_main(argv[1:])
+    if argv and argv[0] == "demo":
         from .demo import main as demo_main
 
-        return demo_main(rest)
-    if args.command == "vppsim":
+        return demo_main(argv[1:])
+    if argv and argv[0] == "vppsim":
         from ..vpp.sim.server import main as sim_main
 
-        return sim_main(rest)
-    parser.error(f"unknown command {args.command}")
-    return 2
+        return sim_main(argv[1:])
+    if argv[:2] == ["config", "check"]:
+        return _config_check(argv[2:])
+    parser = _client_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) and EXIT_USAGE
+    try:
+        return int(asyncio.run(args.run(args)))
+    except CliError as exc:
+        print(f"datasync {args.command}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

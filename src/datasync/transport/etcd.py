@@ -34,6 +34,7 @@ from ..api import Change, KeyVal, Op, Snapshot, SourceState, validate_key
 from ..errors import (
     ClosedError,
     CompactedError,
+    ConfigError,
     DatasyncError,
     InvalidKeyError,
     SourceError,
@@ -120,9 +121,15 @@ def _mapped(what: str, endpoint: str, revision: int = 0) -> Iterator[None]:
 class _Endpoint:
     """One etcd member: a lazily opened channel and the stubs on it."""
 
-    def __init__(self, address: str, options: list[tuple[str, Any]]) -> None:
+    def __init__(
+        self,
+        address: str,
+        options: list[tuple[str, Any]],
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.address = address
         self._options = options
+        self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self.kv: Any = None
         self.watch: Any = None
@@ -131,7 +138,10 @@ class _Endpoint:
 
     def open(self) -> _Endpoint:
         if self._channel is None:
-            ch = grpc.aio.insecure_channel(self.address, options=self._options)
+            if self._credentials is not None:
+                ch = grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
+            else:
+                ch = grpc.aio.insecure_channel(self.address, options=self._options)
             self._channel = ch
             self.kv = rpc.KVStub(ch)
             self.watch = rpc.WatchStub(ch)
@@ -156,6 +166,24 @@ class _Endpoint:
         ch, self._channel = self._channel, None
         if ch is not None:
             await ch.close(grace=None)
+
+
+def _tls_credentials(tls: tuple[str, str, str]) -> grpc.ChannelCredentials:
+    """gRPC channel credentials from PEM files (a missing file is a ConfigError naming it)."""
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ConfigError(f"etcd TLS: cannot read {path}: {exc.strerror or exc}") from None
+
+    ca, cert, key = (read(p) for p in tls)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
 
 
 async def _close_later(ch: grpc.aio.Channel, grace: float) -> None:
@@ -235,6 +263,7 @@ class EtcdSource(StateReporter):
         max_receive_bytes: int = 256 << 20,
         recycle_interval: tuple[float, float] | None = (300.0, 600.0),
         require_leader: bool = True,
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("EtcdSource needs at least one endpoint")
@@ -271,7 +300,9 @@ class EtcdSource(StateReporter):
             ("grpc.enable_retries", 0),
         ]
         self._options = options
-        self._eps = [_Endpoint(a, options) for a in self.endpoints]
+        #: TLS: (CA file, client cert file, client key file); empty strings are omitted
+        self._credentials = _tls_credentials(tls) if tls is not None else None
+        self._eps = [_Endpoint(a, options, self._credentials) for a in self.endpoints]
         # The channels of running watches, one each: closed by close() only.
         self._watch_eps: set[_Endpoint] = set()
         self._closed_event: asyncio.Event | None = None
@@ -557,7 +588,7 @@ class EtcdSource(StateReporter):
             ep = self._ep()
             # A channel of this attempt's own: a failed unary request retires the shared
             # channel of its endpoint, which must not end this stream.
-            wep = _Endpoint(ep.address, self._grown_options(grow)).open()
+            wep = _Endpoint(ep.address, self._grown_options(grow), self._credentials).open()
             self._watch_eps.add(wep)
             stall_timeout = self.stall_timeout * grow
             call: Any = None

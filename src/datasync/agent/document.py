@@ -1,0 +1,99 @@
+"""vpp-agent's configuration document, turned into keys and values.
+
+A YAML or JSON document ``{vppConfig: {interfaces: [...], bridgeDomains: [...], routes:
+[...], vrfs: [...]}}`` (vpp-agent's ``ConfigData``, field names in either style) becomes
+the keys the plugins watch: an interface or bridge domain by its name, a route and a VRF
+table by the key vpp-agent derives from the value. Errors name the item and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import yaml
+
+from ..errors import InvalidValueError
+from ..plugins.models import (
+    BD_PREFIX,
+    IF_PREFIX,
+    ROUTE_PREFIX,
+    VRF_PREFIX,
+    BridgeDomain,
+    Interface,
+    Route,
+    VrfTable,
+    decode,
+    route_key,
+    vrf_key,
+)
+
+__all__ = ["DocumentError", "kind_prefixes", "load_document", "to_keys"]
+
+#: document section -> (model, key prefix template); both naming styles accepted
+_KINDS: dict[str, tuple[type[msgspec.Struct], str]] = {
+    "interfaces": (Interface, IF_PREFIX),
+    "bridgeDomains": (BridgeDomain, BD_PREFIX),
+    "routes": (Route, ROUTE_PREFIX),
+    "vrfs": (VrfTable, VRF_PREFIX),
+}
+_ALIASES = {"bridge_domains": "bridgeDomains", "vrf_tables": "vrfs", "vrfTables": "vrfs"}
+
+
+class DocumentError(InvalidValueError):
+    """A configuration document that cannot be turned into keys."""
+
+
+def kind_prefixes(label: str) -> list[str]:
+    """The key prefixes of every kind a document holds."""
+    return [prefix.format(label=label) for _model, prefix in _KINDS.values()]
+
+
+def load_document(text: str | bytes, where: str = "document") -> Mapping[str, Any]:
+    """Parse YAML (a superset of JSON); errors name the line."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DocumentError(where, f"not valid YAML or JSON{line}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DocumentError(where, "expected a mapping with vppConfig")
+    return doc
+
+
+def to_keys(doc: Mapping[str, Any], label: str, where: str = "document") -> dict[str, bytes]:
+    """The keys and JSON values of a document; every value is validated by its model."""
+    config = doc.get("vppConfig", doc.get("vpp_config"))
+    if not isinstance(config, dict):
+        raise DocumentError(where, "missing vppConfig (a mapping)")
+    out: dict[str, bytes] = {}
+    for section, items in config.items():
+        kind = _ALIASES.get(section, section)
+        if kind not in _KINDS:
+            raise DocumentError(
+                where, f"vppConfig.{section}: not supported (one of {', '.join(_KINDS)})"
+            )
+        if not isinstance(items, list):
+            raise DocumentError(where, f"vppConfig.{section}: expected a list")
+        model, prefix_t = _KINDS[kind]
+        prefix = prefix_t.format(label=label)
+        for i, item in enumerate(items):
+            value = json.dumps(item).encode()
+            name = f"vppConfig.{section}[{i}]"
+            m = decode(model, name, value)
+            if isinstance(m, Interface | BridgeDomain):
+                if not m.name:
+                    raise DocumentError(name, "field name: must not be empty")
+                key = prefix + m.name
+            elif isinstance(m, Route):
+                key = prefix + route_key(m)
+            else:
+                assert isinstance(m, VrfTable)
+                key = prefix + vrf_key(m)
+            if key in out:
+                raise DocumentError(name, f"gives key {key} a second time")
+            out[key] = value
+    return out

@@ -1,0 +1,335 @@
+"""The agent's HTTP API (aiohttp) and its Prometheus metrics (prometheus-client).
+
+``GET /healthz`` (the loop answers), ``GET /readyz`` (200 only when in sync, else 503 with
+the reason), ``GET /status``, ``POST /resync``, ``GET /metrics``, ``GET /idx``,
+``GET /history``, and the embedded store under ``/v1/kv``: ``GET /v1/kv?prefix=P``,
+``GET|PUT|DELETE /v1/kv/<key>`` (the key is the rest of the path, leading ``/`` kept).
+Request bodies are limited (``http.max_body_bytes``); listeners are on loopback unless
+configured otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ..errors import DatasyncError, InvalidKeyError, InvalidValueError
+from ..plugins import KeyState
+from ..resync import RoundFinished, RoundStarted
+from .config import parse_hostport
+
+if TYPE_CHECKING:
+    from .runtime import Agent
+
+__all__ = ["HttpApi", "status_document"]
+
+CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
+#: round durations (seconds) of the histogram
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def status_document(agent: Agent) -> dict[str, Any]:
+    """The agent's status as JSON: agent, plugins, sources, southbound, and every key
+    that is not CONFIGURED with its state and reason."""
+    st = agent.orch.status()
+    states = agent.plugins.states
+    return {
+        "agent": {
+            "label": agent.label,
+            "state": st.state.name,
+            "in_sync": st.in_sync,
+            "round_running": st.round_running,
+            "rounds": st.rounds,
+            "failed_rounds": st.failed_rounds,
+            "uptime_seconds": round(time.time() - agent.started, 3),
+        },
+        "plugins": {
+            name: {
+                "state": p.state.name,
+                "since": p.since,
+                "error": p.error,
+                "keys": {s.value: n for s, n in states.plugins()[name].counts().items()}
+                if name in states.plugins()
+                else {},
+            }
+            for name, p in st.plugins.items()
+        },
+        "sources": {
+            name: {
+                "state": s.state.name,
+                "since": s.since,
+                "snapshot_revision": s.snapshot_revision,
+                "applied_revision": s.applied_revision,
+                "error": s.error,
+            }
+            for name, s in st.sources.items()
+        },
+        "southbound": {
+            name: {"up": sb.up, "since": sb.since, "reason": sb.reason}
+            for name, sb in st.southbound.items()
+        },
+        "keys": [s.to_json() for s in states if s.state is not KeyState.CONFIGURED],
+    }
+
+
+class _Metrics:
+    """A collector that reads the agent's state at scrape time (no bookkeeping on the
+    hot path), plus the round-duration histogram fed by the orchestrator's events."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.buckets = [0] * (len(_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.rounds = 0
+        self.failed = 0
+
+    def round_finished(self, ev: RoundFinished) -> None:
+        self.rounds += 1
+        self.failed += not ev.ok
+        self.duration_sum += ev.duration
+        for i, bound in enumerate(_BUCKETS):
+            if ev.duration <= bound:
+                self.buckets[i] += 1
+                break
+        else:
+            self.buckets[-1] += 1
+
+    def collect(self) -> Any:
+        agent = self.agent
+        st = agent.orch.status()
+        yield CounterMetricFamily("datasync_rounds", "Resync rounds finished", value=self.rounds)
+        yield CounterMetricFamily(
+            "datasync_failed_rounds", "Resync rounds that failed", value=self.failed
+        )
+        cumulative, acc = [], 0
+        for bound, n in zip([*map(str, _BUCKETS), "+Inf"], self.buckets, strict=True):
+            acc += n
+            cumulative.append((bound, acc))
+        yield HistogramMetricFamily(
+            "datasync_round_duration_seconds", "Resync round duration",
+            buckets=cumulative, sum_value=self.duration_sum,
+        )  # fmt: skip
+        g = GaugeMetricFamily("datasync_in_sync", "1 when the agent is in sync")
+        g.add_metric([], 1.0 if st.in_sync else 0.0)
+        yield g
+        keys = GaugeMetricFamily(
+            "datasync_keys", "Keys by plugin and state", labels=["plugin", "state"]
+        )
+        for name, states in agent.plugins.states.plugins().items():
+            for state, n in states.counts().items():
+                keys.add_metric([name, state.value], n)
+        yield keys
+        src = GaugeMetricFamily(
+            "datasync_source_up", "1 while a source is connected", labels=["source"]
+        )
+        rev = GaugeMetricFamily(
+            "datasync_source_applied_revision", "Applied revision", labels=["source"]
+        )
+        for name, s in st.sources.items():
+            src.add_metric([name], 1.0 if s.state.name == "CONNECTED" else 0.0)
+            rev.add_metric([name], s.applied_revision)
+        yield src
+        yield rev
+        sb = GaugeMetricFamily(
+            "datasync_southbound_up", "1 while VPP is connected", labels=["name"]
+        )
+        for name, s2 in st.southbound.items():
+            sb.add_metric([name], 1.0 if s2.up else 0.0)
+        if not st.southbound:
+            sb.add_metric(["vpp"], 1.0 if agent.client.connected else 0.0)
+        yield sb
+        stats = agent.client.stats
+        vpp = CounterMetricFamily("datasync_vpp_requests", "VPP API requests sent")
+        vpp.add_metric([], stats.get("requests", 0))
+        yield vpp
+        tmo = CounterMetricFamily("datasync_vpp_timeouts", "VPP API requests that timed out")
+        tmo.add_metric([], stats.get("timeouts", 0))
+        yield tmo
+
+
+class HttpApi:
+    """The aiohttp application of one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.host, self.port = parse_hostport(agent.config.http.listen)
+        self.metrics = _Metrics(agent)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.metrics)
+        #: recent rounds and key-state transitions, bounded
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.app = web.Application(client_max_size=agent.config.http.max_body_bytes)
+        self.app.add_routes([
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/status", self.status),
+            web.post("/resync", self.resync),
+            web.get("/metrics", self.metrics_text),
+            web.get("/idx", self.idx),
+            web.get("/history", self.history_doc),
+            web.get("/v1/kv", self.kv_list),
+            web.get("/v1/kv/{key:.+}", self.kv_get),
+            web.put("/v1/kv/{key:.+}", self.kv_put),
+            web.delete("/v1/kv/{key:.+}", self.kv_delete),
+        ])  # fmt: skip
+        self._runner: web.AppRunner | None = None
+        agent.orch.add_listener(self._on_event)
+        for states in agent.plugins.states.plugins().values():
+            states.add_listener(self._on_key)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        # the bound port (a configured port 0 picks a free one)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- events ------------------------------------------------------------------------
+
+    def _on_event(self, ev: object) -> None:
+        if isinstance(ev, RoundStarted):
+            self.history.append(
+                {"time": time.time(), "round": ev.round, "started": list(ev.reasons)}
+            )
+        elif isinstance(ev, RoundFinished):
+            self.metrics.round_finished(ev)
+            self.history.append({
+                "time": time.time(), "round": ev.round, "ok": ev.ok,
+                "duration": ev.duration, "errors": {k: str(v) for k, v in ev.errors.items()},
+            })  # fmt: skip
+
+    def _on_key(self, plugin: str, key: str, status: Any) -> None:
+        entry: dict[str, Any] = {"time": time.time(), "plugin": plugin, "key": key}
+        if status is None:
+            entry["state"] = "REMOVED"
+        else:
+            entry["state"] = status.state.value
+            if status.reason:
+                entry["reason"] = status.reason
+        self.history.append(entry)
+
+    # -- handlers ----------------------------------------------------------------------
+
+    async def healthz(self, _req: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(self, _req: web.Request) -> web.Response:
+        st = self.agent.orch.status()
+        if st.in_sync:
+            return web.json_response({"ready": True})
+        reasons = []
+        if st.round_running:
+            reasons.append("a resync round is running")
+        for name, p in st.plugins.items():
+            if p.state.name != "IN_SYNC":
+                reasons.append(
+                    f"plugin {name} is {p.state.name}" + (f": {p.error}" if p.error else "")
+                )
+        for name, s in st.sources.items():
+            if s.state.name != "CONNECTED":
+                reasons.append(f"source {name} is {s.state.name}")
+        for name, sb in st.southbound.items():
+            if not sb.up:
+                reasons.append(f"{name} is down: {sb.reason}")
+        return web.json_response(
+            {"ready": False, "reasons": reasons or ["not in sync yet"]}, status=503
+        )
+
+    async def status(self, _req: web.Request) -> web.Response:
+        return web.json_response(status_document(self.agent))
+
+    async def resync(self, req: web.Request) -> web.Response:
+        kind = "downstream" if "downstream" in req.query else "full"
+        before = self.agent.orch.status().rounds
+        self.agent.orch.request_resync(f"requested over HTTP ({kind})")
+        return web.json_response({"requested": kind, "rounds_before": before}, status=202)
+
+    async def metrics_text(self, _req: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def idx(self, _req: web.Request) -> web.Response:
+        ctx = self.agent.plugins.ctx
+        return web.json_response({
+            "interfaces": {e.name: e.index for e in ctx.interfaces},
+            "vrf-tables": {e.name: e.index for e in ctx.vrfs},
+        })  # fmt: skip
+
+    async def history_doc(self, _req: web.Request) -> web.Response:
+        return web.json_response(list(self.history))
+
+    def _store(self) -> Any:
+        store = self.agent.local
+        if store is None:
+            raise web.HTTPConflict(text="the embedded store is not enabled (sources.local)")
+        return store
+
+    @staticmethod
+    def _key(req: web.Request) -> str:
+        key = req.match_info["key"]
+        return key if key.startswith("/") else "/" + key
+
+    async def kv_list(self, req: web.Request) -> web.Response:
+        prefix = req.query.get("prefix", "/")
+        snap = await self._store().snapshot([prefix])
+        return web.json_response({
+            "revision": snap.revision,
+            "kvs": [{"key": kv.key, "value": _text(kv.value), "revision": kv.revision}
+                    for kv in sorted(snap.kvs.values())],
+        })  # fmt: skip
+
+    async def kv_get(self, req: web.Request) -> web.Response:
+        key = self._key(req)
+        snap = await self._store().snapshot([key])
+        kv = snap.kvs.get(key)
+        if kv is None:
+            return web.json_response({"error": f"key {key} not found"}, status=404)
+        return web.json_response({"key": key, "value": _text(kv.value), "revision": kv.revision})
+
+    async def kv_put(self, req: web.Request) -> web.Response:
+        key = self._key(req)
+        try:
+            body = await req.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.agent.config.http.max_body_bytes
+            return web.json_response(
+                {"error": f"body exceeds the limit of {limit} bytes"}, status=413
+            )
+        try:
+            revision = await self._store().put(key, body)
+        except (InvalidKeyError, InvalidValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except DatasyncError as exc:
+            return web.json_response({"error": str(exc)}, status=500)
+        return web.json_response({"key": key, "revision": revision})
+
+    async def kv_delete(self, req: web.Request) -> web.Response:
+        key = self._key(req)
+        try:
+            revision = await self._store().delete(key)
+        except (InvalidKeyError, InvalidValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"key": key, "revision": revision})
+
+
+def _text(value: bytes) -> Any:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode()}
