@@ -13,13 +13,15 @@ the caller must ``vac_free``. The bodies are the same big-endian bytes the socke
 carries, so the client and codec work unchanged on top of :class:`VacTransport`.
 
 The library is a per-process singleton: one connection per loaded library at a time.
-It is used in sync mode (no callback, no library rx thread); our own reader thread
-blocks in ``vac_read`` with the GIL released and hands bodies to the event loop in
-batches. Every return code is checked: the library's -1..-5 codes become
-:class:`VacError` (a :class:`VppConnectionError`), never a crash. The event loop's
-thread never calls the library: ``vac_write`` waits inside it while VPP's input queue
-is full, for good when VPP died, so a writer thread makes the writes and the client keeps
-fewer requests outstanding than that queue holds. There is no socket to break when VPP
+By default it is used in sync mode (no callback, no library rx thread): our own reader
+thread blocks in ``vac_read`` with the GIL released and hands bodies to the event loop
+in batches. In callback mode the library's rx thread hands each message to a cffi
+callback instead, which spares the library's timeout-thread handshake on every read.
+Every return code is checked: the library's -1..-5 codes become :class:`VacError` (a
+:class:`VppConnectionError`), never a crash. The event loop's thread never calls the
+library: ``vac_write`` waits inside it while VPP's input queue is full, for good when
+VPP died, so a writer thread makes the writes and the client keeps fewer requests
+outstanding than that queue holds. There is no socket to break when VPP
 dies: the client's control_ping probe finds it, and the connection is torn down in
 threads, each library call bounded by a timeout on our side.
 """
