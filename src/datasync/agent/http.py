@@ -291,13 +291,13 @@ class HttpApi:
         return web.json_response({
             "revision": snap.revision,
             "kvs": [{"key": kv.key, "value": _text(kv.value), "revision": kv.revision}
-                    for kv in sorted(snap.kvs.values())],
+                    for kv in sorted(snap.kvs)],
         })  # fmt: skip
 
     async def kv_get(self, req: web.Request) -> web.Response:
         key = self._key(req)
         snap = await self._store().snapshot([key])
-        kv = snap.kvs.get(key)
+        kv = next((kv for kv in snap.kvs if kv.key == key), None)
         if kv is None:
             return web.json_response({"error": f"key {key} not found"}, status=404)
         return web.json_response({"key": key, "value": _text(kv.value), "revision": kv.revision})

@@ -1,0 +1,163 @@
+"""``datasync agent`` driven as a user does: the CLI, the HTTP API, vpp-papi."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.etcd.etcdserver import free_port
+
+from .conftest import BD, IF, AgentProcess, datasync, js, papi_dump, wait_for
+
+EXAMPLE = str(Path(__file__).parents[2] / "examples" / "config.yaml")
+
+
+def test_converges_from_the_example_document_and_stops_on_sigterm(agent: AgentProcess) -> None:
+    agent.start()
+    out = agent.cli("apply", EXAMPLE)
+    assert "keys put" in out.stdout
+    st = agent.wait_in_sync()
+    assert st["keys"] == []
+    assert agent.get("/readyz") == {"ready": True}
+    tags = {d.tag: d for d in papi_dump(agent.data_dir / "vpp-api.sock") if d.tag}
+    assert set(tags) == {"loop0", "bvi0", "tap0", "memif0", "memif1"}
+    assert tags["loop0"].mtu[0] == 1500
+    status = agent.cli("status")
+    assert "in_sync=True" in status.stdout
+    metrics = subprocess.run(
+        ["curl", "-s", f"http://{agent.http}/metrics"], capture_output=True, text=True
+    ).stdout
+    assert 'datasync_keys{plugin="interfaces",state="CONFIGURED"} 5.0' in metrics
+    assert "datasync_in_sync 1.0" in metrics
+    assert agent.stop(signal.SIGTERM) == 0
+
+
+def test_dependents_put_before_their_dependencies_wait_then_apply(agent: AgentProcess) -> None:
+    agent.start()
+    members = {"name": "bd1", "interfaces": [{"name": "loop7"}]}
+    agent.cli("put", BD + "bd1", js(members))
+    st = agent.wait_in_sync()
+    (key,) = st["keys"]
+    assert key["state"] == "PENDING" and "loop7" in key["reason"]
+    explained = agent.cli("explain", BD + "bd1").stdout
+    assert "PENDING" in explained and "loop7" in explained
+    agent.cli("put", IF + "loop7", js({"name": "loop7", "type": "SOFTWARE_LOOPBACK"}))
+    wait_for(lambda: agent.status()["keys"] == [], what="bd1 CONFIGURED")
+    bds = papi_dump(agent.data_dir / "vpp-api.sock", "bridge_domain_dump", bd_id=0xFFFFFFFF)
+    assert [b.n_sw_ifs for b in bds if b.bd_tag == "bd1"] == [1]
+
+
+def test_invalid_value_is_named_by_status_and_explain(agent: AgentProcess) -> None:
+    agent.start()
+    agent.cli("put", IF + "bad", js({"name": "bad", "type": "SOFTWARE_LOOPBACK", "mtu": 70000}))
+    st = agent.wait_in_sync()
+    assert [(k["key"], k["state"]) for k in st["keys"]] == [(IF + "bad", "INVALID")]
+    assert "mtu" in st["keys"][0]["reason"]
+    assert "mtu" in agent.cli("explain", IF + "bad").stdout
+    out = agent.cli("status", check=False)
+    assert out.returncode == 0 and "INVALID" in out.stdout
+
+
+def test_delete_detaches_first_and_apply_replace_removes_only_its_kinds(
+    agent: AgentProcess,
+) -> None:
+    agent.start()
+    agent.cli("apply", EXAMPLE)
+    agent.wait_in_sync()
+    agent.cli("put", "/other/key", js({"x": 1}))  # not a kind the document holds
+    agent.cli("del", IF + "memif1")  # a bridge-domain member: detached first
+    agent.wait_in_sync()
+    tags = {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock") if d.tag}
+    assert "memif1" not in tags
+    smaller = agent.data_dir.parent / "small.yaml"
+    smaller.write_text(
+        "vppConfig:\n  interfaces:\n    - name: loop0\n      type: SOFTWARE_LOOPBACK\n"
+        "      enabled: true\n"
+    )
+    out = agent.cli("apply", str(smaller), "--replace", "--json")
+    assert '"deleted"' in out.stdout
+    agent.wait_in_sync()
+    tags = {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock") if d.tag}
+    assert tags == {"loop0"}
+    assert agent.get("/v1/kv/other/key")["value"] == js({"x": 1})
+    assert agent.get("/status")["keys"] == []
+
+
+def test_restart_with_nothing_changed_makes_zero_vpp_writes(agent: AgentProcess) -> None:
+    """Against a simulator that outlives the agent (``vpp.connect = "socket"``)."""
+    sock = agent.data_dir.parent / "vpp.sock"
+    admin = f"127.0.0.1:{free_port()}"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock), "--http", admin],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert sim.stderr is not None
+        err = sim.stderr
+        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
+        config = agent.data_dir.parent / "agent.toml"
+        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\n')
+        agent.args = ["--config", str(config)]
+        agent.start()
+        agent.cli("apply", EXAMPLE)
+        agent.wait_in_sync()
+        assert agent.stop() == 0
+        subprocess.run(["curl", "-s", "-X", "POST", f"http://{admin}/counters/reset"], check=True)
+        agent.start()
+        agent.wait_in_sync()
+        counters = subprocess.run(
+            ["curl", "-s", f"http://{admin}/counters"], capture_output=True, text=True
+        ).stdout
+        writes = json.loads(counters)["writes"]
+        made = {
+            k: {op: n for op, n in ops.items() if n and op != "noop"} for k, ops in writes.items()
+        }
+        assert {k: v for k, v in made.items() if v} == {}
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+def test_a_bad_config_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[resync]\nescalation = "sometimes"\n')
+    out = datasync("agent", "--config", str(bad))
+    assert out.returncode == 2
+    assert "resync.escalation" in out.stderr and "Traceback" not in out.stderr
+    out = datasync("config", "check", str(bad))
+    assert out.returncode == 2 and "resync.escalation" in out.stderr
+
+
+def test_a_path_that_is_not_a_socket_is_never_unlinked(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "vpp-api.sock").write_text("precious")
+    out = datasync("agent", "--data-dir", str(data_dir), "--http", "")
+    assert out.returncode == 2 and "not a socket" in out.stderr
+    assert (data_dir / "vpp-api.sock").read_text() == "precious"
+
+
+@pytest.mark.etcd
+def test_escalation_exits_75(tmp_path: Path) -> None:
+    """A source that never answers fails every round; after escalate_after of them
+    the agent exits 75 so its supervisor restarts it (and VPP)."""
+    config = tmp_path / "agent.toml"
+    port = free_port()  # nobody listens there
+    config.write_text(
+        "[sources]\norder = ['etcd']\n[sources.local]\nenabled = false\n"
+        f"[sources.etcd]\nendpoints = ['127.0.0.1:{port}']\nconnect_timeout = 0.2\n"
+        "request_timeout = 0.5\n"
+        "[resync]\nescalate_after = 2\nbackoff_initial = 0.05\nbackoff_max = 0.1\n"
+        "snapshot_timeout = 1.0\n"
+    )
+    sock_dir = Path("/tmp") / f"dsesc-{port}"
+    out = datasync("agent", "--config", str(config), "--data-dir", str(sock_dir), "--http", "",
+                   timeout=60)  # fmt: skip
+    shutil.rmtree(sock_dir, ignore_errors=True)
+    assert out.returncode == 75, out.stdout + out.stderr
+    assert "escalation" in out.stderr
