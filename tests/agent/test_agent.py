@@ -93,10 +93,8 @@ def test_restart_with_nothing_changed_makes_zero_vpp_writes(agent: AgentProcess)
     """Against a simulator that outlives the agent (``vpp.connect = "socket"``)."""
     sock = agent.data_dir.parent / "vpp.sock"
     admin = f"127.0.0.1:{free_port()}"
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock), "--http", admin],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
+    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
     try:
         assert sim.stderr is not None
         err = sim.stderr
