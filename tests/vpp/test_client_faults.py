@@ -5,7 +5,10 @@ the connection's loss, an oversized shm message fails alone."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -523,3 +526,58 @@ async def test_a_slot_handed_out_as_the_connection_dies_meets_the_loss(sock_path
         finally:
             vpp.resume()
             await c.close()
+
+
+async def test_a_sigstopped_vpp_is_found_under_load_and_a_sigcont_one_reconnects(
+    sock_path: str,
+) -> None:
+    # the simulator as its own process: SIGSTOP hangs it as it would a real VPP
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "datasync.agent.cli",
+        "vppsim",
+        "--socket",
+        sock_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    faults = Faults()
+    c = VppClient(
+        sock_path,
+        on_fault=faults,
+        probe_interval=0.02,
+        probe_timeout=0.05,
+        busy_timeout=0.5,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+    )
+    try:
+        assert proc.stderr is not None
+        line = await proc.stderr.readline()
+        assert b"listening on" in line, line
+        await c.connect()
+        loop0 = await c.call("create_loopback")
+        os.kill(proc.pid, signal.SIGSTOP)
+        requests = [
+            {
+                "sw_if_index": loop0.sw_if_index,
+                "is_add": True,
+                "prefix": f"10.{i >> 8}.{i & 255}.1/32",
+            }
+            for i in range(2000)
+        ]
+        with pytest.raises(VppConnectionError, match="health probe failed"):
+            await asyncio.wait_for(
+                c.call_many("sw_interface_add_del_address", requests, timeout=60), 30
+            )
+        assert faults.kinds()[:2] == ["unresponsive", "disconnected"]
+        assert faults.seen[0][1]["outstanding"] > 0
+        os.kill(proc.pid, signal.SIGCONT)
+        await eventually(lambda: "reconnected" in faults.kinds(), 20)
+        assert faults.seen[-1][1]["vpp_restarted"] is False  # the same VPP, back again
+        assert (await c.call("control_ping")).retval == 0
+    finally:
+        await c.close()
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
