@@ -192,3 +192,24 @@ async def test_an_orphan_route_is_deleted_after_an_agent_restart(
         await third.orch.start()
         await third.settle()
         assert third.writes() == before
+
+
+async def test_downstream_reapply_repairs_drift_without_reading_the_store(agent: Agent) -> None:
+    """Drift behind the agent's back (an operator's vppctl): a downstream resync puts back
+    what the agent holds, and touches nothing else."""
+    await agent.put(*SCENARIO)
+    await agent.orch.start()
+    await agent.settle()
+    index = {name: i["sw_if_index"] for name, i in agent.tagged().items()}
+    agent.sim.drift("delete_interface", sw_if_index=index["loop1"])
+    agent.sim.drift("del_address", sw_if_index=index["loop0"], prefix="10.0.0.1/24")
+    agent.sim.drift("add_address", sw_if_index=index["bvi0"], prefix="172.16.0.1/24")
+    await agent.plugins.reapply()
+    tagged = agent.tagged()
+    assert "loop1" in tagged and tagged["loop1"]["vrf"]["ip4"] == 5
+    assert tagged["loop0"]["addresses"] == ["10.0.0.1/24"]
+    assert tagged["bvi0"]["addresses"] == ["192.168.0.1/24"]
+    assert "30.0.0.0/8" in routes_of(agent, 5)
+    before = agent.writes()
+    await agent.plugins.reapply()
+    assert agent.writes() == before

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ async def cmd_explain(a: argparse.Namespace) -> int:
 async def cmd_resync(a: argparse.Namespace) -> int:
     path = "/resync?downstream" if a.downstream else "/resync"
     doc = await _request(a.http, "POST", path)
-    if a.wait:
+    if a.wait and not a.downstream:  # a downstream resync is answered when done
         before = doc["rounds_before"]
         async with asyncio.timeout(a.timeout):
             while True:
@@ -216,6 +217,25 @@ async def cmd_resync(a: argparse.Namespace) -> int:
                     break
                 await asyncio.sleep(0.1)
     print(json.dumps(doc) if a.json else f"resync requested ({doc['requested']})")
+    return EXIT_OK
+
+
+async def cmd_history(a: argparse.Namespace) -> int:
+    doc = await _request(a.http, "GET", "/history")
+    if a.json:
+        _print_json(doc)
+        return EXIT_OK
+    for entry in doc:
+        when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+        if "round" in entry and "started" in entry:
+            print(f"{when} round {entry['round']} started: {'; '.join(entry['started'])}")
+        elif "round" in entry:
+            outcome = "ok" if entry["ok"] else f"FAILED {entry['errors']}"
+            took = f"{entry['duration'] * 1000:.1f} ms"
+            print(f"{when} round {entry['round']} finished in {took}: {outcome}")
+        else:
+            reason = f": {entry['reason']}" if entry.get("reason") else ""
+            print(f"{when} {entry['state']:10} {entry['key']}{reason}")
     return EXIT_OK
 
 
@@ -319,6 +339,8 @@ def _client_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="until in sync again")
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(run=cmd_resync)
+    p = sub.add_parser("history", parents=[common], help="recent rounds and key-state changes")
+    p.set_defaults(run=cmd_history)
     p = sub.add_parser("vpp", parents=[common], help="read VPP directly: vpp dump WHAT")
     vsub = p.add_subparsers(dest="vpp_command", required=True)
     d = vsub.add_parser("dump", parents=[common])

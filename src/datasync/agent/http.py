@@ -254,10 +254,19 @@ class HttpApi:
         return web.json_response(status_document(self.agent))
 
     async def resync(self, req: web.Request) -> web.Response:
-        kind = "downstream" if "downstream" in req.query else "full"
+        """A full round (sources read again), or with ``?downstream`` the intent the agent
+        holds re-applied to VPP (answered when done: 200, or 503 if VPP failed)."""
         before = self.agent.orch.status().rounds
-        self.agent.orch.request_resync(f"requested over HTTP ({kind})")
-        return web.json_response({"requested": kind, "rounds_before": before}, status=202)
+        if "downstream" in req.query:
+            try:
+                await self.agent.plugins.reapply()
+            except DatasyncError as exc:
+                return web.json_response({"requested": "downstream", "error": str(exc)}, status=503)
+            return web.json_response(
+                {"requested": "downstream", "done": True, "rounds_before": before}
+            )
+        self.agent.orch.request_resync("requested over HTTP")
+        return web.json_response({"requested": "full", "rounds_before": before}, status=202)
 
     async def metrics_text(self, _req: web.Request) -> web.Response:
         return web.Response(

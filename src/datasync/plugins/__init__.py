@@ -80,6 +80,12 @@ class VppPlugins:
         for plugin in self.plugins:
             orch.add_plugin(plugin)
 
+    async def reapply(self) -> None:
+        """A downstream resync of every plugin, in dependency order (see
+        :meth:`VppPlugin.reapply`): VPP is made to hold the intent the agent holds."""
+        for plugin in self.plugins:
+            await plugin.reapply()
+
     def on_fault(self, kind: str, detail: Mapping[str, Any]) -> None:
         """A ``VppClient`` fault callback: a VPP restart forgets every index."""
         self.ctx.on_fault(kind, detail)

@@ -230,6 +230,17 @@ class VppPlugin(Generic[M]):
                 self.fresh = True
             await self.apply(keys, full=False)
 
+    async def reapply(self) -> None:
+        """A downstream resync: read VPP back and apply the intent the plugin holds (from
+        its last resync and changes), without reading the sources again."""
+        async with self._lock:
+            self._cancel_retries()
+            self._failed_at.clear()
+            self._waiting.clear()
+            await self.read()
+            self.fresh = True
+            await self.apply(sorted(self.desired), full=True)
+
     async def close(self) -> None:
         self._closed = True
         self._cancel_retries()
