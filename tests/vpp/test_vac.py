@@ -22,7 +22,13 @@ import cffi
 import pytest
 
 import datasync.vpp.vac as vac
-from datasync.vpp.client import VppApiError, VppClient, VppConnectionError, VppMessageError
+from datasync.vpp.client import (
+    VppApiError,
+    VppClient,
+    VppConnectionError,
+    VppMessageError,
+    VppTimeoutError,
+)
 from datasync.vpp.codec import codec_for
 from datasync.vpp.defs import builtin_definitions
 from datasync.vpp.transport import VppProtocolError
@@ -644,3 +650,25 @@ async def test_vpp_killed_under_load_never_blocks_the_loop(
     await eventually(lambda: "reconnected" in faults.kinds(), 30)
     assert (await c.call("control_ping")).retval == 0
     assert fake.stat("valve_expired") == 0
+
+
+async def test_a_timed_out_request_keeps_its_slot_until_vpp_answers(
+    fake: Fake, make_client: Any
+) -> None:
+    c = await make_client()
+    fake.ctl.fake_vac_set_hang(1)  # VPP slow: the request waits in its input queue
+    with pytest.raises(VppTimeoutError):
+        await c.call("control_ping", timeout=0.05)
+    # still in VPP's queue, so it still counts against the window that keeps us from
+    # filling that queue (a socket client frees the slot at once)
+    assert c._in_flight == 1
+    [ctx] = c._held
+    fake.ctl.fake_vac_set_hang(0)
+    fake.inject(
+        codec_for(DEFS, "control_ping_reply").encode(
+            FAKE_IDS["control_ping_reply"], {"context": ctx, "retval": 0, "vpe_pid": 4242}
+        )
+    )  # VPP's late answer
+    await eventually(lambda: c._in_flight == 0)
+    assert c.stats["late_replies"] == 1 and not c._held
+    assert (await c.call("control_ping")).retval == 0

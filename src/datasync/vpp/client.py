@@ -250,6 +250,9 @@ class VppClient:
         self._conn: _Conn | None = None
         self._pending: dict[int, _Call] = {}
         self._timed_out: set[int] = set()
+        #: abandoned requests still holding their window slot (vac), and whether to hold
+        self._held: set[int] = set()
+        self._hold_abandoned = False
         self._context = 0
         self._in_flight = 0
         self._window_waiters: deque[asyncio.Future[None]] = deque()
@@ -337,6 +340,7 @@ class VppClient:
         self._window = min(
             self.max_in_flight, getattr(self._transport, "max_in_flight", self.max_in_flight)
         )
+        self._hold_abandoned = self.transport_kind == "vac"
         self.stats["connects"] += 1
         self._connected.set()
         # learn vpe_pid at once, so a restart is detected even before the first probe
@@ -539,6 +543,9 @@ class VppClient:
                     stats["late_replies"] += 1
                     if not name.endswith("_details"):
                         self._timed_out.discard(ctx)
+                        if ctx in self._held:
+                            self._held.discard(ctx)
+                            self._release_slot()
                 else:
                     stats["unsolicited"] += 1
                 continue
@@ -608,6 +615,7 @@ class VppClient:
                 call.future.set_exception(exc)
         self._in_flight = 0
         self._timed_out.clear()
+        self._held.clear()
         self._losses += 1
         self._loss = exc
         # a request waiting for a window slot was meant for this connection: it fails
@@ -857,7 +865,13 @@ class VppClient:
             self._timed_out.add(ctx)
             if len(self._timed_out) > 100_000:
                 self._timed_out.clear()  # bounded: very old contexts are just "unsolicited"
-            self._release_slot()
+                self._timed_out |= self._held  # (at most a window of them)
+            if self._hold_abandoned:
+                # the request still waits in VPP's queue: its slot is free once VPP
+                # answered it, so our requests never fill that queue (vac_write blocks)
+                self._held.add(ctx)
+            else:
+                self._release_slot()
 
     async def call_many(
         self,
