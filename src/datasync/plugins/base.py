@@ -18,13 +18,21 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ..api import ChangeEvent, Op, ResyncEvent
-from ..errors import AckFailedError, AckTimeoutError, InvalidValueError
+from ..errors import AckFailedError, AckTimeoutError, DatasyncError, InvalidValueError
 from ..idx import IdxEvent, NameToIndex
 from ..vpp.client import VppClient
 from ..vpp.retvals import classify, retval_name
@@ -129,6 +137,17 @@ def vrf_name(is_ip6: bool, table_id: int) -> str:
     return f"{'IPV6' if is_ip6 else 'IPV4'}/{table_id}"
 
 
+def vrf_index(is_ip6: bool, table_id: int) -> int:
+    """The VRF IDX index of a table: an IPv4 and an IPv6 table may share an id, and IDX
+    indexes are unique, so the family is bit 32."""
+    return table_id | (1 << 32 if is_ip6 else 0)
+
+
+def vrf_table(index: int) -> int:
+    """The table id of a VRF IDX index."""
+    return index & U32_MAX
+
+
 @dataclass(slots=True)
 class Call:
     """One VPP request of one key; ``then`` runs with the reply when it succeeded."""
@@ -208,9 +227,22 @@ class VppPlugin(Generic[M]):
                 if key not in ev.kvs:
                     del self._failed_at[key]
             self._waiting.clear()
-            await self.read()
-            self.fresh = True
-            await self.apply(sorted(self.desired), full=True)
+            async with self._reporting("resync"):
+                await self.read()
+                self.fresh = True
+                await self.apply(sorted(self.desired), full=True)
+
+    @contextlib.asynccontextmanager
+    async def _reporting(self, what: str) -> AsyncIterator[None]:
+        """A VPP that cannot be reached fails the round quietly (it says why); anything
+        else is a bug of the plugin: logged with its traceback, then the round fails."""
+        try:
+            yield
+        except DatasyncError:
+            raise
+        except Exception:
+            log.exception("%s: %s failed", self.name, what)
+            raise
 
     async def change(self, ev: ChangeEvent) -> None:
         async with self._lock:
@@ -225,10 +257,9 @@ class VppPlugin(Generic[M]):
                     assert ch.value is not None
                     self._take(ch.key, ch.value, self.values.get(ch.key))
                 keys.append(ch.key)
-            if not self.fresh:  # only between a VPP restart and the round it starts
-                await self.read()
-                self.fresh = True
-            await self.apply(keys, full=False)
+            async with self._reporting("change"):
+                await self.ensure_read()  # only between a VPP restart and its round
+                await self.apply(keys, full=False)
 
     async def reapply(self) -> None:
         """A downstream resync: read VPP back and apply the intent the plugin holds (from
@@ -342,8 +373,15 @@ class VppPlugin(Generic[M]):
             handle.cancel()
         self._retry_timers.clear()
 
-    def spawn(self, aw: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(aw)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            raise RuntimeError(
+                f"{self.name}: the VPP plugins must be created inside the running event loop"
+            ) from None
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -437,7 +475,8 @@ class VppPlugin(Generic[M]):
     async def announce_deletes(self, idx: NameToIndex, names: Iterable[str]) -> dict[str, str]:
         """Announce deletes on ``idx`` and wait until every watcher detached; returns the
         names whose watchers failed or timed out, with the reason (do not delete those)."""
-        notes = {n: note for n in names if (note := idx.delete(n)) is not None}
+        entries = {n: e for n in names if (e := idx.lookup(n)) is not None}
+        notes = {n: note for n in entries if (note := idx.delete(n)) is not None}
         if not notes:
             return {}
         failed: dict[str, str] = {}
@@ -449,6 +488,11 @@ class VppPlugin(Generic[M]):
                 failed[name] = str(exc)
 
         await _all(wait(n) for n in notes)
+        for name in failed:
+            # the object stays: so does its entry, and the retry announces it again
+            e = entries[name]
+            if name not in idx:
+                idx.put(name, e.index, e.metadata)
         return failed
 
 

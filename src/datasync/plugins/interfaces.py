@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api import Op
 from ..idx import IdxEvent
-from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_name
+from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_name, vrf_table
 from .models import IF_PREFIX, IfType, Interface, IPInterface, check_interface, decode, parse_mac
 from .state import KeyState
 
@@ -93,6 +93,8 @@ class InterfacePlugin(VppPlugin[Interface]):
         if h.type is not m.type:
             return False
         want = self._link(m)
+        if m.type is IfType.TAP and not want[0]:
+            return True  # no host name asked for: whatever VPP named it
         if m.type is IfType.MEMIF and want[3] is None:
             # a socket this agent did not register (it restarted): VPP has no dump of
             # socket filenames we use, so only id, role and mode can be compared
@@ -100,8 +102,8 @@ class InterfacePlugin(VppPlugin[Interface]):
         return h.link == want
 
     def _link(self, m: Interface) -> tuple[Any, ...]:
-        if m.type is IfType.TAP and m.tap is not None:
-            return (m.tap.host_if_name,)
+        if m.type is IfType.TAP:
+            return (m.tap.host_if_name if m.tap is not None else "",)
         if m.type is IfType.MEMIF:
             memif = m.memif
             if memif is None:
@@ -398,8 +400,11 @@ class InterfacePlugin(VppPlugin[Interface]):
             socket = self.sockets.get(memif.socket_filename if memif else "", 0)
             d = found.get((socket, memif.id if memif else 0))
             sw = details.get(int(d.sw_if_index)) if d is not None else None
-            if d is None or sw is None or sw.tag:
-                other = f" by {sw.tag}" if sw is not None and sw.tag else ""
+            ours = {h.sw_if_index: n for n, h in self.have.items()}
+            if d is None or sw is None or sw.tag or int(d.sw_if_index) in ours:
+                owner = sw.tag if sw is not None and sw.tag else ""
+                owner = owner or (ours.get(int(d.sw_if_index), "") if d is not None else "")
+                other = f" by {owner}" if owner else ""
                 reason = f"memif id {memif.id if memif else 0} is in use on its socket{other}"
                 self.states.set(key, KeyState.FAILED, reason)
                 self._failed_at[key] = self.values.get(key, b"")
@@ -499,7 +504,7 @@ class InterfacePlugin(VppPlugin[Interface]):
             return
         await self.ensure_read()
         v6 = ev.name.startswith("IPV6/")
-        table = ev.index
+        table = vrf_table(ev.index)
         calls = []
         bound = []
         for name, h in self.have.items():

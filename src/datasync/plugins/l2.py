@@ -49,6 +49,8 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
     def __init__(self, ctx: VppContext, label: str) -> None:
         super().__init__(ctx, BD_PREFIX.format(label=label))
         self.have: dict[str, VppBridgeDomain] = {}
+        #: keys that left out a member another bridge domain holds: tried again on change
+        self.conflicts: set[str] = set()
         self.follow(ctx.interfaces, self._interface_event)
 
     def parse(self, key: str, value: bytes) -> BridgeDomain:
@@ -79,9 +81,20 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
             have[str(d.bd_tag)] = VppBridgeDomain(int(d.bd_id), settings, members)
         self.have = have
 
+    def _owners(self) -> dict[str, str]:
+        """Interface name -> the bridge domain key that holds it (VPP puts an interface in
+        one bridge domain: the first key, in key order, wins)."""
+        owners: dict[str, str] = {}
+        for key in sorted(self.desired):
+            for member in self.desired[key].interfaces:
+                owners.setdefault(member.name, key)
+        return owners
+
     async def apply(self, keys: Sequence[str], full: bool) -> None:
         work: dict[str, BridgeDomain] = {}
         deletes: dict[str, str] = {}
+        if not full:  # a change may release a member another key waits for
+            keys = sorted(set(keys) | self.conflicts)
         for key in keys:
             name = self.name_of(key)
             m = self.desired.get(key)
@@ -163,6 +176,8 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
         failed |= await self.send(calls)
         wanted: dict[str, dict[int, Member]] = {}
         missing: dict[str, list[str]] = {}
+        taken: dict[str, list[str]] = {}
+        owners = self._owners()
         detach = []
         for key, m in work.items():
             if key in failed:
@@ -170,6 +185,9 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
             h = self.have[m.name]
             want: dict[int, Member] = {}
             for member in m.interfaces:
+                if owners[member.name] != key:
+                    taken.setdefault(key, []).append(member.name)
+                    continue
                 entry = self.ctx.interfaces.lookup(member.name)
                 if entry is None:
                     missing.setdefault(key, []).append(member.name)
@@ -204,9 +222,14 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
                 )  # fmt: skip
         failed |= await self.send(attach)
         for key in work:
+            self.conflicts.discard(key)
             if key in failed:
                 continue
-            if key in missing:
+            if key in taken:
+                self.conflicts.add(key)
+                others = ", ".join(f"{n} (in {self.name_of(owners[n])})" for n in taken[key])
+                self.pending(key, (), f"interface already in another bridge domain: {others}")
+            elif key in missing:
                 names = missing[key]
                 self.pending(key, names, f"waiting for interface {', '.join(names)}")
             else:

@@ -21,7 +21,7 @@ import msgspec
 from ..api import Op
 from ..errors import InvalidValueError
 from ..idx import IdxEvent
-from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_name
+from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_index, vrf_name, vrf_table
 from .models import (
     ROUTE_PREFIX,
     VRF_PREFIX,
@@ -52,6 +52,8 @@ class VrfPlugin(VppPlugin[VrfTable]):
         super().__init__(ctx, VRF_PREFIX.format(label=label))
         self.idx = ctx.vrfs
         self.ledger = ctx.ledger.of(self.name)
+        #: tables a key asked for that VPP had already (an operator's): never deleted
+        self.adopted = ctx.ledger.of(self.name + ".adopted")
         #: (table id, is IPv6) -> name, as VPP has them
         self.have: dict[tuple[int, bool], str] = {}
 
@@ -80,7 +82,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
     def _put_idx(self, ident: tuple[int, bool]) -> None:
         name = vrf_name(ident[1], ident[0])
         if name not in self.idx:
-            self.idx.put(name, ident[0], self.ctx.epoch)
+            self.idx.put(name, vrf_index(ident[1], ident[0]), self.ctx.epoch)
 
     async def apply(self, keys: Sequence[str], full: bool) -> None:
         deletes: dict[str, tuple[int, bool]] = {}
@@ -97,6 +99,8 @@ class VrfPlugin(VppPlugin[VrfTable]):
             ident = (m.id, m.protocol is VrfProtocol.IPV6)
             if m.id == 0 or ident in self.have:
                 if m.id:
+                    if key not in self.ledger:
+                        self.ctx.ledger.put(self.name + ".adopted", key, "")
                     self.ctx.ledger.put(self.name, key, self.values[key].decode())
                     self._put_idx(ident)
                 self.configured(key)
@@ -108,6 +112,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
                     deletes.setdefault(key, _ident(value))
         if deletes:
             await self._delete(deletes)
+        self.ctx.ledger.save()
         if creates:
             for key, _m in creates:  # the ledger first: a crash never leaves a table unowned
                 self.ctx.ledger.put(self.name, key, self.values[key].decode())
@@ -135,6 +140,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
         present = {k: i for k, i in deletes.items() if i in self.have and i[0] != 0}
         for key in set(deletes) - set(present):
             self.ctx.ledger.discard(self.name, key)
+            self.ctx.ledger.discard(self.name + ".adopted", key)
         names = {vrf_name(i[1], i[0]): k for k, i in present.items()}
         blocked = await self.announce_deletes(self.idx, names)
         calls = []
@@ -143,6 +149,10 @@ class VrfPlugin(VppPlugin[VrfTable]):
                 self.retry_later(key, f"delete waits for its dependents: {blocked[name]}")
                 continue
             ident = present[key]
+            if key in self.adopted:  # VPP had it before the key: it stays, unused by us
+                self.ctx.ledger.discard(self.name, key)
+                self.ctx.ledger.discard(self.name + ".adopted", key)
+                continue
 
             def gone(_r: Any, key: str = key, ident: tuple[int, bool] = ident) -> None:
                 self.have.pop(ident, None)
@@ -181,6 +191,9 @@ class RoutePlugin(VppPlugin[Route]):
     def __init__(self, ctx: VppContext, label: str) -> None:
         super().__init__(ctx, ROUTE_PREFIX.format(label=label))
         self.ledger = ctx.ledger.of(self.name)
+        #: routes a key asked for that VPP had already (an operator's, or one equal to a
+        #: connected route): never removed by the agent
+        self.adopted = ctx.ledger.of(self.name + ".adopted")
         #: every path VPP has: identity -> (weight, preference)
         self.present: dict[RouteIdent, tuple[int, int]] = {}
         #: key -> the identity it was applied as
@@ -242,6 +255,11 @@ class RoutePlugin(VppPlugin[Route]):
             return U32_MAX
         entry = self.ctx.interfaces.lookup(m.outgoing_interface)
         return entry.index if entry is not None else U32_MAX
+
+    def _remove(self, removes: list[Call], key: str, ident: RouteIdent | None) -> None:
+        """Remove ``key``'s path, unless it is adopted (VPP had it before the key)."""
+        if ident is not None and key not in self.adopted:
+            removes.append(self._call(key, ident, False))
 
     def _call(self, key: str, ident: RouteIdent, add: bool, weight: int = 1, pref: int = 0) -> Call:
         table, is6, prefix, sw_if_index, nh, path_table, kind = ident
@@ -308,24 +326,24 @@ class RoutePlugin(VppPlugin[Route]):
                 if key in self.values:
                     continue
                 self.states.remove(key)
-                if old is not None:
-                    removes.append(self._call(key, old, False))
+                self._remove(removes, key, old)
                 gone.append(key)
                 continue
             if self.settled(key):
                 continue
             missing = self._missing(m)
             if missing:
-                if old is not None:
-                    removes.append(self._call(key, old, False))
+                self._remove(removes, key, old)
                 self.pending(key, missing, f"waiting for {', '.join(missing)}")
                 continue
             ident = self._ident(m, self._sw_if_index(m))
             weight, pref = m.weight or 1, m.preference
             if old is not None and old != ident:
-                removes.append(self._call(key, old, False))
+                self._remove(removes, key, old)
             found = self.present.get(ident)
             if found == (weight, pref):
+                if key not in self.ledger:
+                    self.ctx.ledger.put(self.name + ".adopted", key, "")
                 self.applied[key] = ident
                 self.ctx.ledger.put(self.name, key, self.values[key].decode())
                 done_keys.append(key)
@@ -336,14 +354,13 @@ class RoutePlugin(VppPlugin[Route]):
         if full:
             for key in list(self.ledger):
                 if key not in self.values:
-                    old = self._old_ident(key)
-                    if old is not None:
-                        removes.append(self._call(key, old, False))
+                    self._remove(removes, key, self._old_ident(key))
                     gone.append(key)
         failed = await self.send(removes)
         for key in gone:
             if key not in failed:
                 self.ctx.ledger.discard(self.name, key)
+                self.ctx.ledger.discard(self.name + ".adopted", key)
         for key, _c in adds:
             self.ctx.ledger.put(self.name, key, self.values[key].decode())
         self.ctx.ledger.save()
@@ -360,7 +377,7 @@ class RoutePlugin(VppPlugin[Route]):
             return
         await self.ensure_read()
         if "/" in ev.name:  # a VRF table (interface names have no '/')
-            is6, table = ev.name.startswith("IPV6/"), ev.index
+            is6, table = ev.name.startswith("IPV6/"), vrf_table(ev.index)
 
             def hit(i: RouteIdent) -> bool:
                 return i[1] == is6 and table in (i[0], i[5])
@@ -374,7 +391,7 @@ class RoutePlugin(VppPlugin[Route]):
         keys = []
         for key in set(self.applied) | set(self.ledger):
             ident = self._old_ident(key)
-            if ident is not None and hit(ident):
+            if ident is not None and hit(ident) and key not in self.adopted:
                 calls.append(self._call(key, ident, False))
                 keys.append(key)
         failed = await self.send(calls)

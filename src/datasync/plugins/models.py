@@ -137,6 +137,16 @@ class Interface(Struct, forbid_unknown_fields=True):
     mtu: Annotated[int, Meta(ge=0, le=MTU_MAX)] = 0
     tap: TapLink | None = None
     memif: MemifLink | None = None
+    # vpp-agent fields datasync does not support: accepted at their defaults only
+    set_dhcp_client: bool = False
+    unnumbered: dict[str, Any] | None = None
+    rx_modes: list[Any] = []
+    rx_placements: list[Any] = []
+    ip6_nd: dict[str, Any] | None = None
+
+
+#: Interface fields that must keep their default (see check_interface)
+_UNSUPPORTED_IF = ("set_dhcp_client", "unnumbered", "rx_modes", "rx_placements", "ip6_nd")
 
 
 class BridgeDomainInterface(Struct, forbid_unknown_fields=True):
@@ -156,6 +166,8 @@ class BridgeDomain(Struct, forbid_unknown_fields=True):
     arp_termination: bool = False
     mac_age: U8 = 0
     interfaces: Annotated[list[BridgeDomainInterface], Meta(max_length=4096)] = []
+    #: vpp-agent's ARP termination entries: not supported, accepted empty
+    arp_termination_table: list[Any] = []
 
 
 class Route(Struct, forbid_unknown_fields=True):
@@ -316,7 +328,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def _unscoped(key: str, text: str, field: str) -> None:
+    if "%" in text:  # Python takes "fe80::1%eth0"; VPP's API has no scope
+        raise InvalidValueError(key, f"field {field}: {text!r}: scoped addresses are not supported")
+
+
 def parse_ip_interface(key: str, text: str, field: str) -> IPInterface:
+    _unscoped(key, text, field)
     if "/" not in text:
         raise InvalidValueError(key, f"field {field}: {text!r} has no prefix length")
     try:
@@ -326,6 +344,7 @@ def parse_ip_interface(key: str, text: str, field: str) -> IPInterface:
 
 
 def parse_network(key: str, text: str, field: str) -> IPNetwork:
+    _unscoped(key, text, field)
     if "/" not in text:
         raise InvalidValueError(key, f"field {field}: {text!r} has no prefix length")
     try:
@@ -335,6 +354,7 @@ def parse_network(key: str, text: str, field: str) -> IPNetwork:
 
 
 def parse_address(key: str, text: str, field: str) -> IPAddress:
+    _unscoped(key, text, field)
     try:
         return ipaddress.ip_address(text)
     except ValueError as exc:
@@ -354,18 +374,28 @@ def check_interface(key: str, name: str, m: Interface) -> None:
         )
     if m.type not in SUPPORTED_TYPES:
         raise InvalidValueError(key, f"field type: {m.type.name} is not supported")
+    for f in _UNSUPPORTED_IF:
+        if getattr(m, f):
+            raise InvalidValueError(key, f"field {f}: not supported by datasync")
     if m.tap is not None and m.type is not IfType.TAP:
         raise InvalidValueError(key, f"field tap: set on a {m.type.name} interface")
     if m.memif is not None and m.type is not IfType.MEMIF:
         raise InvalidValueError(key, f"field memif: set on a {m.type.name} interface")
     if m.phys_address:
         parse_mac(key, m.phys_address, "phys_address")
-    seen: set[IPInterface] = set()
+    seen: list[IPInterface] = []
     for i, text in enumerate(m.ip_addresses):
-        addr = parse_ip_interface(key, text, f"ip_addresses[{i}]")
-        if addr in seen:
-            raise InvalidValueError(key, f"field ip_addresses[{i}]: {text} given twice")
-        seen.add(addr)
+        field = f"ip_addresses[{i}]"
+        addr = parse_ip_interface(key, text, field)
+        if addr.ip.is_unspecified or addr.ip.is_multicast or addr.network.prefixlen == 0:
+            raise InvalidValueError(key, f"field {field}: {text} cannot be an interface address")
+        for j, other in enumerate(seen):
+            if addr.ip == other.ip or (
+                addr.network.prefixlen != other.network.prefixlen
+                and addr.network.overlaps(other.network)
+            ):
+                raise InvalidValueError(key, f"field {field}: {text} overlaps ip_addresses[{j}]")
+        seen.append(addr)
     if m.tap is not None:
         if len(m.tap.host_if_name.encode()) > TAG_MAX_BYTES:
             raise InvalidValueError(key, "field tap.host_if_name: longer than 63 bytes")
@@ -382,6 +412,8 @@ def check_bridge_domain(key: str, name: str, m: BridgeDomain) -> None:
         raise InvalidValueError(
             key, f"field name: {m.name!r} does not match the key (expected {name!r})"
         )
+    if m.arp_termination_table:
+        raise InvalidValueError(key, "field arp_termination_table: not supported by datasync")
     seen: set[str] = set()
     bvis = 0
     for i, member in enumerate(m.interfaces):
@@ -405,7 +437,10 @@ def route_key(m: Route) -> str:
     except ValueError:
         out += f"dst/{m.dst_network}/"
     if m.next_hop_addr:
-        out += f"gw/{m.next_hop_addr}"
+        try:  # the canonical form: two spellings of one next hop are one key
+            out += f"gw/{ipaddress.ip_address(m.next_hop_addr)}"
+        except ValueError:
+            out += f"gw/{m.next_hop_addr}"
     return out
 
 
