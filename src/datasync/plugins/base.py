@@ -212,6 +212,9 @@ class VppPlugin(Generic[M]):
         """Drop what the plugin knows of VPP (after a VPP restart)."""
         raise NotImplementedError
 
+    def prune(self) -> None:
+        """Drop what ``parse`` kept of keys that are no longer desired (after a resync)."""
+
     # -- the Plugin protocol -----------------------------------------------------------
 
     async def resync(self, ev: ResyncEvent) -> None:
@@ -226,6 +229,7 @@ class VppPlugin(Generic[M]):
             for key in list(self._failed_at):
                 if key not in ev.kvs:
                     del self._failed_at[key]
+            self.prune()
             self._waiting.clear()
             async with self._reporting("resync"):
                 await self.read()

@@ -10,7 +10,6 @@ for that VRF table; when a table goes away the plugin unbinds its interfaces fir
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,6 +69,8 @@ class InterfacePlugin(VppPlugin[Interface]):
         self.have: dict[str, VppInterface] = {}
         #: memif socket filename -> socket_id (0: VPP's default socket)
         self.sockets: dict[str, int] = {"": 0}
+        #: the parsed addresses of every desired key (parsed once, when validated)
+        self.addresses: dict[str, list[IPInterface]] = {}
         self.follow(ctx.vrfs, self._vrf_event)
 
     # -- values ------------------------------------------------------------------------
@@ -79,8 +80,11 @@ class InterfacePlugin(VppPlugin[Interface]):
         name = self.name_of(key)
         if not m.name:
             m.name = name  # an absent name is the key's
-        check_interface(key, name, m)
+        self.addresses[key] = check_interface(key, name, m)
         return m
+
+    def prune(self) -> None:
+        self.addresses = {k: v for k, v in self.addresses.items() if k in self.desired}
 
     def _missing_vrfs(self, m: Interface) -> list[str]:
         return [
@@ -153,7 +157,7 @@ class InterfacePlugin(VppPlugin[Interface]):
             {"sw_if_index": i.sw_if_index, "is_ipv6": v6} for i in ifaces for v6 in (False, True)
         ]
         for n, found in enumerate(await self.dump_many("ip_address_dump", reqs)):
-            ifaces[n // 2].addresses.update(ipaddress.ip_interface(d.prefix) for d in found)
+            ifaces[n // 2].addresses.update(d.prefix for d in found)  # IPv4/6Interface
         for n, reply in enumerate(
             await self.client.call_many("sw_interface_get_table", reqs, check=False)
         ):
@@ -313,7 +317,7 @@ class InterfacePlugin(VppPlugin[Interface]):
             v4, v6 = _families(m)
             want = [m.vrf if v4 else 0, m.vrf if v6 else 0]
             want_vrf[key] = want
-            wanted = {ipaddress.ip_interface(a) for a in m.ip_addresses}
+            wanted = set(self.addresses[key])
             for addr in sorted(h.addresses, key=str):
                 if addr not in wanted or want[addr.version == 6] != h.vrf[addr.version == 6]:
                     calls.append(self._address_call(key, h, addr, False))
@@ -363,10 +367,9 @@ class InterfacePlugin(VppPlugin[Interface]):
 
         # 6. addresses in, then admin state
         calls = []
-        for key, m in alive():
+        for key, _m in alive():
             h = self.have[names[key]]
-            for text in m.ip_addresses:
-                addr = ipaddress.ip_interface(text)
+            for addr in self.addresses[key]:
                 if addr not in h.addresses:
                     calls.append(self._address_call(key, h, addr, True))
         failed |= await self.send(calls)
@@ -423,7 +426,7 @@ class InterfacePlugin(VppPlugin[Interface]):
             {"sw_if_index": h.sw_if_index, "is_ipv6": v6} for h in adopted for v6 in (False, True)
         ]
         for n, addrs in enumerate(await self.dump_many("ip_address_dump", reqs)):
-            adopted[n // 2].addresses.update(ipaddress.ip_interface(a.prefix) for a in addrs)
+            adopted[n // 2].addresses.update(a.prefix for a in addrs)
         return failed
 
     def _create_call(self, key: str, m: Interface, created: set[str]) -> Call:

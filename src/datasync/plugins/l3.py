@@ -26,6 +26,7 @@ from .models import (
     ROUTE_PREFIX,
     VRF_PREFIX,
     Route,
+    RouteSpec,
     RouteType,
     VrfProtocol,
     VrfTable,
@@ -75,7 +76,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
         # the tables this agent made are known on IDX before any of them may be deleted,
         # so that the delete reaches the interfaces and routes that use them
         for value in [*self.ledger.values(), *(self.values[k].decode() for k in self.desired)]:
-            ident = _ident(value)
+            ident = _vrf_ident(value)
             if ident[0] and ident in self.have:
                 self._put_idx(ident)
 
@@ -94,7 +95,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
                     continue
                 self.states.remove(key)
                 if key in self.ledger:
-                    deletes[key] = _ident(self.ledger[key])
+                    deletes[key] = _vrf_ident(self.ledger[key])
                 continue
             ident = (m.id, m.protocol is VrfProtocol.IPV6)
             if m.id == 0 or ident in self.have:
@@ -109,7 +110,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
         if full:
             for key, value in list(self.ledger.items()):
                 if key not in self.values:
-                    deletes.setdefault(key, _ident(value))
+                    deletes.setdefault(key, _vrf_ident(value))
         if deletes:
             await self._delete(deletes)
         self.ctx.ledger.save()
@@ -168,7 +169,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
         self.ctx.ledger.save()
 
 
-def _ident(value: str) -> tuple[int, bool]:
+def _vrf_ident(value: str) -> tuple[int, bool]:
     m = msgspec.json.decode(value)
     return int(m.get("id", 0)), m.get("protocol", 0) in (1, "IPV6")
 
@@ -198,13 +199,18 @@ class RoutePlugin(VppPlugin[Route]):
         self.present: dict[RouteIdent, tuple[int, int]] = {}
         #: key -> the identity it was applied as
         self.applied: dict[str, RouteIdent] = {}
+        #: the canonical identity of every desired key (parsed once, when validated)
+        self.specs: dict[str, RouteSpec] = {}
         self.follow(ctx.interfaces, self._dependency_event)
         self.follow(ctx.vrfs, self._dependency_event)
 
     def parse(self, key: str, value: bytes) -> Route:
         m = decode(Route, key, value)
-        check_route(key, self.name_of(key), m)
+        self.specs[key] = check_route(key, self.name_of(key), m)
         return m
+
+    def prune(self) -> None:
+        self.specs = {k: v for k, v in self.specs.items() if k in self.desired}
 
     def forget(self) -> None:
         self.present = {}
@@ -232,16 +238,11 @@ class RoutePlugin(VppPlugin[Route]):
         self.present = present
         self.applied = {}
 
-    def _ident(self, m: Route, sw_if_index: int) -> RouteIdent:
-        net = ipaddress.ip_network(m.dst_network, strict=False)
-        is6 = net.version == 6
-        nh = str(ipaddress.ip_address(m.next_hop_addr)) if m.next_hop_addr else ""
-        path_table = m.via_vrf_id if m.type is RouteType.INTER_VRF else m.vrf_id
-        kind = PATH_DROP if m.type is RouteType.DROP else PATH_NORMAL
-        return (m.vrf_id, is6, str(net), sw_if_index, nh, path_table, kind)
+    def _ident(self, spec: RouteSpec, sw_if_index: int) -> RouteIdent:
+        return (spec.vrf_id, spec.is_ip6, spec.network, sw_if_index, spec.next_hop,
+                spec.path_table, spec.path_type)  # fmt: skip
 
-    def _missing(self, m: Route) -> list[str]:
-        is6 = ":" in m.dst_network
+    def _missing(self, m: Route, is6: bool) -> list[str]:
         out = []
         if m.outgoing_interface and m.outgoing_interface not in self.ctx.interfaces:
             out.append(m.outgoing_interface)
@@ -300,10 +301,11 @@ class RoutePlugin(VppPlugin[Route]):
         if value is None:
             return None
         try:
-            m = self.parse(key, value.encode())
+            m = decode(Route, key, value.encode())
+            spec = check_route(key, self.name_of(key), m)
         except InvalidValueError:
             return None
-        ident = self._ident(m, self._sw_if_index(m))
+        ident = self._ident(spec, self._sw_if_index(m))
         if ident in self.present:
             return ident
         if m.outgoing_interface and m.outgoing_interface not in self.ctx.interfaces:
@@ -331,12 +333,13 @@ class RoutePlugin(VppPlugin[Route]):
                 continue
             if self.settled(key):
                 continue
-            missing = self._missing(m)
+            spec = self.specs[key]
+            missing = self._missing(m, spec.is_ip6)
             if missing:
                 self._remove(removes, key, old)
                 self.pending(key, missing, f"waiting for {', '.join(missing)}")
                 continue
-            ident = self._ident(m, self._sw_if_index(m))
+            ident = self._ident(spec, self._sw_if_index(m))
             weight, pref = m.weight or 1, m.preference
             if old is not None and old != ident:
                 self._remove(removes, key, old)
@@ -400,7 +403,7 @@ class RoutePlugin(VppPlugin[Route]):
         for key in keys:
             m = self.desired.get(key)
             if m is not None:
-                missing = self._missing(m)
+                missing = self._missing(m, self.specs[key].is_ip6)
                 self.pending(key, missing, f"waiting for {', '.join(missing)}")
         if keys:
             log.info("routes: removed %d route(s) through %s", len(keys), ev.name)

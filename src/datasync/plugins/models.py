@@ -17,7 +17,7 @@ import ipaddress
 import types
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -37,6 +37,7 @@ __all__ = [
     "MemifLink",
     "MemifMode",
     "Route",
+    "RouteSpec",
     "RouteType",
     "TapLink",
     "VrfProtocol",
@@ -365,8 +366,9 @@ def _pow2(n: int) -> bool:
     return n & (n - 1) == 0
 
 
-def check_interface(key: str, name: str, m: Interface) -> None:
-    """What msgspec cannot check of an interface; ``name`` is the key's name."""
+def check_interface(key: str, name: str, m: Interface) -> list[IPInterface]:
+    """What msgspec cannot check of an interface (``name`` is the key's name); its
+    addresses, parsed."""
     check_name(key, name)
     if m.name != name:
         raise InvalidValueError(
@@ -404,6 +406,7 @@ def check_interface(key: str, name: str, m: Interface) -> None:
                 raise InvalidValueError(key, f"field tap.{f}: must be a power of 2")
     if m.memif is not None and not _pow2(m.memif.ring_size):
         raise InvalidValueError(key, "field memif.ring_size: must be a power of 2")
+    return seen
 
 
 def check_bridge_domain(key: str, name: str, m: BridgeDomain) -> None:
@@ -427,42 +430,69 @@ def check_bridge_domain(key: str, name: str, m: BridgeDomain) -> None:
         raise InvalidValueError(key, "field interfaces: more than one bridged_virtual_interface")
 
 
+class RouteSpec(NamedTuple):
+    """A validated route's identity in canonical form (parsed once, at validation)."""
+
+    vrf_id: int
+    is_ip6: bool
+    network: str  # "10.0.0.0/8"
+    next_hop: str  # canonical, "" for none
+    path_table: int  # the table the next hop is resolved in
+    path_type: int  # fib_path_type: 0 NORMAL, 2 DROP
+
+
 def route_key(m: Route) -> str:
-    """The key name vpp-agent derives from a route (after the route prefix)."""
-    out = f"if/{m.outgoing_interface}/" if m.outgoing_interface else ""
-    out += f"vrf/{m.vrf_id}/"
+    """The key name vpp-agent derives from a route (after the route prefix); next hops in
+    canonical form, so two spellings of one next hop are one key."""
     try:
         net = ipaddress.ip_network(m.dst_network, strict=False)
-        out += f"dst/{net.network_address}/{net.prefixlen}/"
+        dst = f"{net.network_address}/{net.prefixlen}"
     except ValueError:
-        out += f"dst/{m.dst_network}/"
-    if m.next_hop_addr:
-        try:  # the canonical form: two spellings of one next hop are one key
-            out += f"gw/{ipaddress.ip_address(m.next_hop_addr)}"
-        except ValueError:
-            out += f"gw/{m.next_hop_addr}"
-    return out
+        dst = m.dst_network
+    try:
+        gw = str(ipaddress.ip_address(m.next_hop_addr)) if m.next_hop_addr else ""
+    except ValueError:
+        gw = m.next_hop_addr
+    return _route_key(m, dst, gw)
+
+
+def _route_key(m: Route, dst: str, gw: str) -> str:
+    out = f"if/{m.outgoing_interface}/" if m.outgoing_interface else ""
+    out += f"vrf/{m.vrf_id}/dst/{dst}/"
+    return out + (f"gw/{gw}" if gw else "")
 
 
 def vrf_key(m: VrfTable) -> str:
     return f"id/{m.id}/protocol/{m.protocol.name}"
 
 
-def check_route(key: str, name: str, m: Route) -> None:
+def check_route(key: str, name: str, m: Route) -> RouteSpec:
+    """Validate a route; its identity in canonical form."""
     dst = parse_network(key, m.dst_network, "dst_network")
+    nh_text = ""
     if m.next_hop_addr:
         nh = parse_address(key, m.next_hop_addr, "next_hop_addr")
         if nh.version != dst.version:
             raise InvalidValueError(
                 key, f"field next_hop_addr: IPv{nh.version} next hop for an IPv{dst.version} route"
             )
+        nh_text = str(nh)
     if m.outgoing_interface:
         check_name(key, m.outgoing_interface, "outgoing_interface")
     if m.type is RouteType.DROP and (m.next_hop_addr or m.outgoing_interface):
         raise InvalidValueError(key, "field type: a DROP route has no next hop or interface")
     if m.type is RouteType.INTER_VRF and m.outgoing_interface:
         raise InvalidValueError(key, "field outgoing_interface: not with an INTER_VRF route")
-    _check_derived(key, name, route_key(m))
+    network = f"{dst.network_address}/{dst.prefixlen}"
+    _check_derived(key, name, _route_key(m, network, nh_text))
+    return RouteSpec(
+        m.vrf_id,
+        dst.version == 6,
+        network,
+        nh_text,
+        m.via_vrf_id if m.type is RouteType.INTER_VRF else m.vrf_id,
+        2 if m.type is RouteType.DROP else 0,
+    )
 
 
 def check_vrf(key: str, name: str, m: VrfTable) -> None:
