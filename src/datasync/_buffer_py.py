@@ -41,6 +41,11 @@ def _check(change: Any) -> tuple[str, int]:
     return _check_pair(change[0], change[3])
 
 
+def _check_all(batch: Sequence[Any]) -> None:
+    for change in batch:
+        _check(change)
+
+
 def _check_pair(key: Any, revision: Any) -> tuple[str, int]:
     # Plain str only: a str subclass could run Python code inside the dict operations.
     if type(key) is not str:
@@ -210,12 +215,18 @@ class EventBuffer:
         held (what was held before stays).
         """
         batch = changes if isinstance(changes, (list, tuple)) else list(changes)
-        for change in batch:
-            _check(change)
+        # Changes that only the batch holds (the caller passed an iterator) are released
+        # with the batch list, last first, as the compiled buffer releases them: their
+        # finalizers may append to the buffer, so the order is behaviour. The loops run in
+        # helpers so that no loop variable holds the last change past the list.
+        _check_all(batch)
         if self._index is None and self._live + len(batch) <= self._coalesce_above:
             self._items.extend(batch)
             self._live += len(batch)
             return
+        self._push_all(batch)
+
+    def _push_all(self, batch: Sequence[Change]) -> None:
         for change in batch:
             self._push(change)
 
