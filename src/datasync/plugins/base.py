@@ -220,9 +220,15 @@ class VppPlugin(Generic[M]):
     async def resync(self, ev: ResyncEvent) -> None:
         async with self._lock:
             self._cancel_retries()
-            old, self.values, self.desired = self.values, {}, {}
+            old, self.values = self.values, {}
+            old_desired, self.desired = self.desired, {}
             for key, kv in ev.kvs.items():
-                self._take(key, kv.value, old.get(key))
+                m = old_desired.get(key)
+                if m is not None and old.get(key) == kv.value:
+                    self.values[key] = kv.value  # unchanged: parsed and valid already
+                    self.desired[key] = m
+                else:
+                    self._take(key, kv.value, old.get(key))
             for key in self.states.keys():  # noqa: SIM118 - KeyStates, not a dict
                 if key not in ev.kvs:
                     self.states.remove(key)

@@ -226,12 +226,10 @@ class RoutePlugin(VppPlugin[Route]):
             is6 = bool(req["table"]["is_ip6"])
             for d in details:
                 r = d.route
-                prefix = str(ipaddress.ip_network(str(r.prefix), strict=False))
+                prefix = str(r.prefix)  # an IPv4Network/IPv6Network from the codec
                 for p in r.paths[: r.n_paths]:
-                    nh = p.nh.address.ip6 if is6 else p.nh.address.ip4
-                    nh_text = (
-                        "" if int(ipaddress.ip_address(nh)) == 0 else str(ipaddress.ip_address(nh))
-                    )
+                    nh = p.nh.address.ip6 if is6 else p.nh.address.ip4  # an IPv4/6Address
+                    nh_text = str(nh) if int(nh) else ""
                     ident = (int(r.table_id), is6, prefix, int(p.sw_if_index), nh_text,
                              int(p.table_id), int(p.type))  # fmt: skip
                     present[ident] = (int(p.weight), int(p.preference))
