@@ -215,3 +215,161 @@ def test_plugins_resync_papi_naive(benchmark: Any, store_path: Path) -> None:
             _naive_agent(path, kvs)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
+
+
+# -- from real etcd, and change latency ----------------------------------------------------
+
+N_CHANGES = 300 // _SCALE
+
+
+@pytest.fixture(scope="module")
+def etcd_loaded() -> Iterator[list[str]]:
+    """A fresh single-member etcd holding the same desired state."""
+    from tests.etcd.etcdserver import EtcdCluster
+
+    from datasync.transport.etcd import EtcdSource
+
+    cluster = EtcdCluster(1).start()
+    try:
+
+        async def load() -> None:
+            src = EtcdSource(endpoints=cluster.endpoints)
+            items = list(_desired().items())
+            try:
+                for i in range(0, len(items), 100):  # etcd's default max-txn-ops is 128
+                    await src.txn(dict(items[i : i + 100]))
+            finally:
+                await src.close()
+
+        uvloop.run(load())
+        yield cluster.endpoints
+    finally:
+        cluster.close()
+
+
+async def _etcd_resync(endpoints: list[str], sim_path: str) -> float:
+    from datasync.transport.etcd import EtcdSource
+
+    src = EtcdSource(endpoints=endpoints)
+    orch = Orchestrator([src], ResyncConfig(resync_timeout=600, snapshot_timeout=600))
+    client = VppClient(sim_path, probe_interval=None, timeout=60)
+    plugins = VppPlugins(client, LABEL)
+    loop = asyncio.get_running_loop()
+    try:
+        await client.connect()
+        plugins.add_to(orch)
+        t0 = loop.time()
+        await orch.start()
+        await orch.wait_in_sync(600)
+        return loop.time() - t0
+    finally:
+        await orch.stop()
+        await plugins.close()
+        await client.close()
+        await src.close()
+
+
+@pytest.mark.etcd
+def test_plugins_resync_from_etcd(benchmark: Any, etcd_loaded: list[str]) -> None:
+    benchmark.group = f"plugins resync ({N_IF} if, {N_BD} bd, {N_RT} routes)"
+    benchmark.name = "test_resync[ours-full-etcd]"
+    times: list[float] = []
+
+    def run() -> None:
+        with _sim_process() as path:
+            times.append(uvloop.run(_etcd_resync(etcd_loaded, path)))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info["agent_seconds_min"] = round(min(times), 3)
+
+
+async def _latencies(source: Any, sim_path: str) -> list[float]:
+    """Put a new loopback at a time; the time until its key is CONFIGURED (VPP answered)."""
+    orch = Orchestrator([source], ResyncConfig(resync_timeout=60))
+    client = VppClient(sim_path, probe_interval=None, timeout=10)
+    plugins = VppPlugins(client, LABEL)
+    loop = asyncio.get_running_loop()
+    done: dict[str, asyncio.Future[float]] = {}
+
+    def on_key(_plugin: str, key: str, status: Any) -> None:
+        fut = done.get(key)
+        if fut is not None and not fut.done() and status is not None:
+            fut.set_result(loop.time())
+
+    plugins.interfaces.states.add_listener(on_key)
+    ifp = IF_PREFIX.format(label=LABEL)
+    out = []
+    try:
+        await client.connect()
+        plugins.add_to(orch)
+        await orch.start()
+        await orch.wait_in_sync(60)
+        for i in range(N_CHANGES):
+            key = f"{ifp}lat{i}"
+            done[key] = loop.create_future()
+            doc = {"name": f"lat{i}", "type": "SOFTWARE_LOOPBACK", "enabled": True}
+            t0 = loop.time()
+            await source.put(key, json.dumps(doc).encode())
+            out.append(await asyncio.wait_for(done[key], 10) - t0)
+        return out
+    finally:
+        await orch.stop()
+        await plugins.close()
+        await client.close()
+
+
+def _percentiles(benchmark: Any, lat: list[float]) -> None:
+    lat = sorted(lat)
+    benchmark.extra_info["p50_ms"] = round(lat[len(lat) // 2] * 1000, 3)
+    benchmark.extra_info["p99_ms"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 3)
+
+
+def test_change_latency_local(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = "change latency: put until VPP applied"
+    benchmark.name = "test_change_latency[local]"
+    lat: list[float] = []
+
+    def run() -> None:
+        with _sim_process() as path:
+            store = LocalStore(tmp_path / f"lat-{len(lat)}.db")  # in-process puts wake its watch
+
+            async def go() -> list[float]:
+                try:
+                    return await _latencies(store, path)
+                finally:
+                    await store.close()
+
+            lat.extend(uvloop.run(go()))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    _percentiles(benchmark, lat)
+
+
+@pytest.mark.etcd
+def test_change_latency_etcd(benchmark: Any) -> None:
+    from tests.etcd.etcdserver import EtcdCluster
+
+    from datasync.transport.etcd import EtcdSource
+
+    benchmark.group = "change latency: put until VPP applied"
+    benchmark.name = "test_change_latency[etcd]"
+    lat: list[float] = []
+    cluster = EtcdCluster(1).start()
+    try:
+
+        def run() -> None:
+            with _sim_process() as path:
+
+                async def go() -> list[float]:
+                    src = EtcdSource(endpoints=cluster.endpoints)
+                    try:
+                        return await _latencies(src, path)
+                    finally:
+                        await src.close()
+
+                lat.extend(uvloop.run(go()))
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        cluster.close()
+    _percentiles(benchmark, lat)
