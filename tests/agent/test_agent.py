@@ -35,6 +35,8 @@ def test_converges_from_the_example_document_and_stops_on_sigterm(agent: AgentPr
     ).stdout
     assert 'datasync_keys{plugin="interfaces",state="CONFIGURED"} 5.0' in metrics
     assert "datasync_in_sync 1.0" in metrics
+    assert 'datasync_vpp_batch_seconds_count{message="create_loopback"}' in metrics
+    assert 'datasync_vpp_plugin_requests_total{message="create_loopback"} 2.0' in metrics
     assert agent.stop(signal.SIGTERM) == 0
 
 

@@ -135,7 +135,7 @@ async def test_two_memif_keys_with_one_id_in_one_transaction(agent: Agent) -> No
     await start(agent, memif("memif1"), memif("memif2"))
     bad = not_configured(agent)
     assert len(bad) == 1
-    ((key, (state, reason)),) = bad.items()
+    ((_key, (state, reason)),) = bad.items()
     assert state is KeyState.FAILED and "in use" in reason
     assert agent.orch.status().failed_rounds == 0
 

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..errors import DatasyncError, InvalidKeyError, InvalidValueError
@@ -162,6 +162,20 @@ class HttpApi:
         self.metrics = _Metrics(agent)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.metrics)
+        self.vpp_batches = Histogram(
+            "datasync_vpp_batch_seconds",
+            "Time for one pipelined batch of VPP requests of one message kind",
+            ["message"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.vpp_writes = Counter(
+            "datasync_vpp_plugin_requests",
+            "VPP requests the plugins sent, by message",
+            ["message"],
+            registry=self.registry,
+        )
+        agent.plugins.ctx.batch_observers.append(self._observe_batch)
         #: recent rounds and key-state transitions, bounded
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.app = web.Application(client_max_size=agent.config.http.max_body_bytes)
@@ -200,6 +214,10 @@ class HttpApi:
             self._runner = None
 
     # -- events ------------------------------------------------------------------------
+
+    def _observe_batch(self, msg: str, n: int, seconds: float) -> None:
+        self.vpp_batches.labels(msg).observe(seconds)
+        self.vpp_writes.labels(msg).inc(n)
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, RoundStarted):

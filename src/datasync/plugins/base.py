@@ -116,6 +116,8 @@ class VppContext:
         self.ledger = ledger or Ledger()
         #: grows on every VPP restart: indexes learnt in an older epoch mean nothing now
         self.epoch = 0
+        #: ``fn(message, requests, seconds)`` after every pipelined batch (metrics)
+        self.batch_observers: list[Callable[[str, int, float], None]] = []
         self.plugins: list[VppPlugin[Any]] = []
 
     def vpp_restarted(self) -> None:
@@ -411,8 +413,13 @@ class VppPlugin(Generic[M]):
             groups.setdefault(call.msg, []).append(call)
         failed: set[str] = set()
 
+        observers = self.ctx.batch_observers
+
         async def run(msg: str, group: list[Call]) -> None:
+            t0 = time.monotonic()
             replies = await self.client.call_many(msg, [c.fields for c in group], check=False)
+            for observe in observers:
+                observe(msg, len(group), time.monotonic() - t0)
             for call, reply in zip(group, replies, strict=True):
                 rv = int(getattr(reply, "retval", 0))
                 outcome = classify(rv, call.op)
