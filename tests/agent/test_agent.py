@@ -161,3 +161,33 @@ def test_escalation_exits_75(tmp_path: Path) -> None:
     shutil.rmtree(sock_dir, ignore_errors=True)
     assert out.returncode == 75, out.stdout + out.stderr
     assert "escalation" in out.stderr
+
+
+def test_readyz_is_503_during_a_round_and_200_after(agent: AgentProcess) -> None:
+    sock = agent.data_dir.parent / "vpp.sock"
+    admin = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
+    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
+    try:
+        err = sim.stderr
+        assert err is not None
+        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
+        config = agent.data_dir.parent / "agent.toml"
+        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\ntimeout = 30\n')
+        agent.args = ["--config", str(config)]
+        agent.start()
+        agent.cli("put", IF + "loop0", js({"name": "loop0", "type": "SOFTWARE_LOOPBACK"}))
+        agent.wait_in_sync()
+        assert agent.get("/readyz") == {"ready": True}
+        body = json.dumps({"seconds": 0.3}).encode()
+        url = f"http://{admin}/fault/latency"
+        subprocess.run(["curl", "-s", "-X", "POST", "--data-binary", body, url], check=True)
+        agent.cli("resync")
+        busy = wait_for(lambda: (r := agent.get("/readyz")) and r.get("_status") == 503 and r,
+                        what="readyz 503")  # fmt: skip
+        assert any("round" in reason for reason in busy["reasons"]), busy
+        subprocess.run(["curl", "-s", "-X", "POST", f"http://{admin}/fault/clear"], check=True)
+        wait_for(lambda: agent.get("/readyz") == {"ready": True}, what="readyz 200 again")
+    finally:
+        sim.terminate()
+        sim.wait(10)
