@@ -127,7 +127,7 @@ class AgentConfig(Section):
 
 def parse_hostport(text: str, setting: str = "http.listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise ConfigFileError(f"{setting}: {text!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
 
