@@ -90,32 +90,115 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
 # -- commands ----------------------------------------------------------------------------
 
 
+class _AgentStore:
+    """The agent's embedded store, through its HTTP API."""
+
+    def __init__(self, http: str) -> None:
+        self.http = http
+
+    async def label(self) -> str:
+        return str((await _request(self.http, "GET", "/status"))["agent"]["label"])
+
+    async def put(self, key: str, value: bytes) -> int:
+        return int((await _request(self.http, "PUT", _kv_path(key), value))["revision"])
+
+    async def delete(self, key: str) -> int:
+        return int((await _request(self.http, "DELETE", _kv_path(key)))["revision"])
+
+    async def list(self, prefix: str) -> tuple[int, list[tuple[str, Any]]]:
+        doc = await _request(self.http, "GET", "/v1/kv?prefix=" + quote(prefix))
+        return int(doc["revision"]), [(kv["key"], kv["value"]) for kv in doc["kvs"]]
+
+    async def close(self) -> None:
+        pass
+
+
+class _EtcdStore:
+    """etcd directly (``--etcd``), as vpp-agent users write their config."""
+
+    def __init__(self, endpoints: str, label: str) -> None:
+        from ..transport.etcd import EtcdSource
+
+        self._label = label
+        self.src = EtcdSource(endpoints=endpoints.split(","), connect_timeout=3, max_retries=2)
+
+    async def label(self) -> str:
+        return self._label
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.src.put(key, value)
+
+    async def delete(self, key: str) -> int:
+        return await self.src.delete(key)
+
+    async def list(self, prefix: str) -> tuple[int, list[tuple[str, Any]]]:
+        snap = await self.src.snapshot([prefix])
+        return snap.revision, [(kv.key, _text(kv.value)) for kv in sorted(snap.kvs)]
+
+    async def close(self) -> None:
+        await self.src.close()
+
+
+def _text(value: bytes) -> Any:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return {"hex": value.hex()}
+
+
+async def _with_store(a: argparse.Namespace, fn: Any) -> int:
+    from ..errors import DatasyncError
+
+    store = _EtcdStore(a.etcd, a.label) if a.etcd else _AgentStore(a.http)
+    try:
+        return int(await fn(store))
+    except DatasyncError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        await store.close()
+
+
 async def cmd_put(a: argparse.Namespace) -> int:
     value = _value(a.value)
     try:
         json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CliError(f"value for {a.key}: not valid JSON: {exc}", EXIT_USAGE) from None
-    doc = await _request(a.http, "PUT", _kv_path(a.key), value)
-    print(json.dumps(doc) if a.json else f"put {a.key} at revision {doc['revision']}")
-    return EXIT_OK
+    _kv_path(a.key)  # checks the key
+
+    async def run(store: Any) -> int:
+        revision = await store.put(a.key, value)
+        out = {"key": a.key, "revision": revision}
+        print(json.dumps(out) if a.json else f"put {a.key} at revision {revision}")
+        return EXIT_OK
+
+    return await _with_store(a, run)
 
 
 async def cmd_get(a: argparse.Namespace) -> int:
-    doc = await _request(a.http, "GET", "/v1/kv?prefix=" + quote(a.prefix))
-    if a.json:
-        _print_json(doc)
-    else:
-        for kv in doc["kvs"]:
-            print(kv["key"])
-            print(kv["value"] if isinstance(kv["value"], str) else json.dumps(kv["value"]))
-    return EXIT_OK
+    async def run(store: Any) -> int:
+        revision, kvs = await store.list(a.prefix)
+        if a.json:
+            _print_json({"revision": revision, "kvs": [{"key": k, "value": v} for k, v in kvs]})
+        else:
+            for key, value in kvs:
+                print(key)
+                print(value if isinstance(value, str) else json.dumps(value))
+        return EXIT_OK
+
+    return await _with_store(a, run)
 
 
 async def cmd_del(a: argparse.Namespace) -> int:
-    doc = await _request(a.http, "DELETE", _kv_path(a.key))
-    print(json.dumps(doc) if a.json else f"deleted {a.key} at revision {doc['revision']}")
-    return EXIT_OK
+    _kv_path(a.key)
+
+    async def run(store: Any) -> int:
+        revision = await store.delete(a.key)
+        out = {"key": a.key, "revision": revision}
+        print(json.dumps(out) if a.json else f"deleted {a.key} at revision {revision}")
+        return EXIT_OK
+
+    return await _with_store(a, run)
 
 
 async def cmd_apply(a: argparse.Namespace) -> int:
@@ -125,26 +208,29 @@ async def cmd_apply(a: argparse.Namespace) -> int:
         text = Path(a.file).read_bytes()  # noqa: ASYNC240 - a CLI, nothing else on the loop
     except OSError as exc:
         raise CliError(f"{a.file}: {exc.strerror or exc}", EXIT_USAGE) from None
-    status = await _request(a.http, "GET", "/status")
-    label = status["agent"]["label"]
-    try:
-        keys = to_keys(load_document(text, a.file), label, a.file)
-    except DocumentError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    stale: list[str] = []
-    if a.replace:
-        for prefix in kind_prefixes(label):
-            have = await _request(a.http, "GET", "/v1/kv?prefix=" + quote(prefix))
-            stale += [kv["key"] for kv in have["kvs"] if kv["key"] not in keys]
-    for key, value in keys.items():
-        await _request(a.http, "PUT", _kv_path(key), value)
-    for key in stale:
-        await _request(a.http, "DELETE", _kv_path(key))
-    if a.json:
-        _print_json({"put": sorted(keys), "deleted": sorted(stale)})
-    else:
-        print(f"applied {a.file}: {len(keys)} keys put, {len(stale)} deleted")
-    return EXIT_OK
+
+    async def run(store: Any) -> int:
+        label = await store.label()
+        try:
+            keys = to_keys(load_document(text, a.file), label, a.file)
+        except DocumentError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        stale: list[str] = []
+        if a.replace:
+            for prefix in kind_prefixes(label):
+                _rev, have = await store.list(prefix)
+                stale += [k for k, _v in have if k not in keys]
+        for key, value in keys.items():
+            await store.put(key, value)
+        for key in stale:
+            await store.delete(key)
+        if a.json:
+            _print_json({"put": sorted(keys), "deleted": sorted(stale)})
+        else:
+            print(f"applied {a.file}: {len(keys)} keys put, {len(stale)} deleted")
+        return EXIT_OK
+
+    return await _with_store(a, run)
 
 
 async def cmd_status(a: argparse.Namespace) -> int:
@@ -315,17 +401,20 @@ def _client_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="config check FILE: validate a config file", add_help=False)
     sub.add_parser("demo", help="the scripted demo on the built-in simulator", add_help=False)
     sub.add_parser("vppsim", help="run the VPP API simulator", add_help=False)
-    p = sub.add_parser("put", parents=[common], help="put KEY JSON|@FILE into the agent's store")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--etcd", metavar="ENDPOINTS", help="write etcd directly (host:port,...)")
+    store.add_argument("--label", default="vpp1", help="with --etcd: the agent label (apply)")
+    p = sub.add_parser("put", parents=[common, store], help="put KEY JSON|@FILE into the store")
     p.add_argument("key")
     p.add_argument("value")
     p.set_defaults(run=cmd_put)
-    p = sub.add_parser("get", parents=[common], help="get the keys under PREFIX")
+    p = sub.add_parser("get", parents=[common, store], help="get the keys under PREFIX")
     p.add_argument("prefix", nargs="?", default="/")
     p.set_defaults(run=cmd_get)
-    p = sub.add_parser("del", parents=[common], help="delete KEY")
+    p = sub.add_parser("del", parents=[common, store], help="delete KEY")
     p.add_argument("key")
     p.set_defaults(run=cmd_del)
-    p = sub.add_parser("apply", parents=[common], help="apply a vpp-agent config document")
+    p = sub.add_parser("apply", parents=[common, store], help="apply a vpp-agent config document")
     p.add_argument("file")
     p.add_argument("--replace", action="store_true", help="delete the keys the file does not hold")
     p.set_defaults(run=cmd_apply)
