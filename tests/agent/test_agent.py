@@ -191,3 +191,24 @@ def test_readyz_is_503_during_a_round_and_200_after(agent: AgentProcess) -> None
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+def test_watch_prints_changes_as_json_lines(agent: AgentProcess) -> None:
+    agent.start()
+    start = agent.get("/v1/kv?prefix=/")["revision"] + 1
+    cmd = [sys.executable, "-m", "datasync.agent.cli", "watch", "--http", agent.http, IF,
+           "--from", str(start)]  # fmt: skip
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        out = watcher.stdout
+        assert out is not None
+        agent.cli("put", IF + "w0", js({"name": "w0", "type": "SOFTWARE_LOOPBACK"}))
+        agent.cli("del", IF + "w0")
+        seen = [json.loads(out.readline()) for _ in range(2)]
+        assert [(s["key"], s["op"], s["revision"]) for s in seen] == [
+            (IF + "w0", "PUT", start),
+            (IF + "w0", "DELETE", start + 1),
+        ]
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 0

@@ -233,6 +233,43 @@ async def cmd_apply(a: argparse.Namespace) -> int:
     return await _with_store(a, run)
 
 
+async def cmd_watch(a: argparse.Namespace) -> int:
+    """Print every change under the prefix (a JSON line each) until interrupted."""
+    if a.etcd:
+        from ..transport.etcd import EtcdSource
+
+        src = EtcdSource(endpoints=a.etcd.split(","), connect_timeout=3)
+        try:
+            start = a.start or (await src.snapshot([a.prefix])).revision + 1
+            async for batch in src.watch([a.prefix], start):
+                for ch in batch:
+                    line: dict[str, object] = {
+                        "key": ch.key,
+                        "op": ch.op.name,
+                        "revision": ch.revision,
+                    }
+                    if ch.value is not None:
+                        line["value"] = _text(ch.value)
+                    print(json.dumps(line), flush=True)
+        finally:
+            await src.close()
+        return EXIT_OK
+    import aiohttp
+
+    url = f"http://{a.http}/v1/watch?prefix={quote(a.prefix)}"
+    if a.start:
+        url += f"&from={a.start}"
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            if resp.status != 200:
+                raise CliError(f"watch: {resp.status} {await resp.text()}")
+            async for raw in resp.content:
+                print(raw.decode().rstrip("\n"), flush=True)
+    except aiohttp.ClientError as exc:
+        raise CliError(f"agent at {a.http} not reachable: {exc}") from None
+    return EXIT_OK
+
+
 async def cmd_status(a: argparse.Namespace) -> int:
     doc = await _request(a.http, "GET", "/status")
     if a.json:
@@ -418,6 +455,10 @@ def _client_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--replace", action="store_true", help="delete the keys the file does not hold")
     p.set_defaults(run=cmd_apply)
+    p = sub.add_parser("watch", parents=[common, store], help="print changes under PREFIX")
+    p.add_argument("prefix", nargs="?", default="/")
+    p.add_argument("--from", dest="start", type=int, default=0, help="from this revision on")
+    p.set_defaults(run=cmd_watch)
     p = sub.add_parser("status", parents=[common], help="the agent's status (exit 1: not in sync)")
     p.set_defaults(run=cmd_status)
     p = sub.add_parser("explain", parents=[common], help="one key's state and why")
@@ -466,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) and EXIT_USAGE
     try:
         return int(asyncio.run(args.run(args)))
+    except KeyboardInterrupt:
+        return EXIT_OK
     except CliError as exc:
         print(f"datasync {args.command}: {exc}", file=sys.stderr)
         return exc.code

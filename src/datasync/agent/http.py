@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -188,6 +189,7 @@ class HttpApi:
             web.get("/idx", self.idx),
             web.get("/history", self.history_doc),
             web.get("/v1/kv", self.kv_list),
+            web.get("/v1/watch", self.kv_watch),
             web.get("/v1/kv/{key:.+}", self.kv_get),
             web.put("/v1/kv/{key:.+}", self.kv_put),
             web.delete("/v1/kv/{key:.+}", self.kv_delete),
@@ -320,6 +322,33 @@ class HttpApi:
             "kvs": [{"key": kv.key, "value": _text(kv.value), "revision": kv.revision}
                     for kv in sorted(snap.kvs)],
         })  # fmt: skip
+
+    async def kv_watch(self, req: web.Request) -> web.StreamResponse:
+        """Changes under ``prefix`` as JSON lines, from revision ``from`` (default: the
+        next one), until the client goes away."""
+        store = self._store()
+        prefix = req.query.get("prefix", "/")
+        try:
+            start = int(req.query["from"]) if "from" in req.query else 0
+        except ValueError:
+            return web.json_response({"error": "from: not a revision"}, status=400)
+        if start <= 0:
+            start = (await store.snapshot([prefix])).revision + 1
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(req)
+        stream = store.watch([prefix], start)
+        try:
+            async for batch in stream:
+                for ch in batch:
+                    line = {"key": ch.key, "op": ch.op.name, "revision": ch.revision}
+                    if ch.value is not None:
+                        line["value"] = _text(ch.value)
+                    await resp.write(json.dumps(line).encode() + b"\n")
+        except (ConnectionResetError, DatasyncError):
+            pass
+        finally:
+            await stream.aclose()
+        return resp
 
     async def kv_get(self, req: web.Request) -> web.Response:
         key = self._key(req)
