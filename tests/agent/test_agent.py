@@ -48,7 +48,7 @@ def test_dependents_put_before_their_dependencies_wait_then_apply(agent: AgentPr
     (key,) = st["keys"]
     assert key["state"] == "PENDING" and "loop7" in key["reason"]
     explained = agent.cli("explain", BD + "bd1").stdout
-    assert "PENDING" in explained and "loop7" in explained
+    assert "PENDING" in explained and "depends on loop7: MISSING" in explained
     agent.cli("put", IF + "loop7", js({"name": "loop7", "type": "SOFTWARE_LOOPBACK"}))
     wait_for(lambda: agent.status()["keys"] == [], what="bd1 CONFIGURED")
     bds = papi_dump(agent.data_dir / "vpp-api.sock", "bridge_domain_dump", bd_id=0xFFFFFFFF)
@@ -212,3 +212,31 @@ def test_watch_prints_changes_as_json_lines(agent: AgentProcess) -> None:
     finally:
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(10) == 0
+
+
+def test_plan_lists_what_a_downstream_resync_then_repairs(agent: AgentProcess) -> None:
+    agent.start()
+    agent.cli("apply", EXAMPLE)
+    agent.wait_in_sync()
+    assert "nothing to do" in agent.cli("plan").stdout
+    # an operator deletes one of the agent's loopbacks behind its back (vpp-papi)
+    from vpp_papi import VPPApiClient
+
+    from tests.paths import vpp_api_files
+
+    vpp = VPPApiClient(
+        apifiles=vpp_api_files(), server_address=str(agent.data_dir / "vpp-api.sock")
+    )
+    vpp.connect("operator")
+    try:
+        loop0 = next(d for d in vpp.api.sw_interface_dump() if d.tag == "loop0")
+        vpp.api.delete_loopback(sw_if_index=loop0.sw_if_index)
+    finally:
+        vpp.disconnect()
+    plan = json.loads(agent.cli("plan", "--json").stdout)
+    assert {c["message"] for c in plan} >= {"create_loopback", "sw_interface_add_del_address"}
+    assert {c["key"] for c in plan if c["message"] == "create_loopback"} == {IF + "loop0"}
+    assert "loop0" not in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}
+    agent.cli("resync", "--downstream")
+    assert "loop0" in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}
+    assert "nothing to do" in agent.cli("plan").stdout

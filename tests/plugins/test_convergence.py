@@ -213,3 +213,31 @@ async def test_downstream_reapply_repairs_drift_without_reading_the_store(agent:
     before = agent.writes()
     await agent.plugins.reapply()
     assert agent.writes() == before
+
+
+async def test_plan_lists_exactly_what_the_downstream_resync_then_does(agent: Agent) -> None:
+    await agent.put(*SCENARIO)
+    await agent.orch.start()
+    await agent.settle()
+    assert await agent.plugins.plan() == []
+    index = {name: i["sw_if_index"] for name, i in agent.tagged().items()}
+    agent.sim.drift("delete_interface", sw_if_index=index["loop1"])
+    agent.sim.drift("add_address", sw_if_index=index["bvi0"], prefix="172.16.0.1/24")
+    writes = agent.writes()
+    counts = dict(agent.sim.message_counts)
+    plan = await agent.plugins.plan()
+    assert agent.writes() == writes, "a plan writes nothing"
+    planned: dict[str, int] = {}
+    for call in plan:
+        planned[call.msg] = planned.get(call.msg, 0) + 1
+    assert planned["create_loopback"] == 1
+    assert planned["sw_interface_add_del_address"] == 2  # loop1's back, bvi0's extra out
+    await agent.plugins.reapply()
+    done = {
+        msg: n - counts.get(msg, 0)
+        for msg, n in agent.sim.message_counts.items()
+        if n != counts.get(msg, 0)
+        and not msg.endswith("_dump")
+        and msg not in ("control_ping", "sw_interface_get_table")
+    }
+    assert done == planned

@@ -308,23 +308,33 @@ async def cmd_status(a: argparse.Namespace) -> int:
 
 
 async def cmd_explain(a: argparse.Namespace) -> int:
-    doc = await _request(a.http, "GET", "/status")
-    match = [k for k in doc["keys"] if k["key"] == a.key]
-    if match:
-        info = match[0]
-    else:
-        kv = await _request(a.http, "GET", "/v1/kv?prefix=" + quote(a.key))
-        if not any(k["key"] == a.key for k in kv["kvs"]):
-            raise CliError(f"key {a.key}: not in the store")
-        info = {"key": a.key, "state": "CONFIGURED"}
+    doc = await _request(a.http, "GET", "/explain?key=" + quote(a.key))
     if a.json:
-        _print_json(info)
+        _print_json(doc)
+        return EXIT_OK
+    if not doc["in_store"] and doc["state"] is None:
+        raise CliError(f"key {a.key}: not in the store")
+    print(f"{doc['key']} ({doc['plugin']}): {doc['state']}")
+    status = doc["status"] or {}
+    if status.get("reason"):
+        print(f"  reason: {status['reason']}")
+    if status.get("next_attempt"):
+        when = time.strftime("%H:%M:%S", time.localtime(status["next_attempt"]))
+        print(f"  next attempt at {when} (attempt {status.get('attempts', 0) + 1})")
+    for dep in doc["depends_on"]:
+        print(f"  depends on {dep['name']}: {'exists' if dep['exists'] else 'MISSING (waits)'}")
+    return EXIT_OK
+
+
+async def cmd_plan(a: argparse.Namespace) -> int:
+    doc = await _request(a.http, "GET", "/plan")
+    if a.json:
+        _print_json(doc)
+    elif not doc:
+        print("nothing to do: VPP holds what the agent holds")
     else:
-        print(f"{info['key']}: {info['state']}")
-        if info.get("reason"):
-            print(f"  reason: {info['reason']}")
-        if info.get("next_attempt"):
-            print(f"  next attempt at {info['next_attempt']:.0f}")
+        _table("a resync would now", ["key", "message", "what"],
+               [[c["key"], c["message"], c["what"]] for c in doc])  # fmt: skip
     return EXIT_OK
 
 
@@ -464,6 +474,8 @@ def _client_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", parents=[common], help="one key's state and why")
     p.add_argument("key")
     p.set_defaults(run=cmd_explain)
+    p = sub.add_parser("plan", parents=[common], help="the VPP writes a resync would make now")
+    p.set_defaults(run=cmd_plan)
     p = sub.add_parser("resync", parents=[common], help="request a resync round")
     p.add_argument("--downstream", action="store_true")
     p.add_argument("--wait", action="store_true", help="until in sync again")

@@ -187,6 +187,8 @@ class HttpApi:
             web.post("/resync", self.resync),
             web.get("/metrics", self.metrics_text),
             web.get("/idx", self.idx),
+            web.get("/plan", self.plan),
+            web.get("/explain", self.explain),
             web.get("/history", self.history_doc),
             web.get("/v1/kv", self.kv_list),
             web.get("/v1/watch", self.kv_watch),
@@ -292,6 +294,33 @@ class HttpApi:
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+    async def plan(self, _req: web.Request) -> web.Response:
+        """The VPP writes a downstream resync would make now (a dry run)."""
+        try:
+            calls = await self.agent.plugins.plan()
+        except DatasyncError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response([
+            {"key": c.key, "message": c.msg, "op": c.op, "what": c.what} for c in calls
+        ])  # fmt: skip
+
+    async def explain(self, req: web.Request) -> web.Response:
+        """One key: its plugin, value, state and reason, and what it depends on."""
+        key = req.query.get("key", "")
+        for plugin in self.agent.plugins.plugins:
+            if not key.startswith(plugin.prefix):
+                continue
+            status = plugin.states.get(key)
+            return web.json_response({
+                "key": key,
+                "plugin": plugin.name,
+                "in_store": key in plugin.values,
+                "state": status.state.value if status is not None else None,
+                "status": status.to_json() if status is not None else None,
+                "depends_on": [{"name": n, "exists": e} for n, e in plugin.dependencies(key)],
+            })  # fmt: skip
+        return web.json_response({"error": f"key {key}: no plugin watches it"}, status=404)
 
     async def idx(self, _req: web.Request) -> web.Response:
         ctx = self.agent.plugins.ctx

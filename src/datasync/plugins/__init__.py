@@ -19,7 +19,7 @@ from typing import Any
 
 from ..resync import Orchestrator
 from ..vpp.client import VppClient
-from .base import Ledger, VppContext, VppPlugin
+from .base import Call, Ledger, VppContext, VppPlugin
 from .interfaces import InterfacePlugin
 from .l2 import BridgeDomainPlugin
 from .l3 import RoutePlugin, VrfPlugin
@@ -27,6 +27,7 @@ from .state import KeyState, KeyStates, KeyStatus, RetryPolicy, StateRegistry
 
 __all__ = [
     "BridgeDomainPlugin",
+    "Call",
     "InterfacePlugin",
     "KeyState",
     "KeyStates",
@@ -58,10 +59,11 @@ class VppPlugins:
         retry: RetryPolicy | None = None,
         ack_timeout: float = 10.0,
         ledger_path: str | os.PathLike[str] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
-        self.ctx = VppContext(
-            client, retry=retry, ack_timeout=ack_timeout, ledger=Ledger(ledger_path)
-        )
+        self.label = label
+        ledger = ledger if ledger is not None else Ledger(ledger_path)
+        self.ctx = VppContext(client, retry=retry, ack_timeout=ack_timeout, ledger=ledger)
         self.vrfs = VrfPlugin(self.ctx, label)
         self.interfaces = InterfacePlugin(self.ctx, label)
         self.bridge_domains = BridgeDomainPlugin(self.ctx, label)
@@ -80,9 +82,37 @@ class VppPlugins:
         for plugin in self.plugins:
             orch.add_plugin(plugin)
 
+    async def plan(self) -> list[Call]:
+        """A dry run of a downstream resync: the VPP writes it would make now, in order,
+        without making them (VPP is read back; replies to writes are made up, so indexes
+        in later calls are placeholders)."""
+        ledger = Ledger()  # in memory: a dry run writes no file
+        ledger.load(self.ctx.ledger.copy())
+        shadow = VppPlugins(
+            self.ctx.client, self.label, ack_timeout=self.ctx.ack_timeout, ledger=ledger
+        )
+        calls: list[Call] = []
+        shadow.ctx.dry_run = calls
+        shadow.ctx.epoch = self.ctx.epoch
+        for mine, theirs in ((self.ctx.interfaces, shadow.ctx.interfaces),
+                             (self.ctx.vrfs, shadow.ctx.vrfs)):  # fmt: skip
+            for e in mine:  # what the plugins know of VPP starts the same
+                theirs.put(e.name, e.index, e.metadata)
+        try:
+            for real, fake in zip(self.plugins, shadow.plugins, strict=True):
+                for key, value in real.values.items():
+                    fake.take(key, value)
+            for fake in shadow.plugins:
+                await fake.reapply()
+        finally:
+            await shadow.close()
+        return calls
+
     async def reapply(self) -> None:
         """A downstream resync of every plugin, in dependency order (see
         :meth:`VppPlugin.reapply`): VPP is made to hold the intent the agent holds."""
+        for plugin in self.plugins:  # what they knew may be stale (that is why we are here)
+            plugin.fresh = False
         for plugin in self.plugins:
             await plugin.reapply()
 

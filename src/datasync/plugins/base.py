@@ -67,6 +67,12 @@ class Ledger:
             except (OSError, ValueError) as exc:
                 log.warning("ledger %s unreadable, starting empty: %s", self.path, exc)
 
+    def copy(self) -> dict[str, dict[str, str]]:
+        return {plugin: dict(entries) for plugin, entries in self._entries.items()}
+
+    def load(self, entries: dict[str, dict[str, str]]) -> None:
+        self._entries = entries
+
     def of(self, plugin: str) -> dict[str, str]:
         """The entries of ``plugin`` (mutable: call :meth:`save` after changing it)."""
         return self._entries.setdefault(plugin, {})
@@ -118,6 +124,9 @@ class VppContext:
         self.epoch = 0
         #: ``fn(message, requests, seconds)`` after every pipelined batch (metrics)
         self.batch_observers: list[Callable[[str, int, float], None]] = []
+        #: a dry run (``VppPlugins.plan``): writes are recorded here and answered as if
+        #: VPP had done them; nothing is sent but dumps
+        self.dry_run: list[Call] | None = None
         self.plugins: list[VppPlugin[Any]] = []
 
     def vpp_restarted(self) -> None:
@@ -217,6 +226,10 @@ class VppPlugin(Generic[M]):
     def prune(self) -> None:
         """Drop what ``parse`` kept of keys that are no longer desired (after a resync)."""
 
+    def dependencies(self, key: str) -> list[tuple[str, bool]]:
+        """What ``key`` depends on (IDX names), and whether each exists now."""
+        return []
+
     # -- the Plugin protocol -----------------------------------------------------------
 
     async def resync(self, ev: ResyncEvent) -> None:
@@ -302,6 +315,10 @@ class VppPlugin(Generic[M]):
 
     def name_of(self, key: str) -> str:
         return key[len(self.prefix) :]
+
+    def take(self, key: str, value: bytes) -> None:
+        """Take a desired value outside a resync or change (a dry run's copy)."""
+        self._take(key, value, self.values.get(key))
 
     def _take(self, key: str, value: bytes, old: bytes | None) -> None:
         if old != value:
@@ -415,9 +432,17 @@ class VppPlugin(Generic[M]):
 
         observers = self.ctx.batch_observers
 
+        dry_run = self.ctx.dry_run
+
         async def run(msg: str, group: list[Call]) -> None:
             t0 = time.monotonic()
-            replies = await self.client.call_many(msg, [c.fields for c in group], check=False)
+            if dry_run is not None:
+                dry_run.extend(group)
+                replies: list[Any] = [
+                    _planned(msg, len(dry_run) - len(group) + i) for i in range(len(group))
+                ]
+            else:
+                replies = await self.client.call_many(msg, [c.fields for c in group], check=False)
             for observe in observers:
                 observe(msg, len(group), time.monotonic() - t0)
             for call, reply in zip(group, replies, strict=True):
@@ -511,6 +536,21 @@ class VppPlugin(Generic[M]):
             if name not in idx:
                 idx.put(name, e.index, e.metadata)
         return failed
+
+
+class _Planned:
+    """The reply a dry run makes up: success, with placeholder indexes."""
+
+    retval = 0
+
+    def __init__(self, n: int) -> None:
+        # indexes VPP would pick are unknown: these are far above any real one
+        self.sw_if_index = self.bd_id = self.socket_id = 0x7FFF0000 + n
+        self.stats_index = 0
+
+
+def _planned(_msg: str, n: int) -> _Planned:
+    return _Planned(n)
 
 
 async def _all(aws: Iterable[Awaitable[None]]) -> None:

@@ -86,6 +86,15 @@ class InterfacePlugin(VppPlugin[Interface]):
     def prune(self) -> None:
         self.addresses = {k: v for k, v in self.addresses.items() if k in self.desired}
 
+    def dependencies(self, key: str) -> list[tuple[str, bool]]:
+        m = self.desired.get(key)
+        if m is None or not m.vrf:
+            return []
+        names = [
+            vrf_name(v6, m.vrf) for v6, n in zip((False, True), _families(m), strict=True) if n
+        ]
+        return [(n, n in self.ctx.vrfs) for n in names]
+
     def _missing_vrfs(self, m: Interface) -> list[str]:
         return [
             vrf_name(v6, m.vrf)

@@ -81,6 +81,12 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
             have[str(d.bd_tag)] = VppBridgeDomain(int(d.bd_id), settings, members)
         self.have = have
 
+    def dependencies(self, key: str) -> list[tuple[str, bool]]:
+        m = self.desired.get(key)
+        if m is None:
+            return []
+        return [(i.name, i.name in self.ctx.interfaces) for i in m.interfaces]
+
     def _owners(self) -> dict[str, str]:
         """Interface name -> the bridge domain key that holds it (VPP puts an interface in
         one bridge domain: the first key, in key order, wins)."""

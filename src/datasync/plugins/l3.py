@@ -240,6 +240,21 @@ class RoutePlugin(VppPlugin[Route]):
         return (spec.vrf_id, spec.is_ip6, spec.network, sw_if_index, spec.next_hop,
                 spec.path_table, spec.path_type)  # fmt: skip
 
+    def dependencies(self, key: str) -> list[tuple[str, bool]]:
+        m = self.desired.get(key)
+        if m is None:
+            return []
+        is6 = self.specs[key].is_ip6
+        out = (
+            [(m.outgoing_interface, m.outgoing_interface in self.ctx.interfaces)]
+            if m.outgoing_interface
+            else []
+        )
+        for table in sorted({m.vrf_id, m.via_vrf_id if m.type is RouteType.INTER_VRF else 0}):
+            if table:
+                out.append((vrf_name(is6, table), vrf_name(is6, table) in self.ctx.vrfs))
+        return out
+
     def _missing(self, m: Route, is6: bool) -> list[str]:
         out = []
         if m.outgoing_interface and m.outgoing_interface not in self.ctx.interfaces:
