@@ -131,6 +131,7 @@ from datasync.vpp._codec_plan import FieldError, MacAddress, check_names, is_rec
 from datasync.vpp._codec_py import _encode_int as _py_encode_int
 from datasync.vpp._codec_py import _encode_op as _py_encode_op
 from datasync.vpp._codec_py import _encode_vla as _py_encode_vla
+from datasync.vpp._codec_py import MessageCodec as _PyMessageCodec
 from datasync.vpp.defs import CodecError
 
 __all__ = ["MessageCodec", "peek_msg_id"]
@@ -1494,21 +1495,19 @@ cdef bint _dec_items_fast(
     L = <_Layout>elem.sub
     if L.is_union or L.n == 0 or L.ops[0].run != L.n or L.fixed_size != esize:
         return False
-    try:
-        while j < count:
-            if L.shareable and memcmp(p + j * esize, _ZEROS, esize) == 0:
-                # as in _dec_struct: all-zero records are shared
-                if L.zero_rec is None:
-                    L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
-                item = L.zero_rec
-            else:
-                item = _dec_flat_rec(L, p + j * esize)
-            Py_INCREF(<PyObject*>item)
-            PyList_SET_ITEM(items, j, <PyObject*>item)
-            j += 1
-    except BaseException:
-        _fill_none(items, j, count)
-        raise
+    # no exception frame (see _dec_fields): on an error (only MemoryError here) the
+    # list's unfilled slots stay NULL, which its dealloc and traversal skip
+    while j < count:
+        if L.shareable and memcmp(p + j * esize, _ZEROS, esize) == 0:
+            # as in _dec_struct: all-zero records are shared
+            if L.zero_rec is None:
+                L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
+            item = L.zero_rec
+        else:
+            item = _dec_flat_rec(L, p + j * esize)
+        Py_INCREF(<PyObject*>item)
+        PyList_SET_ITEM(items, j, <PyObject*>item)
+        j += 1
     return True
 
 
@@ -1548,38 +1547,38 @@ cdef object _dec_fields(
     cdef PyObject* pv
     # a fixed-size struct that is all there needs no per-field bounds checks
     cdef bint whole = L.fixed_size >= 0 and L.fixed_size <= end - base
+    # No exception frame here (on 3.12+ each one costs a thread-state lookup): an error
+    # leaves NULL items, which the tuple's dealloc skips, and MessageCodec._decode asks
+    # the twin for the error's field path.
     rec = ds_record_new(L.tuple_type, L.n - start)
-    try:
-        while i < L.n:
-            op = &L.ops[i]
-            kind = op.kind
-            if L.is_union:
-                o = base
-            elif op.run and op.run_size <= end - o:
-                o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
-                i += op.run
-                continue
-            if kind <= K_I64 and (whole or op.size <= end - o):
-                # ints straight into the record (a new reference, stolen by SET_ITEM)
-                pv = ds_int_new(kind, _get_be(buf + o, op.size))
-                if pv == NULL:
-                    raise MemoryError()
-                PyTuple_SET_ITEM(rec, i - start, pv)
-                o += op.size
-                i += 1
-                continue
-            elif kind == K_BOOL and (whole or o < end):
-                v = buf[o] != 0
-                o += 1
-            else:
-                off[0] = o
-                v = _dec_op(op, buf, end, off, rec, start)
-                o = off[0]
-            Py_INCREF(<PyObject*>v)
-            PyTuple_SET_ITEM(rec, i - start, <PyObject*>v)
+    while i < L.n:
+        op = &L.ops[i]
+        kind = op.kind
+        if L.is_union:
+            o = base
+        elif op.run and op.run_size <= end - o:
+            o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
+            i += op.run
+            continue
+        if kind <= K_I64 and (whole or op.size <= end - o):
+            # ints straight into the record (a new reference, stolen by SET_ITEM)
+            pv = ds_int_new(kind, _get_be(buf + o, op.size))
+            if pv == NULL:
+                raise MemoryError()
+            PyTuple_SET_ITEM(rec, i - start, pv)
+            o += op.size
             i += 1
-    except FieldError as exc:
-        raise exc.under(<object>L.ops[i].name)
+            continue
+        elif kind == K_BOOL and (whole or o < end):
+            v = buf[o] != 0
+            o += 1
+        else:
+            off[0] = o
+            v = _dec_op(op, buf, end, off, rec, start)
+            o = off[0]
+        Py_INCREF(<PyObject*>v)
+        PyTuple_SET_ITEM(rec, i - start, <PyObject*>v)
+        i += 1
     off[0] = base + L.fixed_size if L.is_union else o
     return rec
 
@@ -1606,8 +1605,11 @@ cdef class MessageCodec:
     cdef readonly str name_crc
     cdef readonly tuple field_names
     cdef readonly object tuple_type
+    cdef object _plan_layout
+    cdef object _twin  # the twin's codec of this message, made on the first decode error
 
     def __init__(self, layout, name_crc):
+        self._plan_layout = layout
         self._layout = _build(layout, {})
         self.name = layout.name
         self.name_crc = name_crc
@@ -1696,7 +1698,19 @@ cdef class MessageCodec:
                 raise FieldError(f"truncated: need 2 bytes at offset 0, have {end}", "_vl_msg_id")
             return _dec_struct(self._layout, buf, end, &off, 1)
         except FieldError as exc:
-            raise CodecError(self.name, exc.path, exc.reason) from None
+            raise self._decode_error(buf, end, exc) from None
+
+    cdef object _decode_error(self, const unsigned char* buf, Py_ssize_t end, object exc):
+        """The twin's CodecError for these bytes: the same reason and field path by
+        construction (the compiled decoder does not keep the path, to save an exception
+        frame per struct); ours, path and all, if the twin unexpectedly accepts them."""
+        if self._twin is None:
+            self._twin = _PyMessageCodec(self._plan_layout, self.name_crc)
+        try:
+            self._twin.decode(PyBytes_FromStringAndSize(<const char*>buf, end))
+        except CodecError as err:
+            return err
+        return CodecError(self.name, exc.path, exc.reason)
 
 
 cdef object _encode_entry(object self, object msg_id, object fields, object kw):
