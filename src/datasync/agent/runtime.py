@@ -190,11 +190,11 @@ class Agent:
             from ..transport.etcd import EtcdSource
 
             e = c.etcd
-            if e.username or e.password:
-                raise ConfigFileError(
-                    "sources.etcd.username: etcd authentication is not supported yet"
-                )
             kw: dict[str, Any] = {}
+            if e.username:
+                kw["username"], kw["password"] = e.username, e.password
+            elif e.password:
+                raise ConfigFileError("sources.etcd.password: set without a username")
             if e.tls is not None:
                 kw["tls"] = (e.tls.ca_file, e.tls.cert_file, e.tls.key_file)
             etcd = EtcdSource(

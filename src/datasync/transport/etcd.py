@@ -135,6 +135,9 @@ class _Endpoint:
         self.watch: Any = None
         self.lease: Any = None
         self.maintenance: Any = None
+        self.auth: Any = None
+        #: the auth token this member gave us (simple tokens are per member)
+        self.token: str | None = None
 
     def open(self) -> _Endpoint:
         if self._channel is None:
@@ -147,6 +150,8 @@ class _Endpoint:
             self.watch = rpc.WatchStub(ch)
             self.lease = rpc.LeaseStub(ch)
             self.maintenance = rpc.MaintenanceStub(ch)
+            self.auth = rpc.AuthStub(ch)
+            self.token = None
         return self
 
     def reset(self, grace: float, retiring: set[asyncio.Task[None]]) -> None:
@@ -264,6 +269,8 @@ class EtcdSource(StateReporter):
         recycle_interval: tuple[float, float] | None = (300.0, 600.0),
         require_leader: bool = True,
         tls: tuple[str, str, str] | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("EtcdSource needs at least one endpoint")
@@ -309,6 +316,8 @@ class EtcdSource(StateReporter):
         self._current = 0
         # WithRequireLeader: a member cut off from its leader cancels our watch.
         self._md = (("hasleader", "true"),) if require_leader else None
+        #: etcd user and password: every member is asked for a token before first use
+        self._user = (username, password or "") if username else None
         self._cluster_id: int | None = None
         self._handed_out = 0  # highest revision this source handed out
         self._init_state("etcd", name, log)
@@ -371,14 +380,40 @@ class EtcdSource(StateReporter):
                 f"etcd source {self.name}: cluster id changed {self._cluster_id:x} -> {cid:x}"
             )
 
+    def _meta(self, ep: _Endpoint) -> tuple[tuple[str, str], ...] | None:
+        """The call metadata for ``ep``: require-leader, and the auth token."""
+        if ep.token is None:
+            return self._md
+        return (*(self._md or ()), ("token", ep.token))
+
+    async def _login(self, ep: _Endpoint) -> None:
+        """Get ``ep``'s auth token when a user is configured and it has none (yet)."""
+        if self._user is None or ep.token is not None:
+            return
+        name, password = self._user
+        with _mapped("authenticate", ep.address):
+            resp = await ep.auth.Authenticate(
+                rpc.AuthenticateRequest(name=name, password=password),
+                timeout=self.request_timeout,
+            )
+        ep.token = resp.token
+
     async def _call(self, what: str, fn: Callable[[_Endpoint], Any], revision: int = 0) -> Any:
         """Run one unary request, failing over to the next endpoints on unavailability."""
         last: DatasyncError | None = None
         for _ in range(len(self._eps)):
             ep = self._ep()
             try:
-                with _mapped(what, ep.address, revision):
-                    return await fn(ep)
+                for again in (True, False):
+                    await self._login(ep)
+                    try:
+                        with _mapped(what, ep.address, revision):
+                            return await fn(ep)
+                    except DatasyncError as exc:
+                        # a token expires when unused for a while: one new login, then fail
+                        if not (again and self._user and "auth token" in str(exc)):
+                            raise
+                        ep.token = None
             except SourceUnavailableError as exc:
                 last = exc
                 self._fail_over(ep)
@@ -511,7 +546,7 @@ class EtcdSource(StateReporter):
                 log.info("etcd source %s: snapshot page too large, %d keys next", self.name, limit)
 
     def _ranger(self, req: Any) -> Callable[[_Endpoint], Any]:
-        return lambda ep: ep.kv.Range(req, timeout=self.request_timeout, metadata=self._md)
+        return lambda ep: ep.kv.Range(req, timeout=self.request_timeout, metadata=self._meta(ep))
 
     def _key_of(self, raw: bytes, revision: int) -> str | None:
         """The key of ``raw``, or None (counted, logged) when it is not a valid key."""
@@ -605,7 +640,8 @@ class EtcdSource(StateReporter):
             try:
                 try:
                     with _mapped("watch", ep.address, next_rev):
-                        call = wep.watch.Watch(metadata=self._md)
+                        await self._login(wep)
+                        call = wep.watch.Watch(metadata=self._meta(wep))
                         await call.write(
                             rpc.WatchRequest(
                                 create_request=rpc.WatchCreateRequest(
@@ -751,10 +787,11 @@ class EtcdSource(StateReporter):
         if resp.header.revision < baseline:
             # A lagging follower also answers with an older header; a linearizable read
             # waits for it to catch up, so only a store that truly went back fails this.
+            await self._login(ep)
             r = await ep.kv.Range(
                 rpc.RangeRequest(key=b"\0", count_only=True, limit=1),
                 timeout=self.request_timeout,
-                metadata=self._md,
+                metadata=self._meta(ep),
             )
             if r.header.revision < baseline:
                 self.stats["resets"] += 1
@@ -819,7 +856,7 @@ class EtcdSource(StateReporter):
         req = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
         resp = await self._call(
             f"put {key!r}",
-            lambda ep: ep.kv.Put(req, timeout=self.request_timeout, metadata=self._md),
+            lambda ep: ep.kv.Put(req, timeout=self.request_timeout, metadata=self._meta(ep)),
         )
         return int(resp.header.revision)
 
@@ -828,7 +865,9 @@ class EtcdSource(StateReporter):
         req = rpc.DeleteRangeRequest(key=key.encode())
         resp = await self._call(
             f"delete {key!r}",
-            lambda ep: ep.kv.DeleteRange(req, timeout=self.request_timeout, metadata=self._md),
+            lambda ep: ep.kv.DeleteRange(
+                req, timeout=self.request_timeout, metadata=self._meta(ep)
+            ),
         )
         return int(resp.header.revision)
 
@@ -844,7 +883,7 @@ class EtcdSource(StateReporter):
         ]
         req = rpc.TxnRequest(success=ops)
         resp = await self._call(
-            "txn", lambda ep: ep.kv.Txn(req, timeout=self.request_timeout, metadata=self._md)
+            "txn", lambda ep: ep.kv.Txn(req, timeout=self.request_timeout, metadata=self._meta(ep))
         )
         return int(resp.header.revision)
 
@@ -852,7 +891,8 @@ class EtcdSource(StateReporter):
         """The store's current revision (a linearizable read)."""
         req = rpc.RangeRequest(key=b"\0", count_only=True, limit=1)
         resp = await self._call(
-            "revision", lambda ep: ep.kv.Range(req, timeout=self.request_timeout, metadata=self._md)
+            "revision",
+            lambda ep: ep.kv.Range(req, timeout=self.request_timeout, metadata=self._meta(ep)),
         )
         return int(resp.header.revision)
 
@@ -861,7 +901,7 @@ class EtcdSource(StateReporter):
         req = rpc.CompactionRequest(revision=revision, physical=physical)
         await self._call(
             "compact",
-            lambda ep: ep.kv.Compact(req, timeout=self.request_timeout, metadata=self._md),
+            lambda ep: ep.kv.Compact(req, timeout=self.request_timeout, metadata=self._meta(ep)),
         )
 
     async def lease(self, ttl: int) -> EtcdLease:
@@ -869,7 +909,10 @@ class EtcdSource(StateReporter):
         with this process."""
         req = rpc.LeaseGrantRequest(TTL=ttl)
         resp = await self._call(
-            "lease grant", lambda ep: ep.lease.LeaseGrant(req, timeout=self.request_timeout)
+            "lease grant",
+            lambda ep: ep.lease.LeaseGrant(
+                req, timeout=self.request_timeout, metadata=self._meta(ep)
+            ),
         )
         lease = EtcdLease(self, int(resp.ID), ttl)
         self._leases.add(lease)
@@ -928,7 +971,9 @@ class EtcdLease:
             with contextlib.suppress(DatasyncError):
 
                 async def one(ep: _Endpoint) -> None:
-                    call = ep.lease.LeaseKeepAlive(timeout=src.request_timeout)
+                    call = ep.lease.LeaseKeepAlive(
+                        timeout=src.request_timeout, metadata=src._meta(ep)
+                    )
                     await call.write(req)
                     await call.read()
                     call.cancel()
@@ -942,7 +987,9 @@ class EtcdLease:
         req = rpc.LeaseRevokeRequest(ID=self.id)
         await self.source._call(
             "lease revoke",
-            lambda ep: ep.lease.LeaseRevoke(req, timeout=self.source.request_timeout),
+            lambda ep: ep.lease.LeaseRevoke(
+                req, timeout=self.source.request_timeout, metadata=self.source._meta(ep)
+            ),
         )
 
 

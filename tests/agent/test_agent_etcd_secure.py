@@ -1,5 +1,5 @@
-"""The agent against a real etcd that speaks TLS and asks for client certificates;
-the certificates are made by the test with openssl."""
+"""The agent against a real etcd that speaks TLS and asks for client certificates (made by
+the test with openssl), and against one with user authentication on."""
 
 from __future__ import annotations
 
@@ -103,3 +103,43 @@ def test_agent_syncs_from_etcd_over_tls(
         assert agent.status()["sources"]["etcd"]["state"] == "CONNECTED"
     finally:
         assert agent.stop() == 0
+
+
+def test_agent_syncs_from_etcd_with_user_and_password(tmp_path: Path, data_dir: Path) -> None:
+    """etcd with authentication on: the agent logs in with the configured user."""
+    from tests.etcd.etcdserver import ETCDCTL, EtcdCluster
+
+    cluster = EtcdCluster(1).start()
+    try:
+        ep = cluster.endpoints[0]
+        ctl = [ETCDCTL, f"--endpoints={ep}"]
+        env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+        for args in (["user", "add", "root", "--new-user-password=s3cret"],
+                     ["user", "grant-role", "root", "root"], ["auth", "enable"]):  # fmt: skip
+            subprocess.run([*ctl, *args], env=env, check=True, capture_output=True)
+
+        async def put(user: str | None) -> None:
+            src = EtcdSource(endpoints=[ep], username=user, password="s3cret", connect_timeout=2)
+            try:
+                doc = {"name": "loop0", "type": "SOFTWARE_LOOPBACK", "enabled": True}
+                await src.put(IF + "loop0", json.dumps(doc).encode())
+            finally:
+                await src.close()
+
+        with pytest.raises(Exception, match="user name is empty"):
+            asyncio.run(put(None))  # authentication is really on
+        asyncio.run(put("root"))
+        config = data_dir.parent / "agent.toml"
+        config.write_text(
+            "[sources]\norder = ['etcd']\n[sources.local]\nenabled = false\n"
+            f"[sources.etcd]\nendpoints = ['{ep}']\nusername = 'root'\npassword = 's3cret'\n"
+        )
+        agent = AgentProcess(data_dir, f"127.0.0.1:{free_port()}", args=["--config", str(config)])
+        agent.start()
+        try:
+            wait_for(lambda: agent.status()["agent"]["in_sync"], what="in sync from etcd")
+            assert {d.tag for d in papi_dump(data_dir / "vpp-api.sock") if d.tag} == {"loop0"}
+        finally:
+            assert agent.stop() == 0
+    finally:
+        cluster.close()
