@@ -57,7 +57,7 @@ test-pythons: test-py312 test-py313
 test-py312 test-py313: test-py%:
 	@py=$$(bash scripts/pyvenv.sh $$(echo $* | sed 's/^3/3./') | tail -1) && \
 	  $$py setup.py -q build_ext --inplace && \
-	  $$py -c 'import sys, datasync.buffer, datasync.vpp.codec as c; print(sys.version.split()[0], datasync.implementation())' && \
+	  $$py -c 'import sys, datasync.buffer, datasync.vpp.codec; print(sys.version.split()[0], datasync.implementation())' && \
 	  $$py -m pytest $(PYTEST_ARGS) $(PY_TESTS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests ran" >&2; fi; exit $$rc
 

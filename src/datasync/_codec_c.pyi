@@ -8,6 +8,9 @@ from datasync.vpp._codec_plan import Layout
 CONSTANTS: dict[str, int]
 
 def peek_msg_id(data: bytes | bytearray | memoryview) -> int: ...
+def _fast_paths(on: bool | None = None) -> dict[str, int]:
+    """pyx/ds_pyver.h's fast paths in use ({"ints": 0|1, "dicts": 0|1}); tests only:
+    on=False forces the portable paths, on=True runs the import check again."""
 
 class MessageCodec:
     name: str
