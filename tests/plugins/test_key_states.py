@@ -187,3 +187,18 @@ async def test_two_keys_with_one_memif_id_the_second_fails(agent: Agent) -> None
     assert "in use" in agent.reason(IF + "b") and "by a" in agent.reason(IF + "b")
     assert agent.state(IF + "a") is KeyState.CONFIGURED
     assert agent.orch.status().failed_rounds == 0
+
+
+def test_key_state_counts_follow_every_change() -> None:
+    from datasync.plugins import KeyStates
+
+    states = KeyStates("p")
+    states.set("a", KeyState.PENDING, "x")
+    states.set("b", KeyState.PENDING, "y")
+    states.set("a", KeyState.CONFIGURED)
+    states.set("a", KeyState.CONFIGURED)
+    states.remove("b")
+    states.remove("missing")
+    want = dict.fromkeys(KeyState, 0) | {KeyState.CONFIGURED: 1}
+    assert states.counts() == want
+    assert sum(states.counts().values()) == len(states)

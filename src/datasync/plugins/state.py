@@ -64,6 +64,7 @@ class KeyStates:
         self.plugin = plugin
         self._clock = clock
         self._states: dict[str, KeyStatus] = {}
+        self._counts = dict.fromkeys(KeyState, 0)  # kept as states change: metrics read it
         self._listeners: list[Callable[[str, str, KeyStatus | None], None]] = []
 
     def set(
@@ -89,12 +90,17 @@ class KeyStates:
         since = old.since if old is not None and old.state is state else self._clock()
         status = KeyStatus(key, state, reason, since, retval, next_attempt, attempts)
         self._states[key] = status
+        if old is not None:
+            self._counts[old.state] -= 1
+        self._counts[state] += 1
         self._notify(key, status)
         return status
 
     def remove(self, key: str) -> None:
         """The key is gone from the desired state and from the dataplane."""
-        if self._states.pop(key, None) is not None:
+        old = self._states.pop(key, None)
+        if old is not None:
+            self._counts[old.state] -= 1
             self._notify(key, None)
 
     def get(self, key: str) -> KeyStatus | None:
@@ -113,10 +119,7 @@ class KeyStates:
         return list(self._states)
 
     def counts(self) -> dict[KeyState, int]:
-        out = dict.fromkeys(KeyState, 0)
-        for status in self._states.values():
-            out[status.state] += 1
-        return out
+        return dict(self._counts)
 
     def not_configured(self) -> list[KeyStatus]:
         """Every key that is not CONFIGURED, with its reason."""
