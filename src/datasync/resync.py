@@ -629,6 +629,17 @@ class Orchestrator:
             southbound=southbound,
         )
 
+    def buffer_stats(self) -> dict[str, dict[str, int]]:
+        """Per source: changes buffered now, coalesced and filtered (dropped) so far."""
+        return {
+            s.name: {
+                "buffered": len(s.buffer),
+                "coalesced": s.buffer.coalesced,
+                "filtered": s.filter.dropped,
+            }
+            for s in self._slots
+        }
+
     def applied_revision(self, source: str) -> int:
         """Highest revision of ``source`` whose changes are all acknowledged."""
         slot = self._slot(source)

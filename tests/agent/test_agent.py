@@ -35,6 +35,8 @@ def test_converges_from_the_example_document_and_stops_on_sigterm(agent: AgentPr
     ).stdout
     assert 'datasync_keys{plugin="interfaces",state="CONFIGURED"} 5.0' in metrics
     assert "datasync_in_sync 1.0" in metrics
+    assert 'datasync_buffered_changes{source="local"} 0.0' in metrics
+    assert 'datasync_filtered_changes_total{source="local"}' in metrics
     assert 'datasync_vpp_batch_seconds_count{message="create_loopback"}' in metrics
     assert 'datasync_vpp_plugin_requests_total{message="create_loopback"} 2.0' in metrics
     assert agent.stop(signal.SIGTERM) == 0
@@ -240,3 +242,20 @@ def test_plan_lists_what_a_downstream_resync_then_repairs(agent: AgentProcess) -
     agent.cli("resync", "--downstream")
     assert "loop0" in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}
     assert "nothing to do" in agent.cli("plan").stdout
+
+
+def test_a_body_over_the_limit_is_413_naming_it_and_nothing_is_written(
+    agent: AgentProcess,
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    agent.start()
+    req = urllib.request.Request(
+        f"http://{agent.http}/v1/kv" + IF + "big", data=b"x" * (2 << 20), method="PUT"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 413
+    assert "1048576" in err.value.read().decode()
+    assert agent.get("/v1/kv/" + IF.lstrip("/") + "big").get("_status") == 404

@@ -137,6 +137,25 @@ class _Metrics:
             rev.add_metric([name], s.applied_revision)
         yield src
         yield rev
+        buffered = GaugeMetricFamily(
+            "datasync_buffered_changes", "Changes waiting in the event buffer", labels=["source"]
+        )
+        coalesced = CounterMetricFamily(
+            "datasync_coalesced_changes", "Changes replaced by a newer one of their key",
+            labels=["source"],
+        )  # fmt: skip
+        filtered = CounterMetricFamily(
+            "datasync_filtered_changes",
+            "Changes dropped by the revision filter (at or below what was applied)",
+            labels=["source"],
+        )
+        for name, b in agent.orch.buffer_stats().items():
+            buffered.add_metric([name], b["buffered"])
+            coalesced.add_metric([name], b["coalesced"])
+            filtered.add_metric([name], b["filtered"])
+        yield buffered
+        yield coalesced
+        yield filtered
         sb = GaugeMetricFamily(
             "datasync_southbound_up", "1 while VPP is connected", labels=["name"]
         )
