@@ -38,9 +38,11 @@ from datasync.transport.local import LocalStore
 from datasync.vpp.client import VppClient
 
 _SCALE = 10 if "--benchmark-disable" in sys.argv else 1
-N_IF = 10_000 // _SCALE
-N_BD = 1_000 // _SCALE
-N_RT = 10_000 // _SCALE
+#: DATASYNC_BENCH_SIZE=10 runs 100k interfaces, 10k bridge domains, 100k routes (linearity)
+_SIZE = int(os.environ.get("DATASYNC_BENCH_SIZE", "1"))
+N_IF = 10_000 * _SIZE // _SCALE
+N_BD = 1_000 * _SIZE // _SCALE
+N_RT = 10_000 * _SIZE // _SCALE
 LABEL = "bench"
 
 
