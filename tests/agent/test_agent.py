@@ -259,3 +259,31 @@ def test_a_body_over_the_limit_is_413_naming_it_and_nothing_is_written(
     assert err.value.code == 413
     assert "1048576" in err.value.read().decode()
     assert agent.get("/v1/kv/" + IF.lstrip("/") + "big").get("_status") == 404
+
+
+def test_a_watched_file_source_drives_vpp(agent: AgentProcess) -> None:
+    doc = agent.data_dir.parent / "intent.yaml"
+    doc.write_text(Path(EXAMPLE).read_text())
+    config = agent.data_dir.parent / "agent.toml"
+    config.write_text(f"[sources]\norder = ['file', 'local']\n[sources.file]\npath = '{doc}'\n")
+    agent.args = ["--config", str(config)]
+    agent.start()
+    wait_for(lambda: agent.status()["agent"]["in_sync"], what="in sync from the file")
+    tags = {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock") if d.tag}
+    assert "memif1" in tags
+    # an edit: memif1 goes (and leaves bd1 first)
+    text = doc.read_text()
+    start = text.index("    - name: memif1")
+    end = text.index("  bridgeDomains:")
+    doc.write_text(
+        text[:start]
+        + text[end:].replace("        - name: memif1\n          splitHorizonGroup: 1\n", "")
+    )
+    wait_for(
+        lambda: "memif1" not in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")},
+        what="memif1 gone",
+    )
+    doc.write_text("vppConfig: [broken\n")
+    wait_for(lambda: agent.status()["sources"]["file"]["state"] == "STALLED", what="stalled")
+    assert str(doc) in agent.status()["sources"]["file"]["error"]
+    assert "loop0" in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}

@@ -71,14 +71,20 @@ class KafkaSection(Section):
     topic: str = "datasync-config"
 
 
+class FileSection(Section):
+    #: a vpp-agent config document (YAML or JSON), or a directory of them, watched
+    path: str
+
+
 class SourcesSection(Section):
     #: precedence: a key asserted by two sources goes to the earlier one in this order
-    order: list[Literal["etcd", "kafka", "local"]] = msgspec.field(
-        default_factory=lambda: ["etcd", "kafka", "local"]
+    order: list[Literal["file", "etcd", "kafka", "local"]] = msgspec.field(
+        default_factory=lambda: ["file", "etcd", "kafka", "local"]
     )
     local: LocalSection = msgspec.field(default_factory=LocalSection)
     etcd: EtcdSection | None = None
     kafka: KafkaSection | None = None
+    file: FileSection | None = None
 
 
 class VppSection(Section):

@@ -205,6 +205,14 @@ class Agent:
             )
             self._cleanup.push_async_callback(etcd.close)
             made["etcd"] = etcd
+        if c.file is not None:
+            from ..transport.file import FileSource
+
+            if not os.path.exists(c.file.path):  # noqa: ASYNC240 - once, at start-up
+                raise ConfigFileError(f"sources.file.path: {c.file.path} does not exist")
+            file = FileSource(c.file.path, self.label)
+            self._cleanup.push_async_callback(file.close)
+            made["file"] = file
         if c.kafka is not None:
             from ..transport.kafka import KafkaSource
 
