@@ -202,7 +202,7 @@ async def cmd_del(a: argparse.Namespace) -> int:
 
 
 async def cmd_apply(a: argparse.Namespace) -> int:
-    from .document import DocumentError, kind_prefixes, load_document, to_keys
+    from ..plugins.document import DocumentError, kind_prefixes, load_document, to_keys
 
     try:
         text = Path(a.file).read_bytes()  # noqa: ASYNC240 - a CLI, nothing else on the loop

@@ -150,7 +150,7 @@ class Agent:
         await self._cleanup.aclose()
 
     async def _apply_document(self, path: str) -> None:
-        from .document import DocumentError, load_document, to_keys
+        from ..plugins.document import DocumentError, load_document, to_keys
 
         if self.local is None:
             raise ConfigFileError("--apply: needs the embedded store (sources.local.enabled)")

@@ -2,7 +2,7 @@
 a directory of them.
 
 The document format is the one ``datasync apply`` takes (``vppConfig: {interfaces,
-bridgeDomains, routes, vrfs}``, see :mod:`datasync.agent.document`). The files are the
+bridgeDomains, routes, vrfs}``, see :mod:`datasync.plugins.document`). The files are the
 intent; an embedded store (:class:`~datasync.transport.local.LocalStore`, in memory or in
 a file) keeps what was last read from them, so revisions only grow and a watch can start
 at any past revision. Each time the files change they are read again (watchfiles) and
@@ -70,7 +70,7 @@ class FileSource(StateReporter):
         return [self.path]
 
     def _read(self) -> dict[str, bytes]:
-        from ..agent.document import load_document, to_keys
+        from ..plugins.document import load_document, to_keys
 
         keys: dict[str, bytes] = {}
         origin: dict[str, Path] = {}
@@ -87,7 +87,7 @@ class FileSource(StateReporter):
         return keys
 
     async def _load(self) -> None:
-        from ..agent.document import kind_prefixes
+        from ..plugins.document import kind_prefixes
 
         self.stats["loads"] += 1
         try:

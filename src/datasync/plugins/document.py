@@ -16,7 +16,7 @@ import msgspec
 import yaml
 
 from ..errors import InvalidValueError
-from ..plugins.models import (
+from .models import (
     BD_PREFIX,
     IF_PREFIX,
     ROUTE_PREFIX,
@@ -30,7 +30,7 @@ from ..plugins.models import (
     vrf_key,
 )
 
-__all__ = ["DocumentError", "kind_prefixes", "load_document", "to_keys"]
+__all__ = ["DocumentError", "from_keys", "kind_prefixes", "load_document", "to_keys"]
 
 #: document section -> (model, key prefix template); both naming styles accepted
 _KINDS: dict[str, tuple[type[msgspec.Struct], str]] = {
@@ -97,3 +97,20 @@ def to_keys(doc: Mapping[str, Any], label: str, where: str = "document") -> dict
                 raise DocumentError(name, f"gives key {key} a second time")
             out[key] = value
     return out
+
+
+def from_keys(kvs: Mapping[str, bytes], label: str) -> dict[str, Any]:
+    """The document of ``kvs`` (the inverse of :func:`to_keys`; values kept as stored,
+    keys of other kinds left out)."""
+    config: dict[str, list[Any]] = {}
+    for section, (_model, prefix_t) in _KINDS.items():
+        prefix = prefix_t.format(label=label)
+        items = []
+        for key in sorted(k for k in kvs if k.startswith(prefix)):
+            try:
+                items.append(json.loads(kvs[key]))
+            except ValueError:
+                continue  # not a JSON value: not a document item
+        if items:
+            config[section] = items
+    return {"vppConfig": config}
