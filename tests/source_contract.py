@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from datasync.api import Change, Op
+from datasync.errors import InvalidKeyError
 
 WAIT = 15.0  # generous: a safety net against hangs, not a timing goal
 
@@ -189,3 +190,20 @@ class SourceContract:
         assert revs == sorted(revs) and len(set(revs)) == 5
         snap = await harness.source.snapshot([prefix])
         assert snap.revision >= revs[-1]
+
+    async def test_a_str_where_prefixes_are_expected_is_an_error(
+        self, harness: Any, prefix: str
+    ) -> None:
+        """``snapshot("/a/")`` iterated would read the prefix ``/``: every key of the store."""
+        await harness.publisher.put(prefix + "a/1", b"1")
+        await harness.publisher.put(prefix + "secret", b"2")
+        with pytest.raises(InvalidKeyError, match=r"prefixes must be a list.*not a single str"):
+            await harness.source.snapshot(prefix + "a/")
+        # at the call or at the first step (a str read as "/" replays all history at once)
+        it = None
+        with pytest.raises(InvalidKeyError, match=r"prefixes must be a list"):
+            it = harness.source.watch(prefix + "a/", 1)
+            async with asyncio.timeout(WAIT):
+                await anext(it)
+        if it is not None:
+            await aclose(it)

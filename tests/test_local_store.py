@@ -74,6 +74,70 @@ async def test_bad_input_names_the_key_and_changes_nothing(store: LocalStore) ->
     assert [kv.key for kv in snap.kvs] == ["/ok"]
 
 
+async def test_a_str_where_a_list_of_keys_is_expected_deletes_nothing(store: LocalStore) -> None:
+    """``txn({}, "/a/1")`` iterated would delete the keys ``/``, ``a``, ``1``: ``a`` included."""
+    await store.txn({"a": b"unrelated", "/a/1": b"1"})
+    with pytest.raises(InvalidKeyError, match=r"deletes must be a list.*not a single str"):
+        await store.txn({}, "/a/1")
+    with pytest.raises(InvalidKeyError, match=r"deletes must be a list"):
+        store.txn_sync({"/b": b"2"}, b"/a/1")  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError, match=r"puts must be a mapping"):
+        await store.txn([("/b", b"2")])  # type: ignore[arg-type]
+    assert store.revision == 1
+    snap = await store.snapshot(["/", "a"])
+    assert sorted(kv.key for kv in snap.kvs) == ["/a/1", "a"]
+
+
+async def test_keys_longer_than_the_limit_are_refused_naming_them(store: LocalStore) -> None:
+    from datasync.api import MAX_KEY_BYTES
+
+    fits = "/k/" + "x" * (MAX_KEY_BYTES - 3)
+    await store.put(fits, b"1")
+    long = "/k/" + "y" * (10 << 20)  # 10 MB
+    with pytest.raises(InvalidKeyError, match=rf"'/k/yyy.*exceeds MAX_KEY_BYTES={MAX_KEY_BYTES}"):
+        await store.put(long, b"1")
+    with pytest.raises(InvalidKeyError, match="exceeds MAX_KEY_BYTES") as err:
+        await store.txn({}, ["/k/" + "é" * MAX_KEY_BYTES])  # 2 bytes per character
+    assert len(str(err.value)) < 300  # one readable line, not the key
+    with pytest.raises(InvalidKeyError, match="exceeds MAX_KEY_BYTES"):
+        await store.snapshot(["/" + "p" * MAX_KEY_BYTES])
+    assert store.revision == 1
+    assert [kv.key for kv in (await store.snapshot(["/k/"])).kvs] == [fits]
+
+
+async def test_a_non_utf8_key_from_another_writer_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = LocalStore(path, poll_interval=0.05)
+    try:
+        await store.put("/a/good", b"1")
+        watch = store.watch(["/a/"], store.revision + 1)
+        # another process writes a row whose key is not UTF-8 (and then a good one)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(
+            "INSERT INTO kv VALUES (CAST(? AS TEXT), ?, 2, 2, 1)", (b"/a/\xff\xfe", b"bad")
+        )
+        other.execute(
+            "INSERT INTO history VALUES (2, 0, CAST(? AS TEXT), 1, ?, NULL)",
+            (b"/a/\xff\xfe", b"bad"),
+        )
+        other.execute("INSERT INTO kv VALUES ('/a/later', ?, 3, 3, 1)", (b"3",))
+        other.execute("INSERT INTO history VALUES (3, 0, '/a/later', 1, ?, NULL)", (b"3",))
+        other.execute("UPDATE meta SET value = '3' WHERE name = 'revision'")
+        other.execute("COMMIT")
+        other.close()
+        snap = await store.snapshot(["/a/"])
+        assert [kv.key for kv in snap.kvs] == ["/a/good", "/a/later"]
+        assert snap.revision == 3
+        assert store.stats["bad_key"] == 1
+        changes = await collect(watch, 1)
+        assert [(c.key, c.revision) for c in changes] == [("/a/later", 3)]
+        assert store.stats["bad_key"] == 2
+        await aclose(watch)
+    finally:
+        await store.close()
+
+
 async def test_watch_from_compacted_revision_raises(store: LocalStore) -> None:
     for i in range(5):
         await store.put("/c", b"%d" % i)

@@ -188,6 +188,18 @@ async def test_duplicate_and_bad_registrations(orch_factory: Callable[..., Orche
         orch.watch("y", [""])
 
 
+async def test_a_str_where_prefixes_are_expected_is_an_error(
+    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+) -> None:
+    """``watch("p", "/a/")`` iterated would watch ``/``: every key, ``/b/secret`` included."""
+    orch = orch_factory()
+    with pytest.raises(InvalidKeyError, match=r"'/a/'.*prefixes must be a list.*single str"):
+        orch.watch("p", "/a/")
+    with pytest.raises(InvalidKeyError, match=r"prefixes must be a list"):
+        orch.add_plugin(Recorder("q", "/a/"))
+    assert orch.status().plugins == {}
+
+
 # --- rounds --------------------------------------------------------------------------------
 
 

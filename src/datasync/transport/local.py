@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..api import Change, KeyVal, Op, Snapshot, validate_key, validate_prefix
+from ..api import (
+    Change,
+    KeyVal,
+    Op,
+    Snapshot,
+    validate_key,
+    validate_keys,
+    validate_prefixes,
+)
 from ..errors import (
     ClosedError,
     CompactedError,
@@ -30,6 +39,8 @@ from ..errors import (
 )
 
 __all__ = ["DEFAULT_MAX_VALUE_BYTES", "LocalStore"]
+
+log = logging.getLogger("datasync.transport.local")
 
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
 
@@ -89,9 +100,13 @@ class LocalStore:
         self._path = str(path)
         self.max_value_bytes = max_value_bytes
         self.poll_interval = poll_interval
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        #: counters: ``bad_key``, rows whose key is not valid UTF-8 or not a valid key (written
+        #: by another process or tool), skipped in snapshots and watches alike
+        self.stats: dict[str, int] = {"bad_key": 0}
+        self._bad_keys_logged: set[bytes] = set()
         try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             self._db: sqlite3.Connection | None = sqlite3.connect(
                 self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
             )
@@ -105,7 +120,10 @@ class LocalStore:
                     " ('store_id', ?)",
                     (uuid.uuid4().hex,),
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
             raise SourceUnavailableError(f"local store {self._path}: {exc}") from exc
         self._changed = asyncio.Event()
         self._closed = False
@@ -191,10 +209,14 @@ class LocalStore:
 
     def txn_sync(self, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
         """The synchronous form of ``txn``, for scripts and the CLI."""
-        deletes = list(deletes)
+        if not isinstance(puts, Mapping):
+            raise InvalidKeyError(
+                repr(puts)[:80],
+                f"puts must be a mapping of key to value, got {type(puts).__name__}",
+            )
+        deletes = validate_keys(deletes, "deletes")
         checked = {validate_key(k): self._check_value(k, v) for k, v in puts.items()}
         for k in deletes:
-            validate_key(k)
             if k in checked:
                 raise InvalidKeyError(k, "key is both put and deleted in one transaction")
         with self._db_errors("write"):
@@ -260,18 +282,22 @@ class LocalStore:
 
     async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
         """Every key under ``prefixes`` at one revision (one read transaction)."""
-        prefixes = [validate_prefix(p) for p in prefixes]
+        prefixes = validate_prefixes(prefixes)
         db = self._conn()
         with self._db_errors("snapshot"), _ReadTxn(db):
             rev = int(self._meta("revision"))
             store_id = self._meta("store_id")
             kvs: dict[str, KeyVal] = {}
             for p in prefixes:
-                for key, value, mod in db.execute(
-                    "SELECT key, value, mod_rev FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                # keys read as bytes: a row that is not UTF-8 is skipped, not fatal
+                for raw, value, mod in db.execute(
+                    "SELECT CAST(key AS BLOB), value, mod_rev FROM kv"
+                    " WHERE key >= ? AND key < ? ORDER BY key",
                     (p, _prefix_end(p)),
                 ):
-                    kvs[key] = KeyVal(key, bytes(value), int(mod))
+                    key = self._key_of(raw, rev)
+                    if key is not None:
+                        kvs[key] = KeyVal(key, bytes(value), int(mod))
         return Snapshot(revision=rev, kvs=list(kvs.values()), store_id=store_id)
 
     def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[Change]]:
@@ -280,7 +306,7 @@ class LocalStore:
         The store identity is taken now, so a store replaced before the first read is
         still reported as a reset.
         """
-        checked = [validate_prefix(p) for p in prefixes]
+        checked = validate_prefixes(prefixes)
         return self._watch(checked, max(start_revision, 1), self.store_id)
 
     async def _watch(
@@ -300,7 +326,7 @@ class LocalStore:
                     rows = (
                         self._conn()
                         .execute(
-                            "SELECT rev, key, op, value, prev FROM history"
+                            "SELECT rev, CAST(key AS BLOB), op, value, prev FROM history"
                             " WHERE rev >= ? AND rev <= ? ORDER BY rev, seq",
                             (next_rev, upto),
                         )
@@ -312,11 +338,12 @@ class LocalStore:
                 await self._wait_for_change()
                 continue
             batch: list[Change] = []
-            for rev, key, op, value, prev in rows:
+            for rev, raw, op, value, prev in rows:
                 if batch and batch[0].revision != rev:
                     yield batch
                     batch = []
-                if _under(key, prefixes):
+                key = self._key_of(raw, rev)
+                if key is not None and _under(key, prefixes):
                     batch.append(
                         Change(
                             key,
@@ -330,6 +357,24 @@ class LocalStore:
             if batch:
                 yield batch
             next_rev = upto + 1
+
+    def _key_of(self, raw: bytes, revision: int) -> str | None:
+        """The key of a row read as bytes, or None (counted, logged once per key) when it is
+        not valid UTF-8 or not a valid key: another process or tool wrote it."""
+        try:
+            return validate_key(raw.decode())
+        except (UnicodeDecodeError, InvalidKeyError) as exc:
+            self.stats["bad_key"] += 1
+            if raw not in self._bad_keys_logged and len(self._bad_keys_logged) < 100:
+                self._bad_keys_logged.add(raw)
+                log.warning(
+                    "local store %s: skipped bad key %r at revision %d: %s",
+                    self._name,
+                    raw[:80],
+                    revision,
+                    exc,
+                )
+            return None
 
     def _check_same_file(self, file_id: tuple[int, int] | None) -> None:
         if file_id is None:
