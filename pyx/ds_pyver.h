@@ -61,10 +61,37 @@ static inline int ds_small_long(PyObject* v, long long* out) {
     return 1;
 }
 
-/* The value of an exact int within [lo, hi]: 1 and *out set, else 0. */
+/* The value of an exact int within [lo, hi]: 1 and *out set, else 0. The encoder's
+   inner loop calls this per int field: the layout reads are repeated here (one-digit
+   values first) rather than shared with ds_small_long, which costs a few instructions a
+   field on 3.11. */
 static inline int ds_int_in(PyObject* v, long long lo, long long hi, long long* out) {
     long long x;
-    if (Py_TYPE(v) != &PyLong_Type || !ds_small_long(v, &x)) return 0;
+    int overflow;
+    if (Py_TYPE(v) != &PyLong_Type) return 0;
+#if defined(DS_LONG_DIGITS)
+    if (ds_long_fast) {
+        Py_ssize_t size = Py_SIZE(v);
+        const digit* d = ((PyLongObject*)v)->ob_digit;
+        if (size == 1) x = (long long)d[0];
+        else if (size == 0) x = 0;
+        else if (size == -1) x = -(long long)d[0];
+        else if (size == 2) x = (long long)d[0] | ((long long)d[1] << 30);
+        else if (size == -2) x = -((long long)d[0] | ((long long)d[1] << 30));
+        else goto api;
+        goto check;
+    }
+#elif defined(DS_LONG_COMPACT)
+    if (ds_long_fast && PyUnstable_Long_IsCompact((PyLongObject*)v)) {
+        x = (long long)PyUnstable_Long_CompactValue((PyLongObject*)v);
+        goto check;
+    }
+#endif
+    goto api;
+api:
+    x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) return 0;
+check:
     if (x < lo || x > hi) return 0;
     *out = x;
     return 1;
