@@ -94,14 +94,20 @@ async def test_a_broken_file_is_reported_and_the_last_good_content_stays(
     assert fixed.revision == snap.revision + 1
 
 
-async def test_an_invalid_item_names_it(doc: tuple[Path, FileSource]) -> None:
+async def test_an_item_without_a_key_names_it(doc: tuple[Path, FileSource]) -> None:
+    """A route whose key cannot be derived stalls the source; a bad interface value is
+    kept as it is (its plugin marks the key INVALID naming the field)."""
     path, src = doc
     await src.snapshot([IF])
+    path.write_text(DOC + "  routes:\n    - {dstNetwork: 10.0.0.0/33}\n")
+    await eventually(lambda: src.state is SourceState.STALLED, limit=10)
+    assert "vppConfig.routes[0]" in src.state_reason and "dst_network" in src.state_reason
     path.write_text(
         DOC.replace("type: SOFTWARE_LOOPBACK\n", "type: SOFTWARE_LOOPBACK\n      mtu: huge\n", 1)
     )
-    await eventually(lambda: src.state is SourceState.STALLED, limit=10)
-    assert "vppConfig.interfaces[0]" in src.state_reason and "mtu" in src.state_reason
+    await eventually(lambda: src.state is SourceState.CONNECTED, limit=10)
+    snap = await src.snapshot([IF])
+    assert b"huge" in next(kv.value for kv in snap.kvs if kv.key == IF + "loop0")
 
 
 async def test_a_directory_of_documents(tmp_path: Path) -> None:

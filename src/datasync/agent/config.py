@@ -76,11 +76,28 @@ class FileSection(Section):
     path: str
 
 
+class RestSection(Section):
+    #: PUT/GET /configuration on the agent's HTTP API (its pushes kept in <data-dir>)
+    enabled: bool = True
+
+
+class GrpcSection(Section):
+    enabled: bool = False
+    #: HOST:PORT of the gRPC configuration API (vpp-agent used 9111)
+    listen: str = "127.0.0.1:9111"
+    max_message_bytes: Annotated[int, Meta(gt=0, le=256 << 20)] = 4 << 20
+
+
+SourceName = Literal["file", "etcd", "kafka", "grpc", "rest", "local"]
+
+
 class SourcesSection(Section):
     #: precedence: a key asserted by two sources goes to the earlier one in this order
-    order: list[Literal["file", "etcd", "kafka", "local"]] = msgspec.field(
-        default_factory=lambda: ["file", "etcd", "kafka", "local"]
+    order: list[SourceName] = msgspec.field(
+        default_factory=lambda: ["file", "etcd", "kafka", "grpc", "rest", "local"]
     )
+    rest: RestSection = msgspec.field(default_factory=RestSection)
+    grpc: GrpcSection = msgspec.field(default_factory=GrpcSection)
     local: LocalSection = msgspec.field(default_factory=LocalSection)
     etcd: EtcdSection | None = None
     kafka: KafkaSection | None = None
@@ -186,4 +203,8 @@ def validate(config: AgentConfig, where: str = "settings") -> None:
 def _enabled(config: AgentConfig, name: str) -> bool:
     if name == "local":
         return config.sources.local.enabled
+    if name == "rest":
+        return config.sources.rest.enabled and bool(config.http.listen)
+    if name == "grpc":
+        return config.sources.grpc.enabled
     return getattr(config.sources, name) is not None

@@ -209,6 +209,9 @@ class HttpApi:
             web.get("/plan", self.plan),
             web.get("/explain", self.explain),
             web.get("/history", self.history_doc),
+            web.get("/configuration", self.config_get),
+            web.put("/configuration", self.config_put),
+            web.post("/configuration/validate", self.config_validate),
             web.get("/v1/kv", self.kv_list),
             web.get("/v1/watch", self.kv_watch),
             web.get("/v1/kv/{key:.+}", self.kv_get),
@@ -370,6 +373,81 @@ class HttpApi:
             "kvs": [{"key": kv.key, "value": _text(kv.value), "revision": kv.revision}
                     for kv in sorted(snap.kvs)],
         })  # fmt: skip
+
+    # -- REST configuration (vpp-agent's), a push source ---------------------------------
+
+    def _rest(self) -> Any:
+        if self.agent.rest is None:
+            raise web.HTTPConflict(text="the REST source is not enabled (sources.rest)")
+        return self.agent.rest
+
+    async def _document(self, req: web.Request) -> dict[str, bytes] | web.Response:
+        """The keys of the request's document, or the 400/413 response naming why."""
+        from ..plugins.document import DocumentError, load_document, to_keys
+
+        try:
+            body = await req.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.agent.config.http.max_body_bytes
+            return web.json_response(
+                {"error": f"body exceeds the limit of {limit} bytes"}, status=413
+            )
+        try:
+            return to_keys(load_document(body, "body"), self.agent.label, "body")
+        except DocumentError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
+    async def config_get(self, req: web.Request) -> web.Response:
+        """The REST source's configuration as a vpp-agent document (``?format=yaml``)."""
+        from ..plugins.document import from_keys
+
+        doc = from_keys(await self._rest().content(), self.agent.label)
+        if req.query.get("format") == "yaml" or "yaml" in req.headers.get("Accept", ""):
+            import yaml
+
+            return web.Response(
+                text=yaml.safe_dump(doc, sort_keys=False), content_type="application/yaml"
+            )
+        return web.json_response(doc)
+
+    async def config_put(self, req: web.Request) -> web.Response:
+        """Push a document: ``?replace`` deletes this source's keys it does not hold,
+        ``?wait=SECONDS`` answers once every key has a state (or at the deadline),
+        ``X-Request-Id`` (or ``?request_id=``) makes a retry a no-op."""
+        keys = await self._document(req)
+        if isinstance(keys, web.Response):
+            return keys
+        try:
+            wait = float(req.query["wait"]) if "wait" in req.query else None
+            generation = int(req.query["generation"]) if "generation" in req.query else None
+        except ValueError:
+            return web.json_response({"error": "wait and generation are numbers"}, status=400)
+        request_id = req.headers.get("X-Request-Id") or req.query.get("request_id", "")
+        try:
+            reply = await self._rest().push(
+                keys, replace="replace" in req.query, request_id=request_id,
+                generation=generation, wait=wait,
+            )  # fmt: skip
+        except (InvalidKeyError, InvalidValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        status = 200 if reply.complete or wait is None else 504
+        return web.json_response(reply.to_json(), status=status)
+
+    async def config_validate(self, req: web.Request) -> web.Response:
+        """Per-key results of a document, nothing applied."""
+        keys = await self._document(req)
+        if isinstance(keys, web.Response):
+            return keys
+        results = []
+        for key, value in keys.items():
+            plugin = next((p for p in self.agent.plugins.plugins if key.startswith(p.prefix)), None)
+            try:
+                if plugin is not None:
+                    plugin.validate(key, value)
+                results.append({"key": key, "state": "VALID"})
+            except InvalidValueError as exc:
+                results.append({"key": key, "state": "INVALID", "reason": exc.reason})
+        return web.json_response({"results": results})
 
     async def kv_watch(self, req: web.Request) -> web.StreamResponse:
         """Changes under ``prefix`` as JSON lines, from revision ``from`` (default: the

@@ -59,6 +59,7 @@ class Agent:
         self.started = time.time()
         self.sim: Simulator | None = None
         self.local: LocalStore | None = None
+        self.rest: Any = None  # the REST push source (PushSource), when enabled
         self.sources: list[Source] = []
         self.orch: Orchestrator
         self.client: VppClient
@@ -119,6 +120,9 @@ class Agent:
         self._cleanup.push_async_callback(self.plugins.close)
         self.client.on_fault = vpp_fault_handler(self.orch, self.plugins)
         self.plugins.add_to(self.orch)
+        for src in self.sources:
+            if hasattr(src, "bind"):  # push sources report per-key results
+                src.bind(lambda src=src: self.orch.applied_revision(src.name), self._key_state)
         if c.http.listen:
             from .http import HttpApi
 
@@ -148,6 +152,10 @@ class Agent:
 
     async def stop(self) -> None:
         await self._cleanup.aclose()
+
+    def _key_state(self, key: str) -> tuple[str, str] | None:
+        status = self.plugins.states.get(key)
+        return None if status is None else (status.state.value, status.reason)
 
     async def _apply_document(self, path: str) -> None:
         from ..plugins.document import DocumentError, load_document, to_keys
@@ -205,6 +213,17 @@ class Agent:
             )
             self._cleanup.push_async_callback(etcd.close)
             made["etcd"] = etcd
+        if c.rest.enabled and self.config.http.listen:
+            from ..plugins.document import kind_prefixes
+            from ..transport.push import PushSource
+
+            rest = PushSource(
+                self.data_dir / "push-rest.db", name="rest", prefixes=kind_prefixes(self.label)
+            )
+            _private_file(self.data_dir / "push-rest.db")
+            self._cleanup.push_async_callback(rest.close)
+            made["rest"] = rest
+            self.rest = rest
         if c.file is not None:
             from ..transport.file import FileSource
 

@@ -316,6 +316,14 @@ class VppPlugin(Generic[M]):
     def name_of(self, key: str) -> str:
         return key[len(self.prefix) :]
 
+    def validate(self, key: str, value: bytes) -> None:
+        """Validate a value without taking it (raises ``InvalidValueError``)."""
+        try:
+            self.parse(key, value)
+        finally:
+            if key in self.desired:  # parse keeps what it derives per key: put it back
+                self.parse(key, self.values[key])
+
     def take(self, key: str, value: bytes) -> None:
         """Take a desired value outside a resync or change (a dry run's copy)."""
         self._take(key, value, self.values.get(key))

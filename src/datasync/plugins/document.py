@@ -26,6 +26,8 @@ from .models import (
     Route,
     VrfTable,
     decode,
+    parse_address,
+    parse_network,
     route_key,
     vrf_key,
 )
@@ -65,7 +67,9 @@ def load_document(text: str | bytes, where: str = "document") -> Mapping[str, An
 
 
 def to_keys(doc: Mapping[str, Any], label: str, where: str = "document") -> dict[str, bytes]:
-    """The keys and JSON values of a document; every value is validated by its model."""
+    """The keys and JSON values of a document. An item whose key cannot be made (no name,
+    a route whose value does not decode) is a :class:`DocumentError`; any other bad value
+    goes in as it is, and its plugin marks the key INVALID naming the field."""
     config = doc.get("vppConfig", doc.get("vpp_config"))
     if not isinstance(config, dict):
         raise DocumentError(where, "missing vppConfig (a mapping)")
@@ -83,16 +87,23 @@ def to_keys(doc: Mapping[str, Any], label: str, where: str = "document") -> dict
         for i, item in enumerate(items):
             value = json.dumps(item).encode()
             name = f"vppConfig.{section}[{i}]"
-            m = decode(model, name, value)
-            if isinstance(m, Interface | BridgeDomain):
-                if not m.name:
-                    raise DocumentError(name, "field name: must not be empty")
-                key = prefix + m.name
-            elif isinstance(m, Route):
-                key = prefix + route_key(m)
+            if kind in ("interfaces", "bridgeDomains"):
+                # the key needs the name only: a bad value is the key's INVALID state
+                item_name = item.get("name") if isinstance(item, dict) else None
+                if not isinstance(item_name, str) or not item_name:
+                    raise DocumentError(name, "field name: must be a non-empty string")
+                key = prefix + item_name
             else:
-                assert isinstance(m, VrfTable)
-                key = prefix + vrf_key(m)
+                # a route's or table's key is derived from its value: it must decode
+                try:
+                    m = decode(model, name, value)
+                    if isinstance(m, Route):
+                        parse_network(name, m.dst_network, "dst_network")
+                        if m.next_hop_addr:
+                            parse_address(name, m.next_hop_addr, "next_hop_addr")
+                except InvalidValueError as exc:
+                    raise DocumentError(name, exc.reason) from None
+                key = prefix + (route_key(m) if isinstance(m, Route) else vrf_key(m))  # type: ignore[arg-type]  # m is a Route or a VrfTable
             if key in out:
                 raise DocumentError(name, f"gives key {key} a second time")
             out[key] = value
