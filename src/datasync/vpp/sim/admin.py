@@ -74,20 +74,25 @@ class AdminServer:
         if match is not None and not isinstance(match, dict):
             raise ValueError("field 'match' must be an object")
         until = body.get("until")
-        self.sim.inject_error(
-            message,
-            int(body["retval"]),
-            None if count is None else int(count),
-            match,
-            None if until is None else float(until),
-        )
+        if until is not None and (isinstance(until, bool) or not isinstance(until, (int, float))):
+            raise ValueError(f"field 'until' must be a unix time (a number), got {until!r}")
+        # retval and count go as given: inject_error takes integers only, retval an i32
+        self.sim.inject_error(message, body["retval"], count, match, until)
         return {"ok": True}
 
     def _latency(self, body: dict[str, Any]) -> dict[str, Any]:
-        seconds = body.get("seconds", body.get("ms", 0) / 1000.0 if "ms" in body else None)
+        seconds = body.get("seconds")
+        if seconds is None and "ms" in body:
+            ms = body["ms"]
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+                raise ValueError(f"field 'ms' must be a number, got {ms!r}")
+            seconds = ms / 1000.0
         if seconds is None:
             raise ValueError("field 'seconds' is required")
-        self.sim.set_latency(float(seconds), body.get("message"))
+        message = body.get("message")
+        if message is not None and not isinstance(message, str):
+            raise ValueError("field 'message' must be a VPP message name or null")
+        self.sim.set_latency(seconds, message)  # a finite number within 0..MAX_LATENCY
         return {"ok": True}
 
     def _drift(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +129,21 @@ class AdminServer:
                     await self._send(writer, HTTPStatus.BAD_REQUEST, {"error": "bad request line"})
                     return
                 method, target, _version = parts
-                length = int(headers.get("content-length", "0") or 0)
+                text = headers.get("content-length", "0") or "0"
+                length = int(text) if text.isdigit() else -1  # digits only: no sign, no space
+                if length < 0:
+                    await self._send(
+                        writer,
+                        HTTPStatus.BAD_REQUEST,
+                        {"error": f"Content-Length: {text[:40]!r} is not a byte count"},
+                    )
+                    return
                 if length > _MAX_BODY:
-                    await self._send(writer, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body"})
+                    await self._send(
+                        writer,
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        {"error": f"Content-Length: {length} exceeds {_MAX_BODY} bytes"},
+                    )
                     return
                 raw = await reader.readexactly(length) if length else b""
                 status, payload = self._dispatch(method, target.split("?", 1)[0], raw)

@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import math
 import os
 import random
 import signal
 import socket
+import stat
 import struct
 import time
 from collections import deque
@@ -30,7 +33,7 @@ from typing import Any
 
 from ..codec import codec_for
 from ..defs import ApiDefinitions, builtin_definitions, load_api_dir
-from ..transport import ShmPipe, VppConnectionError, VppMessageTooLargeError
+from ..transport import MAX_FRAME, ShmPipe, VppConnectionError, VppMessageTooLargeError
 from . import state as st
 from .state import U32_MAX, Dataplane, Path
 
@@ -47,6 +50,9 @@ _SLICE_SECONDS = 0.005
 # backlog (messages) above which the socket is not read, and below which it is again
 _BACKLOG_HIGH = 8192
 _BACKLOG_LOW = 2048
+#: the longest injected latency (seconds): past any client's call timeout, longer is a typo
+MAX_LATENCY = 600.0
+_I32 = (-(1 << 31), (1 << 31) - 1)  # VPP's retval is an i32
 
 #: messages the simulator handles (requests); their replies/details/events follow.
 HANDLED = (
@@ -147,6 +153,17 @@ class _Connection(asyncio.Protocol):
         end = len(buf)
         while end - pos >= _HDR_LEN:
             length = int.from_bytes(buf[pos + 8 : pos + 12], "big")
+            if length > MAX_FRAME:
+                # the client's limit: garbage, not a frame to wait (and buffer) for
+                self.sim.stats["frames_too_large"] += 1
+                log.warning(
+                    "sim: frame of %d bytes exceeds %d: connection closed", length, MAX_FRAME
+                )
+                buf.clear()
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.close()
+                return
             if end - pos - _HDR_LEN < length:
                 break
             bodies.append(bytes(buf[pos + _HDR_LEN : pos + _HDR_LEN + length]))
@@ -357,6 +374,7 @@ class Simulator:
             "events_sent": 0,
             "connections": 0,
             "dropped_too_large": 0,
+            "frames_too_large": 0,
         }
         self.message_counts: dict[str, int] = {}
         self._build_tables()
@@ -408,12 +426,27 @@ class Simulator:
         return dp
 
     async def start(self, path: str | os.PathLike[str]) -> None:
-        """Listen on the AF_UNIX socket ``path`` (an existing stale socket file is replaced)."""
+        """Listen on the AF_UNIX socket ``path``, mode 0600 whatever the umask.
+
+        A stale socket file there is replaced; any other file is never removed: that is
+        a ``FileExistsError`` naming it.
+        """
         path = os.fspath(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Connection(self), path)
+        _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Linux gives the socket file the mode of the unbound socket's inode (less the
+            # umask): 0600 from the start, so there is no moment it is open to others
+            os.fchmod(sock.fileno(), 0o600)
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         self.path = path
 
     async def stop(self) -> None:
@@ -426,8 +459,8 @@ class Simulator:
         else:
             self.drop_connections()
         if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            with contextlib.suppress(FileExistsError):
+                _remove_stale_socket(self.path)  # what replaced our socket is left alone
             self.path = None
         await asyncio.sleep(0)
 
@@ -995,9 +1028,14 @@ class Simulator:
         the fault at that moment."""
         if message not in self.ids:
             raise ValueError(f"inject_error: the simulator does not handle {message!r}")
-        if count is not None and count <= 0:
+        retval = _strict_int("retval", retval)
+        if not _I32[0] <= retval <= _I32[1]:
+            raise ValueError(f"inject_error: retval {retval} is not an i32 (VPP's retval)")
+        if count is not None and _strict_int("count", count) <= 0:
             raise ValueError("inject_error: count must be positive (or None for unlimited)")
-        self._faults.append(_Fault(message, int(retval), count, match, until))
+        if until is not None and not math.isfinite(until):
+            raise ValueError(f"inject_error: until must be a finite time, got {until}")
+        self._faults.append(_Fault(message, retval, count, match, until))
 
     def clear_faults(self) -> None:
         """Remove injected errors and latency."""
@@ -1007,8 +1045,10 @@ class Simulator:
 
     def set_latency(self, seconds: float, message: str | None = None) -> None:
         """Delay each call (or only ``message`` calls) by ``seconds``; 0 removes it."""
-        if seconds < 0:
-            raise ValueError("latency must be >= 0")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ValueError(f"latency: seconds must be a number, got {type(seconds).__name__}")
+        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_LATENCY):
+            raise ValueError(f"latency: seconds must be within 0..{MAX_LATENCY:g}, got {seconds}")
         if message is None:
             self._latency = float(seconds)
             return
@@ -1103,6 +1143,25 @@ def _path_from_wire(p: Any) -> Path:
 # -- command line ---------------------------------------------------------------------
 
 
+def _strict_int(name: str, value: object) -> int:
+    """``value`` if it is an int (not a bool, a float or a str): a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}"[:200])
+    return int(value)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket; nothing there is fine; anything else is an error."""
+    try:
+        st_mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket; not removing it", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def _parse_hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -1141,7 +1200,11 @@ async def _serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         allow_shm=not args.no_shm,
     )
-    await sim.start(args.socket)
+    try:
+        await sim.start(args.socket)
+    except OSError as exc:
+        log.error("vppsim: --socket %s: %s", args.socket, exc.strerror or exc)
+        return 2
     admin = None
     if args.http:
         from .admin import AdminServer
