@@ -115,17 +115,27 @@ def _socket_path(data_dir: Path, cleanup: contextlib.AsyncExitStack) -> str:
     return os.path.join(short, "vpp-api.sock")
 
 
+class _DataDirError(Exception):
+    """The data dir cannot hold the demo's store or socket (main prints it in one line)."""
+
+
 async def run_demo(data_dir: Path, label: str = "demo") -> int:
     """The scripted demo; returns the process exit code."""
     keys = Keys(label)
     prefixes = [keys.ifp, keys.bdp, keys.rtp, keys.vrfp]
     async with contextlib.AsyncExitStack() as cleanup:  # closes in reverse order, always
-        store = LocalStore(data_dir / "datasync.db", poll_interval=0.05)
+        try:  # what is in the data dir: a clear line, not a traceback (see main)
+            store = LocalStore(data_dir / "datasync.db", poll_interval=0.05)
+        except DatasyncError as exc:
+            raise _DataDirError(str(exc)) from exc
         cleanup.push_async_callback(store.close)
         await store.txn(keys.start(), [keys.ifp + "stale0"])
 
         sim = Simulator(strict=True)
-        await sim.start(_socket_path(data_dir, cleanup))
+        try:
+            await sim.start(_socket_path(data_dir, cleanup))
+        except OSError as exc:
+            raise _DataDirError(f"{exc.filename}: {exc.strerror or exc}") from exc
         cleanup.push_async_callback(sim.stop)
         assert sim.path is not None
         # VPP refuses one address for good: that key is FAILED, the others converge
@@ -338,6 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"datasync demo on uvloop; event buffer: {IMPLEMENTATION} ({implementation()})")
     if args.data_dir is not None:
-        return uvloop.run(run_demo(args.data_dir, args.label))
+        if args.data_dir.exists() and not args.data_dir.is_dir():
+            print(f"datasync demo: --data-dir {args.data_dir}: not a directory", file=sys.stderr)
+            return 2
+        try:
+            return uvloop.run(run_demo(args.data_dir, args.label))
+        except _DataDirError as exc:
+            print(f"datasync demo: --data-dir {args.data_dir}: {exc}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="datasync-demo-") as tmp:
         return uvloop.run(run_demo(Path(tmp), args.label))
