@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from datasync.transport.etcd import EtcdSource
+from tests.services import missing
 
 from .etcdserver import ENV_ENDPOINTS, ETCD, EtcdCluster
 
@@ -36,7 +37,7 @@ def _need_local() -> None:
     if EXTERNAL:
         pytest.skip(f"{ENV_ENDPOINTS} is set: not killing an external etcd")
     if not shutil.which("etcd") and not os.path.exists(ETCD):
-        pytest.skip("etcd is not installed (apt-get install etcd-server etcd-client)")
+        missing("etcd is not installed (apt-get install etcd-server etcd-client)")
 
 
 @pytest.fixture(scope="session")

