@@ -60,6 +60,8 @@ class Agent:
         self.sim: Simulator | None = None
         self.local: LocalStore | None = None
         self.rest: Any = None  # the REST push source (PushSource), when enabled
+        self.grpc_source: Any = None  # the gRPC push source, when enabled
+        self.grpc: Any = None  # its server (GrpcApi)
         self.sources: list[Source] = []
         self.orch: Orchestrator
         self.client: VppClient
@@ -123,6 +125,8 @@ class Agent:
         for src in self.sources:
             if hasattr(src, "bind"):  # push sources report per-key results
                 src.bind(lambda src=src: self.orch.applied_revision(src.name), self._key_state)
+        if self.grpc_source is not None:
+            await self._start_grpc()
         if c.http.listen:
             from .http import HttpApi
 
@@ -152,6 +156,25 @@ class Agent:
 
     async def stop(self) -> None:
         await self._cleanup.aclose()
+
+    async def _start_grpc(self) -> None:
+        from ..transport.grpcapi import GrpcApi
+        from .config import parse_hostport
+        from .http import status_document
+
+        g = self.config.sources.grpc
+        self.grpc = GrpcApi(
+            self.grpc_source,
+            parse_hostport(g.listen, "sources.grpc.listen"),
+            status=lambda: status_document(self),
+            key_states=lambda: {s.key: (s.state.value, s.reason) for s in self.plugins.states},
+            max_message_bytes=g.max_message_bytes,
+        )
+        for states in self.plugins.states.plugins().values():
+            states.add_listener(self.grpc.key_changed)
+        await self.grpc.start()
+        self._cleanup.push_async_callback(self.grpc.stop)
+        log.info("gRPC configuration API on %s:%d", self.grpc.host, self.grpc.port)
 
     def _key_state(self, key: str) -> tuple[str, str] | None:
         status = self.plugins.states.get(key)
@@ -213,6 +236,15 @@ class Agent:
             )
             self._cleanup.push_async_callback(etcd.close)
             made["etcd"] = etcd
+        if c.grpc.enabled:
+            from ..plugins.document import kind_prefixes
+            from ..transport.push import PushSource
+
+            path = self.data_dir / "push-grpc.db"
+            self.grpc_source = PushSource(path, name="grpc", prefixes=kind_prefixes(self.label))
+            _private_file(path)
+            self._cleanup.push_async_callback(self.grpc_source.close)
+            made["grpc"] = self.grpc_source
         if c.rest.enabled and self.config.http.listen:
             from ..plugins.document import kind_prefixes
             from ..transport.push import PushSource
