@@ -123,3 +123,26 @@ async def test_a_directory_of_documents(tmp_path: Path) -> None:
         assert "given by" in src.state_reason
     finally:
         await src.close()
+
+
+async def test_a_replaced_file_gives_the_changes_to_its_new_content(
+    doc: tuple[Path, FileSource],
+) -> None:
+    """Editors write a new file and rename it over the old one."""
+    import os
+
+    path, src = doc
+    snap = await src.snapshot([IF])
+    it = src.watch([IF], snap.revision + 1)
+    try:
+        new = path.with_suffix(".tmp")
+        new.write_text(DOC.replace("loop1", "loop2"))
+        os.replace(new, path)
+        changes = await collect(it, 2)
+        assert {(c.key, c.op) for c in changes} == {
+            (IF + "loop1", Op.DELETE),
+            (IF + "loop2", Op.PUT),
+        }
+        assert len({c.revision for c in changes}) == 1  # one transaction
+    finally:
+        await aclose(it)
