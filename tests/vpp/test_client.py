@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import os
 import struct
 from collections.abc import Awaitable, Callable
@@ -111,11 +112,12 @@ async def test_default_timeout_expires_calls(sim: Simulator, make_client: Any) -
 async def test_cancelled_call_frees_its_slot(sim: Simulator, make_client: Any) -> None:
     c = await make_client(max_in_flight=1)
     sim.set_latency(0.1, "show_version")
+    sent = c.stats["requests"]
     task = asyncio.ensure_future(c.call("show_version"))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: c.stats["requests"] == sent + 1)  # it holds the only slot
     waiting = asyncio.ensure_future(c.call("control_ping"))
-    await asyncio.sleep(0.01)
-    assert not waiting.done()
+    await eventually(lambda: len(c._window_waiters) == 1)  # queued behind it, not sent
+    assert not waiting.done() and c.stats["requests"] == sent + 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -185,7 +187,7 @@ async def test_calls_in_flight_fail_on_disconnect(sim: Simulator, make_client: A
     c = await make_client(reconnect=False)
     sim.set_latency(0.5, "show_version")
     task = asyncio.ensure_future(c.call("show_version"))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: c._in_flight == 1)  # sent, its reply 0.5 s away
     sim.drop_connections()
     with pytest.raises(VppConnectionError):
         await task
@@ -204,7 +206,7 @@ async def test_probe_detects_unresponsive_vpp(sim: Simulator, make_client: Any) 
     assert c.connected
 
 
-async def test_reconnect_never_gives_up(sock_path: str) -> None:
+async def test_reconnect_never_gives_up(sock_path: str, caplog: pytest.LogCaptureFixture) -> None:
     sim = Simulator(vpe_pid=1111)
     await sim.start(sock_path)
     faults = Faults()
@@ -214,7 +216,9 @@ async def test_reconnect_never_gives_up(sock_path: str) -> None:
     await c.connect()
     await sim.stop()
     await eventually(lambda: "disconnected" in faults.kinds())
-    await asyncio.sleep(0.3)  # several failed attempts
+    caplog.set_level(logging.DEBUG, "datasync.vpp.client")
+    failed = lambda: sum("reconnect attempt" in r.getMessage() for r in caplog.records)  # noqa: E731
+    await eventually(lambda: failed() >= 3)  # several failed attempts
     sim2 = Simulator(vpe_pid=2222)
     await sim2.start(sock_path)
     await eventually(lambda: "reconnected" in faults.kinds())
@@ -228,7 +232,8 @@ async def test_close_says_goodbye_and_leaks_nothing(sim: Simulator, task_baselin
     assert sim.path
     c = VppClient(sim.path, probe_interval=0.01)
     await c.connect()
-    await asyncio.sleep(0.05)
+    pings = sim.message_counts.get("control_ping", 0)
+    await eventually(lambda: sim.message_counts.get("control_ping", 0) >= pings + 2)  # probing
     assert len(sim._regs) == 1
     await c.close()
     await c.close()  # idempotent
@@ -515,5 +520,6 @@ async def test_connect_during_reconnect_waits_for_the_loop(
     await eventually(lambda: "disconnected" in faults.kinds())
     await c.connect()  # joins the reconnect loop's attempt
     assert c.connected
-    await asyncio.sleep(0.1)
+    await eventually(lambda: c._reconnect_task is None or c._reconnect_task.done())
+    assert (await c.call("control_ping")).retval == 0  # the server saw every connection
     assert sim.stats["connections"] == 2  # the first one and one reconnect, no duplicate

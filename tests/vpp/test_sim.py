@@ -412,6 +412,12 @@ async def test_memif(client: VppClient) -> None:
 # -- events ----------------------------------------------------------------------------
 
 
+async def events_flushed(client: VppClient) -> None:
+    """Every event of the calls answered so far has reached ``client``'s subscribers: the
+    simulator sends an event batch before the replies to requests that come after it."""
+    await client.call("control_ping")
+
+
 async def test_interface_events_batched(sim: Simulator, client: VppClient) -> None:
     events: list[tuple[int, int, bool]] = []
     client.subscribe(
@@ -419,17 +425,17 @@ async def test_interface_events_batched(sim: Simulator, client: VppClient) -> No
     )
     assert await rv(client, "want_interface_events", enable_disable=True, pid=99) == 0
     assert await rv(client, "want_interface_events", enable_disable=True, pid=99) == -31
+    # each call in a batch of its own: its events are flushed before the next one
     loop = (await client.call("create_loopback")).sw_if_index
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
     await client.call("sw_interface_set_flags", sw_if_index=loop, flags=1)
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
     m = (await client.call("memif_create_v2", socket_id=0, id=0)).sw_if_index
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
     await client.call("memif_delete", sw_if_index=m)
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
     await client.call("delete_loopback", sw_if_index=loop)
-    await client.call("control_ping")
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
     # the real VPP's sequence (README 1.5)
     assert events == [(1, 0, False), (1, 3, False), (2, 0, False), (2, 0, True), (1, 0, True)]
     assert await rv(client, "want_interface_events", enable_disable=False) == 0
@@ -441,13 +447,14 @@ async def test_events_within_one_batch_merge(sim: Simulator, client: VppClient) 
     client.subscribe("sw_interface_event", events.append)
     await client.call("want_interface_events", enable_disable=True, pid=5)
     loop = (await client.call("create_loopback")).sw_if_index
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
+    assert [e.sw_if_index for e in events] == [loop]
     events.clear()
     await client.call_many(
         "sw_interface_set_flags",
         [{"sw_if_index": loop, "flags": 1}, {"sw_if_index": loop, "flags": 0}],
     )
-    await asyncio.sleep(0.05)
+    await events_flushed(client)
     # admin up + admin down in one batch: one event carrying the bits that happened
     assert [(e.sw_if_index, e.flags, e.pid) for e in events] == [(loop, 3, 5)]
 
@@ -457,13 +464,14 @@ async def test_event_registration_dropped_on_disconnect(sim: Simulator) -> None:
     c = VppClient(sim.path, probe_interval=None)
     await c.connect()
     await c.call("want_interface_events", enable_disable=True, pid=1)
+    assert len(sim._regs) == 1
     await c.close()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: not sim._regs)
     other = VppClient(sim.path, probe_interval=None)
     await other.connect()
     sent = sim.stats["events_sent"]
     await other.call("create_loopback")
-    await asyncio.sleep(0.05)
+    await events_flushed(other)
     assert sim.stats["events_sent"] == sent
     await other.close()
 
@@ -655,9 +663,13 @@ async def test_inject_error_and_latency(sim: Simulator, client: VppClient) -> No
     assert await rv(client, "sw_interface_set_flags", sw_if_index=1, flags=1) == 0
     with pytest.raises(ValueError, match="does not handle"):
         sim.inject_error("no_such_message", -1)
-    sim.inject_error("show_version", -1, count=None, until=time.time() + 0.5)
+    until = time.time() + 0.5
+    sim.inject_error("show_version", -1, count=None, until=until)
     assert await rv(client, "show_version") == -1
-    await asyncio.sleep(0.6)
+    async with asyncio.timeout(10):  # answered with the error until the fault's end
+        while (got := await rv(client, "show_version")) == -1:
+            await asyncio.sleep(0.05)
+    assert got == 0 and time.time() >= until
     assert await rv(client, "show_version") == 0
     sim.clear_faults()
     # latency keeps per-connection order
