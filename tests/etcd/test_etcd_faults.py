@@ -1,4 +1,4 @@
-"""Fault tests with real etcd processes (FAULTS.md F1-F6, F21): kill -9, SIGSTOP, compaction
+"""Fault tests with real etcd processes (FAULTS.md F1-F6): kill -9, SIGSTOP of etcd, compaction
 while cut off, leader loss, restore from backup. Processes are ours, stopped by PID."""
 
 from __future__ import annotations
@@ -264,8 +264,9 @@ async def test_silent_blackhole_is_stalled_then_resumes_without_loss(
 async def test_sigstop_is_detected_as_stalled(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F21-like: a SIGSTOPped etcd keeps its sockets open; the watchdog reports STALLED within
-    a few seconds, and the watch resumes after SIGCONT."""
+    """F5 (a hung member, no RST): a SIGSTOPped etcd keeps its sockets open; the watchdog
+    reports STALLED, and the watch resumes after SIGCONT. (Not F21: that row stops the
+    agent, not the store.)"""
     member = etcd1.members[0]
     src = make_source(etcd1.endpoints)
     seen = states_of(src)

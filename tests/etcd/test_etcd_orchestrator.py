@@ -1,6 +1,6 @@
 """End-to-end fault tests: the resync orchestrator over the REAL etcd source and real etcd
 processes, stopped by PID (FAULTS.md F1, F2, F3, F4, F5 silent member, F6, F14 scaled down,
-F21-like; invariants I1, I2, I3, I5, I8, I15).
+and a blocked event loop standing in for F21; invariants I1, I2, I3, I5, I8, I15).
 
 The plugin is a ``Recorder`` (tests/orchestrator_helpers.py) that keeps the state it was
 told, every change it applied and a count of effective changes. ``rec`` (FAULTS.md I8) is the
@@ -388,7 +388,14 @@ async def test_compaction_while_cut_off_is_exactly_one_relist(
         proxy.restore_connectivity()
         await converge(orch, src, plugin, etcd.endpoints, prefix)
         if auto:
-            await asyncio.sleep(1.5)  # a compaction past the relist's revision meanwhile
+            # etcd's compactor goes past the relist's revision while the new watch runs
+            relisted = orch.applied_revision(src.name)
+            async with asyncio.timeout(WAIT):
+                while not await asyncio.to_thread(
+                    _compacted_past, etcd.endpoints, prefix + "tick", relisted
+                ):
+                    await pub.put(f"{prefix}tick", b"")  # the compactor needs newer revisions
+                    await asyncio.sleep(0.5)
         # A later write still comes as a change: the relist left a working watch behind.
         await pub.put(prefix + END, b"")
         await eventually(lambda: prefix + END in plugin.state, "the sentinel")
@@ -695,7 +702,7 @@ async def test_storm_during_resync_is_coalesced_and_converges(
     assert rounds.rec == 0
 
 
-# --- F21-like: the agent's loop is blocked -----------------------------------------------
+# --- not F21 (which SIGSTOPs an agent process): the agent's loop is blocked in-process ------
 
 
 async def test_blocked_agent_loop_meanwhile_writes_and_compaction(
@@ -704,9 +711,10 @@ async def test_blocked_agent_loop_meanwhile_writes_and_compaction(
     orch_factory: Callable[..., Orchestrator],
     prefix: str,
 ) -> None:
-    """F21-like: the agent's event loop is blocked (as by SIGSTOP of the agent) longer than
-    the stall timeout while the store changes and is compacted. Afterwards no stale value
-    is applied after a newer one (I3) and I1 holds."""
+    """Stands in for F21 without testing it (F21 stops an agent process past the keepalive):
+    the agent's event loop is blocked in-process longer than the stall timeout while the
+    store changes and is compacted. Afterwards no stale value is applied after a newer one
+    (I3) and I1 holds."""
     src = make_source(etcd1.endpoints)
     plugin = Recorder("if", [prefix])
     orch = orch_factory(src)
