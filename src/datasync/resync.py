@@ -65,6 +65,7 @@ from .errors import (
     SourceUnavailableError,
 )
 from .mux import Ownership
+from .testing import failpoints as _fp
 
 __all__ = [
     "EXIT_RESTART_REQUIRED",
@@ -384,6 +385,8 @@ class _SourceSlot:
             q.popleft()
         # Acks are queued in revision order: everything before the oldest pending one is done.
         done_through = q[0][0] - 1 if q else self.seen_revision
+        if _fp.ENABLED and done_through > self.applied_revision:
+            _fp.hit_sync("checkpoint.before_commit_rev")
         self.applied_revision = max(self.applied_revision, done_through)
 
 
@@ -780,6 +783,8 @@ class Orchestrator:
         prefixes_of = {name: reg.prefixes for name, reg in members.items()}
         synced: list[_Registration] = []
         try:
+            if _fp.ENABLED:
+                await _fp.hit("resync.started")
             await self._quiesce()
             for name in members:
                 self._set_plugin_state(name, PluginState.RESYNCING)
@@ -858,7 +863,10 @@ class Orchestrator:
         async def read(slot: _SourceSlot) -> Snapshot | BaseException:
             try:
                 async with asyncio.timeout(self.config.snapshot_timeout):
-                    return await slot.source.snapshot(prefixes)
+                    snap = await slot.source.snapshot(prefixes)
+                if _fp.ENABLED:
+                    await _fp.hit("resync.after_snapshot_page")
+                return snap
             except TimeoutError:
                 return SourceUnavailableError(
                     f"source {slot.name}: snapshot timed out after "
@@ -895,6 +903,8 @@ class Orchestrator:
             slot.filter.reset(snap.revision, [(kv.key, kv.revision) for kv in snap.kvs])
             slot.outstanding.clear()
             slot.applied_revision = slot.seen_revision = snap.revision
+            if _fp.ENABLED:
+                await _fp.hit("resync.before_watch")
             slot.watch_task = asyncio.ensure_future(
                 self._watch_source(slot, prefixes, snap.revision + 1)
             )

@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 from ..api import ChangeEvent, Op, ResyncEvent
 from ..errors import AckFailedError, AckTimeoutError, DatasyncError, InvalidValueError
 from ..idx import IdxEvent, NameToIndex
+from ..testing import failpoints as _fp
 from ..vpp.client import VppClient
 from ..vpp.retvals import classify, retval_name
 from .state import KeyState, KeyStates, RetryPolicy, StateRegistry
@@ -233,6 +234,8 @@ class VppPlugin(Generic[M]):
     # -- the Plugin protocol -----------------------------------------------------------
 
     async def resync(self, ev: ResyncEvent) -> None:
+        if _fp.ENABLED:
+            await _fp.hit(f"plugin.{self.name}.resync")
         async with self._lock:
             self._cancel_retries()
             old, self.values = self.values, {}
@@ -255,6 +258,8 @@ class VppPlugin(Generic[M]):
             async with self._reporting("resync"):
                 await self.read()
                 self.fresh = True
+                if _fp.ENABLED:
+                    await _fp.hit(f"plugin.{self.name}.apply")
                 await self.apply(sorted(self.desired), full=True)
 
     @contextlib.asynccontextmanager
@@ -284,6 +289,8 @@ class VppPlugin(Generic[M]):
                 keys.append(ch.key)
             async with self._reporting("change"):
                 await self.ensure_read()  # only between a VPP restart and its round
+                if _fp.ENABLED:
+                    await _fp.hit(f"plugin.{self.name}.apply")
                 await self.apply(keys, full=False)
 
     async def reapply(self) -> None:
@@ -450,6 +457,8 @@ class VppPlugin(Generic[M]):
                     _planned(msg, len(dry_run) - len(group) + i) for i in range(len(group))
                 ]
             else:
+                if _fp.ENABLED:
+                    await _fp.hit("sb.before_call")
                 replies = await self.client.call_many(msg, [c.fields for c in group], check=False)
             for observe in observers:
                 observe(msg, len(group), time.monotonic() - t0)
