@@ -53,14 +53,28 @@ def kind_prefixes(label: str) -> list[str]:
     return [prefix.format(label=label) for _model, prefix in _KINDS.values()]
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
+
+
 def load_document(text: str | bytes, where: str = "document") -> Mapping[str, Any]:
-    """Parse YAML (a superset of JSON); errors name the line."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise DocumentError(where, f"not valid YAML or JSON{line}: {exc}") from None
+    """Parse YAML (a superset of JSON); errors name the line. A JSON document is parsed by
+    msgspec (much faster); one that does not parse is read again as YAML for the line."""
+    raw = text.encode() if isinstance(text, str) else text
+    doc: Any = None
+    if raw.lstrip()[:1] == b"{":
+        try:
+            doc = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            doc = None
+    if doc is None:
+        try:
+            doc = yaml.load(raw, Loader=_LOADER)  # a safe loader (CSafeLoader or SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark is not None else ""
+            raise DocumentError(where, f"not valid YAML or JSON{line}: {exc}") from None
+        except RecursionError:
+            raise DocumentError(where, "nested too deeply") from None
     if not isinstance(doc, dict):
         raise DocumentError(where, "expected a mapping with vppConfig")
     return doc

@@ -182,8 +182,10 @@ class PushSource(LocalStore):
         assert self._applied is not None
         try:
             async with asyncio.timeout(timeout):
-                while self._applied() < revision:  # noqa: ASYNC110 - the watermark has no event
-                    await asyncio.sleep(0.005)
+                pause = 0.0002  # the watermark has no event: poll, quickly at first
+                while self._applied() < revision:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.01)
             return True
         except TimeoutError:
             return False
