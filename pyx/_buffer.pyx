@@ -10,7 +10,6 @@ and sort with a C merge sort over (revision, slot) entries. No Python object is 
 per change.
 """
 
-from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -29,7 +28,6 @@ from _buffer cimport (
     PyList_New,
     PyList_SET_ITEM,
     PyList_SetSlice,
-    PyLong_AsLongLong,
     PyLong_Check,
     PyTuple_Check,
     PyTuple_GET_ITEM,
@@ -49,6 +47,14 @@ __all__ = ["EventBuffer", "RevisionFilter"]
 cdef extern from *:
     # Changes live all over the heap: fetch the next ones while this one is filtered.
     void __builtin_prefetch(const void* addr) nogil
+
+# Revisions are read as the codec reads ints: the running CPython's layout inline where
+# it is known and passed the import check below, else the public API (pyx/ds_pyver.h).
+cdef extern from "ds_pyver.h":
+    int ds_small_long(PyObject* v, long long* out) noexcept
+    void ds_pyver_check(object sample_dict, object sample_ints) noexcept
+
+ds_pyver_check({}, [0, 1, -1, 2**30 - 1, 2**30, 2**60 - 1, 2**60, 2**63 - 1, -(2**63), 2**63])
 
 
 cdef inline void _prefetch_ahead(list seq, Py_ssize_t i, Py_ssize_t n) noexcept:
@@ -77,11 +83,9 @@ cdef inline int64_t _fast_revision(PyObject* c) noexcept:
             and PyLong_Check(rev)
             and not PyBool_Check(rev)
         ):
-            v = PyLong_AsLongLong(rev)
-            if v >= 0:
+            # an int (or subclass) never fails here; beyond int64 the twin reports it
+            if ds_small_long(rev, &v) and v >= 0:
                 return v
-            if PyErr_Occurred() != NULL:
-                PyErr_Clear()  # overflow: the twin reports it as out of range
     return -1
 
 
@@ -101,7 +105,9 @@ cdef inline int64_t _revision_of(PyObject* c) except -1:
 
 cdef inline int64_t _valid_revision(PyObject* c) noexcept:
     """The revision of a change already validated."""
-    return PyLong_AsLongLong(PyTuple_GET_ITEM(c, 3))
+    cdef long long v = 0
+    ds_small_long(PyTuple_GET_ITEM(c, 3), &v)
+    return v
 
 
 cdef inline int _admit(RevisionFilter f, PyObject* key, int64_t rev) except -1:

@@ -5,7 +5,9 @@
  * against the public API on sample objects (ds_pyver_check, called by _codec.pyx), and
  * falls back to a portable path through the public C API when the check fails, when no
  * layout is known for the version being built, or when a test asks for it
- * (ds_pyver_set_fast). The portable paths are what any other CPython runs.
+ * (ds_pyver_set_fast). The portable paths are what any other CPython runs. Included
+ * by _codec.pyx and _buffer.pyx (revisions); each module runs its own import check, and
+ * the functions are static inline so a module that uses few of them compiles cleanly.
  *
  *   ints   3.11: ob_digit and Py_SIZE (30-bit digits), up to two digits inline.
  *          3.12, 3.13: PyUnstable_Long_IsCompact / CompactValue (one digit inline).
@@ -170,7 +172,7 @@ static inline ds_ukentry ds_entry_slow(PyObject* d, Py_ssize_t p) {
 /* --- bytes subclasses ------------------------------------------------------------------ */
 
 /* A bytes-subclass instance (MacAddress) holding p[0:n], as bytes.__new__ builds it. */
-static PyObject* ds_bytes_sub(PyObject* type, const char* p, Py_ssize_t n) {
+static inline PyObject* ds_bytes_sub(PyObject* type, const char* p, Py_ssize_t n) {
 #if PY_VERSION_HEX < 0x030E0000  /* PyBytesObject has ob_shash through 3.13 */
     PyBytesObject* o = (PyBytesObject*)((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
     if (!o) return NULL;
@@ -198,7 +200,7 @@ static PyObject* ds_bytes_sub(PyObject* type, const char* p, Py_ssize_t n) {
 
 /* --- big ints to and from wire bytes --------------------------------------------------- */
 
-static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
+static inline PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
     size_t i;
     /* 3.11's _PyLong_FromByteArray reads an unset digit for 0 (harmless, multiplied by a
        zero size, but memcheck reports it): take the small-int path instead */
@@ -206,7 +208,7 @@ static PyObject* ds_long_from_be(const unsigned char* p, size_t n) {
     if (i == n) return PyLong_FromLong(0);
     return _PyLong_FromByteArray(p, n, 0, 0);
 }
-static int ds_long_to_be(PyObject* v, unsigned char* p, size_t n) {
+static inline int ds_long_to_be(PyObject* v, unsigned char* p, size_t n) {
 #if PY_VERSION_HEX >= 0x030D0000
     return _PyLong_AsByteArray((PyLongObject*)v, p, n, 0, 0, 1);
 #else
@@ -219,7 +221,7 @@ static int ds_long_to_be(PyObject* v, unsigned char* p, size_t n) {
 /* Turns each fast path on only if it reads what the public API reads: the dict walk
    against PyDict_Next on a sample dict (with a deleted entry), ints against
    PyLong_AsLongLongAndOverflow on values around the digit boundaries. */
-static void ds_pyver_check(PyObject* sample_dict, PyObject* sample_ints) {
+static inline void ds_pyver_check(PyObject* sample_dict, PyObject* sample_ints) {
     Py_ssize_t p1 = 0, p2 = 0, i;
     PyObject *k1, *v1, *k2, *v2;
     int r1, r2, overflow;
@@ -250,7 +252,7 @@ static void ds_pyver_check(PyObject* sample_dict, PyObject* sample_ints) {
 
 /* Which fast paths are on, as {"ints": 0/1, "dicts": 0/1}; for tests, which also force
    the portable paths with on = 0 (on = 1 runs the import check again). */
-static PyObject* ds_pyver_set_fast(int on, PyObject* sample_dict, PyObject* sample_ints) {
+static inline PyObject* ds_pyver_set_fast(int on, PyObject* sample_dict, PyObject* sample_ints) {
     if (on < 0) {
         /* only asking */
     } else if (on) {
