@@ -48,6 +48,7 @@ from tests.orchestrator_helpers import (
     per_key_increasing,
 )
 from tests.orchestrator_helpers import eventually as _eventually
+from tests.services import missing
 
 from .conftest import TansuBroker, _quiet, free_port
 
@@ -358,7 +359,7 @@ async def test_redelivered_records_have_no_duplicate_effect(
 def etcd_cluster() -> Iterator[EtcdCluster]:
     """A single-member etcd of this test's own (the etcd fixtures live in tests/etcd)."""
     if not os.path.exists(ETCD):
-        pytest.skip("etcd is not installed (apt-get install etcd-server etcd-client)")
+        missing("etcd is not installed (apt-get install etcd-server etcd-client)")
     cluster = EtcdCluster(1).start()
     try:
         yield cluster
