@@ -364,6 +364,8 @@ class _SourceSlot:
         self.applied_revision = 0
         # Highest revision accepted by the filter and handed to _deliver.
         self.seen_revision = 0
+        #: a snapshot was taken and the round that took it has not succeeded yet
+        self.snapshot_pending = False
         # Consecutive rounds this source was stale (silent while others were read).
         self.stale_rounds = 0
 
@@ -379,6 +381,8 @@ class _SourceSlot:
         Changes nobody had to apply (shadowed by another source, under no registered
         prefix) count as applied as soon as they are seen.
         """
+        if self.snapshot_pending:
+            return  # a snapshot the plugins have not applied yet: nothing past it is applied
         q = self.outstanding
         # A change that failed (or timed out) holds the watermark until a snapshot.
         while q and q[0][1].is_done and q[0][1].error is None:
@@ -798,6 +802,8 @@ class Orchestrator:
             if not errors:
                 for reg in synced:
                     reg.synced = True
+                for slot in self._slots:
+                    slot.snapshot_pending = False
                 self._drain_buffers()
         except asyncio.CancelledError:
             raise
@@ -902,7 +908,11 @@ class Orchestrator:
             slot.buffer.clear()
             slot.filter.reset(snap.revision, [(kv.key, kv.revision) for kv in snap.kvs])
             slot.outstanding.clear()
-            slot.applied_revision = slot.seen_revision = snap.revision
+            # R is applied once the round succeeds (the plugins applied the snapshot), not
+            # now; a store reset may lower the watermark, nothing else does
+            slot.seen_revision = snap.revision
+            slot.applied_revision = min(slot.applied_revision, snap.revision)
+            slot.snapshot_pending = True
             if _fp.ENABLED:
                 await _fp.hit("resync.before_watch")
             slot.watch_task = asyncio.ensure_future(

@@ -149,3 +149,48 @@ def test_pushed_intent_survives_an_agent_restart_with_zero_writes(agent: AgentPr
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+def test_wait_deadline_is_reported_and_a_push_during_a_round_is_applied_after_it(
+    agent: AgentProcess,
+) -> None:
+    """VPP made slow: a push whose wait runs out is answered 504 with every key PENDING
+    (never success); a push made while a round runs is held and applied after it."""
+    sock = agent.data_dir.parent / "vpp.sock"
+    admin = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
+    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
+    try:
+        err = sim.stderr
+        assert err is not None
+        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
+        config = agent.data_dir.parent / "agent.toml"
+        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\ntimeout = 30\n')
+        agent.args = ["--config", str(config)]
+        agent.start()
+        agent.wait_in_sync()
+
+        def latency(seconds: float) -> None:
+            body = json.dumps({"seconds": seconds}).encode()
+            url = f"http://{admin}/fault/latency"
+            subprocess.run(["curl", "-s", "-X", "POST", "--data-binary", body, url], check=True)
+
+        latency(0.5)
+        one = b"vppConfig:\n  interfaces:\n    - {name: slow0, type: SOFTWARE_LOOPBACK}\n"
+        code, reply = request(agent, "PUT", "/configuration?wait=0.2", one)
+        assert code == 504 and not reply["complete"]
+        assert results(reply)[IF + "slow0"] == (
+            "PENDING",
+            f"not applied yet (revision {reply['revision']})",
+        )
+        agent.cli("resync")
+        wait_for(lambda: agent.status()["agent"]["round_running"], what="a round running")
+        two = b"vppConfig:\n  interfaces:\n    - {name: during0, type: SOFTWARE_LOOPBACK}\n"
+        latency(0.0)
+        code, reply = request(agent, "PUT", "/configuration?wait=30", two)
+        assert code == 200 and results(reply)[IF + "during0"][0] == "CONFIGURED", reply
+        tags = {d.tag for d in papi_dump(sock) if d.tag}
+        assert {"during0"} <= tags
+    finally:
+        sim.terminate()
+        sim.wait(10)
