@@ -138,6 +138,24 @@ async def test_a_non_utf8_key_from_another_writer_is_skipped_and_counted(tmp_pat
         await store.close()
 
 
+async def test_an_invalid_utf8_key_from_another_writer_is_skipped_and_counted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    store = LocalStore(path, poll_interval=0.05)
+    try:
+        await store.put("/a/good", b"1")
+        other = sqlite3.connect(path, isolation_level=None)
+        for bad in ("/a/blank ", "/a/nul\x00", "/a/" + "x" * 5000):
+            other.execute("INSERT INTO kv VALUES (?, ?, 1, 1, 1)", (bad, b"bad"))
+        other.close()
+        snap = await store.snapshot(["/a/"])
+        assert [kv.key for kv in snap.kvs] == ["/a/good"]
+        assert store.stats["bad_key"] == 3
+    finally:
+        await store.close()
+
+
 async def test_watch_from_compacted_revision_raises(store: LocalStore) -> None:
     for i in range(5):
         await store.put("/c", b"%d" % i)

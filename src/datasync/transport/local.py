@@ -19,8 +19,10 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..api import (
+    MAX_KEY_BYTES,
     Change,
     KeyVal,
     Op,
@@ -289,16 +291,41 @@ class LocalStore:
             store_id = self._meta("store_id")
             kvs: dict[str, KeyVal] = {}
             for p in prefixes:
-                # keys read as bytes: a row that is not UTF-8 is skipped, not fatal
-                for raw, value, mod in db.execute(
-                    "SELECT CAST(key AS BLOB), value, mod_rev FROM kv"
-                    " WHERE key >= ? AND key < ? ORDER BY key",
-                    (p, _prefix_end(p)),
-                ):
-                    key = self._key_of(raw, rev)
-                    if key is not None:
-                        kvs[key] = KeyVal(key, bytes(value), int(mod))
+                for key, value, mod in self._snapshot_rows(db, p, rev):
+                    kvs[key] = KeyVal(key, bytes(value), int(mod))
         return Snapshot(revision=rev, kvs=list(kvs.values()), store_id=store_id)
+
+    def _snapshot_rows(self, db: sqlite3.Connection, prefix: str, rev: int) -> list[Any]:
+        """The rows under ``prefix`` whose key is a valid key; the others are skipped and
+        counted (another process or tool wrote them)."""
+        span = (prefix, _prefix_end(prefix))
+        try:
+            rows = db.execute(
+                "SELECT key, value, mod_rev FROM kv WHERE key >= ? AND key < ? ORDER BY key", span
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):  # "Could not decode to UTF-8 column 'key'"
+                raise
+            rows = []  # again with the keys as bytes, so one bad row does not fail them all
+            for raw, value, mod in db.execute(
+                "SELECT CAST(key AS BLOB), value, mod_rev FROM kv"
+                " WHERE key >= ? AND key < ? ORDER BY key",
+                span,
+            ):
+                key = self._key_of(raw, rev)
+                if key is not None:
+                    rows.append((key, value, mod))
+            return rows
+        keys = [r[0] for r in rows]
+        # every key checked at once in C loops (non-empty, no NUL, no blank ends, short)
+        if (
+            all(keys)
+            and "\0" not in "".join(keys)
+            and list(map(str.strip, keys)) == keys
+            and max(map(len, keys), default=0) * 4 <= MAX_KEY_BYTES
+        ):
+            return rows
+        return [r for r in rows if self._key_of(r[0].encode(), rev) is not None]
 
     def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[Change]]:
         """Changes under ``prefixes`` from ``start_revision`` on, one list per revision.
