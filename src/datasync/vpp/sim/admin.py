@@ -7,11 +7,15 @@ Routes (JSON in, JSON out):
 * ``POST /fault/drop`` - close every client connection
 * ``POST /fault/item`` ``{"message": "create_loopback", "retval": -126, "count": 1,
   "match": {...}, "until": <unix time>}`` - per-message error injection (``count: null``
-  until cleared or ``until``; ``key`` is accepted for ``message``)
-* ``POST /fault/latency`` ``{"seconds": 0.5, "message": null}``
+  until cleared or ``until``; ``key`` is accepted for ``message``; ``retval`` an i32, as
+  VPP's, ``count`` a positive integer)
+* ``POST /fault/latency`` ``{"seconds": 0.5, "message": null}`` (finite, 0..600 s)
 * ``POST /fault/drift`` ``{"action": "delete_interface", "name": "loop0"}``
 * ``POST /fault/clear`` - remove injected errors and latency
 * ``POST /counters/reset``
+
+Bad input is a 400 naming the field (a Content-Length that is not a byte count included);
+a body over 1 MiB is a 413.
 """
 
 from __future__ import annotations
