@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import cffi
 import pytest
 import uvloop
 from tests.paths import VPP_API_REFERENCE, vpp_api_files
+from tests.vpp.simproc import simulator_process
 
 from datasync.vpp.client import VppClient
 from datasync.vpp.vac import VacLibrary, VacTransport, ffi
@@ -55,22 +55,9 @@ def _api_files() -> list[str]:
 
 @contextlib.contextmanager
 def _sim_process() -> Iterator[str]:
-    tmp = tempfile.mkdtemp(prefix="dsbench-", dir="/tmp")
-    path = os.path.join(tmp, "api.sock")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", path],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "listening on" in line, line
-        yield path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A fresh ``datasync vppsim`` process; its socket path."""
+    with simulator_process() as sim:
+        yield sim.path
 
 
 @pytest.fixture(scope="module")

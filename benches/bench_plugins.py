@@ -17,8 +17,6 @@ import json
 import os
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from typing import Any
 import pytest
 import uvloop
 from tests.paths import vpp_api_files
+from tests.vpp.simproc import simulator_process
 
 from datasync.agent.wiring import vpp_fault_handler
 from datasync.plugins import KeyState, VppPlugins
@@ -48,22 +47,9 @@ LABEL = "bench"
 
 @contextlib.contextmanager
 def _sim_process() -> Iterator[str]:
-    tmp = tempfile.mkdtemp(prefix="dsbench-", dir="/tmp")
-    path = os.path.join(tmp, "api.sock")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", path],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "listening on" in line, line
-        yield path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A fresh ``datasync vppsim`` process; its socket path."""
+    with simulator_process() as sim:
+        yield sim.path
 
 
 def _addr(i: int) -> str:

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import uvloop
+from tests.vpp.simproc import simulator_process
 
 from datasync.vpp.client import VppClient
 
@@ -37,22 +33,9 @@ U32_MAX = 0xFFFFFFFF
 
 @contextlib.contextmanager
 def _sim_process() -> Iterator[str]:
-    tmp = tempfile.mkdtemp(prefix="dsbench-sim-", dir="/tmp")
-    path = os.path.join(tmp, "api.sock")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", path, "--seed", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "listening on" in line, line
-        yield path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A fresh ``datasync vppsim`` process; its socket path."""
+    with simulator_process() as sim:
+        yield sim.path
 
 
 class _Bench:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.etcd.etcdserver import free_port
 from tests.paths import vpp_api_files
+from tests.vpp.simproc import SimProcess, simulator_process
 
 LABEL = "vpp1"
 IF = f"/vnf-agent/{LABEL}/config/vpp/v2/interfaces/"
@@ -138,6 +139,20 @@ def agent(data_dir: Path) -> Iterator[AgentProcess]:
         if a.proc is not None:
             a.proc.kill()
             a.proc.wait(10)
+
+
+@pytest.fixture
+def vppsim() -> Iterator[SimProcess]:
+    """A simulator process that outlives the agents of a test, with its admin API."""
+    with simulator_process(admin=True) as sim:
+        yield sim
+
+
+def on_simulator(agent: AgentProcess, sim: SimProcess, extra: str = "") -> None:
+    """Point ``agent`` at ``sim`` (``vpp.connect = "socket"``) before it starts."""
+    config = agent.data_dir.parent / "agent.toml"
+    config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sim.path}"\n{extra}')
+    agent.args = ["--config", str(config)]
 
 
 def papi_dump(socket: Path, what: str = "sw_interface_dump", **kw: Any) -> list[Any]:

@@ -13,7 +13,17 @@ import pytest
 
 from tests.etcd.etcdserver import free_port
 
-from .conftest import BD, IF, AgentProcess, datasync, js, papi_dump, wait_for
+from .conftest import (
+    BD,
+    IF,
+    AgentProcess,
+    SimProcess,
+    datasync,
+    js,
+    on_simulator,
+    papi_dump,
+    wait_for,
+)
 
 EXAMPLE = str(Path(__file__).parents[2] / "examples" / "config.yaml")
 
@@ -93,37 +103,19 @@ def test_delete_detaches_first_and_apply_replace_removes_only_its_kinds(
     assert agent.get("/status")["keys"] == []
 
 
-def test_restart_with_nothing_changed_makes_zero_vpp_writes(agent: AgentProcess) -> None:
+def test_restart_with_nothing_changed_makes_zero_vpp_writes(
+    agent: AgentProcess, vppsim: SimProcess
+) -> None:
     """Against a simulator that outlives the agent (``vpp.connect = "socket"``)."""
-    sock = agent.data_dir.parent / "vpp.sock"
-    admin = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
-    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
-    try:
-        assert sim.stderr is not None
-        err = sim.stderr
-        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
-        config = agent.data_dir.parent / "agent.toml"
-        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\n')
-        agent.args = ["--config", str(config)]
-        agent.start()
-        agent.cli("apply", EXAMPLE)
-        agent.wait_in_sync()
-        assert agent.stop() == 0
-        subprocess.run(["curl", "-s", "-X", "POST", f"http://{admin}/counters/reset"], check=True)
-        agent.start()
-        agent.wait_in_sync()
-        counters = subprocess.run(
-            ["curl", "-s", f"http://{admin}/counters"], capture_output=True, text=True
-        ).stdout
-        writes = json.loads(counters)["writes"]
-        made = {
-            k: {op: n for op, n in ops.items() if n and op != "noop"} for k, ops in writes.items()
-        }
-        assert {k: v for k, v in made.items() if v} == {}
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    on_simulator(agent, vppsim)
+    agent.start()
+    agent.cli("apply", EXAMPLE)
+    agent.wait_in_sync()
+    assert agent.stop() == 0
+    vppsim.post("/counters/reset")
+    agent.start()
+    agent.wait_in_sync()
+    assert vppsim.writes() == {}
 
 
 def test_a_bad_config_exits_2_naming_the_setting(tmp_path: Path) -> None:
@@ -165,34 +157,21 @@ def test_escalation_exits_75(tmp_path: Path) -> None:
     assert "escalation" in out.stderr
 
 
-def test_readyz_is_503_during_a_round_and_200_after(agent: AgentProcess) -> None:
-    sock = agent.data_dir.parent / "vpp.sock"
-    admin = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
-    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
-    try:
-        err = sim.stderr
-        assert err is not None
-        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
-        config = agent.data_dir.parent / "agent.toml"
-        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\ntimeout = 30\n')
-        agent.args = ["--config", str(config)]
-        agent.start()
-        agent.cli("put", IF + "loop0", js({"name": "loop0", "type": "SOFTWARE_LOOPBACK"}))
-        agent.wait_in_sync()
-        assert agent.get("/readyz") == {"ready": True}
-        body = json.dumps({"seconds": 0.3}).encode()
-        url = f"http://{admin}/fault/latency"
-        subprocess.run(["curl", "-s", "-X", "POST", "--data-binary", body, url], check=True)
-        agent.cli("resync")
-        busy = wait_for(lambda: (r := agent.get("/readyz")) and r.get("_status") == 503 and r,
-                        what="readyz 503")  # fmt: skip
-        assert any("round" in reason for reason in busy["reasons"]), busy
-        subprocess.run(["curl", "-s", "-X", "POST", f"http://{admin}/fault/clear"], check=True)
-        wait_for(lambda: agent.get("/readyz") == {"ready": True}, what="readyz 200 again")
-    finally:
-        sim.terminate()
-        sim.wait(10)
+def test_readyz_is_503_during_a_round_and_200_after(
+    agent: AgentProcess, vppsim: SimProcess
+) -> None:
+    on_simulator(agent, vppsim, "timeout = 30\n")
+    agent.start()
+    agent.cli("put", IF + "loop0", js({"name": "loop0", "type": "SOFTWARE_LOOPBACK"}))
+    agent.wait_in_sync()
+    assert agent.get("/readyz") == {"ready": True}
+    vppsim.post("/fault/latency", {"seconds": 0.3})
+    agent.cli("resync")
+    busy = wait_for(lambda: (r := agent.get("/readyz")) and r.get("_status") == 503 and r,
+                    what="readyz 503")  # fmt: skip
+    assert any("round" in reason for reason in busy["reasons"]), busy
+    vppsim.post("/fault/clear")
+    wait_for(lambda: agent.get("/readyz") == {"ready": True}, what="readyz 200 again")
 
 
 def test_watch_prints_changes_as_json_lines(agent: AgentProcess) -> None:

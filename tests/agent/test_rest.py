@@ -5,15 +5,12 @@ and intent that survives an agent restart."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from tests.etcd.etcdserver import free_port
-
-from .conftest import BD, IF, AgentProcess, js, papi_dump, wait_for
+from .conftest import BD, IF, AgentProcess, SimProcess, js, on_simulator, papi_dump, wait_for
 
 DOC = """\
 vppConfig:
@@ -120,77 +117,39 @@ def test_a_retry_is_a_no_op_and_an_older_generation_loses(agent: AgentProcess) -
     assert mtu == 1500
 
 
-def test_pushed_intent_survives_an_agent_restart_with_zero_writes(agent: AgentProcess) -> None:
-    sock = agent.data_dir.parent / "vpp.sock"
-    admin = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
-    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
-    try:
-        err = sim.stderr
-        assert err is not None
-        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
-        config = agent.data_dir.parent / "agent.toml"
-        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\n')
-        agent.args = ["--config", str(config)]
-        agent.start()
-        request(agent, "PUT", "/configuration?wait=10", DOC.encode())
-        assert agent.stop() == 0
-        subprocess.run(["curl", "-s", "-X", "POST", f"http://{admin}/counters/reset"], check=True)
-        agent.start()
-        wait_for(lambda: agent.status()["agent"]["in_sync"], what="in sync after the restart")
-        url = f"http://{admin}/counters"
-        counters = json.loads(subprocess.run(["curl", "-s", url], capture_output=True).stdout)
-        made = {k: {o: n for o, n in ops.items() if n and o != "noop"}
-                for k, ops in counters["writes"].items()}  # fmt: skip
-        assert {k: v for k, v in made.items() if v} == {}
-        assert [
-            i["name"] for i in request(agent, "GET", "/configuration")[1]["vppConfig"]["interfaces"]
-        ] == ["bad0", "loop0"]
-    finally:
-        sim.terminate()
-        sim.wait(10)
+def test_pushed_intent_survives_an_agent_restart_with_zero_writes(
+    agent: AgentProcess, vppsim: SimProcess
+) -> None:
+    on_simulator(agent, vppsim)
+    agent.start()
+    request(agent, "PUT", "/configuration?wait=10", DOC.encode())
+    assert agent.stop() == 0
+    vppsim.post("/counters/reset")
+    agent.start()
+    wait_for(lambda: agent.status()["agent"]["in_sync"], what="in sync after the restart")
+    assert vppsim.writes() == {}
+    doc = request(agent, "GET", "/configuration")[1]
+    assert [i["name"] for i in doc["vppConfig"]["interfaces"]] == ["bad0", "loop0"]
 
 
 def test_wait_deadline_is_reported_and_a_push_during_a_round_is_applied_after_it(
-    agent: AgentProcess,
+    agent: AgentProcess, vppsim: SimProcess
 ) -> None:
     """VPP made slow: a push whose wait runs out is answered 504 with every key PENDING
     (never success); a push made while a round runs is held and applied after it."""
-    sock = agent.data_dir.parent / "vpp.sock"
-    admin = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "datasync.agent.cli", "vppsim", "--socket", str(sock)]
-    sim = subprocess.Popen([*cmd, "--http", admin], stderr=subprocess.PIPE, text=True)
-    try:
-        err = sim.stderr
-        assert err is not None
-        wait_for(lambda: "listening on" in err.readline(), what="the simulator")
-        config = agent.data_dir.parent / "agent.toml"
-        config.write_text(f'[vpp]\nconnect = "socket"\nsocket = "{sock}"\ntimeout = 30\n')
-        agent.args = ["--config", str(config)]
-        agent.start()
-        agent.wait_in_sync()
-
-        def latency(seconds: float) -> None:
-            body = json.dumps({"seconds": seconds}).encode()
-            url = f"http://{admin}/fault/latency"
-            subprocess.run(["curl", "-s", "-X", "POST", "--data-binary", body, url], check=True)
-
-        latency(0.5)
-        one = b"vppConfig:\n  interfaces:\n    - {name: slow0, type: SOFTWARE_LOOPBACK}\n"
-        code, reply = request(agent, "PUT", "/configuration?wait=0.2", one)
-        assert code == 504 and not reply["complete"]
-        assert results(reply)[IF + "slow0"] == (
-            "PENDING",
-            f"not applied yet (revision {reply['revision']})",
-        )
-        agent.cli("resync")
-        wait_for(lambda: agent.status()["agent"]["round_running"], what="a round running")
-        two = b"vppConfig:\n  interfaces:\n    - {name: during0, type: SOFTWARE_LOOPBACK}\n"
-        latency(0.0)
-        code, reply = request(agent, "PUT", "/configuration?wait=30", two)
-        assert code == 200 and results(reply)[IF + "during0"][0] == "CONFIGURED", reply
-        tags = {d.tag for d in papi_dump(sock) if d.tag}
-        assert {"during0"} <= tags
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    on_simulator(agent, vppsim, "timeout = 30\n")
+    agent.start()
+    agent.wait_in_sync()
+    vppsim.post("/fault/latency", {"seconds": 0.5})
+    one = b"vppConfig:\n  interfaces:\n    - {name: slow0, type: SOFTWARE_LOOPBACK}\n"
+    code, reply = request(agent, "PUT", "/configuration?wait=0.2", one)
+    assert code == 504 and not reply["complete"]
+    pending = ("PENDING", f"not applied yet (revision {reply['revision']})")
+    assert results(reply)[IF + "slow0"] == pending
+    agent.cli("resync")
+    wait_for(lambda: agent.status()["agent"]["round_running"], what="a round running")
+    two = b"vppConfig:\n  interfaces:\n    - {name: during0, type: SOFTWARE_LOOPBACK}\n"
+    vppsim.post("/fault/latency", {"seconds": 0.0})
+    code, reply = request(agent, "PUT", "/configuration?wait=30", two)
+    assert code == 200 and results(reply)[IF + "during0"][0] == "CONFIGURED", reply
+    assert "during0" in {d.tag for d in papi_dump(Path(vppsim.path)) if d.tag}
