@@ -346,9 +346,14 @@ class VppPlugin(Generic[M]):
             self.states.set(key, KeyState.INVALID, exc.reason)
             log.warning("%s: %s", self.name, exc)
 
-    def is_invalid(self, key: str) -> bool:
-        status = self.states.get(key)
-        return status is not None and status.state is KeyState.INVALID and key in self.values
+    def deleted(self, key: str) -> bool:
+        """For a key without a valid desired value: True when it was deleted from the store
+        (its object goes; its state is dropped), False when its value is invalid (VPP
+        keeps what it has for it)."""
+        if key in self.values:
+            return False
+        self.states.remove(key)
+        return True
 
     def settled(self, key: str) -> bool:
         """A FAILED key whose value did not change since: no VPP call for it."""

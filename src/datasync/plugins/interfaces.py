@@ -197,10 +197,7 @@ class InterfacePlugin(VppPlugin[Interface]):
             name = self.name_of(key)
             m = self.desired.get(key)
             if m is None:
-                if key in self.values:
-                    continue  # invalid: what VPP has for it stays as it is
-                self.states.remove(key)
-                if name in self.have:
+                if self.deleted(key) and name in self.have:
                     deletes[name] = key
                 continue
             if self.settled(key):

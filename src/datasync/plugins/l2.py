@@ -105,10 +105,7 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
             name = self.name_of(key)
             m = self.desired.get(key)
             if m is None:
-                if key in self.values:
-                    continue  # invalid: VPP keeps what it has
-                self.states.remove(key)
-                if name in self.have:
+                if self.deleted(key) and name in self.have:
                     deletes[name] = key
                 continue
             if self.settled(key):

@@ -91,10 +91,7 @@ class VrfPlugin(VppPlugin[VrfTable]):
         for key in keys:
             m = self.desired.get(key)
             if m is None:
-                if key in self.values:
-                    continue
-                self.states.remove(key)
-                if key in self.ledger:
+                if self.deleted(key) and key in self.ledger:
                     deletes[key] = _vrf_ident(self.ledger[key])
                 continue
             ident = (m.id, m.protocol is VrfProtocol.IPV6)
@@ -338,11 +335,9 @@ class RoutePlugin(VppPlugin[Route]):
             m = self.desired.get(key)
             old = self._old_ident(key)
             if m is None:
-                if key in self.values:
-                    continue
-                self.states.remove(key)
-                self._remove(removes, key, old)
-                gone.append(key)
+                if self.deleted(key):
+                    self._remove(removes, key, old)
+                    gone.append(key)
                 continue
             if self.settled(key):
                 continue
