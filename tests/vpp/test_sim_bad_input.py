@@ -12,6 +12,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from datasync.vpp.client import VppClient
 from datasync.vpp.sim import Simulator
@@ -182,3 +184,63 @@ async def test_vppsim_on_a_path_that_is_not_a_socket_exits_2_in_one_line(sock_pa
     assert len(lines) == 1 and "not a socket" in lines[0] and "Traceback" not in lines[0]
     with open(sock_path) as f:  # noqa: ASYNC230
         assert f.read() == "precious"
+
+
+# -- the frame parser, fuzzed ----------------------------------------------------------
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _parser() -> tuple[Any, list[bytes], _FakeTransport]:
+    from datasync.vpp.sim.server import _Connection
+
+    conn = _Connection(Simulator())
+    got: list[bytes] = []
+    conn.bodies_received = got.extend  # type: ignore[method-assign]
+    transport = _FakeTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    return conn, got, transport
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bodies=st.lists(st.binary(max_size=300), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=7000), max_size=12),
+    garbage=st.binary(max_size=40),
+)
+def test_frames_split_anywhere_come_out_whole_and_in_order(
+    bodies: list[bytes], cuts: list[int], garbage: bytes
+) -> None:
+    """Any framing split into any chunks yields the bodies in order; whatever follows
+    (a partial frame, or a header over the limit) is buffered within bounds or closes."""
+    stream = b"".join(struct.pack(">QII", 0, len(b), 0) + b for b in bodies) + garbage
+    conn, got, transport = _parser()
+    last = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        conn.data_received(stream[last:cut])
+        last = cut
+        assert len(conn.buf) <= MAX_FRAME + 16
+    assert got[: len(bodies)] == bodies
+    tail_len = int.from_bytes(garbage[8:12], "big") if len(garbage) >= 16 else 0
+    if tail_len > MAX_FRAME:
+        assert transport.closed and not conn.buf
+    else:
+        assert not transport.closed

@@ -151,27 +151,30 @@ class _Connection(asyncio.Protocol):
         bodies = []
         pos = 0
         end = len(buf)
+        too_large = 0
         while end - pos >= _HDR_LEN:
             length = int.from_bytes(buf[pos + 8 : pos + 12], "big")
             if length > MAX_FRAME:
-                # the client's limit: garbage, not a frame to wait (and buffer) for
-                self.sim.stats["frames_too_large"] += 1
-                log.warning(
-                    "sim: frame of %d bytes exceeds %d: connection closed", length, MAX_FRAME
-                )
-                buf.clear()
-                self.closing = True
-                if self.transport is not None:
-                    self.transport.close()
-                return
+                too_large = length  # the client's limit: garbage, not a frame to wait for
+                break
             if end - pos - _HDR_LEN < length:
                 break
             bodies.append(bytes(buf[pos + _HDR_LEN : pos + _HDR_LEN + length]))
             pos += _HDR_LEN + length
-        if pos:
+        if too_large:
+            buf.clear()
+        elif pos:
             del buf[:pos]
         if bodies:
-            self.bodies_received(bodies)
+            self.bodies_received(bodies)  # the frames before a bad header, in order
+        if too_large:
+            self.sim.stats["frames_too_large"] += 1
+            log.warning(
+                "sim: frame of %d bytes exceeds %d: connection closed", too_large, MAX_FRAME
+            )
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
 
     def bodies_received(self, bodies: list[bytes]) -> None:
         sim = self.sim
