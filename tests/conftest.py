@@ -76,13 +76,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by the service they need, so ``-m "not etcd and not kafka"`` works."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by the service they need, so ``-m "not etcd and not kafka"`` works; leave
+    ``slow`` tests out unless the ``-m`` expression names them (``-m slow``) or
+    ``DATASYNC_TEST_SLOW=1`` is set."""
     for item in items:
         parts = item.path.parts
         for service in ("etcd", "kafka"):
             if service in parts[-2:-1]:
                 item.add_marker(getattr(pytest.mark, service))
+    if "slow" in (config.option.markexpr or "") or os.environ.get("DATASYNC_TEST_SLOW"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
