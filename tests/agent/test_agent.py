@@ -266,3 +266,17 @@ def test_a_watched_file_source_drives_vpp(agent: AgentProcess) -> None:
     wait_for(lambda: agent.status()["sources"]["file"]["state"] == "STALLED", what="stalled")
     assert str(doc) in agent.status()["sources"]["file"]["error"]
     assert "loop0" in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}
+
+
+def test_a_data_dir_that_is_a_file_or_a_garbage_store_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = datasync("agent", "--data-dir", str(afile), "--http", "")
+    assert out.returncode == 2 and "not a directory" in out.stderr
+    assert "Traceback" not in out.stderr
+    garbage = tmp_path / "d"
+    garbage.mkdir()
+    (garbage / "store.db").write_bytes(b"this is not a database" * 100)
+    out = datasync("agent", "--data-dir", str(garbage), "--http", "")
+    assert out.returncode == 1 and "cannot start" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1

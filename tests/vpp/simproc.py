@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.etcd.etcdserver import free_port
@@ -56,16 +58,19 @@ def simulator_process(admin: bool = False) -> Iterator[SimProcess]:
     address = f"127.0.0.1:{free_port()}" if admin else None
     if address is not None:
         cmd += ["--http", address]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    log = open(os.path.join(tmp, "vppsim.log"), "w+")  # noqa: SIM115 - the child writes it
+    # a file, not a pipe: nobody reads the simulator's log after start-up, and a full
+    # pipe would block it
+    proc = subprocess.Popen(cmd, stderr=log, text=True)
     try:
-        assert proc.stderr is not None
-        while True:  # the admin line may come first; the socket line says it is ready
-            line = proc.stderr.readline()
-            assert line, "the simulator exited before listening"
-            if "listening on" in line:
-                break
+        deadline = time.monotonic() + 30
+        while "listening on" not in Path(log.name).read_text():
+            assert proc.poll() is None, "the simulator exited before listening"
+            assert time.monotonic() < deadline, "the simulator did not start"
+            time.sleep(0.02)
         yield SimProcess(path, address, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+        log.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -321,6 +321,8 @@ class Agent:
 
 
 def _private_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigFileError(f"agent.data_dir: {path} exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
 
@@ -373,6 +375,12 @@ async def run_agent(
     except ConfigError as exc:
         print(f"datasync agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except DatasyncError as exc:  # a store that is not one, a port in use...
+        print(f"datasync agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"datasync agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         return await agent.run_until_stopped()
     finally:

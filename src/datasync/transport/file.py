@@ -121,14 +121,29 @@ class FileSource(StateReporter):
                 return p.suffix in _SUFFIXES and p.parent.resolve() == target
             return p.resolve() == target
 
-        # yield_on_timeout: the first (empty) yield says the watcher is up
+        # yield_on_timeout: the first (empty) yield says the watcher is up, and every
+        # later one lets the files' stat be compared: an event lost (a loaded machine,
+        # a file system without inotify) is found within a rust_timeout
+        seen = self._signature()
         async for changes in awatch(folder, watch_filter=ours, stop_event=self._stop,
                                     debounce=50, step=20, rust_timeout=200,
                                     yield_on_timeout=True):  # fmt: skip
             if not self._ready.is_set():
                 self._ready.set()
-            if changes:
+            now = self._signature()
+            if changes or now != seen:
+                seen = now
                 await self._load()
+
+    def _signature(self) -> list[tuple[str, int, int, int]]:
+        out = []
+        for f in self._files() if self.path.exists() else []:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            out.append((str(f), st.st_mtime_ns, st.st_size, st.st_ino))
+        return out
 
     async def _ensure_started(self) -> None:
         if self._started:
@@ -136,7 +151,7 @@ class FileSource(StateReporter):
         self._started = True
         self._task = asyncio.get_running_loop().create_task(self._follow())
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(30):
                 await self._ready.wait()
         # read once the watcher is up, so an edit made before it was is not missed
         await self._load()
