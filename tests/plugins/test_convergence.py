@@ -230,7 +230,7 @@ async def test_plan_lists_exactly_what_the_downstream_resync_then_does(agent: Ag
     planned: dict[str, int] = {}
     for call in plan:
         planned[call.msg] = planned.get(call.msg, 0) + 1
-    assert planned["create_loopback"] == 1
+    assert planned["create_loopback_instance"] == 1
     assert planned["sw_interface_add_del_address"] == 2  # loop1's back, bvi0's extra out
     await agent.plugins.reapply()
     done = {

@@ -10,6 +10,7 @@ for that VRF table; when a table goes away the plugin unbinds its interfaces fir
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,12 @@ class InterfacePlugin(VppPlugin[Interface]):
         self.sockets: dict[str, int] = {"": 0}
         #: the parsed addresses of every desired key (parsed once, when validated)
         self.addresses: dict[str, list[IPInterface]] = {}
+        #: loopback instances VPP has (anyone's); names adopted untagged (tag them)
+        self.loop_instances: set[int] = set()
+        self.untagged: set[str] = set()
+        #: name -> loopback instance, written before the create: a crash between the
+        #: create and the tag leaves an untagged loopback the next agent can attribute
+        self.creating = ctx.ledger.of(self.name + ".creating")
         self.follow(ctx.vrfs, self._vrf_event)
 
     # -- values ------------------------------------------------------------------------
@@ -141,9 +148,23 @@ class InterfacePlugin(VppPlugin[Interface]):
         }
         memifs = {int(d.sw_if_index): d for d in await c.dump("memif_dump")}
         have: dict[str, VppInterface] = {}
+        instances: set[int] = set()
+        pending = {int(i): n for n, i in self.creating.items()}
+        self.untagged = set()
         for d in details:
             index = int(d.sw_if_index)
+            instance = _loop_instance(d)
+            if instance is not None:
+                instances.add(instance)
             if not d.tag:
+                name = pending.get(instance) if instance is not None else None
+                if name is None or name in have:
+                    continue  # not the agent's (local0, an operator's)
+                self.untagged.add(name)  # made by an agent that died before tagging it
+                up = bool(int(d.flags) & ADMIN_UP)
+                mac, mtu = bytes(d.l2_address), int(d.mtu[0])
+                have[name] = VppInterface(index, IfType.SOFTWARE_LOOPBACK, up, mac, mtu)
+                log.info("interfaces: adopted untagged loopback %s (instance %d)", name, instance)
                 continue
             link: tuple[Any, ...] = ()
             if index in taps:
@@ -173,6 +194,11 @@ class InterfacePlugin(VppPlugin[Interface]):
             if int(reply.retval) == 0:
                 ifaces[n // 2].vrf[n % 2] = int(reply.vrf_id)
         self.have = have
+        self.loop_instances = instances
+        for name, inst in list(self.creating.items()):
+            if int(inst) not in instances:  # the create never happened
+                self.ctx.ledger.discard(self.name + ".creating", name)
+        self.ctx.ledger.save()
         await self._sync_idx()
 
     async def _sync_idx(self) -> None:
@@ -274,10 +300,19 @@ class InterfacePlugin(VppPlugin[Interface]):
                     )  # fmt: skip
         failed |= await self.send(socket_calls)
 
-        # 2. create what is missing
+        # 2. create what is missing (a loopback's instance is in the ledger first)
         created: set[str] = set()
         exists: list[str] = []
         calls = []
+        taken = self.loop_instances | {int(i) for i in self.creating.values()}
+        for key, m in alive():
+            name = names[key]
+            if name in self.have or m.type is not IfType.SOFTWARE_LOOPBACK:
+                continue
+            instance = next(i for i in itertools.count() if i not in taken)
+            taken.add(instance)
+            self.ctx.ledger.put(self.name + ".creating", name, str(instance))
+        self.ctx.ledger.save()
         for key, m in alive():
             name = names[key]
             if name in self.have:
@@ -294,7 +329,7 @@ class InterfacePlugin(VppPlugin[Interface]):
         calls = []
         for key, m in alive():
             name = names[key]
-            if name in created and m.type is not IfType.TAP:
+            if (name in created or name in self.untagged) and m.type is not IfType.TAP:
                 calls.append(
                     Call(key, "sw_interface_tag_add_del",
                          {"is_add": True, "sw_if_index": self.have[name].sw_if_index, "tag": name},
@@ -309,6 +344,10 @@ class InterfacePlugin(VppPlugin[Interface]):
                 for k in tag_failed
             ])  # fmt: skip
         failed |= tag_failed
+        for key, _m in alive():
+            self.untagged.discard(names[key])
+            self.ctx.ledger.discard(self.name + ".creating", names[key])
+        self.ctx.ledger.save()
         for key, _m in alive():
             name = names[key]
             entry = self.idx.lookup(name)
@@ -442,8 +481,10 @@ class InterfacePlugin(VppPlugin[Interface]):
         def made(r: Any) -> None:
             link = self._link(m)
             self.have[name] = VppInterface(int(r.sw_if_index), m.type, mac=mac, mtu=0, link=link)
-            if m.type is IfType.SOFTWARE_LOOPBACK and not mac:
-                self.have[name].mac = b""  # VPP picks one: never compared (no phys_address)
+            if m.type is IfType.SOFTWARE_LOOPBACK:
+                self.loop_instances.add(int(self.creating[name]))  # taken now
+                if not mac:
+                    self.have[name].mac = b""  # VPP picks one: never compared
             created.add(name)
             log.info("interfaces: created %s (sw_if_index %d)", name, int(r.sw_if_index))
 
@@ -478,14 +519,9 @@ class InterfacePlugin(VppPlugin[Interface]):
                     tx_queues=memif.tx_queues,
                 )
             return Call(key, "memif_create_v2", fields, "create", "create the memif", made)
-        return Call(
-            key,
-            "create_loopback",
-            {"mac_address": mac or bytes(6)},
-            "create",
-            "create the loopback",
-            made,
-        )
+        instance = int(self.creating[name])
+        fields = {"mac_address": mac or bytes(6), "is_specified": True, "user_instance": instance}
+        return Call(key, "create_loopback_instance", fields, "create", "create the loopback", made)
 
     def _address_call(self, key: str, h: VppInterface, addr: IPInterface, add: bool) -> Call:
         def done(_r: Any) -> None:
@@ -545,6 +581,14 @@ class InterfacePlugin(VppPlugin[Interface]):
                 missing = self._missing_vrfs(m)
                 self.pending(key, missing, f"waiting for VRF table {', '.join(missing)}")
         log.info("interfaces: unbound %d interface(s) from VRF %s", len(bound), ev.name)
+
+
+def _loop_instance(d: Any) -> int | None:
+    """A loopback's instance (VPP names it loop<N>), or None for other interfaces."""
+    if d.interface_dev_type != LOOPBACK_DEV_TYPE:
+        return None
+    text = str(d.interface_name).removeprefix("loop")
+    return int(text) if text.isdigit() else None
 
 
 _DELETE = {
