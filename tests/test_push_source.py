@@ -58,7 +58,7 @@ async def test_replace_deletes_only_its_kinds_not_in_the_push(src: PushSource) -
     reply = await src.push({IF + "a": b"1"}, replace=True)
     assert {(r.key, r.state) for r in reply.results} == {
         (IF + "a", "PENDING"),
-        (IF + "b", "PENDING"),
+        (IF + "b", "DELETED"),
     }
     assert set(await src.content()) == {IF + "a"}
     snap = await src.snapshot(["/other/"])
