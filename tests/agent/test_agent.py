@@ -47,8 +47,8 @@ def test_converges_from_the_example_document_and_stops_on_sigterm(agent: AgentPr
     assert "datasync_in_sync 1.0" in metrics
     assert 'datasync_buffered_changes{source="local"} 0.0' in metrics
     assert 'datasync_filtered_changes_total{source="local"}' in metrics
-    assert 'datasync_vpp_batch_seconds_count{message="create_loopback"}' in metrics
-    assert 'datasync_vpp_plugin_requests_total{message="create_loopback"} 2.0' in metrics
+    assert 'datasync_vpp_batch_seconds_count{message="create_loopback_instance"}' in metrics
+    assert 'datasync_vpp_plugin_requests_total{message="create_loopback_instance"} 2.0' in metrics
     assert agent.stop(signal.SIGTERM) == 0
 
 
@@ -215,8 +215,9 @@ def test_plan_lists_what_a_downstream_resync_then_repairs(agent: AgentProcess) -
     finally:
         vpp.disconnect()
     plan = json.loads(agent.cli("plan", "--json").stdout)
-    assert {c["message"] for c in plan} >= {"create_loopback", "sw_interface_add_del_address"}
-    assert {c["key"] for c in plan if c["message"] == "create_loopback"} == {IF + "loop0"}
+    made = "create_loopback_instance"
+    assert {c["message"] for c in plan} >= {made, "sw_interface_add_del_address"}
+    assert {c["key"] for c in plan if c["message"] == made} == {IF + "loop0"}
     assert "loop0" not in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}
     agent.cli("resync", "--downstream")
     assert "loop0" in {d.tag for d in papi_dump(agent.data_dir / "vpp-api.sock")}

@@ -146,6 +146,8 @@ class _Connection(asyncio.Protocol):
             self.shm = self.shm_segment = None
 
     def data_received(self, data: bytes) -> None:
+        if self.closing and not self.buf:
+            return  # closed for a bad frame: what the peer still sends is dropped
         buf = self.buf
         buf += data
         bodies = []
