@@ -502,7 +502,8 @@ class VppPlugin(Generic[M]):
     # -- IDX ---------------------------------------------------------------------------
 
     def follow(self, idx: NameToIndex, handler: Callable[[IdxEvent], Awaitable[None]]) -> None:
-        """Handle ``idx``'s events one at a time under the plugin's lock; every event is
+        """Handle ``idx``'s events one at a time under the plugin's lock (a put applies the
+        keys waiting for it; ``handler`` gets the deletes); every event is
         acknowledged (with the handler's error, if any) so the owner never waits for long."""
         sub = idx.watch(self.name)
 
@@ -514,7 +515,12 @@ class VppPlugin(Generic[M]):
                         continue
                     try:
                         async with self._lock:
-                            await handler(ev)
+                            if ev.op is Op.PUT:  # a dependency exists now: its waiters go
+                                keys = self.waiting_for(ev.name)
+                                if keys:
+                                    await self.apply(keys, full=False)
+                            else:
+                                await handler(ev)
                     except Exception as exc:
                         log.warning(
                             "%s: IDX %s of %s failed: %s", self.name, ev.op.name, ev.name, exc

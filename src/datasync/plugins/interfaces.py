@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import Op
 from ..idx import IdxEvent
 from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_name, vrf_table
 from .models import IF_PREFIX, IfType, Interface, IPInterface, check_interface, decode, parse_mac
@@ -542,11 +541,6 @@ class InterfacePlugin(VppPlugin[Interface]):
     # -- VRF tables coming and going -----------------------------------------------------
 
     async def _vrf_event(self, ev: IdxEvent) -> None:
-        if ev.op is Op.PUT:
-            keys = self.waiting_for(ev.name)
-            if keys:
-                await self.apply(keys, full=False)
-            return
         await self.ensure_read()
         v6 = ev.name.startswith("IPV6/")
         table = vrf_table(ev.index)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import Op
 from ..idx import IdxEvent
 from .base import U32_MAX, Call, VppContext, VppPlugin
 from .models import BD_PREFIX, BridgeDomain, check_bridge_domain, decode
@@ -239,11 +238,6 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
                 self.configured(key)
 
     async def _interface_event(self, ev: IdxEvent) -> None:
-        if ev.op is Op.PUT:
-            keys = self.waiting_for(ev.name)
-            if keys:
-                await self.apply(keys, full=False)
-            return
         await self.ensure_read()
         calls = []
         affected = []

@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 
-from ..api import Op
 from ..errors import InvalidValueError
 from ..idx import IdxEvent
 from .base import U32_MAX, Call, VppContext, VppPlugin, vrf_index, vrf_name, vrf_table
@@ -381,11 +380,6 @@ class RoutePlugin(VppPlugin[Route]):
                 self.configured(key)
 
     async def _dependency_event(self, ev: IdxEvent) -> None:
-        if ev.op is Op.PUT:
-            keys = self.waiting_for(ev.name)
-            if keys:
-                await self.apply(keys, full=False)
-            return
         await self.ensure_read()
         if "/" in ev.name:  # a VRF table (interface names have no '/')
             is6, table = ev.name.startswith("IPV6/"), vrf_table(ev.index)
