@@ -8,10 +8,11 @@ names the dependency it waits for. The agent's status, CLI and metrics read them
 from __future__ import annotations
 
 import enum
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+
+from ..backoff import Backoff
 
 __all__ = ["KeyState", "KeyStates", "KeyStatus", "RetryPolicy", "StateRegistry"]
 
@@ -164,18 +165,5 @@ class StateRegistry:
         return {name: s.counts() for name, s in self._plugins.items()}
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Per-key backoff for retriable VPP errors: ``initial * multiplier^(n-1)`` capped at
-    ``maximum``, scaled by a random factor in ``[1 - jitter, 1]``."""
-
-    initial: float = 1.0
-    multiplier: float = 2.0
-    maximum: float = 60.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        exp = min(max(attempt - 1, 0), 64)  # bounded: no float overflow after many attempts
-        base = min(self.maximum, self.initial * self.multiplier**exp)
-        r = (rng or random).random()
-        return base * (1 - self.jitter * r)
+#: Per-key backoff for retriable VPP errors (the package's one ``Backoff``).
+RetryPolicy = Backoff
