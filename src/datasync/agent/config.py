@@ -37,6 +37,9 @@ class AgentSection(Section):
     data_dir: str = ".datasync"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    #: for fault tests only: the HTTP API serves /test/failpoints (set, list, release);
+    #: never turn it on in production (any HTTP client could then stop the agent)
+    test_mode: bool = False
 
 
 class HttpSection(Section):

@@ -4,6 +4,11 @@
 the reason), ``GET /status``, ``POST /resync``, ``GET /metrics``, ``GET /idx``,
 ``GET /history``, and the embedded store under ``/v1/kv``: ``GET /v1/kv?prefix=P``,
 ``GET|PUT|DELETE /v1/kv/<key>`` (the key is the rest of the path, leading ``/`` kept).
+With ``agent.test_mode`` on (fault tests only) the failpoints of
+:mod:`datasync.testing.failpoints` are served too: ``GET /test/failpoints`` (hit counts),
+``PUT /test/failpoints/<name>`` (body: an action such as ``pause`` or ``2*raise(OSError)``),
+``DELETE /test/failpoints[/<name>]`` (off, paused hits released) and
+``POST /test/failpoints/<name>/release``; without it those paths are 404.
 Request bodies are limited (``http.max_body_bytes``); listeners are on loopback unless
 configured otherwise.
 """
@@ -23,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ..errors import DatasyncError, InvalidKeyError, InvalidValueError
 from ..plugins import KeyState
 from ..resync import RoundFinished, RoundStarted
+from ..testing import failpoints
 from .config import parse_hostport
 
 if TYPE_CHECKING:
@@ -218,6 +224,14 @@ class HttpApi:
             web.put("/v1/kv/{key:.+}", self.kv_put),
             web.delete("/v1/kv/{key:.+}", self.kv_delete),
         ])  # fmt: skip
+        if agent.config.agent.test_mode:
+            self.app.add_routes([
+                web.get("/test/failpoints", self.failpoints_get),
+                web.put("/test/failpoints/{name}", self.failpoint_put),
+                web.delete("/test/failpoints", self.failpoint_delete),
+                web.delete("/test/failpoints/{name}", self.failpoint_delete),
+                web.post("/test/failpoints/{name}/release", self.failpoint_release),
+            ])  # fmt: skip
         self._runner: web.AppRunner | None = None
         agent.orch.add_listener(self._on_event)
         for states in agent.plugins.states.plugins().values():
@@ -311,6 +325,30 @@ class HttpApi:
             )
         self.agent.orch.request_resync("requested over HTTP")
         return web.json_response({"requested": "full", "rounds_before": before}, status=202)
+
+    # -- failpoints (agent.test_mode only) ------------------------------------------------
+
+    async def failpoints_get(self, _req: web.Request) -> web.Response:
+        return web.json_response({"enabled": failpoints.ENABLED, "hits": failpoints.hits()})
+
+    async def failpoint_put(self, req: web.Request) -> web.Response:
+        name = req.match_info["name"]
+        action = (await req.text()).strip()
+        try:
+            failpoints.enable(name, action)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc), "failpoint": name}, status=400)
+        return web.json_response({"failpoint": name, "action": action})
+
+    async def failpoint_delete(self, req: web.Request) -> web.Response:
+        name = req.match_info.get("name")
+        failpoints.disable(name)
+        return web.json_response({"failpoint": name or "*", "action": "off"})
+
+    async def failpoint_release(self, req: web.Request) -> web.Response:
+        name = req.match_info["name"]
+        failpoints.release(name)
+        return web.json_response({"failpoint": name, "released": True})
 
     async def metrics_text(self, _req: web.Request) -> web.Response:
         return web.Response(
