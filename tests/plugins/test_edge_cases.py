@@ -168,3 +168,14 @@ async def test_addresses_that_can_never_be_configured_are_invalid(
 def test_the_plugins_must_be_made_inside_the_running_loop() -> None:
     with pytest.raises(RuntimeError, match="inside the running event loop"):
         VppPlugins(VppClient("/nonexistent"), "t")
+
+
+async def test_a_label_with_nul_is_invalid_and_a_resync_writes_nothing(agent: Agent) -> None:
+    # VPP's strings end at NUL (keys cannot hold one; a table's label can)
+    await start(agent, loop("ok0"), vrf(7, label="x\x00y"), vrf(8, label="fine"))
+    key = vrf(7)[0]
+    assert not_configured(agent) == {key: (KeyState.INVALID, "field label: must not contain NUL")}
+    before = agent.writes()
+    agent.orch.request_resync("test")
+    await agent.settle()
+    assert agent.writes() == before

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._extensions import implementation
 from ..api import Source
 from ..errors import ConfigError, DatasyncError, EscalationError
 from ..plugins import KeyState, RetryPolicy, VppPlugins
@@ -146,12 +147,13 @@ class Agent:
         self._cleanup.push_async_callback(self.orch.stop)
         await self.orch.start()
         log.info(
-            "agent %s started: sources %s, VPP %s (%s), HTTP %s",
+            "agent %s started: sources %s, VPP %s (%s), HTTP %s; hot path %s",
             self.label,
             ", ".join(s.name for s in self.sources),
             path,
             v.connect,
             c.http.listen or "off",
+            ", ".join(f"{k} {v}" for k, v in sorted(implementation().items())),
         )
 
     async def stop(self) -> None:

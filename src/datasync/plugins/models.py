@@ -311,6 +311,8 @@ def check_name(key: str, name: str, what: str = "name") -> None:
         raise InvalidValueError(key, f"field {what}: longer than {TAG_MAX_BYTES} bytes")
     if "/" in name:
         raise InvalidValueError(key, f"field {what}: must not contain '/'")
+    if "\x00" in name:  # VPP's strings end at NUL: the tag read back would not match
+        raise InvalidValueError(key, f"field {what}: must not contain NUL")
 
 
 def parse_mac(key: str, text: str, field: str) -> bytes:
@@ -498,6 +500,8 @@ def check_route(key: str, name: str, m: Route) -> RouteSpec:
 def check_vrf(key: str, name: str, m: VrfTable) -> None:
     if len(m.label.encode()) > TAG_MAX_BYTES:
         raise InvalidValueError(key, f"field label: longer than {TAG_MAX_BYTES} bytes")
+    if "\x00" in m.label:
+        raise InvalidValueError(key, "field label: must not contain NUL")
     _check_derived(key, name, vrf_key(m))
 
 
