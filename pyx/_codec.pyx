@@ -108,7 +108,6 @@ from _codec cimport (
     PyLong_Check,
     PyLong_FromLongLong,
     PyLong_FromUnsignedLongLong,
-    PyObject_IsTrue,
     PyTuple_Check,
     PyTuple_CheckExact,
     PyTuple_SET_ITEM,
@@ -127,7 +126,13 @@ from collections.abc import Mapping
 from datasync.vpp import _codec_plan as _plan
 from datasync.vpp._codec_plan import DECODERS as _DECODERS
 from datasync.vpp._codec_plan import INT_RANGE as _INT_RANGE
-from datasync.vpp._codec_plan import FieldError, MacAddress, check_names, is_record
+from datasync.vpp._codec_plan import (
+    FieldError,
+    MacAddress,
+    check_names,
+    check_prefix_len,
+    is_record,
+)
 from datasync.vpp._codec_py import _encode_int as _py_encode_int
 from datasync.vpp._codec_py import _encode_op as _py_encode_op
 from datasync.vpp._codec_py import _encode_vla as _py_encode_vla
@@ -563,7 +568,10 @@ cdef inline long long _enc_int(COp* op, object v, WBuf* w) except? -1:
             return 0
         v = <object>op.dflt
     if op.kind == K_BOOL:
-        x = 1 if PyObject_IsTrue(v) else 0
+        # True / False, and the exact ints 0 and 1; the twin takes (or rejects) the rest
+        x = ds_bool_value(<PyObject*>v)
+        if x < 0 and not ds_int_in(<PyObject*>v, 0, 1, &x):
+            return _slow_int(op, v, w)
         _reserve(w, 1)
         w.data[w.len] = <char>x
         w.len += 1
@@ -644,18 +652,18 @@ cdef Py_ssize_t _conv_text(int conv, Py_ssize_t size, const char* s, Py_ssize_t 
         if s[i] < 48 or s[i] > 57:
             return 0
         plen = plen * 10 + (s[i] - 48)
-    if plen > 255:
+    if plen > 128:
         return 0
     if conv == C_PREFIX or conv == C_AWP:
         af = _pton(s, alen, out + 1)
-        if af < 0:
-            return 0
+        if af < 0 or (af == 0 and plen > 32):
+            return 0  # the twin raises the error of a length decoding would reject
         out[0] = <char>af
         out[17] = <char>plen
         return 18
     want = 0 if conv == C_IP4_PREFIX or conv == C_IP4_AWP else 1
     af = _pton(s, alen, out)
-    if af != want:
+    if af != want or (af == 0 and plen > 32):
         return 0
     i = 4 if want == 0 else 16
     out[i] = <char>plen
@@ -694,6 +702,8 @@ cdef int _conv_obj(COp* op, object v, WBuf* w) except -1:
         out[0] = <char>af
         _ip_bytes(v, af, out + 1)
         return _append(w, out, 17) + 1
+    if conv < C_PREFIX or conv > C_IP6_AWP:
+        return 0  # a MAC (or another conversion) is never an ipaddress network
     if t is _V4N or t is _V6N:
         af = 0 if t is _V4N else 1
         addr = getattr(v, _S_NETWORK_ADDRESS)
@@ -705,7 +715,7 @@ cdef int _conv_obj(COp* op, object v, WBuf* w) except -1:
     else:
         return 0
     plen = getattr(v, _S_PREFIXLEN)
-    if plen < 0 or plen > 255:
+    if plen < 0 or plen > (32 if af == 0 else 128):
         return 0
     if conv == C_PREFIX or conv == C_AWP:
         out[0] = <char>af
@@ -717,6 +727,19 @@ cdef int _conv_obj(COp* op, object v, WBuf* w) except -1:
     _ip_bytes(addr, af, out)
     out[op.size - 1] = <char>plen
     return _append(w, out, op.size) + 1
+
+
+cdef bint _plen_ok(int conv, const char* p, Py_ssize_t n) noexcept:
+    """False when the wire bytes of a prefix (given as a mapping) hold a length decoding
+    would reject; _codec_plan.check_prefix_len then raises the error."""
+    cdef const unsigned char* b = <const unsigned char*>p
+    if conv == C_PREFIX or conv == C_AWP:
+        return n < 18 or b[0] > 1 or b[17] <= (32 if b[0] == 0 else 128)
+    if conv == C_IP4_PREFIX or conv == C_IP4_AWP:
+        return n < 5 or b[4] <= 32
+    if conv == C_IP6_PREFIX or conv == C_IP6_AWP:
+        return n < 17 or b[16] <= 128
+    return True
 
 
 cdef int _conv_or_slow(COp* op, object v, WBuf* w) except -1:
@@ -787,7 +810,11 @@ cdef int _enc_op(COp* op, object v, WBuf* w) except -1:
         ):
             return 0
         if v is None or PyDict_CheckExact(v) or (PyTuple_Check(v) and is_record(v)):
-            return _enc_struct(<_Layout>op.sub, v, w, 0)
+            start = w.len
+            _enc_struct(<_Layout>op.sub, v, w, 0)
+            if op.conv != C_NONE and not _plen_ok(op.conv, w.data + start, w.len - start):
+                check_prefix_len(op.conv, PyBytes_FromStringAndSize(w.data + start, w.len - start))
+            return 0
         return _conv_or_slow(op, v, w)
     if kind == K_UNION:
         return _enc_union(op, v, w)
@@ -1012,7 +1039,7 @@ cdef Py_ssize_t _enc_fast(
             ds_put_be(out, <unsigned long long>x, 8)
         elif ek == EK_BOOL:
             x = ds_bool_value(v)
-            if x < 0:
+            if x < 0 and not ds_int_in(v, 0, 1, &x):
                 break
             out[0] = <char>x
         elif ek == EK_ICNT:  # the only ints the general path reads back (_enc_vla's count)

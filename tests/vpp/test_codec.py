@@ -365,6 +365,26 @@ def _scalar(op: plan.Op) -> st.SearchStrategy[Any]:
     return st.integers(lo, hi)
 
 
+_PREFIX_CONVS = {plan.C_PREFIX, plan.C_AWP, plan.C_IP4_PREFIX, plan.C_IP4_AWP}
+_PREFIX_CONVS |= {plan.C_IP6_PREFIX, plan.C_IP6_AWP}
+
+
+def _valid_plen(conv: int, v: dict[str, Any]) -> dict[str, Any]:
+    """A prefix given as a mapping, its length brought into its family's range (encoding
+    rejects a longer one, as decoding does; test_codec_strict checks that)."""
+    if conv in (plan.C_IP4_PREFIX, plan.C_IP4_AWP):
+        top = 32
+    elif conv in (plan.C_IP6_PREFIX, plan.C_IP6_AWP):
+        top = 128
+    else:
+        addr = v["address"]
+        af = addr["af"] if isinstance(addr, dict) else (0 if addr.version == 4 else 1)
+        if af > 1:
+            return v  # an unknown family decodes to None whatever the length
+        top = 32 if af == 0 else 128
+    return {**v, "len": v["len"] % (top + 1)}
+
+
 def value_for(op: plan.Op) -> st.SearchStrategy[Any]:
     """Values vpp-papi and we both accept, for one op (every field given: see papi_defaults)."""
     k = op.kind
@@ -386,6 +406,8 @@ def value_for(op: plan.Op) -> st.SearchStrategy[Any]:
         s = struct_for(op.layout)
         if op.conv == plan.C_ADDRESS:
             return s | st.ip_addresses()
+        if op.conv in _PREFIX_CONVS:
+            return s.map(lambda v, conv=op.conv: _valid_plen(conv, v))
         return s
     if k == plan.K_UNION:
         assert op.layout is not None
@@ -518,6 +540,51 @@ def test_compiled_constants_match_plan() -> None:
 
 
 # --- compiled == twin on arbitrary (mostly invalid) input ------------------------------------
+
+
+class _IntSub(int):
+    """An int whose ``__index__`` raises: both codecs encode its int value."""
+
+    def __index__(self) -> int:
+        raise ValueError("__index__ of an int subclass is not called")
+
+    def __repr__(self) -> str:
+        return f"_IntSub({int(self)})"
+
+
+class _Index:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"_Index({self.n})"
+
+
+class _BadIndex:
+    def __index__(self) -> int:
+        raise ValueError("no number here")
+
+    def __repr__(self) -> str:
+        return "_BadIndex()"
+
+
+class _Truthy:
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "_Truthy()"
+
+
+def _iface_or_net(addr: Any, plen: int, net: bool) -> Any:
+    plen %= addr.max_prefixlen + 1
+    if net:
+        return ipaddress.ip_network((addr, plen), strict=False)
+    return ipaddress.ip_interface((addr, plen))
+
 
 _ANY = st.recursive(
     st.none()

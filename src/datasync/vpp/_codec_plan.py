@@ -13,6 +13,7 @@ import binascii
 import collections
 import datetime
 import ipaddress
+import operator
 import socket
 import struct
 import sys
@@ -426,10 +427,36 @@ def _prefix_obj(v: Any) -> tuple[int, bytes, int]:
     raise TypeError(f"expected a prefix (str, ip_network or ip_interface), got {type(v).__name__}")
 
 
-def _u8(n: int) -> bytes:
-    if not 0 <= n <= 255:
-        raise ValueError(f"prefix length {n} out of range")
+def _plen(af: int, n: int) -> bytes:
+    """The length byte of a prefix: 0-32 for IPv4, 0-128 for IPv6 (what decoding accepts)."""
+    top = 32 if af == 0 else 128
+    if not 0 <= n <= top:
+        raise ValueError(f"prefix length {n} out of range for IPv{4 if af == 0 else 6} [0, {top}]")
     return bytes((n,))
+
+
+def check_prefix_len(conv: int, b: bytes | bytearray) -> None:
+    """Raise FieldError (at ``len``) when the wire bytes of a prefix given as a mapping or a
+    record, ``{"address": ..., "len": 33}``, hold a length that decoding would reject."""
+    if conv in (C_PREFIX, C_AWP):
+        if len(b) < 18 or b[0] > 1:
+            return  # an unknown address family decodes to None whatever the length
+        af, n = b[0], b[17]
+    elif conv in (C_IP4_PREFIX, C_IP4_AWP):
+        if len(b) < 5:
+            return
+        af, n = 0, b[4]
+    elif conv in (C_IP6_PREFIX, C_IP6_AWP):
+        if len(b) < 17:
+            return
+        af, n = 1, b[16]
+    else:
+        return
+    top = 32 if af == 0 else 128
+    if n > top:
+        raise FieldError(
+            f"prefix length {n} out of range for IPv{4 if af == 0 else 6} [0, {top}]", "len"
+        )
 
 
 def conv_pack(conv: int, v: Any) -> bytes:
@@ -457,13 +484,13 @@ def conv_pack(conv: int, v: Any) -> bytes:
         return bytes((af,)) + packed + _NUL16[len(packed) :]
     if conv in (C_PREFIX, C_AWP):
         af, packed, n = _prefix_obj(v)
-        return bytes((af,)) + packed + _NUL16[len(packed) :] + _u8(n)
+        return bytes((af,)) + packed + _NUL16[len(packed) :] + _plen(af, n)
     if conv in (C_IP4_PREFIX, C_IP4_AWP, C_IP6_PREFIX, C_IP6_AWP):
         af, packed, n = _prefix_obj(v)
         want = 0 if conv in (C_IP4_PREFIX, C_IP4_AWP) else 1
         if af != want:
             raise ValueError(f"expected an IPv{4 if want == 0 else 6} prefix, got {v!r}")
-        return packed + _u8(n)
+        return packed + _plen(af, n)
     if conv in (C_TIMESTAMP, C_TIMEDELTA):
         if isinstance(v, datetime.datetime):
             secs = (v - _EPOCH).total_seconds()
@@ -602,6 +629,43 @@ def check_names(layout: Layout, keys: Any) -> None:
     for k in keys:
         if k not in layout.index or layout.index[k] < layout.skip:
             raise FieldError(f"unknown field {k!r} (fields: {', '.join(layout.names)})", str(k))
+
+
+def int_value(v: Any) -> int:
+    """The integer of an int field's value: an int by its value (a subclass's ``__index__`` is
+    not called, as ``struct`` does not call it), another object through its ``__index__``."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        if not hasattr(type(v), "__index__"):
+            raise FieldError(f"expected an integer, got {type(v).__name__}") from None
+        raise _index_error(v) from None
+    except Exception:
+        raise _index_error(v) from None
+
+
+def _index_error(v: Any) -> FieldError:
+    exc = sys.exc_info()[1]
+    return FieldError(
+        f"expected an integer, got {type(v).__name__} whose __index__ raised "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+def bool_value(v: Any) -> int:
+    """The wire value of a bool field: 1 for True, 0 for False; the ints 0 and 1 (by value,
+    as vpp-papi's users pass them) are taken too. Anything else is an error: a truthy
+    value such as ``"false"`` or ``2`` is not read as its truth value."""
+    if v is True:
+        return 1
+    if v is False:
+        return 0
+    if issubclass(type(v), int):
+        n = operator.index(v)  # an int subclass by its value, without calling its methods
+        if n == 0 or n == 1:
+            return n
+        raise FieldError(f"expected a bool (or 0 / 1), got {n}")
+    raise FieldError(f"expected a bool (or 0 / 1), got {type(v).__name__}")
 
 
 def enum_value(op: Op, v: str) -> int:

@@ -28,10 +28,13 @@ from ._codec_plan import (
     FieldError,
     Layout,
     Op,
+    bool_value,
     check_names,
+    check_prefix_len,
     conv_pack,
     conv_unpack,
     enum_value,
+    int_value,
     is_record,
 )
 from .defs import CodecError
@@ -146,15 +149,12 @@ def _encode_int(op: Op, v: Any, out: bytearray) -> int:
         v = op.default or 0
     kind = op.kind
     if kind == K_BOOL:
-        n = 1 if v else 0  # like struct's ">?": any truthy value is 1
+        n = bool_value(v)
         out.append(n)
         return n
     if isinstance(v, str):
         v = enum_value(op, v)
-    try:
-        n = v.__index__()
-    except (AttributeError, TypeError):
-        raise FieldError(f"expected an integer, got {type(v).__name__}") from None
+    n = int_value(v)
     _size, lo, hi = INT_RANGE[kind]
     if not lo <= n <= hi:
         raise FieldError(f"{n} out of range for {op.type_name} [{lo}, {hi}]")
@@ -261,7 +261,10 @@ def _encode_op(op: Op, v: Any, out: bytearray) -> None:
         if v is not None and not isinstance(v, Mapping) and not is_record(v):
             raise FieldError(f"expected a mapping for {op.type_name}, got {type(v).__name__}")
         assert op.layout is not None
+        start = len(out)
         _encode_struct(op.layout, v, out)
+        if op.conv != C_NONE:
+            check_prefix_len(op.conv, out[start:])
     elif kind == K_UNION:
         _encode_union(op, v, out)
     elif kind == K_ARRAY:
