@@ -381,6 +381,9 @@ class Stuttering:
         self.inner = inner
         self.name = inner.name
 
+    def add_state_listener(self, cb: Callable[[str, SourceState, str], None]) -> None:
+        pass  # always connected
+
     async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
         return await self.inner.snapshot(prefixes)
 
@@ -421,6 +424,9 @@ class Flaky:
         self.inner = inner
         self.name = inner.name
         self.down = False
+
+    def add_state_listener(self, cb: Callable[[str, SourceState, str], None]) -> None:
+        pass  # its snapshot fails, its connection state never changes
 
     async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
         if self.down:
@@ -468,16 +474,15 @@ async def test_compaction_during_outage_triggers_a_fresh_snapshot(
     await orch.start()
     await orch.wait_in_sync(WAIT)
     # Simulate a watch cut off and history compacted past it.
-    slot_task = orch._slot("local").watch_task
+    feed = orch._feed("local")
+    slot_task = feed.watch_task
     assert slot_task is not None
     slot_task.cancel()
     await store.put("/p/a", b"1")
     await store.put("/p/b", b"2")
     await store.delete("/p/a")
     store.compact(store.revision)
-    orch._slot("local").watch_task = asyncio.ensure_future(
-        orch._watch_source(orch._slot("local"), ["/p/"], 1)
-    )
+    feed.start_watch(["/p/"], 1)
     await events.until(lambda: len(events.rounds()) >= 2)
     await orch.wait_in_sync(WAIT)
     started = [e for e in events.items if isinstance(e, RoundStarted)]
@@ -727,7 +732,7 @@ async def test_backlog_of_old_changes_is_not_applied_after_a_newer_resync(
     for i in range(1, 6):
         await store.put("/p/a", b"%d" % i)  # revisions 1..5 queue up behind the slow one
     await store.delete("/p/a")  # revision 6
-    await eventually(lambda: orch._slot("local").seen_revision == 6)
+    await eventually(lambda: orch._feed("local").seen_revision == 6)
     orch.request_resync("operator asked")
     await events.until(lambda: any(isinstance(e, RoundStarted) and e.round == 2
                                    for e in events.items))  # fmt: skip
@@ -749,7 +754,7 @@ async def test_registering_during_a_round_waits_for_the_next_round(
     first = await anext(a.resync_events)
     late = orch.watch("late", ["/a/"])  # registers while round 1 runs
     await store.put("/a/2", b"2")  # buffered during round 1
-    await eventually(lambda: len(orch._slot("local").buffer) == 1)
+    await eventually(lambda: len(orch._feed("local").buffer) == 1)
     first.done()
     # late gets no change before its own resync, which (round 2) holds everything.
     ev = await anext(late.resync_events)
@@ -786,8 +791,7 @@ async def test_closing_a_dependency_makes_dependents_wait_not_fail(
 
 
 def test_backoff_never_overflows() -> None:
-    orch = Orchestrator([LocalStore()], ResyncConfig(backoff_max=30.0, jitter=0.0))
-    assert orch._backoff_delay(5000) == 30.0
+    assert ResyncConfig(backoff_max=30.0, jitter=0.0).backoff.delay(5000) == 30.0
     with pytest.raises(ConfigError, match="backoff_multiplier"):
         ResyncConfig(backoff_multiplier=0.5)
     with pytest.raises(ConfigError, match="anti_entropy_interval"):
@@ -842,7 +846,7 @@ async def test_expired_acks_do_not_stall_the_next_round(
     await store.put("/p/a", b"1")
     cev = await anext(reg.change_events)
     cev.ack.expire()  # as the change timeout does
-    await orch._quiesce()  # returns at once instead of waiting an hour
+    await orch._fanout.quiesce(orch._feeds)  # returns at once instead of waiting an hour
     assert cev.superseded
 
 

@@ -14,7 +14,7 @@ import asyncio
 import enum
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from .errors import ClosedError, InvalidKeyError
@@ -35,6 +35,8 @@ __all__ = [
     "Snapshot",
     "Source",
     "SourceState",
+    "SourceStats",
+    "StateListener",
     "Watcher",
     "validate_key",
     "validate_keys",
@@ -43,7 +45,8 @@ __all__ = [
 ]
 
 
-#: the largest value the plugins accept (sources deliver larger ones; validation rejects them)
+#: the largest value the plugins accept, and the sources' default threshold for counting and
+#: logging oversized values (sources deliver larger ones; validation rejects them)
 MAX_VALUE_BYTES = 1 << 20
 
 #: the longest key (and prefix) accepted, in UTF-8 bytes: vpp-agent's longest keys (routes
@@ -443,6 +446,44 @@ class Snapshot:
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class SourceStats:
+    """A source's counters, since it was made; each source counts what applies to it.
+
+    Transports add their own counters in a subclass (``EtcdSourceStats``...). ``stats[k]``
+    reads a counter by name, as ``getattr`` does; ``as_dict()`` gives them all.
+    """
+
+    #: snapshots read
+    snapshots: int = 0
+    #: changes yielded by watches
+    changes: int = 0
+    #: records skipped because their key is null, not UTF-8, not a valid key or longer than
+    #: ``MAX_KEY_BYTES`` (logged with the key); the key keeps its previous value
+    bad_key: int = 0
+    #: records skipped because their key is under no watched prefix
+    outside_prefix: int = 0
+    #: values over the source's ``max_value_bytes``: delivered, counted, logged once per key
+    oversized: int = 0
+    #: the store went back in time or was replaced (a relist follows)
+    store_resets: int = 0
+    #: watch connections lost (and resumed, or given up)
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def __getitem__(self, name: str) -> int:
+        value = getattr(self, name, None)
+        if not isinstance(value, int):
+            raise KeyError(name)
+        return value
+
+
+#: ``cb(source_name, state, reason)``: a source's connection changed state.
+StateListener = Callable[[str, "SourceState", str], None]
+
+
 class Source(Protocol):
     """A northbound store, as the orchestrator uses it.
 
@@ -451,10 +492,16 @@ class Source(Protocol):
     ``start_revision`` is gone, ``StoreResetError`` when the store went back in time,
     and ``SourceUnavailableError`` when it lost the store for good; a source that can
     resume by itself (etcd after a leader change) does so without raising.
+
+    ``add_state_listener(cb)`` registers ``cb(name, state, reason)`` for the source's
+    connection state (CONNECTED, DISCONNECTED, STALLED); a source whose connection never
+    changes (an embedded store) keeps the callback and never calls it.
     """
 
     @property
     def name(self) -> str: ...
+
+    def add_state_listener(self, cb: StateListener) -> None: ...
 
     async def snapshot(self, prefixes: Sequence[str]) -> Snapshot: ...
 

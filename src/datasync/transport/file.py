@@ -19,19 +19,29 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import Change, Snapshot, SourceState
+from ..api import Change, Snapshot, SourceState, SourceStats
 from ..errors import InvalidValueError
 from ._state import StateListener as StateListener
 from ._state import StateReporter
 from .local import LocalStore
 
-__all__ = ["FileSource"]
+__all__ = ["FileSource", "FileSourceStats"]
 
 log = logging.getLogger("datasync.file")
 
 _SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(slots=True)
+class FileSourceStats(SourceStats):
+    """``SourceStats`` and how many times the files were read (``loads``), and how many
+    of those were broken (``broken``: the last good content stayed in force)."""
+
+    loads: int = 0
+    broken: int = 0
 
 
 class FileSource(StateReporter):
@@ -55,8 +65,7 @@ class FileSource(StateReporter):
         self._ready = asyncio.Event()
         self._started = False
         self._init_state("file", name, log)
-        #: how many times the files were read, and how many of those were broken
-        self.stats = {"loads": 0, "broken": 0}
+        self.stats = FileSourceStats()
 
     @property
     def name(self) -> str:
@@ -89,11 +98,11 @@ class FileSource(StateReporter):
     async def _load(self) -> None:
         from ..plugins.document import kind_prefixes
 
-        self.stats["loads"] += 1
+        self.stats.loads += 1
         try:
             wanted = await asyncio.to_thread(self._read)
         except InvalidValueError as exc:
-            self.stats["broken"] += 1
+            self.stats.broken += 1
             log.warning("file source %s: %s; the last good content stays in force", self.name, exc)
             self._set_state(SourceState.STALLED, str(exc))
             return

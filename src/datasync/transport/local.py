@@ -23,10 +23,13 @@ from typing import Any
 
 from ..api import (
     MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
     Change,
     KeyVal,
     Op,
     Snapshot,
+    SourceStats,
+    StateListener,
     validate_key,
     validate_keys,
     validate_prefixes,
@@ -44,7 +47,8 @@ __all__ = ["DEFAULT_MAX_VALUE_BYTES", "LocalStore"]
 
 log = logging.getLogger("datasync.transport.local")
 
-DEFAULT_MAX_VALUE_BYTES = 1 << 20
+#: the default ``max_value_bytes``: the plugins' limit
+DEFAULT_MAX_VALUE_BYTES = MAX_VALUE_BYTES
 
 # How long one SQLite call may wait for another process's lock. Calls run on the event
 # loop, so this stays short; a store that stays locked is reported unavailable.
@@ -104,7 +108,7 @@ class LocalStore:
         self.poll_interval = poll_interval
         #: counters: ``bad_key``, rows whose key is not valid UTF-8 or not a valid key (written
         #: by another process or tool), skipped in snapshots and watches alike
-        self.stats: dict[str, int] = {"bad_key": 0}
+        self.stats = SourceStats()
         self._bad_keys_logged: set[bytes] = set()
         try:
             if self._path != ":memory:":
@@ -151,6 +155,10 @@ class LocalStore:
     def name(self) -> str:
         """The source name shown in status and carried by its changes."""
         return self._name
+
+    def add_state_listener(self, cb: StateListener) -> None:
+        """Part of the ``Source`` contract: an embedded store has no connection to lose,
+        so ``cb`` is never called."""
 
     @property
     def path(self) -> str:
@@ -391,7 +399,7 @@ class LocalStore:
         try:
             return validate_key(raw.decode())
         except (UnicodeDecodeError, InvalidKeyError) as exc:
-            self.stats["bad_key"] += 1
+            self.stats.bad_key += 1
             if raw not in self._bad_keys_logged and len(self._bad_keys_logged) < 100:
                 self._bad_keys_logged.add(raw)
                 log.warning(

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import validate_key
+from ..api import MAX_VALUE_BYTES, validate_key
 from ..errors import InvalidKeyError, InvalidValueError
 from .local import LocalStore
 
@@ -84,7 +84,7 @@ class PushSource(LocalStore):
         *,
         name: str,
         prefixes: Sequence[str] = (),
-        max_value_bytes: int = 1 << 20,
+        max_value_bytes: int = MAX_VALUE_BYTES,
         remembered: int = 10_000,
     ) -> None:
         super().__init__(path, name=name, max_value_bytes=max_value_bytes)
