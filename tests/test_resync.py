@@ -790,6 +790,20 @@ async def test_closing_a_dependency_makes_dependents_wait_not_fail(
     assert len(bd.resyncs) == 2
 
 
+def test_the_package_exports_what_the_readme_example_imports() -> None:
+    import datasync
+
+    for name in datasync.__all__:
+        assert getattr(datasync, name) is not None, name
+    assert datasync.Orchestrator is Orchestrator and datasync.ResyncConfig is ResyncConfig
+    assert datasync.LocalStore is LocalStore
+    assert datasync.NameToIndex.__module__ == "datasync.idx"
+    assert "AckFailedError" in datasync.__all__
+    assert not {"RevisionError", "ResyncFailedError"} & set(dir(datasync))  # nothing raises them
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        datasync.Nope  # noqa: B018
+
+
 def test_backoff_never_overflows() -> None:
     assert ResyncConfig(backoff_max=30.0, jitter=0.0).backoff.delay(5000) == 30.0
     with pytest.raises(ConfigError, match="backoff_multiplier"):

@@ -15,7 +15,7 @@ import enum
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from .errors import ClosedError, InvalidKeyError
 
@@ -451,8 +451,11 @@ class SourceStats:
     """A source's counters, since it was made; each source counts what applies to it.
 
     Transports add their own counters in a subclass (``EtcdSourceStats``...). ``stats[k]``
-    reads a counter by name, as ``getattr`` does; ``as_dict()`` gives them all.
+    reads a counter by name (or by a subclass's old name for it, ``_aliases``);
+    ``as_dict()`` gives them all.
     """
+
+    _aliases: ClassVar[dict[str, str]] = {}
 
     #: snapshots read
     snapshots: int = 0
@@ -474,7 +477,7 @@ class SourceStats:
         return asdict(self)
 
     def __getitem__(self, name: str) -> int:
-        value = getattr(self, name, None)
+        value = getattr(self, self._aliases.get(name, name), None)
         if not isinstance(value, int):
             raise KeyError(name)
         return value

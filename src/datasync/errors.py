@@ -48,24 +48,10 @@ class InvalidValueError(DatasyncError, ValueError):
         super().__init__(f"invalid value for key {key!r}: {reason}")
 
 
-class RevisionError(DatasyncError):
-    """A source handed out a revision that went backwards."""
-
-
 class ResyncTimeoutError(DatasyncError):
     """A plugin or watcher did not call ``done()`` in time. A timeout is never a success."""
 
     retriable = True
-
-
-class ResyncFailedError(DatasyncError):
-    """A resync round failed; ``errors`` maps plugin name to its error."""
-
-    retriable = True
-
-    def __init__(self, message: str, errors: dict[str, BaseException] | None = None) -> None:
-        self.errors = dict(errors or {})
-        super().__init__(message)
 
 
 class DependencyFailedError(DatasyncError):

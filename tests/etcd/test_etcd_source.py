@@ -6,12 +6,11 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from aetcd import rpc
 
-from datasync.api import Op, SourceState
+from datasync.api import MAX_KEY_BYTES, Op, SourceState
 from datasync.errors import CompactedError, SourceUnavailableError
 from datasync.transport.etcd import EtcdSource, _cover, _ranges, prefix_range_end
 from tests.source_contract import SourceContract, aclose, collect
@@ -27,14 +26,6 @@ class Harness:
 
 
 class TestEtcdContract(SourceContract):
-    # transport/etcd.py iterates a str given as its prefixes (not this change's file): strict,
-    # so the day it validates them with datasync.api.validate_prefixes this marker must go.
-    @pytest.mark.xfail(strict=True, reason="transport/etcd.py does not reject a str yet")
-    async def test_a_str_where_prefixes_are_expected_is_an_error(
-        self, harness: Any, prefix: str
-    ) -> None:
-        await super().test_a_str_where_prefixes_are_expected_is_an_error(harness, prefix)
-
     @pytest.fixture
     async def harness(
         self, etcd_endpoints: list[str], make_source: Callable[..., EtcdSource]
@@ -72,7 +63,7 @@ async def test_paginated_snapshot_is_pinned_at_one_revision(
     written: list[int] = []
 
     async def writer() -> None:
-        while src.stats["pages"] < 1:
+        while src.stats.pages < 1:
             await asyncio.sleep(0.001)
         for j in range(49, -1, -1):
             written.append(await pub.put(f"{prefix}k{j:03d}", b"v2"))
@@ -98,7 +89,7 @@ async def test_paginated_snapshot_is_pinned_at_one_revision(
         (kv.key.decode(), kv.value, kv.mod_revision) for kv in resp.kvs
     ]
     assert len(snap.kvs) == 50
-    assert src.stats["pages"] >= 8
+    assert src.stats.pages >= 8
 
 
 async def test_oversized_values_are_delivered_counted_and_logged_once(
@@ -117,9 +108,9 @@ async def test_oversized_values_are_delivered_counted_and_logged_once(
         (prefix + "big", b"x" * 101),
         (prefix + "small", b"x" * 10),
     ]
-    assert src.stats["oversized"] == 1
+    assert src.stats.oversized == 1
     await src.snapshot([prefix])
-    assert src.stats["oversized"] == 2
+    assert src.stats.oversized == 2
     assert caplog.text.count(prefix + "big") == 1, "logged once per key"
     it = src.watch([prefix], snap.revision + 1)
     try:
@@ -132,7 +123,34 @@ async def test_oversized_values_are_delivered_counted_and_logged_once(
         (prefix + "big2", b"y" * 500),
         (prefix + "ok", b"y"),
     ]
-    assert src.stats["oversized"] == 3
+    assert src.stats.oversized == 3
+
+
+async def test_over_long_keys_are_skipped_and_counted(
+    etcd_endpoints: list[str],
+    make_source: Callable[..., EtcdSource],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key over MAX_KEY_BYTES (written by another client) is a bad key: the snapshot's
+    bulk check and the watch skip it, count it and log it; the keys around it arrive."""
+    src = make_source(etcd_endpoints, recycle_interval=None)
+    await src.put(prefix + "good", b"1")
+    snap0 = await src.snapshot([prefix])
+    it = src.watch([prefix], snap0.revision + 1)
+    long = prefix.encode() + b"k" * MAX_KEY_BYTES
+    try:
+        req = rpc.PutRequest(key=long, value=b"x")
+        await src._call("raw put", lambda ep: ep.kv.Put(req))
+        await src.put(prefix + "late", b"2")
+        changes = await collect(it, 1)
+    finally:
+        await aclose(it)
+    assert [c.key for c in changes] == [prefix + "late"]
+    snap = await src.snapshot([prefix])
+    assert [kv.key for kv in snap.kvs] == [prefix + "good", prefix + "late"]
+    assert src.stats.bad_key == 2  # once by the watch, once by the snapshot
+    assert "exceeds MAX_KEY_BYTES" in caplog.text
 
 
 async def test_large_snapshot_over_grpc_default_limit(
@@ -145,12 +163,12 @@ async def test_large_snapshot_over_grpc_default_limit(
         await src.txn({f"{prefix}{j:03d}": value for j in range(i, i + 20)})
     snap = await src.snapshot([prefix])
     assert len(snap.kvs) == 100
-    assert src.stats["pages"] == 1
+    assert src.stats.pages == 1
     # Pages are sized by bytes after the first one.
     small = make_source(etcd_endpoints, page_size=10, max_page_bytes=1 << 20)
     snap2 = await small.snapshot([prefix])
     assert snap2.kvs == snap.kvs
-    assert small.stats["pages"] >= 6
+    assert small.stats.pages >= 6
 
 
 async def test_watch_from_compacted_revision_raises(
@@ -165,7 +183,7 @@ async def test_watch_from_compacted_revision_raises(
         await anext(it)
     assert info.value.compact_revision == r2
     # A snapshot pinned below the compaction fails the same way, never partially.
-    assert src.stats["compacted"] == 1
+    assert src.stats.compacted == 1
 
 
 async def test_state_listener_and_give_up(make_source: Callable[..., EtcdSource]) -> None:
@@ -180,7 +198,7 @@ async def test_state_listener_and_give_up(make_source: Callable[..., EtcdSource]
     with pytest.raises(SourceUnavailableError, match="gave up after 2 reconnects"):
         await anext(it)
     assert src.state == SourceState.DISCONNECTED
-    assert src.stats["reconnects"] == 3
+    assert src.stats.reconnects == 3
 
 
 async def test_state_listener_sees_connect(
@@ -233,7 +251,7 @@ async def test_idle_watch_and_blocked_loop_are_not_stalls(
     finally:
         await aclose(it)
     assert [(c.key, c.revision) for c in batch] == [(prefix + "k", r)]
-    assert src.stats["stalls"] == 0 and src.stats["reconnects"] == 0
+    assert src.stats.stalls == 0 and src.stats.reconnects == 0
 
 
 async def test_periodic_recycle_is_invisible(
@@ -256,8 +274,8 @@ async def test_periodic_recycle_is_invisible(
     finally:
         await aclose(it)
     assert [c.revision for c in changes] == revs
-    assert src.stats["recycles"] >= 1
-    assert src.stats["reconnects"] == 0
+    assert src.stats.recycles >= 1
+    assert src.stats.reconnects == 0
     assert seen == []
 
 

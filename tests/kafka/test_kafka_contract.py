@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -28,14 +27,6 @@ class KafkaHarness:
 
 
 class TestKafkaContract(SourceContract):
-    # transport/kafka.py iterates a str given as its prefixes (not this change's file): strict,
-    # so the day it validates them with datasync.api.validate_prefixes this marker must go.
-    @pytest.mark.xfail(strict=True, reason="transport/kafka.py does not reject a str yet")
-    async def test_a_str_where_prefixes_are_expected_is_an_error(
-        self, harness: Any, prefix: str
-    ) -> None:
-        await super().test_a_str_where_prefixes_are_expected_is_an_error(harness, prefix)
-
     @pytest.fixture
     async def harness(self, tansu: TansuBroker, topic: str) -> AsyncIterator[KafkaHarness]:
         source = KafkaSource("kafka", tansu.bootstrap, topic, poll_timeout=0.1)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import Producer
 
-from datasync.api import Change, Op, SourceState
+from datasync.api import MAX_KEY_BYTES, Change, Op, SourceState
 from datasync.errors import (
     ClosedError,
     InvalidKeyError,
@@ -219,11 +219,34 @@ async def test_bad_records_are_dropped_counted_and_do_not_stop_the_watch(
         await it.aclose()
         stats = src.stats.as_dict()
         # Counted once by the snapshot and once by the watch.
-        assert stats["dropped_bad_key"] == 6
+        assert stats["bad_key"] == 6
         assert stats["oversized"] == 2
-        assert stats["dropped_outside_prefix"] == 2
+        assert stats["outside_prefix"] == 2
         # The size limit is the validator's: the source logs an oversized key once.
         assert caplog.text.count("max_value_bytes") == 1 and "/cfg/big" in caplog.text
+    finally:
+        await src.close()
+
+
+async def test_over_long_keys_are_bad_keys(
+    tansu: TansuBroker, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key over MAX_KEY_BYTES is dropped, counted and logged like any bad key."""
+    src = fast_source(tansu.bootstrap, topic)
+    p = raw_producer(tansu.bootstrap)
+    p.produce(topic, b"1", "/cfg/" + "k" * MAX_KEY_BYTES, 0)
+    p.produce(topic, b"ok", "/cfg/good", 0)
+    p.flush(5)
+    try:
+        snap = await src.snapshot(["/cfg/"])
+        assert [(kv.key, kv.value) for kv in snap.kvs] == [("/cfg/good", b"ok")]
+        it = src.watch(["/cfg/"], 1)
+        got = await collect(it, 1)
+        assert [(c.key, c.revision) for c in got] == [("/cfg/good", 2)]
+        await it.aclose()
+        assert src.stats.bad_key == 2  # once by the snapshot, once by the watch
+        assert src.stats["dropped_bad_key"] == 2  # the old name still reads it
+        assert "bad key" in caplog.text
     finally:
         await src.close()
 

@@ -24,13 +24,26 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import grpc
 import grpc.aio
 from aetcd import rpc
 
-from ..api import Change, KeyVal, Op, Snapshot, SourceState, validate_key
+from ..api import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Change,
+    KeyVal,
+    Op,
+    Snapshot,
+    SourceState,
+    SourceStats,
+    validate_key,
+    validate_prefixes,
+)
+from ..backoff import Backoff
 from ..errors import (
     ClosedError,
     CompactedError,
@@ -44,7 +57,7 @@ from ..errors import (
 from ._state import StateListener as StateListener
 from ._state import StateReporter
 
-__all__ = ["EtcdLease", "EtcdRequestError", "EtcdSource", "prefix_range_end"]
+__all__ = ["EtcdLease", "EtcdRequestError", "EtcdSource", "EtcdSourceStats", "prefix_range_end"]
 
 log = logging.getLogger("datasync.transport.etcd")
 
@@ -208,6 +221,27 @@ class _Tracker:
         self.stalled = False
 
 
+@dataclass(slots=True)
+class EtcdSourceStats(SourceStats):
+    """``SourceStats`` and the etcd watch's own counters."""
+
+    #: events at a revision already delivered (etcd 3.4 can repeat or time-travel)
+    duplicate: int = 0
+    #: reconnects that followed a stall (no response, not even to a progress request)
+    stalls: int = 0
+    #: snapshot pages read
+    pages: int = 0
+    #: non-empty watch batches yielded
+    batches: int = 0
+    #: watches that found their start revision compacted
+    compacted: int = 0
+    #: healthy watches replaced after ``recycle_interval``
+    recycles: int = 0
+
+    #: the counters' names before they were shared with the other sources
+    _aliases: ClassVar[dict[str, str]] = {"events": "changes", "resets": "store_resets"}
+
+
 class EtcdSource(StateReporter):
     """An etcd cluster as a datasync ``Source`` and ``Publisher``.
 
@@ -219,7 +253,8 @@ class EtcdSource(StateReporter):
       ``stall_timeout``: a watch that hears nothing for this long is STALLED and moved;
     - ``keepalive_time`` / ``keepalive_timeout``: gRPC HTTP/2 pings (etcd refuses pings
       more often than every 5 s);
-    - ``backoff_base`` / ``backoff_cap``: reconnect backoff (exponential, equal jitter);
+    - ``backoff_base`` / ``backoff_cap``: reconnect backoff: the first retry waits about
+      twice ``backoff_base``, doubling up to ``backoff_cap``, with equal jitter (``backoff``);
     - ``max_retries``: None (the default) never gives up on a watch; with a number the
       watch raises ``SourceUnavailableError`` after that many failed reconnects in a row
       (a reconnect counts as failed unless the attempt delivered changes or progress);
@@ -233,7 +268,7 @@ class EtcdSource(StateReporter):
       size of later pages; ``max_receive_bytes``: gRPC limit (a page over it is asked
       again for half as many keys, at the same revision);
     - ``max_value_bytes``: a threshold for counting and logging only: larger values are
-      delivered unchanged, counted in ``stats["oversized"]`` and logged once per key; the
+      delivered unchanged, counted in ``stats.oversized`` and logged once per key; the
       size limit is enforced where values are validated (the key becomes INVALID there);
     - ``recycle_interval``: a healthy watch is replaced after a random time in this range;
     - ``require_leader``: members without a leader refuse and cancel our requests.
@@ -264,7 +299,7 @@ class EtcdSource(StateReporter):
         stall_reconnects: int = 5,
         page_size: int = 1000,
         max_page_bytes: int = 4 << 20,
-        max_value_bytes: int = 1 << 20,
+        max_value_bytes: int = MAX_VALUE_BYTES,
         max_receive_bytes: int = 256 << 20,
         recycle_interval: tuple[float, float] | None = (300.0, 600.0),
         require_leader: bool = True,
@@ -282,6 +317,13 @@ class EtcdSource(StateReporter):
         self.stall_timeout = stall_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        #: the reconnect delays: before retry n, ``min(cap, base * 2**n)`` times [0.5, 1]
+        self.backoff = Backoff(
+            initial=min(2 * backoff_base, backoff_cap),
+            multiplier=2.0,
+            maximum=backoff_cap,
+            jitter=0.5,
+        )
         self.max_retries = max_retries
         self.stall_reconnects = stall_reconnects
         self.page_size = page_size
@@ -325,21 +367,7 @@ class EtcdSource(StateReporter):
         self._leases: set[EtcdLease] = set()
         self._retiring: set[asyncio.Task[None]] = set()
         #: counters: oversized values, dropped keys, reconnects, stalls, pages, batches...
-        self.stats: dict[str, int] = {
-            "oversized": 0,
-            "bad_key": 0,
-            "outside_prefix": 0,
-            "duplicate": 0,
-            "reconnects": 0,
-            "stalls": 0,
-            "snapshots": 0,
-            "pages": 0,
-            "batches": 0,
-            "events": 0,
-            "resets": 0,
-            "compacted": 0,
-            "recycles": 0,
-        }
+        self.stats = EtcdSourceStats()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -365,17 +393,12 @@ class EtcdSource(StateReporter):
         if self._eps[self._current] is ep:
             self._current = (self._current + 1) % len(self._eps)
 
-    def _backoff(self, attempt: int) -> float:
-        # "Equal jitter": never shorter than half the exponential step.
-        step = min(self.backoff_cap, self.backoff_base * float(2 ** min(attempt, 30)))
-        return step / 2 + random.uniform(0, step / 2)
-
     def _note_cluster(self, header: Any, *, adopt: bool) -> None:
         cid = header.cluster_id
         if self._cluster_id is None or adopt:
             self._cluster_id = cid
         elif cid != self._cluster_id:
-            self.stats["resets"] += 1
+            self.stats.store_resets += 1
             raise StoreResetError(
                 f"etcd source {self.name}: cluster id changed {self._cluster_id:x} -> {cid:x}"
             )
@@ -428,11 +451,12 @@ class EtcdSource(StateReporter):
         A failure midway raises (``SourceUnavailableError``, ``CompactedError``...);
         a partial result is never returned. No prefixes: an empty snapshot at the current
         revision. Values over ``max_value_bytes`` are delivered unchanged, counted in
-        ``stats["oversized"]`` and logged once per key (validation downstream decides);
-        keys that are not valid UTF-8 or not valid keys are dropped, counted in
-        ``stats["bad_key"]`` and logged.
+        ``stats.oversized`` and logged once per key (validation downstream decides);
+        keys that are not valid UTF-8, not valid keys or longer than ``MAX_KEY_BYTES`` are
+        dropped, counted in ``stats.bad_key`` and logged. ``prefixes`` is a sequence: a
+        single str is an ``InvalidKeyError``.
         """
-        ranges = _ranges(prefixes)
+        ranges = _ranges(validate_prefixes(prefixes))
         if not ranges:
             return await self._empty_snapshot()
         kvs: list[KeyVal] = []
@@ -451,7 +475,7 @@ class EtcdSource(StateReporter):
                     resp, limit = await self._page(key, ranges[i][1], limit, revision)
                 else:
                     (resp, limit), pending = await pending, None
-                self.stats["pages"] += 1
+                self.stats.pages += 1
                 if header is None:
                     header = resp.header
                     revision = resp.header.revision  # R: every later page is pinned to it
@@ -485,7 +509,7 @@ class EtcdSource(StateReporter):
                     keys: list[str] | None = [kv.key.decode() for kv in page]
                 except UnicodeDecodeError:
                     keys = None
-                if keys is not None and _all_valid(keys):
+                if keys is not None and _all_valid(keys, page):
                     got = [
                         _tnew(KeyVal, (k, kv.value, kv.mod_revision))
                         for k, kv in zip(keys, page, strict=True)
@@ -528,7 +552,7 @@ class EtcdSource(StateReporter):
             extra["revision_regressed_from"] = self._handed_out
         self._note_cluster(header, adopt=True)
         self._handed_out = revision
-        self.stats["snapshots"] += 1
+        self.stats.snapshots += 1
         self._set_state(SourceState.CONNECTED, "snapshot read")
         return Snapshot(revision=revision, kvs=kvs, store_id=self.cluster_id, extra=extra)
 
@@ -553,7 +577,7 @@ class EtcdSource(StateReporter):
         try:
             return validate_key(raw.decode())
         except (UnicodeDecodeError, InvalidKeyError) as exc:
-            self.stats["bad_key"] += 1
+            self.stats.bad_key += 1
             log.warning(
                 "etcd source %s: dropped bad key %r at revision %d: %s",
                 self.name,
@@ -564,7 +588,7 @@ class EtcdSource(StateReporter):
             return None
 
     def _note_oversized(self, key: str, size: int, revision: int) -> None:
-        self.stats["oversized"] += 1
+        self.stats.oversized += 1
         if key in self._oversized_logged or len(self._oversized_logged) >= _LOGGED_KEYS:
             return
         self._oversized_logged.add(key)
@@ -592,8 +616,8 @@ class EtcdSource(StateReporter):
         """
         if start_revision < 1:
             raise ValueError(f"start_revision must be >= 1, got {start_revision}")
-        prefixes = list(prefixes)
-        _ranges(prefixes)  # bad prefixes fail here, not at the first iteration
+        prefixes = validate_prefixes(prefixes)  # bad prefixes fail here, not when iterated
+        _ranges(prefixes)
         if not prefixes:
             return self._idle()
         return self._watch(prefixes, start_revision)
@@ -693,12 +717,12 @@ class EtcdSource(StateReporter):
                             rev = kv.mod_revision
                             if rev < floor:
                                 # etcd 3.4.23 can repeat or time-travel (#15275, #15271).
-                                self.stats["duplicate"] += 1
+                                self.stats.duplicate += 1
                                 continue
                             raw = kv.key
                             if not raw.startswith(bprefixes):
                                 # Inside the covering range, outside every prefix: expected.
-                                self.stats["outside_prefix"] += 1
+                                self.stats.outside_prefix += 1
                                 log.debug("etcd source %s: skipped key %r", name, raw)
                                 continue
                             key = keyof(raw, rev)
@@ -718,14 +742,14 @@ class EtcdSource(StateReporter):
                             if last > self._handed_out:
                                 self._handed_out = last
                         if batch:
-                            self.stats["batches"] += 1
-                            self.stats["events"] += len(batch)
+                            self.stats.batches += 1
+                            self.stats.changes += len(batch)
                             yield batch
                         if loop.time() > recycle_at:
                             raise _Recycle
                 except _Recycle:
                     # Not a failure: no state change, same endpoint, no backoff.
-                    self.stats["recycles"] += 1
+                    self.stats.recycles += 1
                 except (SourceUnavailableError, _StreamEnded) as exc:
                     lost = exc
                 except asyncio.CancelledError:
@@ -758,9 +782,9 @@ class EtcdSource(StateReporter):
             elif created:
                 grow = min(grow * 2, _MAX_GROWTH)
             failures += 1
-            self.stats["reconnects"] += 1
+            self.stats.reconnects += 1
             if tr.stalled:
-                self.stats["stalls"] += 1
+                self.stats.stalls += 1
             if created and failures >= self.stall_reconnects:
                 # Connected again and again, never further: not in sync, say so.
                 self._set_state(
@@ -776,7 +800,7 @@ class EtcdSource(StateReporter):
                 ) from lost
             log.info("etcd source %s: watch lost (%s); resuming at %d", self.name, err, next_rev)
             self._fail_over(ep)
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(self.backoff.delay(failures))
 
     async def _check_created(self, ep: _Endpoint, resp: Any, next_rev: int) -> None:
         if resp.canceled or not resp.created:
@@ -794,7 +818,7 @@ class EtcdSource(StateReporter):
                 metadata=self._meta(ep),
             )
             if r.header.revision < baseline:
-                self.stats["resets"] += 1
+                self.stats.store_resets += 1
                 raise StoreResetError(
                     f"etcd source {self.name}: store revision {r.header.revision} on "
                     f"{ep.address} is below revision {baseline} already handed out"
@@ -802,7 +826,7 @@ class EtcdSource(StateReporter):
 
     def _raise_if_compacted(self, resp: Any, next_rev: int) -> None:
         if resp.compact_revision:
-            self.stats["compacted"] += 1
+            self.stats.compacted += 1
             raise CompactedError(
                 f"etcd source {self.name}: revision {next_rev} is compacted "
                 f"(compact revision {resp.compact_revision})",
@@ -993,9 +1017,15 @@ class EtcdLease:
         )
 
 
-def _all_valid(keys: list[str]) -> bool:
-    """``validate_key`` on every key at once, in C loops: non-empty, no NUL, no blank ends."""
-    return all(keys) and "\0" not in "".join(keys) and list(map(str.strip, keys)) == keys
+def _all_valid(keys: list[str], page: Any) -> bool:
+    """``validate_key`` on every key of a page at once, in C loops: non-empty, no NUL, no
+    blank ends, none longer than ``MAX_KEY_BYTES`` (measured on the raw bytes)."""
+    return (
+        all(keys)
+        and "\0" not in "".join(keys)
+        and list(map(str.strip, keys)) == keys
+        and max((len(kv.key) for kv in page), default=0) <= MAX_KEY_BYTES
+    )
 
 
 def _consume(task: asyncio.Task[Any]) -> None:

@@ -43,14 +43,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -63,7 +62,18 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from ..api import Change, KeyVal, Op, Snapshot, SourceState, validate_key, validate_prefix
+from ..api import (
+    MAX_VALUE_BYTES,
+    Change,
+    KeyVal,
+    Op,
+    Snapshot,
+    SourceState,
+    SourceStats,
+    validate_key,
+    validate_prefixes,
+)
+from ..backoff import Backoff
 from ..errors import (
     ClosedError,
     DatasyncError,
@@ -76,7 +86,6 @@ from ._state import StateListener, StateReporter
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
-    "KafkaError",
     "KafkaLogTruncatedError",
     "KafkaOffsetOutOfRangeError",
     "KafkaPublisher",
@@ -92,7 +101,8 @@ log = logging.getLogger(__name__)
 # librdkafka's own log lines go here (through the client's `logger` option), not stderr.
 _rdlog = logging.getLogger(__name__ + ".librdkafka")
 
-DEFAULT_MAX_VALUE_BYTES = 1 << 20
+#: the default ``max_value_bytes``: the plugins' limit
+DEFAULT_MAX_VALUE_BYTES = MAX_VALUE_BYTES
 
 T = TypeVar("T")
 
@@ -186,20 +196,21 @@ def _kafka_errors(what: str) -> Iterator[None]:
 # --- stats ---------------------------------------------------------------------------------
 
 
-@dataclass
-class KafkaSourceStats:
-    """Counters of a ``KafkaSource``; dropped records are also logged with their key."""
+@dataclass(slots=True)
+class KafkaSourceStats(SourceStats):
+    """``SourceStats`` of a ``KafkaSource`` and its own counters; dropped records are also
+    logged with their key."""
 
-    records: int = 0  # data records read (snapshot and watch)
-    changes: int = 0  # changes yielded by watches
-    dropped_outside_prefix: int = 0
-    oversized: int = 0  # values over max_value_bytes: delivered, counted, logged once per key
-    dropped_bad_key: int = 0  # null, non-UTF-8 or invalid keys
-    store_resets: int = 0
+    #: data records read (snapshot and watch)
+    records: int = 0
+    #: transitions to DISCONNECTED
     disconnects: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    #: the counters' names before they were shared with the other sources
+    _aliases: ClassVar[dict[str, str]] = {
+        "dropped_bad_key": "bad_key",
+        "dropped_outside_prefix": "outside_prefix",
+    }
 
 
 # --- the thread-confined consumer ----------------------------------------------------------
@@ -287,10 +298,6 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
     return any(key.startswith(p) for p in prefixes)  # no prefixes: no key
 
 
-def _jittered(delay: float) -> float:
-    return delay * random.uniform(0.5, 1.0)
-
-
 # --- the source ----------------------------------------------------------------------------
 
 
@@ -299,14 +306,16 @@ class KafkaSource(StateReporter):
 
     ``config`` adds or overrides librdkafka consumer/admin properties. Keys outside the
     watched prefixes (empty ``prefixes`` means no key: an empty snapshot, a watch that
-    yields nothing), null, non-UTF-8 or invalid keys are dropped, counted in ``stats``
-    and logged with the key: a dropped record leaves the key at its previous value.
+    yields nothing), null, non-UTF-8, invalid or over-long (``MAX_KEY_BYTES``) keys are
+    dropped, counted in ``stats`` and logged with the key: a dropped record leaves the key
+    at its previous value.
     ``max_value_bytes`` is a threshold for counting and logging only: a larger value is
     delivered unchanged, counted in ``stats.oversized`` and logged once per key; the size
     limit is enforced where values are validated (the key becomes INVALID there).
 
-    An unreachable broker is retried for ever (capped exponential backoff with jitter,
-    state ``DISCONNECTED``) unless ``give_up_after`` seconds are set, after which
+    An unreachable broker is retried for ever (``backoff``: from ``backoff_initial``
+    doubling to ``backoff_max``, each delay scaled by a random factor in [0.5, 1]; state
+    ``DISCONNECTED``) unless ``give_up_after`` seconds are set, after which
     ``SourceUnavailableError`` is raised. A topic that does not exist yet is waited for
     (state ``STALLED``) the same way; a topic that existed and vanished or changed its
     id, and a log that went back below our position, raise ``StoreResetError``.
@@ -348,8 +357,8 @@ class KafkaSource(StateReporter):
         self._batch = batch_size
         self._poll_timeout = poll_timeout
         self._check_interval = check_interval
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        #: the delays between attempts to reach the broker
+        self.backoff = Backoff(backoff_initial, 2.0, backoff_max, jitter=0.5)
         self._give_up_after = give_up_after
         self._request_timeout = request_timeout
         self._track_prev = track_prev_values
@@ -450,7 +459,7 @@ class KafkaSource(StateReporter):
         A missing topic is waited for (``STALLED``), unless ``vanished_is_reset`` and we
         knew it before: then its log is gone with it and that is a store reset.
         """
-        delay = self._backoff_initial
+        attempt = 0
         while True:
             self._check_open()
             try:
@@ -472,8 +481,8 @@ class KafkaSource(StateReporter):
                     f"kafka source {self._name}: gave up after {self._give_up_after}s: "
                     f"{self._state_reason}"
                 )
-            await asyncio.sleep(_jittered(delay))
-            delay = min(delay * 2, self._backoff_max)
+            attempt += 1
+            await asyncio.sleep(self.backoff.delay(attempt))
 
     def _deadline(self) -> float | None:
         return None if self._give_up_after is None else time.monotonic() + self._give_up_after
@@ -517,12 +526,12 @@ class KafkaSource(StateReporter):
                 keys[raw] = verdict
         if verdict.__class__ is int:
             if verdict == _OUTSIDE:
-                self.stats.dropped_outside_prefix += 1
+                self.stats.outside_prefix += 1
                 log.debug(
                     "kafka %s@%s: key %r outside the prefixes", self._topic, msg.offset(), raw
                 )
             else:
-                self.stats.dropped_bad_key += 1
+                self.stats.bad_key += 1
                 log.warning("kafka %s@%s: bad key %r dropped", self._topic, msg.offset(), raw)
             return None
         key = str(verdict)
@@ -612,8 +621,10 @@ class KafkaSource(StateReporter):
     # -- Source
 
     async def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
-        """Every live key under ``prefixes`` at one revision (the high watermark)."""
-        prefixes = [validate_prefix(p) for p in prefixes]
+        """Every live key under ``prefixes`` at one revision (the high watermark).
+
+        ``prefixes`` is a sequence: a single str is an ``InvalidKeyError``."""
+        prefixes = validate_prefixes(prefixes)
         deadline = self._deadline()
         for _attempt in range(3):
             store_id = await self._await_topic(deadline, vanished_is_reset=False)
@@ -634,6 +645,7 @@ class KafkaSource(StateReporter):
                 continue
             revision, kvs = result
             self._store_id = store_id
+            self.stats.snapshots += 1
             return Snapshot(
                 revision=revision,
                 kvs=kvs,
@@ -699,7 +711,7 @@ class KafkaSource(StateReporter):
                     except SourceUnavailableError:
                         if deadline is not None and time.monotonic() > deadline:
                             raise
-                        await asyncio.sleep(_jittered(self._backoff_initial))
+                        await asyncio.sleep(self.backoff.delay(1))
         finally:
             await self._drop_reader(reader)
 
@@ -710,7 +722,7 @@ class KafkaSource(StateReporter):
         went back or the topic was replaced, ``SourceUnavailableError`` only when
         ``give_up_after`` is set and exceeded.
         """
-        prefixes = [validate_prefix(p) for p in prefixes]
+        prefixes = validate_prefixes(prefixes)
         if start_revision < 0:
             raise ValueError(f"start_revision must be >= 0, got {start_revision}")
         self._check_open()
@@ -728,7 +740,7 @@ class KafkaSource(StateReporter):
             await reader.open(offset)
             position = offset
             next_check = time.monotonic() + self._check_interval
-            delay = self._backoff_initial
+            failures = 0  # probes of the broker that failed in a row
             down_since: float | None = None
             while True:
                 self._check_open()
@@ -785,13 +797,13 @@ class KafkaSource(StateReporter):
                             f"kafka source {self._name}: gave up after "
                             f"{self._give_up_after}s: {exc}"
                         ) from exc
-                    next_check = now + _jittered(delay)
-                    delay = min(delay * 2, self._backoff_max)
+                    failures += 1
+                    next_check = now + self.backoff.delay(failures)
                 else:
                     self._check_store(current)
                     self._set_state(SourceState.CONNECTED, "broker answers")
                     down_since = None
-                    delay = self._backoff_initial
+                    failures = 0
                     next_check = now + self._check_interval
         finally:
             await self._drop_reader(reader)
