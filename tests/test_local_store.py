@@ -129,10 +129,10 @@ async def test_a_non_utf8_key_from_another_writer_is_skipped_and_counted(tmp_pat
         snap = await store.snapshot(["/a/"])
         assert [kv.key for kv in snap.kvs] == ["/a/good", "/a/later"]
         assert snap.revision == 3
-        assert store.stats["bad_key"] == 1
+        assert store.stats.bad_key == 1
         changes = await collect(watch, 1)
         assert [(c.key, c.revision) for c in changes] == [("/a/later", 3)]
-        assert store.stats["bad_key"] == 2
+        assert store.stats.bad_key == 2
         await aclose(watch)
     finally:
         await store.close()
@@ -151,7 +151,7 @@ async def test_an_invalid_utf8_key_from_another_writer_is_skipped_and_counted(
         other.close()
         snap = await store.snapshot(["/a/"])
         assert [kv.key for kv in snap.kvs] == ["/a/good"]
-        assert store.stats["bad_key"] == 3
+        assert store.stats.bad_key == 3
     finally:
         await store.close()
 

@@ -81,7 +81,7 @@ class _StreamEnded(Exception):
 
 
 class _Recycle(Exception):
-    """Time to replace a healthy watch stream (M6: recycle every 5-10 min)."""
+    """Time to replace a healthy watch stream (after a random time in ``recycle_interval``)."""
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
