@@ -812,6 +812,29 @@ def test_backoff_never_overflows() -> None:
         ResyncConfig(anti_entropy_interval=-1)
 
 
+async def test_anti_entropy_waits_with_the_injected_sleep(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    waits: list[float] = []
+    forever = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) > 1:
+            await forever.wait()  # the next period never ends here
+        await asyncio.sleep(0)
+
+    orch = orch_factory(sleep=sleep, anti_entropy_interval=3600.0)
+    events = Events(orch)
+    orch.add_plugin(Recorder("p", ["/p/"]))
+    await orch.start()
+    await events.until(lambda: len(events.rounds()) >= 2)
+    assert waits[:2] == [3600.0, 3600.0]
+    started = [e for e in events.items if isinstance(e, RoundStarted)]
+    assert "periodic anti-entropy" in started[1].reasons
+    await orch.wait_in_sync(WAIT)
+
+
 async def test_stale_source_retries_back_off(orch_factory: Callable[..., Orchestrator]) -> None:
     main, side = LocalStore(name="main"), Flaky(LocalStore(name="side"))
     waits: list[float] = []
