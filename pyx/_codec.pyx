@@ -176,7 +176,9 @@ cdef extern from "ds_codec.h":
     void ds_pyver_check(object sample_dict, object sample_ints) noexcept
     object ds_pyver_set_fast(int on, object sample_dict, object sample_ints)
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
-    object ds_record_new(object type, Py_ssize_t n)
+    object ds_record_new_gc(object type, Py_ssize_t n, int atomic)
+    int ds_rec_register(object type, object like) noexcept
+    int ds_rec_set_fast(int on) noexcept
     object ds_alloc(object type)
     Py_ssize_t ds_member_offset(object descr)
     PyObject* ds_slot_get(object o, Py_ssize_t off)
@@ -233,11 +235,60 @@ cdef list _SAMPLE_INTS = [
 ds_pyver_check(_SAMPLE_DICT, _SAMPLE_INTS)
 
 
+# The record free list (ds_codec.h): on where it is compiled in and a plain namedtuple
+# type passes ds_rec_register's check, and a record freed and allocated again comes back
+# from the list as a record of the new type with NULL items.
+import collections as _collections
+
+cdef object _PLAIN_REC = _collections.namedtuple("_plain_record", ["a"])  # never registered
+cdef object _SAMPLE_REC = _collections.namedtuple("_sample_record", ["a", "b"])
+cdef object _SAMPLE_REC2 = _collections.namedtuple("_sample_record2", ["c", "d"])
+
+
+cdef int _records_check() except -1:
+    cdef object r
+    if not ds_rec_set_fast(1):
+        return 0
+    if not (ds_rec_register(_SAMPLE_REC, _PLAIN_REC) and ds_rec_register(_SAMPLE_REC2, _PLAIN_REC)):
+        ds_rec_set_fast(0)
+        return 0
+    r = ds_record_new_gc(_SAMPLE_REC, 2, 1)
+    PyTuple_SET_ITEM(r, 0, <PyObject*>None)
+    Py_INCREF(<PyObject*>None)
+    PyTuple_SET_ITEM(r, 1, <PyObject*>None)
+    Py_INCREF(<PyObject*>None)
+    first = id(r)
+    r = None  # onto the free list
+    r = ds_record_new_gc(_SAMPLE_REC2, 2, 0)
+    if (
+        id(r) != first or type(r) is not _SAMPLE_REC2 or PyTuple_GET_ITEM(r, 0) != NULL
+        or PyTuple_GET_ITEM(r, 1) != NULL
+    ):
+        ds_rec_set_fast(0)
+    PyTuple_SET_ITEM(r, 0, <PyObject*>None)
+    Py_INCREF(<PyObject*>None)
+    PyTuple_SET_ITEM(r, 1, <PyObject*>None)
+    Py_INCREF(<PyObject*>None)
+    return 0
+
+
+_records_check()
+
+
 def _fast_paths(on=None):
-    """Which of ds_pyver.h's interpreter-specific fast paths are on, as ``{"ints": 0|1,
-    "dicts": 0|1}``. For tests: ``on=False`` forces the portable paths (public C API
-    only), ``on=True`` runs the import check again."""
-    return ds_pyver_set_fast(-1 if on is None else (1 if on else 0), _SAMPLE_DICT, _SAMPLE_INTS)
+    """Which of the interpreter-specific fast paths are on, as ``{"ints": 0|1, "dicts":
+    0|1, "records": 0|1}`` (ds_pyver.h; records: ds_codec.h's free list). For tests:
+    ``on=False`` forces the portable paths (public C API only), ``on=True`` runs the
+    import checks again."""
+    paths = ds_pyver_set_fast(-1 if on is None else (1 if on else 0), _SAMPLE_DICT, _SAMPLE_INTS)
+    if on is None:
+        paths["records"] = ds_rec_set_fast(-1)
+    elif on:
+        _records_check()
+        paths["records"] = ds_rec_set_fast(-1)
+    else:
+        paths["records"] = ds_rec_set_fast(0)
+    return paths
 cdef object _MAC_TYPE = MacAddress  # a C global: a module-dict lookup per field costs
 cdef unsigned char _ZEROS[256]
 memset(_ZEROS, 0, sizeof(_ZEROS))
@@ -269,6 +320,7 @@ cdef class _Layout:
     cdef bint shareable  # decodes to an immutable record that may be shared (see _dec_struct)
     cdef Py_ssize_t flat_size  # > 0: only int and bool fields, this many bytes (_enc_flat_dict)
     cdef bint all_fast  # messages: _enc_fast takes every field (see MessageCodec._encode)
+    cdef bint atomic  # every field decodes to an atomic value: records are not GC-tracked
     cdef object zero_rec  # the record of all-zero bytes, once decoded
     cdef object tuple_type
     cdef object plan
@@ -313,6 +365,8 @@ cdef _Layout _build(object pl, dict memo):
         L.all_fast = 2 <= L.fixed_size and L.n <= 64 and L.skip >= 1 and all(
             L.ops[i].ek != EK_NONE for i in range(L.skip, L.n)
         )
+    L.atomic = L.n > 0 and all(_op_simple(&L.ops[i]) for i in range(L.n))
+    ds_rec_register(L.tuple_type, _PLAIN_REC)  # the free list, where it works
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
     )
@@ -1392,7 +1446,7 @@ cdef Py_ssize_t _dec_run(
 
 cdef object _dec_flat_rec(_Layout L, const unsigned char* p):
     """A struct made only of simple ops (bounds checked by the caller)."""
-    rec = ds_record_new(L.tuple_type, L.n)
+    rec = ds_record_new_gc(L.tuple_type, L.n, L.atomic)
     _dec_run(L.ops, 0, L.n, p, <PyObject*>rec, 0)
     return rec
 
@@ -1577,7 +1631,7 @@ cdef object _dec_fields(
     # No exception frame here (on 3.12+ each one costs a thread-state lookup): an error
     # leaves NULL items, which the tuple's dealloc skips, and MessageCodec._decode asks
     # the twin for the error's field path.
-    rec = ds_record_new(L.tuple_type, L.n - start)
+    rec = ds_record_new_gc(L.tuple_type, L.n - start, L.atomic)
     while i < L.n:
         op = &L.ops[i]
         kind = op.kind

@@ -14,9 +14,133 @@
 
 #include "ds_pyver.h"
 
-/* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM. */
-static PyObject* ds_record_new(PyObject* type, Py_ssize_t n) {
-    return ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, n);
+/* --- decoded records -------------------------------------------------------------------
+   Each decoded struct is a namedtuple instance; allocating and freeing them is most of a
+   decode (PyType_GenericAlloc, then subtype_dealloc + tupledealloc, each with the GC
+   bookkeeping and, on 3.12+, a thread-state lookup for the trashcan). Two things make it
+   cheaper:
+
+   - a record whose fields are all atomic (ints, bools, floats, text, bytes, MACs) cannot
+     be part of a reference cycle, so it is not tracked by the GC (CPython untracks such
+     tuples too, lazily);
+   - where DS_RECORD_FREELIST is compiled in (ds_pyver.h), the codec's namedtuple types get
+     their own tp_dealloc (ds_rec_dealloc, installed by ds_rec_register after checking the
+     type's slots), which keeps freed records on a free list per size that ds_record_new
+     takes from. It frees exactly what subtype_dealloc + tupledealloc free for such a
+     type (its items and its type reference; the types have no dict, weakrefs, finalizer
+     or slots), and an untracked record skips the trashcan: its items are atomic, so
+     freeing it cannot recurse. A subclass defined in Python reaches it through
+     subtype_dealloc, as its base's tp_dealloc, and is freed the ordinary way.
+*/
+#define DS_REC_MAXN 40   /* records of up to this many fields are kept */
+#define DS_REC_KEEP 64   /* per size */
+static int ds_rec_fast = 0;  /* free list on: ds_rec_register works (set by the import check) */
+#if defined(DS_RECORD_FREELIST)
+static PyObject* ds_rec_free[DS_REC_MAXN + 1][DS_REC_KEEP];
+static int ds_rec_nfree[DS_REC_MAXN + 1];
+#endif
+
+static void ds_rec_dealloc(PyObject* o);
+
+static void ds_rec_release(PyObject* o) {
+    /* the memory of a record whose items are released: onto the free list, or freed */
+    PyTypeObject* tp = Py_TYPE(o);
+#if defined(DS_RECORD_FREELIST)
+    Py_ssize_t n = Py_SIZE(o);
+    if (ds_rec_fast && tp->tp_dealloc == ds_rec_dealloc && n <= DS_REC_MAXN
+        && ds_rec_nfree[n] < DS_REC_KEEP) {
+        /* a static type while it waits: the record type may be freed meanwhile */
+        Py_SET_TYPE(o, &PyTuple_Type);
+        ds_rec_free[n][ds_rec_nfree[n]++] = o;
+        Py_DECREF(tp);
+        return;
+    }
+#endif
+    tp->tp_free(o);
+    Py_DECREF(tp);
+}
+
+static void ds_rec_dealloc(PyObject* o) {
+    Py_ssize_t i = Py_SIZE(o);
+    PyObject** items = ((PyTupleObject*)o)->ob_item;
+    if (!PyObject_GC_IsTracked(o) && Py_TYPE(o)->tp_dealloc == ds_rec_dealloc) {
+        /* a record of atomic fields (ds_record_new): no trashcan needed */
+        while (--i >= 0) Py_XDECREF(items[i]);
+        ds_rec_release(o);
+        return;
+    }
+    PyObject_GC_UnTrack(o);
+    Py_TRASHCAN_BEGIN(o, ds_rec_dealloc)
+    while (--i >= 0) Py_XDECREF(items[i]);
+    ds_rec_release(o);
+    Py_TRASHCAN_END
+}
+
+/* Install ds_rec_dealloc on a namedtuple type of the codec when its slots are those of
+   a plain namedtuple (`like`: tp_dealloc of a namedtuple made for the check); 1 if it
+   is installed (or was), 0 if not (its records are then allocated with tp_alloc). */
+static int ds_rec_register(PyObject* type, PyObject* like) {
+#if defined(DS_RECORD_FREELIST)
+    PyTypeObject* t = (PyTypeObject*)type;
+    PyTypeObject* ref = (PyTypeObject*)like;
+    if (!ds_rec_fast || !PyType_Check(type)) return 0;
+    if (t->tp_dealloc == ds_rec_dealloc) return 1;
+    if (t->tp_base != &PyTuple_Type || t->tp_dealloc != ref->tp_dealloc
+        || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || !(t->tp_flags & Py_TPFLAGS_HAVE_GC)
+        || (t->tp_flags & ((1UL << 3) | (1UL << 4)))  /* managed weakref / dict */
+        || t->tp_basicsize != PyTuple_Type.tp_basicsize
+        || t->tp_itemsize != PyTuple_Type.tp_itemsize || t->tp_dictoffset != 0
+        || t->tp_weaklistoffset != 0 || t->tp_finalize != NULL || t->tp_del != NULL
+        || t->tp_alloc != PyType_GenericAlloc || t->tp_free != PyObject_GC_Del)
+        return 0;
+    t->tp_dealloc = ds_rec_dealloc;
+    return 1;
+#else
+    (void)type; (void)like;
+    return 0;
+#endif
+}
+
+/* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM (its
+   items are NULL until then). `atomic`: every field will be an atomic value, so the
+   record is not tracked by the GC. */
+static PyObject* ds_record_new_gc(PyObject* type, Py_ssize_t n, int atomic) {
+    PyTypeObject* t = (PyTypeObject*)type;
+    PyObject* o;
+#if defined(DS_RECORD_FREELIST)
+    if (n <= DS_REC_MAXN && ds_rec_nfree[n] > 0 && t->tp_dealloc == ds_rec_dealloc
+        && ds_rec_fast) {
+        o = ds_rec_free[n][--ds_rec_nfree[n]];
+        Py_INCREF(t);
+        Py_SET_TYPE(o, t);
+        Py_SET_REFCNT(o, 1);
+        memset(((PyTupleObject*)o)->ob_item, 0, (size_t)n * sizeof(PyObject*));
+        if (!atomic) PyObject_GC_Track(o);
+        return o;
+    }
+#endif
+    o = t->tp_alloc(t, n);
+    if (o && atomic) PyObject_GC_UnTrack(o);
+    return o;
+}
+
+/* The free list emptied (the portable path, for tests) or back on (the import check). */
+static int ds_rec_set_fast(int on) {
+#if defined(DS_RECORD_FREELIST)
+    Py_ssize_t n;
+    if (on >= 0 && !on) {
+        for (n = 0; n <= DS_REC_MAXN; n++) {
+            while (ds_rec_nfree[n] > 0) PyObject_GC_Del(ds_rec_free[n][--ds_rec_nfree[n]]);
+        }
+        ds_rec_fast = 0;
+    } else if (on > 0) {
+        ds_rec_fast = 1;
+    }
+    return ds_rec_fast;
+#else
+    (void)on;
+    return 0;
+#endif
 }
 /* An instance without running __init__ (what object.__new__ does). */
 static PyObject* ds_alloc(PyObject* type) {

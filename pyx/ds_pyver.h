@@ -169,6 +169,17 @@ static inline ds_ukentry ds_entry_slow(PyObject* d, Py_ssize_t p) {
     return r;
 }
 
+/* --- decoded records (ds_codec.h) ------------------------------------------------------ */
+
+/* 3.11, 3.12, 3.13 (not free-threaded): a namedtuple instance of n items is a block of
+   the same size and header (a GC head, no dict or weakref pre-header) whatever its type,
+   so the codec keeps freed ones on a free list per size and reuses them for any of its
+   record types (ds_rec_*). ds_rec_register checks each type's slots at run time; other
+   versions build every record with tp_alloc and free it as CPython does. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define DS_RECORD_FREELIST 1
+#endif
+
 /* --- bytes subclasses ------------------------------------------------------------------ */
 
 /* A bytes-subclass instance (MacAddress) holding p[0:n], as bytes.__new__ builds it. */

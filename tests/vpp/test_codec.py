@@ -668,7 +668,7 @@ def test_fast_paths_are_on_where_a_layout_is_known() -> None:
     known = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
     free_threaded = not getattr(sys, "_is_gil_enabled", lambda: True)()
     if known and not free_threaded:
-        assert paths == {"ints": 1, "dicts": 1}
+        assert paths == {"ints": 1, "dicts": 1, "records": 1}
 
 
 @pytest.fixture
@@ -676,7 +676,7 @@ def portable() -> Iterator[ModuleType]:
     """The compiled codec on its portable paths (public C API only), as a CPython without a
     known layout runs it; the import check's choice is restored afterwards."""
     c = IMPLS["compiled"]
-    assert c._fast_paths(False) == {"ints": 0, "dicts": 0}
+    assert c._fast_paths(False) == {"ints": 0, "dicts": 0, "records": 0}
     try:
         yield c
     finally:
