@@ -13,8 +13,13 @@ behind the client's own requests is answered after them: any frame arriving is p
 life, an idle VPP that leaves ``probe_failures`` pings in a row unanswered for
 ``probe_timeout`` is hung, and a VPP busy with our outstanding requests is hung only once
 it sent nothing at all for ``busy_timeout``. A lost connection fails the calls in flight with
-:class:`VppConnectionError`, is reported through ``on_fault(kind, detail)`` and is
-followed by a reconnect loop with capped, jittered backoff that only ``close()`` stops.
+:class:`VppConnectionError`, is reported as a typed fault event (see
+:mod:`datasync.vpp.faults` and :meth:`VppClient.add_fault_listener`) and is followed by a
+reconnect loop with capped, jittered backoff that only ``close()`` stops.
+
+Settings come as one :class:`~datasync.vpp.config.VppClientConfig`; each transport is
+opened by its own module (:mod:`datasync.vpp.socket_link`, :mod:`datasync.vpp.shm_link`,
+:mod:`datasync.vpp.vac`), which returns the connected transport and its message table.
 """
 
 from __future__ import annotations
@@ -26,31 +31,42 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import ClosedError, DatasyncError
-from .codec import codec_for
+from . import shm_link, socket_link, vac
+from .config import VppClientConfig, VppConfigError
 from .defs import ApiDefinitions, builtin_definitions
-from .retvals import VppApiError
-from .transport import (
-    RawSocket,
-    ShmTransport,
-    SocketTransport,
+from .errors import (
+    VppApiError,
     VppConnectionError,
+    VppMessageError,
     VppMessageTooLargeError,
     VppProtocolError,
+    VppTimeoutError,
 )
-
-if TYPE_CHECKING:
-    from .vac import VacTransport
+from .faults import (
+    Disconnected,
+    FaultCallback,
+    FaultListener,
+    Reconnected,
+    Unresponsive,
+    VppFault,
+    VppRestarted,
+)
+from .link import MessageTable, Transport
 
 __all__ = [
     "FaultCallback",
+    "FaultListener",
     "Subscription",
     "VppApiError",
     "VppClient",
+    "VppClientConfig",
+    "VppConfigError",
     "VppConnectionError",
+    "VppFault",
     "VppMessageError",
     "VppMessageTooLargeError",
     "VppProtocolError",
@@ -58,32 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("datasync.vpp.client")
-
-FaultCallback = Callable[[str, Mapping[str, Any]], Any]
-
-_SOCKCLNT_CREATE_ID = 15  # hard-coded by VPP (memclnt messages are numbered 1..28)
-_SOCKCLNT_CREATE_REPLY_ID = 16
-_HANDSHAKE_CONTEXT = 124  # what papi sends; any value works
-
-
-class VppTimeoutError(DatasyncError, TimeoutError):
-    """A call got no reply in time. A timeout is never a success; the late reply is dropped."""
-
-    retriable = True
-
-    def __init__(self, message: str, timeout: float) -> None:
-        self.message = message
-        self.timeout = timeout
-        super().__init__(f"VPP call {message} got no reply within {timeout:g} s")
-
-
-class VppMessageError(DatasyncError):
-    """A message is unknown to our definitions, or VPP does not offer it with our CRC."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.name = name
-        self.reason = reason
-        super().__init__(f"VPP message {name!r}: {reason}")
 
 
 class _Stalled(Exception):
@@ -129,32 +119,6 @@ class Subscription:
                 self.on_close()
 
 
-class _Conn:
-    """Per-connection message table: ids resolved by name_crc."""
-
-    def __init__(self, table: Mapping[str, int], defs: ApiDefinitions, client_index: int) -> None:
-        self.client_index = client_index
-        self.name_to_id: dict[str, int] = {}
-        self.by_id: dict[int, tuple[str, Any, bool]] = {}  # id -> (name, codec, has_context)
-        self.mismatched: dict[str, str] = {}
-        #: request name -> (id, codec, is_dump), filled on first use
-        self.requests: dict[str, tuple[int, Any, bool]] = {}
-        by_name = {}
-        for name_crc, msg_id in table.items():
-            name, _, crc = name_crc.rpartition("_")
-            by_name[name] = crc
-            msg = defs.messages.get(name)
-            if msg is None:
-                continue
-            if msg.name_crc != name_crc:
-                continue
-            self.name_to_id[name] = msg_id
-            self.by_id[msg_id] = (name, codec_for(defs, name), msg.has_context)
-        for name in defs.messages:
-            if name not in self.name_to_id and name in by_name:
-                self.mismatched[name] = by_name[name]
-
-
 class VppClient:
     """An asyncio client of the VPP binary API over its AF_UNIX socket.
 
@@ -168,68 +132,43 @@ class VppClient:
         path: str | os.PathLike[str] = "/run/vpp/api.sock",
         defs: ApiDefinitions | None = None,
         *,
-        name: str = "datasync",
-        max_in_flight: int = 1024,
-        timeout: float = 5.0,
-        connect_timeout: float = 5.0,
-        probe_interval: float | None = 1.0,
-        probe_timeout: float = 0.25,
-        probe_failures: int = 2,
-        busy_timeout: float | None = None,
-        reconnect: bool = True,
-        backoff_initial: float = 0.05,
-        backoff_max: float = 2.0,
-        require: Iterable[str] = (),
+        config: VppClientConfig | None = None,
         on_fault: FaultCallback | None = None,
-        event_queue_size: int = 10000,
-        transport: str = "socket",
-        shm_size: int = 4 << 20,
-        vac_library: str | None = None,
-        vac_prefix: str | None = None,
-        vac_mode: str = "sync",
+        **options: Any,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be >= 1")
+        """``config`` says how to talk to VPP; keyword ``options`` (the fields of
+        :class:`VppClientConfig`, e.g. ``timeout=10``) override it, as before it existed."""
+        cfg = config if config is not None else VppClientConfig()
+        if options:
+            cfg = cfg.replace(**options)
+        self.config = cfg
         self.path = os.fspath(path)
         self.defs = defs if defs is not None else builtin_definitions()
-        self.name = name
-        self.max_in_flight = max_in_flight
+        self.name = cfg.name
+        self.max_in_flight = cfg.max_in_flight
         #: the window in use: max_in_flight, or less when the transport needs it
-        self._window = max_in_flight
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.probe_interval = probe_interval
-        self.probe_timeout = probe_timeout
-        self.probe_failures = max(1, probe_failures)
-        #: how long VPP may send nothing while our requests are outstanding before the
-        #: probe calls it hung (default: the call timeout, when those calls fail anyway)
-        self.busy_timeout = (
-            busy_timeout
-            if busy_timeout is not None
-            else max(timeout, probe_timeout * self.probe_failures)
-        )
-        self.reconnect = reconnect
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.require = tuple(require)
+        self._window = cfg.max_in_flight
+        self.timeout = cfg.timeout
+        self.connect_timeout = cfg.connect_timeout
+        self.probe_interval = cfg.probe_interval
+        self.probe_timeout = cfg.probe_timeout
+        self.probe_failures = cfg.probe_failures
+        self.busy_timeout = cfg.effective_busy_timeout
+        self.reconnect = cfg.reconnect
+        self.backoff = cfg.backoff
+        self.require = cfg.require
+        #: the older fault callback, ``on_fault(kind, detail)``; see add_fault_listener
         self.on_fault = on_fault
-        self.event_queue_size = event_queue_size
-        if transport not in ("socket", "shm", "vac"):
-            raise ValueError(f"transport must be 'socket', 'shm' or 'vac', got {transport!r}")
-        #: "socket", or "shm": bodies over the project's shared-memory ring after
-        #: sock_init_shm (the simulator offers it; a real VPP's shm is not this ring), or
-        #: "vac": a real VPP's shared memory through libvppapiclient (``path`` unused)
-        self.transport_kind = transport
-        self.shm_size = shm_size
-        #: the libvppapiclient.so file (default: searched) and VPP's api-segment prefix
-        self.vac_library = vac_library
-        self.vac_prefix = vac_prefix
-        if vac_mode not in ("sync", "callback"):
-            raise ValueError(f"vac_mode must be 'sync' or 'callback', got {vac_mode!r}")
-        #: "sync" (our reader polls vac_read) or "callback" (the library's rx thread
-        #: delivers: no timeout-thread handshake per message; see benches/README.md)
-        self.vac_mode = vac_mode
-        #: VPP's pid as reported by control_ping (None until known)
+        self._fault_listeners: list[FaultListener] = []
+        self.event_queue_size = cfg.event_queue_size
+        self.transport_kind = cfg.transport
+        # the older attribute names of the settings (read them from ``config``)
+        self.backoff_initial = cfg.backoff_initial
+        self.backoff_max = cfg.backoff_max
+        self.shm_size = cfg.shm_size
+        self.vac_library = cfg.vac_library
+        self.vac_prefix = cfg.vac_prefix
+        self.vac_mode = cfg.vac_mode
         self.vpe_pid: int | None = None
         self.stats: dict[str, int] = {
             "requests": 0,
@@ -246,8 +185,8 @@ class VppClient:
             "timeouts": 0,
             "max_in_flight_seen": 0,
         }
-        self._transport: SocketTransport | ShmTransport | VacTransport | None = None
-        self._conn: _Conn | None = None
+        self._transport: Transport | None = None
+        self._conn: MessageTable | None = None
         self._pending: dict[int, _Call] = {}
         self._timed_out: set[int] = set()
         #: abandoned requests still holding their window slot (vac), and whether to hold
@@ -258,7 +197,6 @@ class VppClient:
         self._window_waiters: deque[asyncio.Future[None]] = deque()
         self._subscribers: dict[str, list[Subscription]] = {}
         self._wants: dict[str, dict[str, Any]] = {}
-        self._handshake: asyncio.Future[Any] | None = None
         self._closed = False
         self._connected = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
@@ -305,42 +243,48 @@ class VppClient:
         await self._connect_once()
         self._start_probe()
 
-    def _make_conn(self, reply: Any) -> _Conn:
-        if reply.response != 0:
-            raise VppConnectionError(f"sockclnt_create refused (response {reply.response})")
-        table = {e.name: e.index for e in reply.message_table[: reply.count]}
-        return self._check_conn(_Conn(table, self.defs, reply.index))
-
-    def _check_conn(self, conn: _Conn) -> _Conn:
-        missing = [n for n in self.require if n not in conn.name_to_id]
-        needs = ["control_ping", "control_ping_reply"]
-        if self.transport_kind == "shm":
-            needs += ["sock_init_shm", "sock_init_shm_reply"]
-        missing += [n for n in needs if n not in conn.name_to_id]
-        if missing:
-            raise VppMessageError(missing[0], self._why_missing(conn, missing))
-        return conn
-
-    def _create_body(self) -> bytes:
-        return codec_for(self.defs, "sockclnt_create").encode(
-            _SOCKCLNT_CREATE_ID, {"context": _HANDSHAKE_CONTEXT, "name": self.name[:63]}
+    async def _open(self) -> tuple[Transport, MessageTable]:
+        """Open the configured transport: its module's ``open()`` handshakes."""
+        cfg = self.config
+        if cfg.transport == "vac":
+            return await vac.open(
+                self,
+                self.defs,
+                name=cfg.name,
+                connect_timeout=cfg.connect_timeout,
+                require=cfg.require,
+                prefix=cfg.vac_prefix,
+                library=cfg.vac_library,
+                mode=cfg.vac_mode,
+            )
+        if cfg.transport == "shm":
+            return await shm_link.open(
+                self.path,
+                self,
+                self.defs,
+                name=cfg.name,
+                connect_timeout=cfg.connect_timeout,
+                require=cfg.require,
+                shm_size=cfg.shm_size,
+            )
+        return await socket_link.open(
+            self.path,
+            self,
+            self.defs,
+            name=cfg.name,
+            connect_timeout=cfg.connect_timeout,
+            require=cfg.require,
         )
 
     async def _connect_once(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        if self.transport_kind == "shm":
-            await self._handshake_shm()
-        elif self.transport_kind == "vac":
-            await self._handshake_vac()
-        else:
-            await self._handshake_socket(loop)
-        self._handshake = None
-        self._max_body = getattr(self._transport, "max_body", None)
+        self._loop = asyncio.get_running_loop()
+        transport, table = await self._open()
+        # no await since open() returned: frames the transport delivers find the table
+        self._transport, self._conn = transport, table
+        self._max_body = transport.max_body
         # vac: fewer outstanding than VPP's input queue holds, or vac_write blocks
-        self._window = min(
-            self.max_in_flight, getattr(self._transport, "max_in_flight", self.max_in_flight)
-        )
-        self._hold_abandoned = self.transport_kind == "vac"
+        self._window = min(self.max_in_flight, transport.max_in_flight or self.max_in_flight)
+        self._hold_abandoned = transport.hold_abandoned
         self.stats["connects"] += 1
         self._connected.set()
         # learn vpe_pid at once, so a restart is detected even before the first probe
@@ -350,113 +294,15 @@ class VppClient:
             )
         except BaseException:
             # half-made connection: close it quietly, the caller (or the loop) retries
-            transport = self._transport
+            current = self._transport
             self._drop_connection(VppConnectionError("VPP did not answer control_ping"))
-            if transport is not None:
-                transport.abort()
+            if current is not None:
+                current.abort()
             raise
         previous, self.vpe_pid = self.vpe_pid, int(reply.vpe_pid)
         if previous is not None and previous != self.vpe_pid:
-            self._fault("vpp_restarted", {"old_vpe_pid": previous, "vpe_pid": self.vpe_pid})
+            self._fault(VppRestarted(previous, self.vpe_pid))
         await self._replay_wants()
-
-    async def _handshake_socket(self, loop: asyncio.AbstractEventLoop) -> None:
-        transport = await SocketTransport.connect(self.path, self)
-        self._transport = transport
-        self._handshake = loop.create_future()
-        try:
-            transport.send(self._create_body())
-            async with asyncio.timeout(self.connect_timeout):
-                reply = await self._handshake
-            self._conn = self._make_conn(reply)
-        except BaseException as exc:
-            self._handshake = None
-            self._transport = None
-            transport.abort()
-            if isinstance(exc, TimeoutError):
-                raise VppConnectionError(
-                    f"no sockclnt_create_reply from {self.path} within {self.connect_timeout:g} s"
-                ) from exc
-            raise
-
-    async def _handshake_shm(self) -> None:
-        # Handshake on a raw socket (exact reads), then sock_init_shm: the fds arrive with
-        # SCM_RIGHTS, which a stream transport would throw away.
-        raw = await RawSocket.connect(self.path)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await raw.send(self._create_body())
-                body = await raw.recv()
-                if len(body) < 2 or ((body[0] << 8) | body[1]) != _SOCKCLNT_CREATE_REPLY_ID:
-                    raise VppProtocolError(
-                        "first message from VPP is not sockclnt_create_reply (id 16)"
-                    )
-                conn = self._make_conn(codec_for(self.defs, "sockclnt_create_reply").decode(body))
-                init_id = conn.name_to_id["sock_init_shm"]
-                await raw.send(
-                    conn.by_id[init_id][1].encode(
-                        init_id,
-                        {
-                            "client_index": conn.client_index,
-                            "context": _HANDSHAKE_CONTEXT,
-                            "requested_size": self.shm_size,
-                        },
-                    )
-                )
-                body = await raw.recv()
-                entry = conn.by_id.get((body[0] << 8) | body[1]) if len(body) >= 2 else None
-                if entry is None or entry[0] != "sock_init_shm_reply":
-                    raise VppProtocolError("expected sock_init_shm_reply")
-                reply = entry[1].decode(body)
-                if reply.retval != 0:
-                    raise VppConnectionError(
-                        f"VPP refused shared memory (sock_init_shm retval {reply.retval})"
-                    )
-                _payload, fds = await raw.recv_fds(3)
-                transport = await ShmTransport.start(raw, fds, self)
-        except BaseException as exc:
-            raw.close()
-            if isinstance(exc, TimeoutError):
-                raise VppConnectionError(
-                    f"shared memory handshake with {self.path} took over {self.connect_timeout:g} s"
-                ) from exc
-            raise
-        self._transport = transport
-        self._conn = conn
-
-    async def _handshake_vac(self) -> None:
-        # libvppapiclient does the memclnt handshake itself; ids come from
-        # vac_get_msg_index and vac_write stamps the client_index (so ours is 0)
-        from .vac import VacTransport
-
-        names = [m.name_crc for m in self.defs.messages.values()]
-        # open() bounds vac_connect itself and skips it when VPP's region is missing
-        transport, table = await VacTransport.open(
-            self,
-            names,
-            name=self.name,
-            prefix=self.vac_prefix,
-            library=self.vac_library,
-            connect_timeout=self.connect_timeout,
-            mode=self.vac_mode,
-        )
-        try:
-            conn = self._check_conn(_Conn(table, self.defs, 0))
-        except BaseException:
-            transport.close()
-            raise
-        self._transport = transport
-        self._conn = conn
-
-    def _why_missing(self, conn: _Conn, names: Sequence[str]) -> str:
-        parts = []
-        for n in names:
-            if n in conn.mismatched:
-                ours = self.defs.name_crc(n) if n in self.defs.messages else "?"
-                parts.append(f"{n}: CRC mismatch (ours {ours}, VPP has {n}_{conn.mismatched[n]})")
-            else:
-                parts.append(f"{n}: not offered by VPP")
-        return "; ".join(parts)
 
     async def close(self) -> None:
         """Say goodbye (sockclnt_delete), close the socket, stop probe and reconnect tasks."""
@@ -469,7 +315,8 @@ class VppClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._probe_task = self._reconnect_task = None
-        if self.connected and self.transport_kind != "vac":  # vac_disconnect says goodbye
+        transport = self._transport
+        if self.connected and transport is not None and not transport.says_goodbye:
             assert self._conn is not None
             with contextlib.suppress(DatasyncError, OSError):
                 await self._request(
@@ -483,12 +330,10 @@ class VppClient:
         self._drop_connection(ClosedError("VppClient closed"))
         if transport is not None:
             transport.close()
-            wait_closed = getattr(transport, "wait_closed", None)
-            if self.transport_kind == "vac" and wait_closed is not None:
-                # the library is free (vac_disconnect returned) once the transport
-                # reported its end: the next connection need not wait for it
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wait_closed(), self.timeout)
+            # vac: the library is free (vac_disconnect returned) once the transport
+            # reported its end, so the next connection need not wait for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(transport.wait_closed(), self.timeout)
         for task in list(self._fault_tasks):
             task.cancel()
         for waiter in self._window_waiters:
@@ -519,7 +364,7 @@ class VppClient:
         self._last_rx = self._loop.time()
         conn = self._conn
         if conn is None:
-            self._handshake_frames(bodies)
+            self.stats["unsolicited"] += len(bodies)  # a transport delivers after open()
             return
         by_id = conn.by_id
         pending = self._pending
@@ -564,30 +409,10 @@ class VppClient:
             else:
                 self._finish(ctx, call, result=msg)
 
-    def _handshake_frames(self, bodies: list[bytes]) -> None:
-        fut = self._handshake
-        for body in bodies:
-            if fut is None or fut.done():
-                self.stats["unsolicited"] += 1
-                continue
-            if len(body) < 2 or ((body[0] << 8) | body[1]) != _SOCKCLNT_CREATE_REPLY_ID:
-                fut.set_exception(
-                    VppProtocolError("first message from VPP is not sockclnt_create_reply (id 16)")
-                )
-                continue
-            try:
-                fut.set_result(codec_for(self.defs, "sockclnt_create_reply").decode(body))
-            except Exception as exc:
-                fut.set_exception(VppProtocolError(f"bad sockclnt_create_reply: {exc}"))
-
     def transport_lost(self, exc: BaseException | None) -> None:
         reason, self._abort_reason = self._abort_reason, None
         if reason is not None:
             exc = reason  # we aborted (e.g. the health probe): say so, not "peer closed"
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.set_exception(
-                VppConnectionError(f"VPP closed the connection during the handshake ({exc})")
-            )
         was_connected = self.connected
         self._drop_connection(
             exc
@@ -596,7 +421,7 @@ class VppClient:
         )
         if was_connected and not self._closed:
             self.stats["disconnects"] += 1
-            self._fault("disconnected", {"error": str(exc) if exc else "closed by VPP"})
+            self._fault(Disconnected(str(exc) if exc else "closed by VPP"))
             self._start_reconnect()
 
     def _drop_connection(self, exc: BaseException) -> None:
@@ -690,7 +515,7 @@ class VppClient:
             if msg_id is None:
                 if name not in self.defs.messages:
                     raise VppMessageError(name, "unknown message (not in our definitions)")
-                raise VppMessageError(name, self._why_missing(conn, [name]))
+                raise VppMessageError(name, conn.why_missing([name]))
             req = conn.requests[name] = (msg_id, conn.by_id[msg_id][1], self.defs.is_dump(name))
         msg_id, codec, is_dump = req
         data = dict(fields) if fields else {}
@@ -1039,16 +864,30 @@ class VppClient:
         self._fault_tasks.add(task)
         task.add_done_callback(self._fault_tasks.discard)
 
-    def _fault(self, kind: str, detail: Mapping[str, Any]) -> None:
-        log.info("VPP fault %s: %s", kind, dict(detail))
-        if self.on_fault is None:
-            return
+    def add_fault_listener(self, callback: FaultListener) -> None:
+        """Call ``callback(event)`` with every :data:`~datasync.vpp.faults.VppFault`
+        (a coroutine it returns runs in a task)."""
+        self._fault_listeners.append(callback)
+
+    def remove_fault_listener(self, callback: FaultListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._fault_listeners.remove(callback)
+
+    def _fault(self, event: VppFault) -> None:
+        log.info("VPP fault %s: %s", event.kind, event.detail())
+        for listener in list(self._fault_listeners):
+            self._notify(event, listener, event)
+        on_fault = self.on_fault
+        if on_fault is not None:
+            self._notify(event, on_fault, event.kind, event.detail())
+
+    def _notify(self, event: VppFault, callback: Callable[..., Any], *args: Any) -> None:
         try:
-            result = self.on_fault(kind, detail)
+            result = callback(*args)
             if inspect.isawaitable(result):
                 self._spawn(result)
-        except Exception:
-            log.exception("on_fault callback failed for %s", kind)
+        except Exception:  # a listener's bug must not stop the others or the client
+            log.exception("VPP fault callback failed for %s", event.kind)
 
     def _start_probe(self) -> None:
         if self.probe_interval and (self._probe_task is None or self._probe_task.done()):
@@ -1076,13 +915,12 @@ class VppClient:
                 failures = 0
                 if transport is not None and transport is self._transport:
                     self._fault(
-                        "unresponsive",
-                        {
-                            "timeout": self.busy_timeout,
-                            "silent_for": round(stall.silent_for, 3),
-                            "outstanding": stall.outstanding,
-                            "events_only": stall.events_only,
-                        },
+                        Unresponsive(
+                            self.busy_timeout,
+                            silent_for=round(stall.silent_for, 3),
+                            outstanding=stall.outstanding,
+                            events_only=stall.events_only,
+                        )
                     )
                     self._abort_reason = VppConnectionError(
                         f"health probe failed: {stall} with {stall.outstanding} requests "
@@ -1097,7 +935,7 @@ class VppClient:
                 rx_at_miss = self._rx_batches
                 transport = self._transport
                 if failures >= self.probe_failures and transport is not None:
-                    self._fault("unresponsive", {"timeout": self.probe_timeout, "misses": failures})
+                    self._fault(Unresponsive(self.probe_timeout, misses=failures))
                     # treat a hung VPP like a lost one: reconnect and let the pid tell
                     self._abort_reason = VppConnectionError(
                         f"health probe failed: no message from VPP within "
@@ -1110,7 +948,7 @@ class VppClient:
             pid = int(reply.vpe_pid)
             if self.vpe_pid is not None and pid != self.vpe_pid:
                 old, self.vpe_pid = self.vpe_pid, pid
-                self._fault("vpp_restarted", {"old_vpe_pid": old, "vpe_pid": pid})
+                self._fault(VppRestarted(old, pid))
             else:
                 self.vpe_pid = pid
 
@@ -1188,9 +1026,8 @@ class VppClient:
         attempt = 0
         old_pid = self.vpe_pid
         while not self._closed:
-            delay = min(self.backoff_max, self.backoff_initial * (2 ** min(attempt, 30)))
-            await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))  # jitter
             attempt += 1
+            await asyncio.sleep(self.backoff.delay(attempt, self._rng))
             self._reconnect_again = False
             try:
                 await self._connect_once()
@@ -1214,10 +1051,7 @@ class VppClient:
                 )
                 continue
             restarted = old_pid is not None and self.vpe_pid != old_pid
-            self._fault(
-                "reconnected",
-                {"attempts": attempt, "vpe_pid": self.vpe_pid, "vpp_restarted": restarted},
-            )
+            self._fault(Reconnected(attempt, self.vpe_pid, restarted))
             self._start_probe()
             return
 

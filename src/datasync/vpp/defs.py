@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import DatasyncError
+from .errors import CodecError, DefinitionError, UnknownMessageError
 
 __all__ = [
     "BASE_TYPES",
@@ -57,35 +57,6 @@ BASE_TYPES: Mapping[str, int] = MappingProxyType(
 )
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-class DefinitionError(DatasyncError):
-    """An ``.api.json`` file is malformed, or a definition references an unknown type."""
-
-
-class UnknownMessageError(DatasyncError, KeyError):
-    """A message name is not in this set of definitions."""
-
-    def __init__(self, name: str, where: str = "definitions") -> None:
-        self.name = name
-        super().__init__(f"unknown VPP API message {name!r} (not in the {where})")
-
-    def __str__(self) -> str:  # KeyError would repr() the whole message
-        return str(self.args[0])
-
-
-class CodecError(DatasyncError, ValueError):
-    """A message could not be encoded or decoded; names the message and the field."""
-
-    def __init__(self, message: str, field: str, reason: str) -> None:
-        self.message = message
-        self.field = field
-        self.reason = reason
-        where = f"{message}.{field}" if field else message
-        super().__init__(f"{where}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.field, self.reason))
 
 
 def _short(type_name: str) -> str:

@@ -1,22 +1,24 @@
 """VPP's API return values (``foreach_vnet_error``) and how the agent treats each one.
 
 The table is VPP's ``vnet_api_errors`` list (``src/vnet/error.h``; value, name, text).
-``classify(retval, op)`` implements FAULTS.md F11: transient conditions are retried,
+``classify(retval, op)`` says what a retval means for the agent: transient conditions are retried,
 invalid or unsupported requests fail for good, and "already exists" on a create or "not
 found" on a delete count as success.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import DatasyncError
+if TYPE_CHECKING:
+    from .errors import VppApiError
 
 __all__ = [
     "RETVAL_NAMES",
     "RETVAL_TEXT",
     "VppApiError",
     "classify",
+    "retval_by_name",
     "retval_name",
 ]
 
@@ -165,6 +167,35 @@ RETVAL_NAMES: dict[int, str] = {v: n for v, (n, _t) in _TABLE.items()}
 RETVAL_TEXT: dict[int, str] = {v: t for v, (_n, t) in _TABLE.items()}
 _BY_NAME = {n: v for v, n in RETVAL_NAMES.items()}
 
+# The retvals code names (the simulator's handlers, the plugins): a misspelt name fails
+# at import, where a literal number would silently mean something else.
+OK = 0
+INVALID_SW_IF_INDEX = _BY_NAME["INVALID_SW_IF_INDEX"]
+NO_SUCH_FIB = _BY_NAME["NO_SUCH_FIB"]
+NO_SUCH_ENTRY = _BY_NAME["NO_SUCH_ENTRY"]
+INVALID_VALUE = _BY_NAME["INVALID_VALUE"]
+FEATURE_DISABLED = _BY_NAME["FEATURE_DISABLED"]
+INVALID_REGISTRATION = _BY_NAME["INVALID_REGISTRATION"]
+NO_PATHS_IN_ROUTE = _BY_NAME["NO_PATHS_IN_ROUTE"]
+NO_MATCHING_INTERFACE = _BY_NAME["NO_MATCHING_INTERFACE"]
+ADDRESS_NOT_FOUND_FOR_INTERFACE = _BY_NAME["ADDRESS_NOT_FOUND_FOR_INTERFACE"]
+SUBIF_ALREADY_EXISTS = _BY_NAME["SUBIF_ALREADY_EXISTS"]
+INVALID_INTERFACE = _BY_NAME["INVALID_INTERFACE"]
+INVALID_ARGUMENT = _BY_NAME["INVALID_ARGUMENT"]
+UNEXPECTED_INTF_STATE = _BY_NAME["UNEXPECTED_INTF_STATE"]
+ADDRESS_IN_USE = _BY_NAME["ADDRESS_IN_USE"]
+ADDRESS_FOUND_FOR_INTERFACE = _BY_NAME["ADDRESS_FOUND_FOR_INTERFACE"]
+ENTRY_ALREADY_EXISTS = _BY_NAME["ENTRY_ALREADY_EXISTS"]
+BD_ALREADY_EXISTS = _BY_NAME["BD_ALREADY_EXISTS"]
+BD_IN_USE = _BY_NAME["BD_IN_USE"]
+BD_NOT_MODIFIABLE = _BY_NAME["BD_NOT_MODIFIABLE"]
+BD_ID_EXCEED_MAX = _BY_NAME["BD_ID_EXCEED_MAX"]
+UNSUPPORTED = _BY_NAME["UNSUPPORTED"]
+NON_ETHERNET = _BY_NAME["NON_ETHERNET"]
+BD_ALREADY_HAS_BVI = _BY_NAME["BD_ALREADY_HAS_BVI"]
+RSRC_IN_USE = _BY_NAME["RSRC_IN_USE"]
+INVALID_PREFIX_LENGTH = _BY_NAME["INVALID_PREFIX_LENGTH"]
+
 Outcome = Literal["ok", "benign", "retry", "fail"]
 
 # Transient: the same call may succeed later (resources busy or full, ordering with other
@@ -281,22 +312,21 @@ def classify(retval: int, op: str = "update") -> Outcome:
     return "fail"
 
 
-class VppApiError(DatasyncError):
-    """VPP answered a request with a negative retval."""
+def retval_by_name(name: str) -> int:
+    """The value of VPP's retval ``name`` (``"OK"`` is 0); a name VPP does not define is a
+    ``KeyError`` naming it."""
+    if name == "OK":
+        return 0
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not a VPP retval name") from None
 
-    def __init__(
-        self, retval: int, message: str = "", op: str = "update", detail: str = ""
-    ) -> None:
-        self.retval = retval
-        self.name = retval_name(retval)
-        self.message = message
-        self.op = op
-        self.outcome = classify(retval, op)
-        self.retriable = self.outcome == "retry"
-        text = RETVAL_TEXT.get(retval, "unknown error")
-        where = f"{message}: " if message else ""
-        extra = f" ({detail})" if detail else ""
-        super().__init__(f"{where}VPP returned {retval} {self.name}: {text}{extra}")
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.retval, self.message, self.op))
+def __getattr__(name: str) -> Any:
+    # VppApiError lives in datasync.vpp.errors (which imports this module); its old path
+    if name == "VppApiError":
+        from .errors import VppApiError
+
+        return VppApiError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

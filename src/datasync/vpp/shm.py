@@ -34,9 +34,15 @@ from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
 from datasync import _extensions
-from datasync.errors import ClosedError, DatasyncError
 from datasync.vpp import _shmring_py as _twin
 from datasync.vpp._shmring_py import SHMRING_CLIENT, SHMRING_SERVER, frame_size
+from datasync.vpp.errors import (
+    ShmClosedError,
+    ShmError,
+    ShmFullError,
+    ShmMessageTooLargeError,
+    ShmSegmentError,
+)
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -60,38 +66,6 @@ __all__ = [
 DEFAULT_CAPACITY = 1 << 20
 #: The payload VPP sends with the memfd after sock_init_shm_reply.
 FD_PAYLOAD = b"fdmsg"
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class ShmError(DatasyncError):
-    """A shared-memory ring operation failed; ``reason`` says why, ``code`` is the ring's code."""
-
-    def __init__(self, reason: str, code: int = 0) -> None:
-        self.reason = reason
-        self.code = code
-        super().__init__(f"shm ring: {reason}")
-
-
-class ShmFullError(ShmError):
-    """The ring has no room for the frame now; retry after the peer read."""
-
-    retriable = True
-
-
-class ShmClosedError(ShmError, ClosedError):
-    """The peer closed its end (after every frame it wrote was read), or this end is closed."""
-
-    retriable = True
-
-
-class ShmMessageTooLargeError(ShmError, ValueError):
-    """A body larger than the ring can ever hold."""
-
-
-class ShmSegmentError(ShmError):
-    """A segment received from a peer is invalid or truncated, or could not be created."""
 
 
 _REASONS = {

@@ -37,13 +37,21 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cffi
 
-from ..errors import DatasyncError
-from .transport import MAX_FRAME, FrameSink, VppConnectionError, VppProtocolError
+from .defs import ApiDefinitions
+from .errors import (
+    VAC_ERRORS,
+    VacError,
+    VacUnavailableError,
+    VppConnectionError,
+    VppProtocolError,
+)
+from .framing import MAX_FRAME
+from .link import FrameSink, MessageTable
 
 __all__ = [
     "ENV_LIBRARY",
@@ -52,6 +60,7 @@ __all__ = [
     "VacLibrary",
     "VacTransport",
     "VacUnavailableError",
+    "open",
 ]
 
 log = logging.getLogger("datasync.vpp.vac")
@@ -101,18 +110,6 @@ VAC_NOT_CONNECTED = -3
 VAC_SHM_NOT_READY = -4
 VAC_TIMEOUT = -5
 
-#: vac_errno_t: code -> (name, what it means)
-VAC_ERRORS: dict[int, tuple[str, str]] = {
-    VAC_SVM_QUEUE_SUB_1: (
-        "VAC_SVM_QUEUE_SUB_1",
-        "shared-memory queue error (svm_queue -1: queue empty/full, or not connected)",
-    ),
-    VAC_SVM_QUEUE_SUB_2: ("VAC_SVM_QUEUE_SUB_2", "shared-memory queue wait expired (svm_queue -2)"),
-    VAC_NOT_CONNECTED: ("VAC_NOT_CONNECTED", "not connected to VPP"),
-    VAC_SHM_NOT_READY: ("VAC_SHM_NOT_READY", "shared memory not ready (no VPP API region mapped)"),
-    VAC_TIMEOUT: ("VAC_TIMEOUT", "timed out"),
-}
-
 # Where distributions put the library when find_library does not know it (no ldconfig
 # entry, or a container without gcc/ldconfig).
 _SEARCH_GLOBS = (
@@ -122,26 +119,6 @@ _SEARCH_GLOBS = (
     "/usr/lib/libvppapiclient.so*",
     "/usr/local/lib/libvppapiclient.so*",
 )
-
-
-class VacUnavailableError(DatasyncError):
-    """libvppapiclient.so is not installed here (or is not a usable libvppapiclient)."""
-
-    def __init__(self, message: str, tried: Sequence[str] = ()) -> None:
-        self.tried = list(tried)
-        super().__init__(message)
-
-
-class VacError(VppConnectionError):
-    """A ``vac_*`` call returned an error code; ``code`` and ``code_name`` say which."""
-
-    def __init__(self, code: int, call: str, detail: str = "") -> None:
-        self.code = code
-        self.call = call
-        name, meaning = VAC_ERRORS.get(code, (f"code {code}", "unknown libvppapiclient error"))
-        self.code_name = name
-        extra = f" ({detail})" if detail else ""
-        super().__init__(f"{call} failed: {name} ({code}): {meaning}{extra}")
 
 
 class VacLibrary:
@@ -301,6 +278,11 @@ class VacTransport:
     """
 
     kind = "vac"
+    max_body: int | None = None
+    #: a request abandoned by the client still waits in VPP's input queue
+    hold_abandoned = True
+    #: vac_disconnect says goodbye
+    says_goodbye = True
     #: where shm_open puts VPP's API region (None: do not check before vac_connect)
     shm_dir: str | None = "/dev/shm"
     #: VPP's input queue length (``api-queue { length }``, 1024 by default) ...
@@ -760,3 +742,38 @@ class VacTransport:
     async def wait_closed(self) -> None:
         """Wait until ``transport_lost`` was delivered."""
         await asyncio.shield(self._closed_future)
+
+
+async def open(
+    sink: FrameSink,
+    defs: ApiDefinitions,
+    *,
+    name: str = "datasync",
+    connect_timeout: float = 5.0,
+    require: Iterable[str] = (),
+    prefix: str | None = None,
+    library: VacLibrary | str | os.PathLike[str] | None = None,
+    mode: str = "sync",
+) -> tuple[VacTransport, MessageTable]:
+    """Connect to a real VPP's shared memory through libvppapiclient (see
+    :meth:`VacTransport.open`) and resolve every message of ``defs``.
+
+    The library does the memclnt handshake itself; ids come from ``vac_get_msg_index``
+    and ``vac_write`` stamps the client index (so the table's is 0).
+    """
+    names = [m.name_crc for m in defs.messages.values()]
+    transport, ids = await VacTransport.open(
+        sink,
+        names,
+        name=name,
+        prefix=prefix,
+        library=library,
+        connect_timeout=connect_timeout,
+        mode=mode,
+    )
+    try:
+        table = MessageTable(ids, defs, 0).require(require)
+    except BaseException:
+        transport.close()
+        raise
+    return transport, table
