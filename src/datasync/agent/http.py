@@ -419,17 +419,23 @@ class HttpApi:
             raise web.HTTPConflict(text="the REST source is not enabled (sources.rest)")
         return self.agent.rest
 
-    async def _document(self, req: web.Request) -> dict[str, bytes] | web.Response:
-        """The keys of the request's document, or the 400/413 response naming why."""
-        from ..plugins.document import DocumentError, load_document, to_keys
-
+    async def _body(self, req: web.Request) -> bytes | web.Response:
+        """The request's body, or the 413 response naming the limit."""
         try:
-            body = await req.read()
+            return await req.read()
         except web.HTTPRequestEntityTooLarge:
             limit = self.agent.config.http.max_body_bytes
             return web.json_response(
                 {"error": f"body exceeds the limit of {limit} bytes"}, status=413
             )
+
+    async def _document(self, req: web.Request) -> dict[str, bytes] | web.Response:
+        """The keys of the request's document, or the 400/413 response naming why."""
+        from ..plugins.document import DocumentError, load_document, to_keys
+
+        body = await self._body(req)
+        if isinstance(body, web.Response):
+            return body
         try:
             return to_keys(load_document(body, "body"), self.agent.label, "body")
         except DocumentError as exc:
@@ -524,13 +530,9 @@ class HttpApi:
 
     async def kv_put(self, req: web.Request) -> web.Response:
         key = self._key(req)
-        try:
-            body = await req.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.agent.config.http.max_body_bytes
-            return web.json_response(
-                {"error": f"body exceeds the limit of {limit} bytes"}, status=413
-            )
+        body = await self._body(req)
+        if isinstance(body, web.Response):
+            return body
         try:
             revision = await self._store().put(key, body)
         except (InvalidKeyError, InvalidValueError) as exc:

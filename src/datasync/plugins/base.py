@@ -24,6 +24,7 @@ from collections.abc import (
     Callable,
     Coroutine,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -354,6 +355,22 @@ class VppPlugin(Generic[M]):
             return False
         self.states.remove(key)
         return True
+
+    def to_apply(
+        self, keys: Iterable[str], have: Mapping[str, Any], deletes: dict[str, str]
+    ) -> Iterator[tuple[str, str, M]]:
+        """``(key, name, desired)`` for each of ``keys`` that has work to do, for plugins
+        whose VPP objects are found by name in ``have``: a key deleted from the store whose
+        object exists goes into ``deletes`` (name -> key) instead; an invalid or settled
+        (FAILED, unchanged) key is skipped."""
+        for key in keys:
+            name = self.name_of(key)
+            m = self.desired.get(key)
+            if m is None:
+                if self.deleted(key) and name in have:
+                    deletes[name] = key
+            elif not self.settled(key):
+                yield key, name, m
 
     def settled(self, key: str) -> bool:
         """A FAILED key whose value did not change since: no VPP call for it."""

@@ -218,15 +218,7 @@ class InterfacePlugin(VppPlugin[Interface]):
         work: dict[str, Interface] = {}
         deletes: dict[str, str] = {}  # name -> key (or "" for an orphan)
         recreate: dict[str, str] = {}  # name -> key
-        for key in keys:
-            name = self.name_of(key)
-            m = self.desired.get(key)
-            if m is None:
-                if self.deleted(key) and name in self.have:
-                    deletes[name] = key
-                continue
-            if self.settled(key):
-                continue
+        for key, name, m in self.to_apply(keys, self.have, deletes):
             missing = self._missing_vrfs(m)
             if missing:
                 self.pending(key, missing, f"waiting for VRF table {', '.join(missing)}")

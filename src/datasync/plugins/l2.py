@@ -100,15 +100,7 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
         deletes: dict[str, str] = {}
         if not full:  # a change may release a member another key waits for
             keys = sorted(set(keys) | self.conflicts)
-        for key in keys:
-            name = self.name_of(key)
-            m = self.desired.get(key)
-            if m is None:
-                if self.deleted(key) and name in self.have:
-                    deletes[name] = key
-                continue
-            if self.settled(key):
-                continue
+        for key, name, m in self.to_apply(keys, self.have, deletes):
             h = self.have.get(name)
             if h is not None and h.settings != _settings(m):
                 deletes[name] = key  # VPP cannot change these in place: re-create

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import ClassVar
 
-from ..api import SourceState
+from ..api import SourceState, StateListener
 
 __all__ = ["StateListener", "StateReporter"]
-
-#: ``cb(source_name, state, reason)``, called on every state transition.
-StateListener = Callable[[str, SourceState, str], None]
 
 
 class StateReporter:
