@@ -177,8 +177,13 @@ cdef extern from "ds_codec.h":
     object ds_pyver_set_fast(int on, object sample_dict, object sample_ints)
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new_gc(object type, Py_ssize_t n, int atomic)
+    PyObject* ds_record_raw "ds_record_new_gc"(PyObject* type, Py_ssize_t n, int atomic) noexcept
+    void ds_decref "Py_DECREF"(PyObject* o) noexcept
+    void ds_tuple_set "PyTuple_SET_ITEM"(PyObject* t, Py_ssize_t i, PyObject* v) noexcept
     int ds_rec_register(object type, object like) noexcept
     int ds_rec_set_fast(int on) noexcept
+    int ds_rec_tracked(PyObject* o) noexcept
+    int PyObject_GC_IsTracked(object o)
     object ds_alloc(object type)
     Py_ssize_t ds_member_offset(object descr)
     PyObject* ds_slot_get(object o, Py_ssize_t off)
@@ -253,6 +258,11 @@ cdef int _records_check() except -1:
         ds_rec_set_fast(0)
         return 0
     r = ds_record_new_gc(_SAMPLE_REC, 2, 1)
+    t = _SAMPLE_REC(None, None)
+    if ds_rec_tracked(<PyObject*>r) or PyObject_GC_IsTracked(r) or not (
+        ds_rec_tracked(<PyObject*>t) and PyObject_GC_IsTracked(t)
+    ):
+        ds_rec_set_fast(0)  # the GC head is not where ds_rec_tracked reads it
     PyTuple_SET_ITEM(r, 0, <PyObject*>None)
     Py_INCREF(<PyObject*>None)
     PyTuple_SET_ITEM(r, 1, <PyObject*>None)
@@ -1444,10 +1454,25 @@ cdef Py_ssize_t _dec_run(
     return o
 
 
-cdef object _dec_flat_rec(_Layout L, const unsigned char* p):
-    """A struct made only of simple ops (bounds checked by the caller)."""
-    rec = ds_record_new_gc(L.tuple_type, L.n, L.atomic)
-    _dec_run(L.ops, 0, L.n, p, <PyObject*>rec, 0)
+cdef PyObject* _dec_flat_rec(_Layout L, const unsigned char* p) noexcept:
+    """A struct made only of simple ops (bounds checked by the caller), as a new
+    reference; NULL with MemoryError set. No Python temporaries: one per record costs."""
+    cdef PyObject* rec = ds_record_raw(<PyObject*>L.tuple_type, L.n, L.atomic)
+    cdef PyObject* pv
+    cdef COp* op = L.ops
+    cdef COp* end = L.ops + L.n
+    cdef Py_ssize_t i = 0
+    if rec == NULL:
+        return NULL
+    while op < end:
+        pv = ds_dec_simple(op.kind, op.conv, op.size, p, <PyObject*>_MAC_TYPE)
+        if pv == NULL:
+            ds_decref(rec)  # its unfilled items are NULL
+            return NULL
+        ds_tuple_set(rec, i, pv)
+        p += op.size
+        op += 1
+        i += 1
     return rec
 
 
@@ -1577,17 +1602,21 @@ cdef bint _dec_items_fast(
     if L.is_union or L.n == 0 or L.ops[0].run != L.n or L.fixed_size != esize:
         return False
     # no exception frame (see _dec_fields): on an error (only MemoryError here) the
-    # list's unfilled slots stay NULL, which its dealloc and traversal skip
+    # list's unfilled slots get None
     while j < count:
         if L.shareable and memcmp(p + j * esize, _ZEROS, esize) == 0:
             # as in _dec_struct: all-zero records are shared
             if L.zero_rec is None:
                 L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
             item = L.zero_rec
+            Py_INCREF(<PyObject*>item)
+            PyList_SET_ITEM(items, j, <PyObject*>item)
         else:
-            item = _dec_flat_rec(L, p + j * esize)
-        Py_INCREF(<PyObject*>item)
-        PyList_SET_ITEM(items, j, <PyObject*>item)
+            pv = _dec_flat_rec(L, p + j * esize)
+            if pv == NULL:
+                _fill_none(items, j, count)
+                return -1
+            PyList_SET_ITEM(items, j, pv)
         j += 1
     return True
 
