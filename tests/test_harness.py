@@ -104,3 +104,79 @@ def test_leaked_pending_task_fails_only_when_it_runs_package_code(
     )
     result.stdout.fnmatch_lines(["*Failed: *destroyed but it is pending*[[]datasync]*Event.wait*"])
     result.stdout.fnmatch_lines(["*leaked pending task (not datasync code)*hang()*"])
+
+
+# -- history and invariants (datasync.testing.history / .invariants) ----------------------
+
+from datasync.testing import invariants as inv  # noqa: E402
+from datasync.testing.history import History  # noqa: E402
+
+
+def _converged_run() -> tuple[History, inv.Final]:
+    h = History(seed=7)
+    for rev, (key, value) in enumerate([("/a", b"1"), ("/b", b"2"), ("/a", b"3")], start=2):
+        h.truth(key, "put", rev, value)
+        h.received("etcd", key, "put", rev)
+        h.decision(key, "applied", revision=rev, plugin="p")
+        h.sb("create_loopback", retval=0, epoch=11)
+    h.status(in_sync=True, round_running=False, applied_revision=4)
+    final = inv.Final(store={"/a": b"3", "/b": b"2"}, store_revision=4, in_sync=True,
+                      applied_revision=4, plan=[], writes_after_resync=0)  # fmt: skip
+    return h, final
+
+
+def test_a_converged_run_passes_and_survives_a_round_trip(tmp_path: Path) -> None:
+    h, final = _converged_run()
+    report = inv.check(History.load(h.save(tmp_path / "h.jsonl")), final)
+    assert report.ok, str(report)
+    assert report.seed == 7
+    assert {v.id for v in report.unchecked} >= {"I7", "I9", "I13", "I15"}
+    assert h.store_at() == {"/a": (b"3", 4), "/b": (b"2", 3)}
+    assert h.store_at(2) == {"/a": (b"1", 2)}
+
+
+def test_checkers_name_what_broke() -> None:
+    h, final = _converged_run()
+    h.decision("/a", "applied", revision=4)  # the same revision again, same epoch
+    h.decision("/a", "applied", revision=2)  # an older value after a newer one
+    h.received("etcd", "/b", "put", 3)  # the same event twice
+    h.status(in_sync=True, round_running=True, applied_revision=3)  # regressed, dishonest
+    final.keys = {"/b": ("PENDING", "")}
+    final.plan = [{"key": "/b", "op": "create"}]
+    report = inv.check(h, final)
+    failed = {v.id: v.detail for v in report.failed}
+    assert set(failed) == {"I1", "I3", "I4", "I5", "I6", "I10", "I11", "I12"}, failed
+    assert "/a: revision 2 applied after 4" in failed["I3"]
+    assert "/b@3 twice" in failed["I12"]
+    assert "applied_revision went 4 -> 3" in failed["I6"]
+    with pytest.raises(inv.InvariantViolation, match="seed 7: I1 FAILED"):
+        report.raise_for_failures()
+
+
+def test_a_fault_that_missed_its_phase_makes_the_run_void() -> None:
+    h, final = _converged_run()
+    h.mark("round.started")
+    h.mark("round.finished")
+    h.mark("fault.etcd_killed")  # after the round: missed
+    expect = inv.Expect(fault="fault.etcd_killed", during="round")
+    report = inv.check(h, final, expect, only=["I1", "I15"])
+    assert report.void and not report.failed
+    with pytest.raises(inv.VoidTest, match="did not hit while round was in progress"):
+        report.raise_for_failures()
+    h.mark("round.started")
+    h.mark("fault.etcd_killed")
+    assert inv.check(h, final, expect, only=["I15"]).ok
+
+
+def test_terminal_states_are_not_retried_until_the_input_changes() -> None:
+    h = History()
+    h.decision("/k", "invalid", reason="bad json")
+    h.decision("/k", "retrying", reason="again?")
+    assert not inv.i14_retry_discipline(h, inv.Final(), inv.Expect()).ok
+    h2 = History()
+    h2.decision("/k", "invalid", reason="bad json")
+    h2.received("etcd", "/k", "put", 9)
+    h2.decision("/k", "applied", revision=9)
+    assert inv.i14_retry_discipline(h2, inv.Final(), inv.Expect()).ok
+    with pytest.raises(ValueError, match="decision 'done' for key /k"):
+        h2.decision("/k", "done")

@@ -38,7 +38,7 @@ the fifth batch of VPP calls):
 - ``exit(CODE)``: ``os._exit(CODE)`` at once, as a crash (no cleanup, no flush but stderr).
 
 Every hit is counted (:func:`hits`) and logged at WARNING, so a harness can tell that the
-fault hit the phase it meant (FAULTS.md I15).
+fault hit the phase it meant (a run whose fault missed it proves nothing).
 """
 
 from __future__ import annotations
