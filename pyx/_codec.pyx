@@ -177,12 +177,13 @@ cdef extern from "ds_codec.h":
     object ds_pyver_set_fast(int on, object sample_dict, object sample_ints)
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new_gc(object type, Py_ssize_t n, int atomic)
-    PyObject* ds_record_raw "ds_record_new_gc"(PyObject* type, Py_ssize_t n, int atomic) noexcept
+    PyObject* ds_record_new_x(PyObject* type, Py_ssize_t n, int atomic, int filled) noexcept
     void ds_decref "Py_DECREF"(PyObject* o) noexcept
     void ds_tuple_set "PyTuple_SET_ITEM"(PyObject* t, Py_ssize_t i, PyObject* v) noexcept
     int ds_rec_register(object type, object like) noexcept
     int ds_rec_set_fast(int on) noexcept
     int ds_rec_tracked(PyObject* o) noexcept
+    bint ds_all_zero(const unsigned char* p, Py_ssize_t n) noexcept
     int PyObject_GC_IsTracked(object o)
     object ds_alloc(object type)
     Py_ssize_t ds_member_offset(object descr)
@@ -1457,7 +1458,7 @@ cdef Py_ssize_t _dec_run(
 cdef PyObject* _dec_flat_rec(_Layout L, const unsigned char* p) noexcept:
     """A struct made only of simple ops (bounds checked by the caller), as a new
     reference; NULL with MemoryError set. No Python temporaries: one per record costs."""
-    cdef PyObject* rec = ds_record_raw(<PyObject*>L.tuple_type, L.n, L.atomic)
+    cdef PyObject* rec = ds_record_new_x(<PyObject*>L.tuple_type, L.n, L.atomic, 1)
     cdef PyObject* pv
     cdef COp* op = L.ops
     cdef COp* end = L.ops + L.n
@@ -1467,7 +1468,10 @@ cdef PyObject* _dec_flat_rec(_Layout L, const unsigned char* p) noexcept:
     while op < end:
         pv = ds_dec_simple(op.kind, op.conv, op.size, p, <PyObject*>_MAC_TYPE)
         if pv == NULL:
-            ds_decref(rec)  # its unfilled items are NULL
+            while i < L.n:  # every item is set (ds_record_new_x's `filled`)
+                ds_tuple_set(rec, i, NULL)
+                i += 1
+            ds_decref(rec)
             return NULL
         ds_tuple_set(rec, i, pv)
         p += op.size
@@ -1604,7 +1608,7 @@ cdef bint _dec_items_fast(
     # no exception frame (see _dec_fields): on an error (only MemoryError here) the
     # list's unfilled slots get None
     while j < count:
-        if L.shareable and memcmp(p + j * esize, _ZEROS, esize) == 0:
+        if L.shareable and ds_all_zero(p + j * esize, esize):
             # as in _dec_struct: all-zero records are shared
             if L.zero_rec is None:
                 L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)

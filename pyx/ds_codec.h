@@ -114,9 +114,10 @@ static int ds_rec_register(PyObject* type, PyObject* like) {
 }
 
 /* A namedtuple instance of n items, filled by the caller with PyTuple_SET_ITEM (its
-   items are NULL until then). `atomic`: every field will be an atomic value, so the
-   record is not tracked by the GC. */
-static PyObject* ds_record_new_gc(PyObject* type, Py_ssize_t n, int atomic) {
+   items are NULL until then, unless `filled`: then the caller sets every item, NULL
+   where it stops early). `atomic`: every field will be an atomic value, so the record
+   is not tracked by the GC. */
+static inline PyObject* ds_record_new_x(PyObject* type, Py_ssize_t n, int atomic, int filled) {
     PyTypeObject* t = (PyTypeObject*)type;
     PyObject* o;
 #if defined(DS_RECORD_FREELIST)
@@ -126,7 +127,7 @@ static PyObject* ds_record_new_gc(PyObject* type, Py_ssize_t n, int atomic) {
         Py_INCREF(t);
         Py_SET_TYPE(o, t);
         Py_SET_REFCNT(o, 1);
-        memset(((PyTupleObject*)o)->ob_item, 0, (size_t)n * sizeof(PyObject*));
+        if (!filled) memset(((PyTupleObject*)o)->ob_item, 0, (size_t)n * sizeof(PyObject*));
         if (!atomic) PyObject_GC_Track(o);
         return o;
     }
@@ -134,6 +135,9 @@ static PyObject* ds_record_new_gc(PyObject* type, Py_ssize_t n, int atomic) {
     o = t->tp_alloc(t, n);
     if (o && atomic) PyObject_GC_UnTrack(o);
     return o;
+}
+static PyObject* ds_record_new_gc(PyObject* type, Py_ssize_t n, int atomic) {
+    return ds_record_new_x(type, n, atomic, 0);
 }
 
 /* The free list emptied (the portable path, for tests) or back on (the import check). */
@@ -212,6 +216,9 @@ static inline int ds_ascii(PyObject* o) {
     return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o);
 }
 
+/* ~0 as a u32 is VPP's "no interface / no index" (bvi_sw_if_index, sup_sw_if_index,
+   ...), in most dumps: one shared int (ints are immutable values); ds_init_small_ints. */
+static PyObject* ds_u32_max;
 /* An int field's value as a new reference (NULL on error). */
 static inline PyObject* ds_int_new(int kind, unsigned long long u) {
     switch (kind) {
@@ -221,6 +228,7 @@ static inline PyObject* ds_int_new(int kind, unsigned long long u) {
     case 7: return PyLong_FromLongLong((long long)u); /* K_I64 */
     default:
         if (u < 0x40000000ULL) return PyLong_FromLong((long)u);
+        if (u == 0xFFFFFFFFULL && kind == 4) { Py_INCREF(ds_u32_max); return ds_u32_max; }
         return PyLong_FromUnsignedLongLong(u);
     }
 }
@@ -297,7 +305,27 @@ static int ds_init_small_ints(void) {
         ds_small_ints[i] = PyLong_FromLong(i);
         if (!ds_small_ints[i]) return -1;
     }
-    return 0;
+    ds_u32_max = PyLong_FromUnsignedLong(0xFFFFFFFFUL);
+    return ds_u32_max ? 0 : -1;
+}
+/* True when p[0:n] are all zero; n up to 16 with two (overlapping) word loads. */
+static inline int ds_all_zero(const unsigned char* p, Py_ssize_t n) {
+    uint64_t a, b;
+    uint32_t c, d;
+    if (n >= 8 && n <= 16) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        return (a | b) == 0;
+    }
+    if (n >= 4 && n < 8) {
+        memcpy(&c, p, 4);
+        memcpy(&d, p + n - 4, 4);
+        return (c | d) == 0;
+    }
+    while (n-- > 0) {
+        if (*p++) return 0;
+    }
+    return 1;
 }
 static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
     long long v;
