@@ -234,10 +234,10 @@ async def test_close_says_goodbye_and_leaks_nothing(sim: Simulator, task_baselin
     await c.connect()
     pings = sim.message_counts.get("control_ping", 0)
     await eventually(lambda: sim.message_counts.get("control_ping", 0) >= pings + 2)  # probing
-    assert len(sim._regs) == 1
+    assert len(sim.registrations) == 1
     await c.close()
     await c.close()  # idempotent
-    await eventually(lambda: not sim._regs)
+    await eventually(lambda: not sim.registrations)
     assert sim.message_counts["sockclnt_delete"] == 1
     with pytest.raises(ClosedError):
         await c.call("control_ping")
@@ -317,10 +317,10 @@ class FakeVpp:
 
     async def handshake(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await self.read(r)
-        table = [{"index": i, "name": n} for n, i in self.sim._table]
+        table = [{"index": i, "name": n} for n, i in self.sim.message_table]
         w.write(
             self.frame(
-                self.sim._enc(
+                self.sim.encode(
                     "sockclnt_create_reply",
                     {
                         "context": 124,
@@ -339,7 +339,7 @@ class FakeVpp:
     def ping(self, w: asyncio.StreamWriter, ctx: int) -> None:
         w.write(
             self.frame(
-                self.sim._enc("control_ping_reply", {"context": ctx, "retval": 0, "vpe_pid": 42})
+                self.sim.encode("control_ping_reply", {"context": ctx, "retval": 0, "vpe_pid": 42})
             )
         )
 
@@ -393,7 +393,7 @@ async def test_unknown_id_and_truncated_reply(sock_path: str) -> None:
         ctx = int.from_bytes(body[6:10], "big")
         w.write(fake.frame(b"\x7f\x00" + bytes(30)))  # an id the table never announced
         w.write(fake.frame(b"\x01"))  # shorter than any header
-        reply = fake.sim._enc("show_version_reply", {"context": ctx, "program": "x"})
+        reply = fake.sim.encode("show_version_reply", {"context": ctx, "program": "x"})
         w.write(fake.frame(reply[:20]))  # the right id and context, cut short
         body = await fake.read(r)  # control_ping
         fake.ping(w, int.from_bytes(body[6:10], "big"))
@@ -415,7 +415,7 @@ async def test_handshake_failures(sock_path: str) -> None:
     async def wrong_first(fake: FakeVpp, rw: Any) -> None:
         r, w = rw
         await fake.read(r)
-        w.write(fake.frame(fake.sim._enc("control_ping_reply", {"context": 124})))
+        w.write(fake.frame(fake.sim.encode("control_ping_reply", {"context": 124})))
         await r.read()
 
     async with FakeVpp(sock_path, wrong_first):
@@ -460,7 +460,7 @@ async def test_shm_transport_calls_dumps_events(
     with pytest.raises(VppApiError):
         await c.call("delete_loopback", sw_if_index=9999)
     await c.close()
-    await eventually(lambda: not sim._regs)
+    await eventually(lambda: not sim.registrations)
     task_baseline()
 
 
@@ -495,7 +495,7 @@ async def test_connect_fails_cleanly_when_ping_unanswered(sim: Simulator) -> Non
     with pytest.raises(VppTimeoutError):
         await c.connect()
     assert not c.connected
-    await eventually(lambda: not sim._conns)  # the half-made connection was closed
+    await eventually(lambda: not sim.connections)  # the half-made connection was closed
     sim.clear_faults()
     await c.connect()
     assert c.vpe_pid == sim.state.vpe_pid

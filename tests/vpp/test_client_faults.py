@@ -113,7 +113,7 @@ async def test_reconnect_loop_survives_unexpected_errors(
     sim.drop_connections()
     await eventually(lambda: "reconnected" in faults.kinds())
     assert not failures and c.connected
-    await eventually(lambda: len(sim._conns) == 1)  # the half-made connection was not leaked
+    await eventually(lambda: len(sim.connections) == 1)  # the half-made connection was not leaked
 
 
 async def test_probe_restarts_a_missing_reconnect_loop(sim: Simulator, make_client: Any) -> None:

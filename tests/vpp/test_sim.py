@@ -464,9 +464,9 @@ async def test_event_registration_dropped_on_disconnect(sim: Simulator) -> None:
     c = VppClient(sim.path, probe_interval=None)
     await c.connect()
     await c.call("want_interface_events", enable_disable=True, pid=1)
-    assert len(sim._regs) == 1
+    assert len(sim.registrations) == 1
     await c.close()
-    await eventually(lambda: not sim._regs)
+    await eventually(lambda: not sim.registrations)
     other = VppClient(sim.path, probe_interval=None)
     await other.connect()
     sent = sim.stats["events_sent"]
@@ -484,11 +484,11 @@ async def test_event_registration_dropped_on_abort(sim: Simulator, transport: st
     c = VppClient(sim.path, probe_interval=None, reconnect=False, transport=transport)
     await c.connect()
     await c.call("want_interface_events", enable_disable=True, pid=1)
-    assert len(sim._regs) == 1
+    assert len(sim.registrations) == 1
     assert c._transport is not None
     c._transport.abort()
     async with asyncio.timeout(5):
-        while sim._conns or sim._regs:
+        while sim.connections or sim.registrations:
             await asyncio.sleep(0.01)
     other = VppClient(sim.path, probe_interval=None)
     await other.connect()
@@ -809,7 +809,7 @@ async def test_random_garbage_never_breaks_the_server(sim: Simulator) -> None:
     await raw.handshake()
     # every handled request but those that legitimately end or move the connection
     skip = {"sockclnt_create", "sockclnt_delete", "sock_init_shm"}
-    names = [n for n in sim.ids if sim._dispatch[sim.ids[n]] is not None and n not in skip]
+    names = [n for n in sim.ids if sim.handles(n) and n not in skip]
     for _ in range(300):
         name = rng.choice(names)
         body = bytearray(raw.enc(name, context=rng.randrange(1 << 32)))

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datasync.vpp.client import VppClient
+from datasync.vpp.framing import MAX_FRAME
 from datasync.vpp.sim import Simulator
 from datasync.vpp.sim.admin import AdminServer
-from datasync.vpp.transport import MAX_FRAME
 
 from .test_sim import Raw, _http, rv
 
@@ -31,7 +31,7 @@ async def test_a_frame_over_the_limit_closes_the_connection_unbuffered(sim: Simu
     async with asyncio.timeout(5):
         assert await raw.r.read() == b""  # closed by the simulator
     assert sim.stats["frames_too_large"] == 1
-    assert not sim._conns
+    assert not sim.connections
     # a frame at the limit's edge is still a frame: it is waited for, not refused
     raw2 = await Raw.open(sim)
     await raw2.handshake()
@@ -63,7 +63,7 @@ async def test_inject_error_refuses_what_vpp_cannot_answer(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         sim.inject_error("show_version", **kwargs)
-    assert not sim._faults
+    assert not sim.faults.errors
     assert await rv(client, "show_version") == 0  # nothing injected, the connection lives
 
 
@@ -82,7 +82,7 @@ async def test_latency_must_be_finite_and_bounded(sim: Simulator, seconds: Any, 
         sim.set_latency(seconds)
     with pytest.raises(ValueError, match=match):
         sim.set_latency(seconds, "show_version")
-    assert not sim._latency_active()
+    assert not sim.faults.delaying
     sim.set_latency(600)  # the bound itself is fine
     sim.set_latency(0)
 
@@ -125,7 +125,7 @@ async def test_admin_api_validates_its_inputs(sim: Simulator, client: VppClient)
             out = await asyncio.to_thread(_raw_http, host, port, req)
             want = b"HTTP/1.1 413" if length.isdigit() else b"HTTP/1.1 400"
             assert out.startswith(want) and b"Content-Length" in out, (length, out)
-        assert not sim._faults and not sim._latency_active()
+        assert not sim.faults.errors and not sim.faults.delaying
         assert await rv(client, "show_version") == 0
     finally:
         await admin.stop()
@@ -210,9 +210,9 @@ class _FakeTransport:
 
 
 def _parser() -> tuple[Any, list[bytes], _FakeTransport]:
-    from datasync.vpp.sim.server import _Connection
+    from datasync.vpp.sim.wire import Connection
 
-    conn = _Connection(Simulator())
+    conn = Connection(Simulator())
     got: list[bytes] = []
     conn.bodies_received = got.extend  # type: ignore[method-assign]
     transport = _FakeTransport()
@@ -237,10 +237,10 @@ def test_frames_split_anywhere_come_out_whole_and_in_order(
     for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
         conn.data_received(stream[last:cut])
         last = cut
-        assert len(conn.buf) <= MAX_FRAME + 16
+        assert conn.reader.buffered <= MAX_FRAME + 16
     assert got[: len(bodies)] == bodies
     tail_len = int.from_bytes(garbage[8:12], "big") if len(garbage) >= 16 else 0
     if tail_len > MAX_FRAME:
-        assert transport.closed and not conn.buf
+        assert transport.closed and not conn.reader.buffered
     else:
         assert not transport.closed

@@ -232,7 +232,7 @@ async def test_a_burst_beyond_the_backlog_limit_is_read_again(sim: Simulator) ->
     raw.w.write(b"".join(struct.pack(">QII", 0, len(b), 0) + b for b in frames))
     seen = [(await raw.recv(wait=30))[1].context for _ in range(n)]
     assert seen == list(range(1, n + 1))
-    assert not any(c.paused for c in sim._conns)
+    assert not any(c.paused for c in sim.connections)
     await raw.close()
 
 

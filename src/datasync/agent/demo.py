@@ -42,9 +42,9 @@ from ..resync import (
 )
 from ..transport.local import LocalStore
 from ..vpp.client import VppClient
-from ..vpp.retvals import RETVAL_NAMES
+from ..vpp.retvals import UNSUPPORTED
 from ..vpp.sim.server import Simulator
-from .wiring import resync_on_vpp_fault, vpp_fault_handler
+from .wiring import follow_vpp_faults, resync_on_vpp_fault
 
 __all__ = ["main", "resync_on_vpp_fault", "run_demo"]
 
@@ -140,7 +140,7 @@ async def run_demo(data_dir: Path, label: str = "demo") -> int:
         assert sim.path is not None
         # VPP refuses one address for good: that key is FAILED, the others converge
         sim.inject_error(
-            "sw_interface_add_del_address", _RV["UNSUPPORTED"], count=None,
+            "sw_interface_add_del_address", UNSUPPORTED, count=None,
             match={"prefix": ipaddress.ip_interface(REFUSED)},
         )  # fmt: skip
         orch = Orchestrator([store], ResyncConfig(resync_timeout=10, backoff_initial=0.2))
@@ -156,7 +156,7 @@ async def run_demo(data_dir: Path, label: str = "demo") -> int:
         await client.connect()
         plugins = VppPlugins(client, label, ack_timeout=5, ledger_path=data_dir / "ledger.json")
         cleanup.push_async_callback(plugins.close)
-        client.on_fault = vpp_fault_handler(orch, plugins)
+        client.add_fault_listener(follow_vpp_faults(orch, plugins))
         cleanup.push_async_callback(orch.stop)
         print(f"VPP simulator (strict) on {sim.path}, vpe_pid {sim.state.vpe_pid}")
 
@@ -226,9 +226,6 @@ async def run_demo(data_dir: Path, label: str = "demo") -> int:
             print(f"\n!! the demo stopped: {type(exc).__name__}: {exc}")
         code = _report(orch, sim, plugins, [*earlier_boots, sim.counters()])
     return code
-
-
-_RV = {name: value for value, name in RETVAL_NAMES.items()}
 
 
 def _summary(sim: Simulator) -> str:

@@ -2,7 +2,7 @@
 
 Pure Python and wire-agnostic: handlers take plain values (ints, bytes, ``ipaddress``
 objects) and return ``(retval, reply_fields)`` with VPP's real retvals (see
-``shared/vpp-api/README.md`` section 5). Every write records what it did to one object
+VPP's retvals (:mod:`datasync.vpp.retvals`)). Every write records what it did to one object
 kind (create/update/delete/noop) through :meth:`Dataplane.record`, so tests can assert
 "a no-op resync wrote nothing". Interface events are batched per sw_if_index until the
 server flushes them, like VPP's interface event process.
@@ -18,7 +18,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..retvals import RETVAL_NAMES
+from ..retvals import (
+    ADDRESS_FOUND_FOR_INTERFACE,
+    ADDRESS_IN_USE,
+    ADDRESS_NOT_FOUND_FOR_INTERFACE,
+    BD_ALREADY_EXISTS,
+    BD_ALREADY_HAS_BVI,
+    BD_ID_EXCEED_MAX,
+    BD_IN_USE,
+    BD_NOT_MODIFIABLE,
+    ENTRY_ALREADY_EXISTS,
+    FEATURE_DISABLED,
+    INVALID_ARGUMENT,
+    INVALID_INTERFACE,
+    INVALID_PREFIX_LENGTH,
+    INVALID_REGISTRATION,
+    INVALID_SW_IF_INDEX,
+    INVALID_VALUE,
+    NO_MATCHING_INTERFACE,
+    NO_PATHS_IN_ROUTE,
+    NO_SUCH_ENTRY,
+    NO_SUCH_FIB,
+    NON_ETHERNET,
+    OK,
+    SUBIF_ALREADY_EXISTS,
+    UNEXPECTED_INTF_STATE,
+    UNSUPPORTED,
+)
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -26,35 +52,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 U32_MAX = 0xFFFFFFFF
 BD_ID_MAX = (1 << 24) - 1
-
-# Retvals, by VPP's names (vnet_api_errors.txt through datasync.vpp.retvals).
-_RV = {name: value for value, name in RETVAL_NAMES.items()}
-OK = 0
-INVALID_SW_IF_INDEX = _RV["INVALID_SW_IF_INDEX"]
-NO_SUCH_FIB = _RV["NO_SUCH_FIB"]
-NO_SUCH_ENTRY = _RV["NO_SUCH_ENTRY"]
-INVALID_VALUE = _RV["INVALID_VALUE"]
-FEATURE_DISABLED = _RV["FEATURE_DISABLED"]
-INVALID_REGISTRATION = _RV["INVALID_REGISTRATION"]
-NO_PATHS_IN_ROUTE = _RV["NO_PATHS_IN_ROUTE"]
-NO_MATCHING_INTERFACE = _RV["NO_MATCHING_INTERFACE"]
-ADDRESS_NOT_FOUND_FOR_INTERFACE = _RV["ADDRESS_NOT_FOUND_FOR_INTERFACE"]
-SUBIF_ALREADY_EXISTS = _RV["SUBIF_ALREADY_EXISTS"]
-INVALID_INTERFACE = _RV["INVALID_INTERFACE"]
-INVALID_ARGUMENT = _RV["INVALID_ARGUMENT"]
-UNEXPECTED_INTF_STATE = _RV["UNEXPECTED_INTF_STATE"]
-ADDRESS_IN_USE = _RV["ADDRESS_IN_USE"]
-ADDRESS_FOUND_FOR_INTERFACE = _RV["ADDRESS_FOUND_FOR_INTERFACE"]
-ENTRY_ALREADY_EXISTS = _RV["ENTRY_ALREADY_EXISTS"]
-BD_ALREADY_EXISTS = _RV["BD_ALREADY_EXISTS"]
-BD_IN_USE = _RV["BD_IN_USE"]
-BD_NOT_MODIFIABLE = _RV["BD_NOT_MODIFIABLE"]
-BD_ID_EXCEED_MAX = _RV["BD_ID_EXCEED_MAX"]
-UNSUPPORTED = _RV["UNSUPPORTED"]
-NON_ETHERNET = _RV["NON_ETHERNET"]
-BD_ALREADY_HAS_BVI = _RV["BD_ALREADY_HAS_BVI"]
-RSRC_IN_USE = _RV["RSRC_IN_USE"]
-INVALID_PREFIX_LENGTH = _RV["INVALID_PREFIX_LENGTH"]
 
 # sw_interface flags / event bits.
 ADMIN_UP = 1
@@ -254,7 +251,7 @@ _NO_LABELS = tuple({"is_uniform": 0, "label": 0, "ttl": 0, "exp": 0} for _ in ra
 
 
 @dataclass(frozen=True)
-class Path:
+class FibPath:
     """One FIB path, normalized (weight 0 reads back as 1, as in VPP)."""
 
     sw_if_index: int = U32_MAX
@@ -317,12 +314,16 @@ class Path:
         }
 
 
+#: the older name of :class:`FibPath` (it read like ``pathlib.Path``)
+Path = FibPath
+
+
 @dataclass
 class Route:
     """A route added through the API."""
 
     prefix: IPNetwork
-    paths: list[Path]
+    paths: list[FibPath]
     stats_index: int
 
     @property
@@ -345,13 +346,13 @@ class FibEntry:
         self.spec = spec
         self.stats_index = stats_index
         self.refs = 1
-        self._paths: list[Path] | None = None
+        self._paths: list[FibPath] | None = None
 
     @property
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[FibPath]:
         if self._paths is None:
             kind, sw, proto, nh = self.spec
-            self._paths = [Path(sw_if_index=sw, type=kind, proto=proto, nh=nh)]
+            self._paths = [FibPath(sw_if_index=sw, type=kind, proto=proto, nh=nh)]
         return self._paths
 
 
@@ -1198,12 +1199,12 @@ class Dataplane:
     # -- routes ------------------------------------------------------------------------
 
     @staticmethod
-    def _path_refs(path: Path) -> tuple[str, Any]:
+    def _path_refs(path: FibPath) -> tuple[str, Any]:
         if path.sw_if_index != U32_MAX:
             return ("if", path.sw_if_index)
         return ("table", (path.table_id, path.proto == 1))
 
-    def _set_paths(self, table: Table, route: Route, paths: list[Path]) -> None:
+    def _set_paths(self, table: Table, route: Route, paths: list[FibPath]) -> None:
         ref = ((table.table_id, table.is_ip6), route.prefix)
         refs = self._refs
         for path in route.paths:
@@ -1214,7 +1215,7 @@ class Dataplane:
         for path in paths:
             refs.setdefault(self._path_refs(path), set()).add(ref)
 
-    def _add_route(self, table: Table, prefix: IPNetwork, paths: list[Path]) -> Route:
+    def _add_route(self, table: Table, prefix: IPNetwork, paths: list[FibPath]) -> Route:
         route = Route(prefix, [], self._alloc_stats())
         table.routes[prefix] = route
         self._set_paths(table, route, paths)
@@ -1225,7 +1226,7 @@ class Dataplane:
         self._set_paths(table, route, [])
         self._stats_free.append(route.stats_index)
 
-    def _check_paths(self, paths: list[Path], table_id: int, prefix: IPNetwork) -> int:
+    def _check_paths(self, paths: list[FibPath], table_id: int, prefix: IPNetwork) -> int:
         # VPP's fib_api_path_decode: an attached next hop needs an existing interface
         # (NO_MATCHING_INTERFACE), a recursive one an existing table (NO_SUCH_FIB)
         for path in paths:
@@ -1253,7 +1254,7 @@ class Dataplane:
         table_id: int,
         addr: IPAddress,
         length: int,
-        paths: list[Path],
+        paths: list[FibPath],
     ) -> tuple[int, dict[str, Any]]:
         is_ip6 = addr.version == 6
         table = self.tables.get((table_id, is_ip6))
@@ -1314,14 +1315,14 @@ class Dataplane:
 
     def route_entries(
         self, table_id: int, is_ip6: bool
-    ) -> list[tuple[tuple[int, int], list[Path], int]]:
+    ) -> list[tuple[tuple[int, int], list[FibPath], int]]:
         """What ip_route_dump shows, ((network as int, length), paths, stats_index) each:
         VPP's own entries and the API routes, in a seeded hash order (VPP walks its FIB
         hash, so the order is neither sorted nor the order of insertion)."""
         table = self.tables.get((table_id, is_ip6))
         if table is None:
             return []
-        entries: dict[tuple[int, int], tuple[list[Path], int]] = {
+        entries: dict[tuple[int, int], tuple[list[FibPath], int]] = {
             route.key: (route.paths, route.stats_index) for route in table.routes.values()
         }
         # a connected or local entry wins over an API route to the same prefix
@@ -1391,7 +1392,7 @@ class Dataplane:
             net = ipaddress.ip_network(str(params["prefix"]), strict=False)
             table = self.tables[(int(params.get("table_id", 0)), net.version == 6)]
             nh = ipaddress.ip_address(str(params.get("next_hop", "0.0.0.0")))
-            path = Path(sw_if_index=int(params.get("via_sw_if_index", U32_MAX)), nh=nh)
+            path = FibPath(sw_if_index=int(params.get("via_sw_if_index", U32_MAX)), nh=nh)
             if net in table.routes:
                 self._set_paths(table, table.routes[net], [path])
             else:
@@ -1428,7 +1429,7 @@ class Dataplane:
         }
 
 
-def _dedupe(paths: list[Path]) -> list[Path]:
+def _dedupe(paths: list[FibPath]) -> list[FibPath]:
     seen: set[tuple[Any, ...]] = set()
     out = []
     for path in paths:
