@@ -10,6 +10,10 @@ Run one process per Python and build, and read the dump of every second marker::
 
 The numbers come out in the order printed on the first line. ``--build DIR`` loads another
 build of the compiled codec, a ``_codec_c*.so`` built from an older ``pyx/``, from DIR.
+``--papi`` runs vpp-papi's ``pack`` / ``unpack`` on the same input instead (as
+bench_codec.py calls them), 200 calls a row (divide by 200): the ratio of the two runs'
+counts is a steady measure of "x times vpp-papi", where wall-clock ratios on a shared
+machine move by ±30 %.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import importlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benches.bench_codec import MESSAGES, MSG_ID, SHORT
+from benches.bench_codec import MESSAGES, MSG_ID, SHORT, _papi
 
 from datasync.vpp import _codec_py
 from datasync.vpp.codec import codec_for
@@ -34,7 +39,9 @@ CALLS = 2000
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", help="a directory holding another _codec_c build")
+    parser.add_argument("--papi", action="store_true", help="vpp-papi's serializer instead")
     args = parser.parse_args()
+    calls = 200 if args.papi else CALLS
     if args.build:
         sys.path.insert(0, args.build)
         compiled = importlib.import_module("_codec_c")
@@ -44,7 +51,7 @@ def main() -> None:
     defs = builtin_definitions()
     rows = []
     for name, fields in MESSAGES.items():
-        c = codec_for(defs, name, compiled)
+        c: Any = _papi(name) if args.papi else codec_for(defs, name, compiled)
         data = codec_for(defs, name, _codec_py).encode(MSG_ID, fields)
         assert c.encode(MSG_ID, fields) == data
         rows += [
@@ -58,10 +65,10 @@ def main() -> None:
             enc(MSG_ID, fields) if data is None else dec(data)
         time.sleep(0)
         if data is None:
-            for _ in range(CALLS):
+            for _ in range(calls):
                 enc(MSG_ID, fields)
         else:
-            for _ in range(CALLS):
+            for _ in range(calls):
                 dec(data)
         time.sleep(0)
 

@@ -12,7 +12,8 @@ Python representation (vpp-papi's, so ``tuple(decoded) == vpp_papi_unpack(...)[1
 wire type                    decoded as                                also accepted on encode
 ============================ ========================================= =====================
 integers, enums, enumflags   ``int`` (vpp-papi: IntFlag, equal)        enum member names
-``bool`` / ``f64``           ``bool`` / ``float`` (f64: host order)
+``bool``                     ``bool``                                  the ints 0 and 1
+``f64``                      ``float`` (host byte order)
 ``string x[N]`` / ``x[]``    ``str`` (UTF-8; ``[N]`` holds <= N-1)     ``bytes``
 ``u8 x[N]`` / ``u8 x[n]``    ``bytes`` (``[N]``: shorter input padded)  list of ints
 other arrays                 ``list``
@@ -35,9 +36,13 @@ mac_address                  ``MacAddress`` (bytes; ``str()`` gives    ``"aa:bb:
 Missing fields encode as their ``[default=...]`` or zero (also fixed arrays of types, which
 vpp-papi refuses); a variable array's length field, when left out, is taken from the
 array. Differences from vpp-papi, all on inputs it rejects or mishandles: unknown fields
-raise at every nesting level (vpp-papi ignores them below the top); decoding never
-raises on text (invalid UTF-8 is replaced); ``ip4_prefix`` with host bits decodes
-(masked) instead of raising; a prefix length beyond 32/128 is a ``CodecError``. Note
+raise at every nesting level (vpp-papi ignores them below the top); a bool field takes
+``True`` / ``False`` or the ints 0 and 1, nothing else (vpp-papi packs any truthy value,
+``"false"`` included, as 1); decoding never raises on text (invalid UTF-8 is replaced);
+``ip4_prefix`` with host bits decodes (masked) instead of raising; a prefix length beyond
+32/128 is a ``CodecError`` on encode (text, objects and ``{address, len}``) and decode.
+An int subclass (an ``IntEnum``) is encoded by its value, as ``struct`` does, without
+calling its ``__index__``; any other object through its ``__index__``. Note
 that vpp-papi's type registry is global, so a ``[default=...]`` on one message's alias
 or enum field leaks into every message parsed after it (e.g. ``interface_index`` fields
 become ~0 when omitted): compare with vpp-papi with every such field given.
