@@ -34,3 +34,32 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, PyObject* key)
     int PyDict_SetItem(object d, PyObject* key, object value) except -1
     bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    # Exact str: the hash is cached in the object (-1 until first computed); hashing and
+    # comparing two of them runs no Python code and cannot fail.
+    ctypedef struct PyASCIIObject:
+        Py_hash_t hash
+    Py_hash_t PyObject_Hash(PyObject* o) except? -1
+    int PyUnicode_KIND(PyObject* o)
+    void* PyUnicode_DATA(PyObject* o)
+    Py_ssize_t Py_REFCNT(PyObject* o)
+    # Shrinks a list in place, keeping its capacity: the slots past the new size must be
+    # NULL.
+    void Py_SET_SIZE(PyObject* o, Py_ssize_t n)
+    ctypedef struct PyListObject:
+        PyObject** ob_item
+
+
+cdef struct _Best:
+    # One key's newest change while coalescing: an entry of an open-addressing table.
+    PyObject* key  # borrowed; NULL marks an empty entry
+    Py_hash_t hash
+    int64_t rev
+    Py_ssize_t slot
+
+
+cdef struct _Table:
+    # Open-addressing table (linear probing) of mask + 1 _Best entries, a power of two;
+    # used of them taken, at most two thirds.
+    _Best* tab
+    size_t mask
+    Py_ssize_t used

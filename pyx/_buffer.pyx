@@ -7,20 +7,22 @@ spec; invalid input is handed to the twin's checks so the errors are the same to
 Hot paths read ``Change`` fields by index straight from the tuple, keep revisions as C
 int64, keep per-key state in objects mutated in place (one dict lookup per known key),
 and sort with a C merge sort over (revision, slot) entries. No Python object is created
-per change.
+per change. Coalescing finds each key's newest change through a C open-addressing table
+(exact str keys: cached hash, pointer comparison first), and an ``extend`` that crosses
+the limit coalesces the held changes with the part of the batch that fits, so the
+changes it replaces are never appended.
 """
 
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from _buffer cimport (
     PyBool_Check,
     Py_DECREF,
     Py_INCREF,
     PyDict_GetItemWithError,
-    PyDict_Next,
     PyDict_SetItem,
     PyList_Append,
     PyList_GET_ITEM,
@@ -34,7 +36,16 @@ from _buffer cimport (
     PyTuple_GET_SIZE,
     PyUnicode_CheckExact,
     PyUnicode_GET_LENGTH,
+    PyASCIIObject,
+    PyListObject,
+    PyObject_Hash,
+    Py_REFCNT,
+    Py_SET_SIZE,
+    PyUnicode_DATA,
+    PyUnicode_KIND,
+    _Best,
     _Entry,
+    _Table,
 )
 
 from datasync._buffer_py import MAX_COALESCE_ABOVE
@@ -126,6 +137,102 @@ cdef inline int _admit(RevisionFilter f, PyObject* key, int64_t rev) except -1:
     st.rev = rev
     PyDict_SetItem(f._last, key, st)
     return 1
+
+
+cdef inline Py_hash_t _str_hash(PyObject* key) noexcept:
+    """The hash of an exact str: cached in the object once computed."""
+    cdef Py_hash_t h = (<PyASCIIObject*>key).hash
+    if h == -1:
+        h = PyObject_Hash(key)  # cannot fail for an exact str
+    return h
+
+
+cdef inline bint _str_eq(PyObject* a, PyObject* b) noexcept:
+    """Equality of two exact str of equal hash (the caller compared the pointers)."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(a)
+    cdef int kind = PyUnicode_KIND(a)
+    return (
+        n == PyUnicode_GET_LENGTH(b)
+        and kind == PyUnicode_KIND(b)
+        and memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * kind) == 0
+    )
+
+
+cdef int _table_init(_Table* t, Py_ssize_t hint) except -1:
+    """An empty table with room for about ``hint`` keys before it grows."""
+    cdef size_t cap = 64
+    while cap * 2 < <size_t>hint * 3:
+        cap *= 2
+    t.tab = <_Best*>calloc(cap, sizeof(_Best))
+    if t.tab == NULL:
+        raise MemoryError()
+    t.mask = cap - 1
+    t.used = 0
+    return 0
+
+
+cdef int _table_grow(_Table* t) except -1:
+    """Twice the entries, the same keys."""
+    cdef size_t old = t.mask + 1
+    cdef size_t mask = 2 * old - 1
+    cdef size_t i, j
+    cdef _Best* tab = <_Best*>calloc(2 * old, sizeof(_Best))
+    if tab == NULL:
+        raise MemoryError()
+    for i in range(old):
+        if t.tab[i].key != NULL:
+            j = <size_t>t.tab[i].hash & mask
+            while tab[j].key != NULL:
+                j = (j + 1) & mask
+            tab[j] = t.tab[i]
+    free(t.tab)
+    t.tab = tab
+    t.mask = mask
+    return 0
+
+
+cdef inline int _table_add(_Table* t, PyObject* key, int64_t rev, Py_ssize_t slot) except -1:
+    """Note a change at ``slot``: it becomes its key's entry if it is the key's first or
+    strictly newer than the entry (among equal revisions the first to arrive stays)."""
+    cdef Py_hash_t h = _str_hash(key)
+    cdef size_t i = <size_t>h & t.mask
+    cdef _Best* e
+    while True:
+        e = &t.tab[i]
+        if e.key == key or (e.key != NULL and e.hash == h and _str_eq(e.key, key)):
+            if rev > e.rev:
+                e.rev = rev
+                e.slot = slot
+            return 0
+        if e.key == NULL:
+            break
+        i = (i + 1) & t.mask
+    e.key = key
+    e.hash = h
+    e.rev = rev
+    e.slot = slot
+    t.used += 1
+    if <size_t>t.used * 3 > (t.mask + 1) * 2:
+        _table_grow(t)
+    return 0
+
+
+cdef inline void _prefetch_key(_Table* t, PyObject* c) noexcept:
+    """Start loading the table entry of a held or validated change's key."""
+    cdef Py_hash_t h = (<PyASCIIObject*>PyTuple_GET_ITEM(c, 0)).hash
+    if h != -1:
+        __builtin_prefetch(&t.tab[<size_t>h & t.mask])
+
+
+cdef bint _may_free(list items) noexcept:
+    """Whether releasing ``items`` may free one (and so run Python code)."""
+    cdef Py_ssize_t i
+    cdef PyObject* c
+    for i in range(PyList_GET_SIZE(items)):
+        c = PyList_GET_ITEM(items, i)
+        if c != NULL and Py_REFCNT(c) == 1:
+            return True
+    return False
 
 
 cdef class _KeyState:
@@ -466,7 +573,7 @@ cdef class EventBuffer:
         cdef list seq = changes if type(changes) is list else list(changes)
         cdef Py_ssize_t n = PyList_GET_SIZE(seq)
         cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
-        cdef Py_ssize_t i, j
+        cdef Py_ssize_t i
         cdef int64_t rev
         cdef PyObject* c
         if self._index is None and self._live + n <= self._coalesce_above:
@@ -485,37 +592,235 @@ cdef class EventBuffer:
                 PyList_Append(self._items, c)
             self._live += n
             return
-        if seq is changes:
-            seq = list(seq)  # coalescing frees changes: finalizers must not reach ``seq``
-        for i in range(n):
-            _revision_of(PyList_GET_ITEM(seq, i))
-        # As append() of each: what fits before the limit goes in bulk, then one push
-        # coalesces, and so on; in keyed mode, one by one.
-        i = 0
-        while i < n:
-            if self._index is None and self._live < self._coalesce_above:
-                j = min(n, i + (self._coalesce_above - self._live))
-                self._bulk(seq, i, j)
-                i = j
-            else:
-                c = PyList_GET_ITEM(seq, i)
-                self._push(<object>c, _fast_revision(c))
-                i += 1
+        self._extend_crossing(seq, seq is not changes)
 
-    cdef int _bulk(self, list seq, Py_ssize_t start, Py_ssize_t stop) except -1:
-        """Plain appends of validated ``seq[start:stop]``, known to fit under the limit."""
+    cdef int _extend_crossing(self, list seq, bint private) except -1:
+        """``extend`` of a batch that reaches the limit, or in keyed mode: as append() of
+        each change in order, whole coalescing passes at a time.
+
+        In plain mode the changes that fit, plus the one that overflows, join the held
+        ones in a C table of each key's newest change; the kept changes go straight into
+        the new held list (the replaced ones of the batch are never held); the replaced
+        held ones are released last, once the state is whole, as the twin releases them.
+        Then the same again with the rest. In keyed mode, one push at a time.
+
+        Python code can run only where objects are allocated (the garbage collector, hence
+        finalizers) or released. The whole batch is validated after the first allocations
+        and before anything is held, so an invalid change leaves the buffer untouched;
+        before anything later that can run code, the rest of a caller's list is pinned
+        (``pinned`` holds references to ``seq[pin_lo:]``), so that a finalizer changing
+        that list cannot change what is appended. A private ``seq`` (made from an
+        iterable) is reachable from nowhere else.
+        """
+        cdef Py_ssize_t n = PyList_GET_SIZE(seq)
+        cdef Py_ssize_t i = 0, k, m, base, live, room
+        cdef int64_t* revs = NULL
+        cdef PyObject** pinned = NULL
+        cdef Py_ssize_t pin_lo = 0, pin_n = 0
+        cdef PyObject** arr  # the change at i is arr[i - off]
+        cdef Py_ssize_t off = 0
+        cdef PyObject* c
+        cdef bint validated = False
+        cdef list kept_items
+        cdef dict index
+        cdef list old = None
+        cdef _Table t
+        t.tab = NULL
+        try:
+            while True:
+                if (
+                    validated
+                    and i < n
+                    and not private
+                    and pinned == NULL
+                    and (
+                        old is not None
+                        or self._index is not None
+                        or n - i > self._coalesce_above - self._live
+                    )
+                ):
+                    # A release, a push or an allocation below may run Python code: hold
+                    # the rest of the batch first.
+                    pin_n = n - i
+                    pinned = <PyObject**>malloc(pin_n * sizeof(PyObject*))
+                    if pinned == NULL:
+                        raise MemoryError()
+                    for k in range(pin_n):
+                        c = PyList_GET_ITEM(seq, i + k)
+                        Py_INCREF(c)
+                        pinned[k] = c
+                    pin_lo = i
+                old = None  # releases what the last pass replaced: may run Python code
+                if validated and i >= n:
+                    return 0
+                if self._index is not None:
+                    if not validated:
+                        revs = self._validate(seq)
+                        validated = True
+                        continue  # pin the batch first: a push may run Python code
+                    c = pinned[i - pin_lo] if pinned != NULL else PyList_GET_ITEM(seq, i)
+                    self._push(<object>c, revs[i])
+                    i += 1
+                    continue
+                # Plain mode. Allocations first, then the state is read.
+                live = self._live
+                room = self._coalesce_above - live
+                if not validated:
+                    n = PyList_GET_SIZE(seq)
+                m = room + 1 if n - i > room else 0  # the changes of this pass
+                base = PyList_GET_SIZE(self._items)
+                kept_items = PyList_New(base + m) if m else None
+                index = {} if m else None
+                if (
+                    self._index is not None
+                    or self._live != live
+                    or PyList_GET_SIZE(self._items) != base
+                    or (not validated and PyList_GET_SIZE(seq) != n)
+                ):
+                    continue  # a finalizer used the buffer: read it again
+                if not validated:
+                    revs = self._validate(seq)
+                    validated = True
+                arr = pinned if pinned != NULL else (<PyListObject*><PyObject*>seq).ob_item
+                off = pin_lo if pinned != NULL else 0
+                if m == 0:
+                    self._bulk(arr + (i - off), revs + i, n - i)
+                    i = n
+                    continue
+                _table_init(&t, (base + m) // 4)
+                self._table_held(&t, base)
+                for k in range(m):
+                    if k + 8 < m:
+                        _prefetch_key(&t, arr[i - off + k + 8])
+                    _table_add(&t, PyTuple_GET_ITEM(arr[i - off + k], 0), revs[i + k], base + k)
+                old = self._coalesce_with(&t, arr + (i - off), revs + i, m, kept_items, index)
+                free(t.tab)
+                t.tab = NULL
+                kept_items = None
+                index = None
+                i += m
+                if old is not None and not _may_free(old):
+                    old = None  # drops no reference to zero: runs no Python code
+        finally:
+            free(t.tab)
+            free(revs)
+            if pinned != NULL:
+                for k in range(pin_n - 1, -1, -1):  # last first, as a list releases
+                    Py_DECREF(pinned[k])
+                free(pinned)
+
+    cdef int64_t* _validate(self, list seq) except NULL:
+        """The revisions of the whole batch (a malloc'ed array), or the twin's error for
+        its first invalid change."""
+        cdef Py_ssize_t n = PyList_GET_SIZE(seq)
+        cdef Py_ssize_t i
+        cdef int64_t rev
+        cdef PyObject* c
+        cdef int64_t* revs = <int64_t*>malloc((n + 1) * sizeof(int64_t))
+        if revs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            _prefetch_ahead(seq, i, n)
+            c = PyList_GET_ITEM(seq, i)
+            rev = _fast_revision(c)
+            if rev < 0:
+                free(revs)
+                _raise_invalid(c)
+            revs[i] = rev
+        return revs
+
+    cdef int _bulk(self, PyObject** src, const int64_t* revs, Py_ssize_t m) except -1:
+        """Plain appends of ``m`` validated changes, known to fit under the limit."""
         cdef Py_ssize_t i
         cdef Py_ssize_t base = PyList_GET_SIZE(self._items)
-        cdef PyObject* c
-        self._reserve(base + stop - start)
-        for i in range(start, stop):
-            c = PyList_GET_ITEM(seq, i)
-            self._ents[base].rev = _fast_revision(c)
-            self._ents[base].slot = base
-            PyList_Append(self._items, c)
-            base += 1
-        self._live += stop - start
+        self._reserve(base + m)
+        for i in range(m):
+            if i + 8 < m:
+                __builtin_prefetch(src[i + 8])
+            self._ents[base + i].rev = revs[i]
+            self._ents[base + i].slot = base + i
+            PyList_Append(self._items, src[i])
+        self._live += m
         return 0
+
+    cdef int _table_held(self, _Table* t, Py_ssize_t n) except -1:
+        """Note the first ``n`` held changes (plain mode: no empty slots) in ``t``."""
+        cdef Py_ssize_t i
+        cdef PyObject** items = (<PyListObject*><PyObject*>self._items).ob_item
+        for i in range(n):
+            if i + 8 < n:
+                _prefetch_key(t, items[i + 8])
+            _table_add(t, PyTuple_GET_ITEM(items[i], 0), self._ents[i].rev, i)
+        return 0
+
+    cdef list _coalesce_with(
+        self,
+        _Table* t,
+        PyObject** chunk,
+        const int64_t* revs,
+        Py_ssize_t m,
+        list kept_items,
+        dict index,
+    ):
+        """Coalesce the held changes and ``chunk[:m]`` (revisions ``revs``; not held yet:
+        slots from the held list's length on), with ``t`` holding each key's newest of
+        them. ``kept_items`` is a fresh list as long as both, ``index`` a fresh dict.
+
+        Runs no Python code. Returns the old held list, which holds the replaced held
+        changes only: the caller releases it once it may run Python code.
+        """
+        cdef list items = self._items
+        cdef Py_ssize_t base = PyList_GET_SIZE(items)
+        cdef Py_ssize_t total = base + m
+        cdef Py_ssize_t i, j, kept = t.used
+        cdef size_t e
+        cdef PyObject* c
+        cdef char* keep = <char*>calloc(total + 1, 1)  # keep[i]: the change at slot i stays
+        if keep == NULL:
+            raise MemoryError()
+        try:
+            self._reserve(total)
+            for e in range(t.mask + 1):
+                if t.tab[e].key != NULL:
+                    keep[t.tab[e].slot] = 1
+            if kept * 2 > self._coalesce_above:
+                # Staying keyed: each kept change's key -> the slot it moves to.
+                j = 0
+                for i in range(total):
+                    if keep[i]:
+                        c = PyList_GET_ITEM(items, i) if i < base else chunk[i - base]
+                        PyDict_SetItem(index, PyTuple_GET_ITEM(c, 0), _new_slot(j))
+                        j += 1
+            # Held changes that stay move over without touching their reference counts;
+            # the replaced ones stay in ``items``. Changes of the chunk are referenced only
+            # if kept.
+            j = 0
+            for i in range(base):
+                if keep[i]:
+                    c = PyList_GET_ITEM(items, i)
+                    PyList_SET_ITEM(items, i, NULL)
+                    PyList_SET_ITEM(kept_items, j, c)
+                    self._ents[j].rev = self._ents[i].rev
+                    self._ents[j].slot = j
+                    j += 1
+            for i in range(m):
+                if keep[base + i]:
+                    c = chunk[i]
+                    Py_INCREF(c)
+                    PyList_SET_ITEM(kept_items, j, c)
+                    self._ents[j].rev = revs[i]
+                    self._ents[j].slot = j
+                    j += 1
+        finally:
+            free(keep)
+        # Only empty tail slots go; the capacity stays for the appends that follow.
+        Py_SET_SIZE(<PyObject*>kept_items, kept)
+        self._coalesced += <unsigned long long>(total - kept)
+        self._live = kept
+        # Mostly duplicates: back to cheap plain appends until the next overflow.
+        self._index = None if kept * 2 <= self._coalesce_above else index
+        self._items = kept_items
+        return items
 
     cdef int _push(self, object change, int64_t rev) except -1:
         cdef Py_ssize_t n = PyList_GET_SIZE(self._items)
@@ -552,61 +857,28 @@ cdef class EventBuffer:
         return 0
 
     cdef int _coalesce(self) except -1:
-        """Keep each key's newest change, in arrival order; pick the mode to continue in."""
-        cdef list items
+        """Keep each key's newest change, in arrival order; pick the mode to continue in.
+        Plain mode only (the push that overflowed is held)."""
         cdef Py_ssize_t n
-        cdef dict best
         cdef list kept_items
-        cdef Py_ssize_t i, pos = 0, kept = 0
-        cdef PyObject* c
-        cdef PyObject* p
-        cdef PyObject* k
-        cdef PyObject* v
-        cdef PyObject** keepers
+        cdef dict index
+        cdef list old
+        cdef _Table t
         # Python objects are allocated before the state is read: an allocation may run the
         # garbage collector, hence finalizers that could append to this buffer.
         while True:
             n = PyList_GET_SIZE(self._items)
-            best = {}
+            index = {}
             kept_items = PyList_New(n)
             if PyList_GET_SIZE(self._items) == n:
                 break
-        items = self._items
-        # keepers[i]: the _Slot of the key whose newest change sits at i, else NULL
-        keepers = <PyObject**>calloc(n + 1, sizeof(PyObject*))
-        if keepers == NULL:
-            raise MemoryError()
+        _table_init(&t, n // 4)
         try:
-            for i in range(n):
-                c = PyList_GET_ITEM(items, i)
-                if <object>c is None:
-                    continue
-                p = PyDict_GetItemWithError(best, PyTuple_GET_ITEM(c, 0))
-                if p == NULL:
-                    PyDict_SetItem(best, PyTuple_GET_ITEM(c, 0), _new_slot(i))
-                elif self._ents[i].rev > self._ents[(<_Slot>p).slot].rev:
-                    (<_Slot>p).slot = i
-            while PyDict_Next(best, &pos, &k, &v):
-                keepers[(<_Slot>v).slot] = v
-            # Kept changes move over without touching their reference counts; the rest
-            # are released with ``items`` below.
-            for i in range(n):
-                if keepers[i] != NULL:
-                    c = PyList_GET_ITEM(items, i)
-                    PyList_SET_ITEM(items, i, NULL)
-                    PyList_SET_ITEM(kept_items, kept, c)
-                    self._ents[kept].rev = self._ents[i].rev
-                    self._ents[kept].slot = kept
-                    (<_Slot>keepers[i]).slot = kept
-                    kept += 1
+            self._table_held(&t, n)
+            old = self._coalesce_with(&t, NULL, NULL, 0, kept_items, index)
         finally:
-            free(keepers)
-        PyList_SetSlice(kept_items, kept, n, NULL)  # only empty tail slots go
-        self._coalesced += <unsigned long long>(self._live - kept)
-        self._live = kept
-        # Mostly duplicates: back to cheap plain appends until the next overflow.
-        self._index = None if kept * 2 <= self._coalesce_above else best
-        self._items = kept_items  # last: may free the replaced changes
+            free(t.tab)
+        old = None  # last: releasing the replaced changes may run Python code
         return 0
 
     cdef int _compact(self) except -1:

@@ -648,7 +648,7 @@ class AppendOnFree(tuple):  # type: ignore[type-arg]
 
 
 def _run_append_on_free(
-    module: ModuleType, limit: int, batches: list[list[tuple[str, int, bool]]]
+    module: ModuleType, limit: int, batches: list[list[tuple[str, int, bool]]], as_list: bool
 ) -> tuple[list[Any], list[tuple[str, int]]]:
     b = module.EventBuffer(coalesce_above=limit)
     f = module.RevisionFilter()
@@ -658,10 +658,12 @@ def _run_append_on_free(
     trace: list[Any] = []
     try:
         for batch in batches:
-            # a generator: each change exists only in the buffer once it is handed over
-            b.extend(
-                AppendOnFree((k, Op.PUT, None, r)) if fin else put(k, r) for k, r, fin in batch
-            )
+            # a generator: each change exists only in the buffer once it is handed over; a
+            # list: the caller's list holds the batch during extend, the changes of earlier
+            # batches are freed inside it (the compiled buffer pins the rest of the list)
+            gen = (AppendOnFree((k, Op.PUT, None, r)) if fin else put(k, r) for k, r, fin in batch)
+            b.extend(list(gen) if as_list else gen)
+            del gen
             trace.append((len(b), b.coalesced))
         out: list[Any] = []
         while len(b):  # changes freed by drain may append more
@@ -692,15 +694,16 @@ def _fin_batches(nkeys: int) -> st.SearchStrategy[list[list[tuple[str, int, bool
     limit=st.integers(5, 20),
     # few keys often: most of a batch is then coalesced away, and freed, inside extend
     batches=st.integers(1, 8).flatmap(_fin_batches),
+    as_list=st.booleans(),
 )
 def test_differential_finalizer_appends_during_extend(
-    limit: int, batches: list[list[tuple[str, int, bool]]]
+    limit: int, batches: list[list[tuple[str, int, bool]]], as_list: bool
 ) -> None:
     """A change whose __del__ appends to the buffer while extend coalesces: the compiled
     buffer does what the twin does and loses nothing (the reverted hash-table pass of
     d810cfb lost a change in exactly this case)."""
-    compiled = _run_append_on_free(compiled_module, limit, batches)  # type: ignore[arg-type]
-    assert compiled == _run_append_on_free(twin_module, limit, batches)
+    compiled = _run_append_on_free(compiled_module, limit, batches, as_list)  # type: ignore[arg-type]
+    assert compiled == _run_append_on_free(twin_module, limit, batches, as_list)
 
 
 @settings(max_examples=200, deadline=None)
@@ -741,3 +744,36 @@ def test_coalesced_drain_final_state_matches_reference(
         assert {k: f.last_applied(k) for k in expected} == expected
         final = {c.key: c.revision for c in out}
         assert final == expected
+
+
+class ClearsOnFree(tuple):  # type: ignore[type-arg]
+    """A change whose finalizer empties ``ClearsOnFree.batch``: the caller's list that
+    ``extend`` is reading when coalescing frees this change."""
+
+    batch: list[Any] = []
+
+    def __del__(self) -> None:
+        ClearsOnFree.batch.clear()
+
+
+@pytest.mark.parametrize("limit", [3, 8])
+def test_finalizer_emptying_the_callers_list_during_extend(impl: ModuleType, limit: int) -> None:
+    """The batch is held as it was passed, even if a finalizer run by coalescing empties
+    the caller's list half-way (the compiled buffer reads the rest from its own
+    references, not from the list)."""
+    b = impl.EventBuffer(coalesce_above=limit)
+    b.append(ClearsOnFree(("a", Op.PUT, None, 1)))  # held only by the buffer
+    batch = [put("a", 2 + i) if i % 2 else put(f"k{i}", 2 + i) for i in range(20)]
+    expected = list(batch)
+    ClearsOnFree.batch = batch
+    try:
+        b.extend(batch)  # the first coalescing replaces "a"@1: its finalizer clears batch
+    finally:
+        ClearsOnFree.batch = []
+    assert batch == []
+    f = impl.RevisionFilter()
+    newest: dict[str, int] = {}
+    for c in expected:
+        newest[c.key] = max(c.revision, newest.get(c.key, 0))
+    out = b.drain(f)
+    assert {c[0]: c[3] for c in out} == newest

@@ -224,7 +224,9 @@ class EventBuffer:
             self._items.extend(batch)
             self._live += len(batch)
             return
-        self._push_all(batch)
+        # Coalescing frees changes, whose finalizers may change the caller's list: the
+        # batch is read from a copy of it.
+        self._push_all(list(batch) if batch is changes and isinstance(batch, list) else batch)
 
     def _push_all(self, batch: Sequence[Change]) -> None:
         for change in batch:
