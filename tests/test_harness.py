@@ -180,3 +180,44 @@ def test_terminal_states_are_not_retried_until_the_input_changes() -> None:
     assert inv.i14_retry_discipline(h2, inv.Final(), inv.Expect()).ok
     with pytest.raises(ValueError, match="decision 'done' for key /k"):
         h2.decision("/k", "done")
+
+
+# -- recorders against real processes ------------------------------------------------------
+
+import json  # noqa: E402
+import tempfile  # noqa: E402
+
+from datasync.testing.procs import AgentProcess, SimProcess, wait_for  # noqa: E402
+from datasync.testing.recorders import AgentRecorder, VppWireRecorder  # noqa: E402
+
+IF = "/vnf-agent/vpp1/config/vpp/v2/interfaces/"
+
+
+def test_an_agent_process_is_recorded_from_its_http_api_and_the_vpp_wire(tmp_path: Path) -> None:
+    h = History(seed=1)
+    short = Path(tempfile.mkdtemp(prefix="dsh-", dir="/tmp"))
+    with SimProcess.started(tmp_path / "sim") as sim, VppWireRecorder(sim.path, h) as wire:
+        agent = AgentProcess(short / "data")
+        agent.configure(f'[agent]\ntest_mode = true\n[vpp]\nconnect = "socket"\n'
+                        f'socket = "{wire.path}"\n')  # fmt: skip
+        try:
+            with AgentRecorder(agent.http, h):
+                agent.start().wait_in_sync()
+                agent.put(IF + "loop1", json.dumps({"name": "loop1", "type": "SOFTWARE_LOOPBACK"}))
+                agent.put(IF + "bad", "{not json")
+                agent.wait_in_sync()
+                wait_for(lambda: h.of("decision", key=IF + "bad"), what="the bad key's decision")
+        finally:
+            agent.close()
+        vpe_pid = sim.counters()["vpe_pid"]
+    calls = h.of("sb")
+    creates = [c for c in calls if c.op.startswith("create_loopback")]
+    assert [(c.retval, c.epoch) for c in creates] == [(0, vpe_pid)]
+    assert any(c.op == "sw_interface_dump" and c.retval is None for c in calls)
+    assert [d.decision for d in h.of("decision", key=IF + "loop1")] == ["applied"]
+    (bad,) = h.of("decision", key=IF + "bad")
+    assert bad.decision == "invalid" and bad.reason
+    assert h.marks("round.started") and h.marks("round.finished")
+    samples = [s.extra for s in h.of("status")]
+    assert samples[-1]["in_sync"] and samples[-1]["sources"]["local"] >= 2
+    assert inv.check(h, inv.Final(), only=["I6", "I10", "I14"]).ok

@@ -239,16 +239,18 @@ def i5_no_duplicate_effect(h: History, f: Final, e: Expect) -> Verdict:
 
 def i6_watermark(h: History, f: Final, e: Expect) -> Verdict:
     resets = [m.t for m in h.events if m.kind == "phase" and m.op == "store.reset"]
-    last, bad, seen = 0, [], False
+    last: dict[str, int] = {}
+    bad = []
     for ev in h.of("status"):
-        rev = ev.extra.get("applied_revision")
-        if rev is None:
-            continue
-        seen = True
-        if rev < last and not any(r <= ev.t for r in resets):
-            bad.append(f"applied_revision went {last} -> {rev} at t={ev.t:.3f}")
-        last = rev
-    if not seen:
+        revs = dict(ev.extra.get("sources") or {})
+        if not revs and "applied_revision" in ev.extra:
+            revs = {"": ev.extra["applied_revision"]}
+        for source, rev in revs.items():
+            prev = last.get(source, 0)
+            if rev < prev and not any(r <= ev.t for r in resets):
+                bad.append(f"{source or 'applied'}_revision went {prev} -> {rev} at t={ev.t:.3f}")
+            last[source] = rev
+    if not last:
         return _unchecked("I6", "no status samples with applied_revision")
     return Verdict("I6", not bad, "; ".join(bad[:5]))
 

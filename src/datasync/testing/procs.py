@@ -698,6 +698,14 @@ class AgentProcess(_Proc):
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
+    def put(self, key: str, value: bytes | str) -> Any:
+        """Put ``key`` into the agent's embedded store (``/v1/kv``)."""
+        body = value.encode() if isinstance(value, str) else value
+        return self.request("PUT", "/v1/kv" + key, body)
+
+    def delete(self, key: str) -> Any:
+        return self.request("DELETE", "/v1/kv" + key)
+
     def status(self) -> dict[str, Any]:
         doc = self.get("/status")
         if doc is None:

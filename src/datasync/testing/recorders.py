@@ -315,25 +315,37 @@ class VppWireRecorder(_Recorder):
 # -- the agent's decisions -------------------------------------------------------------------
 
 
-def _status_sample(doc: dict[str, Any]) -> dict[str, Any]:
+def _applied(revs: dict[str, int], source: str | None) -> int:
+    """The applied revision of ``source``; of the most advanced source when None."""
+    if source is not None:
+        return revs.get(source, 0)
+    return max(revs.values(), default=0)
+
+
+def _status_sample(doc: dict[str, Any], source: str | None) -> dict[str, Any]:
     agent = doc.get("agent", {})
-    revs = [s.get("applied_revision", 0) for s in doc.get("sources", {}).values()]
+    revs = {n: s.get("applied_revision", 0) for n, s in doc.get("sources", {}).items()}
     return {
         "in_sync": bool(agent.get("in_sync")),
         "round_running": bool(agent.get("round_running")),
         "rounds": agent.get("rounds", 0),
-        "applied_revision": min(revs) if revs else 0,
-        "sources": {n: s.get("applied_revision", 0) for n, s in doc.get("sources", {}).items()},
+        "applied_revision": _applied(revs, source),
+        "sources": revs,
     }
 
 
 class AgentRecorder(_Recorder):
     """Polls an agent process's HTTP API (``http``: host:port) every ``interval`` seconds:
     ``/status`` as ``status`` samples, and the new entries of ``/history`` as
-    ``round.started``/``round.finished`` markers and key ``decision`` events."""
+    ``round.started``/``round.finished`` markers and key ``decision`` events. A sample's
+    ``applied_revision`` is that of ``source`` (of the most advanced source when None);
+    ``sources`` has them all."""
 
-    def __init__(self, http: str, history: History, interval: float = 0.1) -> None:
+    def __init__(
+        self, http: str, history: History, interval: float = 0.1, source: str | None = None
+    ) -> None:
         self.http = http
+        self.source = source
         self.history = history
         self.interval = interval
         self._seen: set[str] = set()
@@ -356,7 +368,7 @@ class AgentRecorder(_Recorder):
         """One round of polling (the thread calls it; a test may call it to catch up)."""
         status = self._get("/status")
         if status is not None:
-            self.history.status(**_status_sample(status))
+            self.history.status(**_status_sample(status, self.source))
         for entry in self._get("/history") or []:
             ident = json.dumps(entry, sort_keys=True)
             if ident in self._seen:
@@ -392,18 +404,20 @@ class AgentRecorder(_Recorder):
 # -- in-process --------------------------------------------------------------------------------
 
 
-def record_orchestrator(orch: Any, history: History, key_states: Any = None) -> None:
-    """Record an in-process orchestrator's rounds (markers), and a status sample at each of
-    its events; with ``key_states`` (a ``datasync.plugins.StateRegistry``, e.g.
-    ``PluginSet.states``) every key-state change as a decision."""
+def record_orchestrator(
+    orch: Any, history: History, key_states: Any = None, source: str | None = None
+) -> None:
+    """Record an in-process orchestrator's rounds (markers) and a status sample at each of
+    its events (``applied_revision`` as :class:`AgentRecorder` has it); with ``key_states``
+    (a ``datasync.plugins.StateRegistry``, e.g. ``PluginSet.states``) every key-state
+    change as a decision."""
     from ..resync import RoundFinished, RoundStarted
 
     def sample() -> None:
         st = orch.status()
         revs = {n: s.applied_revision for n, s in st.sources.items()}
-        low = min(revs.values()) if revs else 0
         history.status(in_sync=st.in_sync, round_running=st.round_running, rounds=st.rounds,
-                       applied_revision=low, sources=revs)  # fmt: skip
+                       applied_revision=_applied(revs, source), sources=revs)  # fmt: skip
 
     def on_event(ev: object) -> None:
         if isinstance(ev, RoundStarted):
