@@ -1,0 +1,376 @@
+"""One fault row end to end, in the test's loop: a real store's source, the orchestrator,
+the four VPP plugins, the real VppClient and the strict simulator, with a
+:class:`~datasync.testing.history.History` recorded as the run goes.
+
+What is recorded, and from where:
+
+* ``truth``: every write the test makes through :class:`Writer` (the store's revision of
+  the write, as the store acknowledged it);
+* ``nb``: every change and snapshot entry the orchestrator hands out, seen by a passive
+  plugin (``Tap``) registered on the agent's whole key space;
+* ``decision``: every key-state change of the plugins (CONFIGURED is ``applied``, with the
+  revision the tap saw last for that key);
+* ``phase``: ``round.started`` (``relist`` is False for the start-up round only) and
+  ``round.finished`` from the orchestrator's events; ``fault.injected`` and
+  ``fault.healed`` from the test;
+* ``status``: the orchestrator's ``in_sync``, ``round_running`` and applied revision,
+  sampled every 50 ms, so convergence time is measured, not asserted.
+
+``Rig.verify`` builds the final dumps (the plugins' intent against the store, the
+interfaces read back from the simulator against the store, the plan a downstream resync
+would write, the simulator's dangling-reference count, the writes of a forced no-op
+resync) and runs the invariant checkers; the row's measurements go to the test report
+(``record_property``) for ``scripts/faults_report.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasync.agent.wiring import vpp_fault_handler
+from datasync.api import ChangeEvent, Op, ResyncEvent
+from datasync.plugins import KeyState, RetryPolicy, VppPlugins
+from datasync.plugins.models import IF_PREFIX
+from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
+from datasync.testing import invariants as inv
+from datasync.testing.history import History
+from datasync.vpp.client import VppClient
+from datasync.vpp.sim import Simulator
+
+LABEL = "t"
+AGENT_PREFIX = f"/vnf-agent/{LABEL}/"
+IF = IF_PREFIX.format(label=LABEL)
+WAIT = 30.0  # a safety net against hangs, never a timing goal
+
+#: the plugin states as history decisions
+DECISION = {
+    KeyState.CONFIGURED: "applied",
+    KeyState.PENDING: "pending",
+    KeyState.INVALID: "invalid",
+    KeyState.FAILED: "failed",
+    KeyState.RETRYING: "retrying",
+}
+
+FAST_RETRY = RetryPolicy(initial=0.05, maximum=0.5)
+
+
+def loop_if(name: str, *addrs: str, enabled: bool = True, **kw: Any) -> tuple[str, bytes]:
+    """A loopback interface's key and value."""
+    doc = {"name": name, "type": "SOFTWARE_LOOPBACK", "enabled": enabled,
+           "ip_addresses": list(addrs), **kw}  # fmt: skip
+    return IF + name, json.dumps(doc).encode()
+
+
+def interfaces(n: int, start: int = 0, tag: str = "") -> dict[str, bytes]:
+    """``n`` loopbacks ``lo<i>`` with one address each (``tag`` varies the MTU)."""
+    mtu = 1500 + (sum(map(ord, tag)) % 500 if tag else 0)
+    return dict(
+        loop_if(f"lo{i}", f"10.{i // 250}.{i % 250}.1/32", mtu=mtu) for i in range(start, start + n)
+    )
+
+
+def render_interfaces(store: Mapping[str, bytes]) -> dict[str, Any]:
+    """What the store asks VPP to hold, per interface name: (admin up, sorted addresses).
+    Values the model would refuse are left out (they are INVALID, not desired)."""
+    out: dict[str, Any] = {}
+    for key, value in store.items():
+        if not key.startswith(IF):
+            continue
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or doc.get("name") != key[len(IF) :]:
+            continue
+        out[doc["name"]] = (bool(doc.get("enabled")), sorted(doc.get("ip_addresses", [])))
+    return out
+
+
+def dataplane_interfaces(sim: Simulator) -> dict[str, Any]:
+    """The owned (tagged) interfaces VPP holds, read back from the simulator."""
+    return {
+        i["tag"]: (bool(i["admin_up"]), sorted(i["addresses"]))
+        for i in sim.dump_state()["interfaces"]
+        if i["tag"]
+    }
+
+
+def sim_writes(sim: Simulator) -> int:
+    """Non-noop VPP write ops since the simulator's counters were last reset."""
+    return int(sim.counters()["changes"])
+
+
+async def eventually(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not pred():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+@dataclass
+class Tap:
+    """A passive plugin on the agent's whole key space: records what the orchestrator
+    hands out (the NB stream as the agent consumed it)."""
+
+    history: History
+    source: str
+    prefixes: Sequence[str] = (AGENT_PREFIX,)
+    depends_on: Sequence[str] = ()
+    name: str = "nb-tap"
+    last: dict[str, int] = field(default_factory=dict)
+    sessions: int = 0
+
+    async def resync(self, ev: ResyncEvent) -> None:
+        self.sessions += 1
+        for key, kv in sorted(ev.kvs.items(), key=lambda item: item[1].revision):
+            self.last[key] = kv.revision
+            self.history.received(self.source, key, "put", kv.revision,
+                                  extra={"snapshot": True, "session": self.sessions})  # fmt: skip
+
+    async def change(self, ev: ChangeEvent) -> None:
+        for ch in ev.changes:
+            self.last[ch.key] = ch.revision
+            op = "put" if ch.op is Op.PUT else "delete"
+            self.history.received(ch.source or self.source, ch.key, op, ch.revision,
+                                  extra={"session": self.sessions})  # fmt: skip
+
+
+class Writer:
+    """The test's writes to a store (anything with ``txn(puts, deletes) -> revision``),
+    each recorded as ground truth at the revision the store acknowledged."""
+
+    def __init__(self, store: Any, history: History) -> None:
+        self.store = store
+        self.history = history
+        self.revision = 0
+        self.acked: list[int] = []
+
+    async def txn(self, puts: Mapping[str, bytes], deletes: Sequence[str] = ()) -> int:
+        rev = int(await self.store.txn(dict(puts), list(deletes)))
+        for key, value in puts.items():
+            self.history.truth(key, "put", rev, value)
+        for key in deletes:
+            self.history.truth(key, "delete", rev)
+        self.revision = max(self.revision, rev)
+        self.acked.append(rev)
+        return rev
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.txn({key: value})
+
+    async def delete(self, *keys: str) -> int:
+        return await self.txn({}, list(keys))
+
+
+@dataclass
+class Rig:
+    """A running agent in the test's loop, and the history of the run."""
+
+    history: History
+    source: Any
+    sim: Simulator
+    client: VppClient
+    orch: Orchestrator
+    plugins: VppPlugins
+    tap: Tap
+    rounds: list[RoundStarted] = field(default_factory=list)
+    finished: list[RoundFinished] = field(default_factory=list)
+    #: the simulator's write count when the fault was injected
+    writes_at_fault: int | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.source.name)
+
+    @property
+    def relists(self) -> int:
+        """Full relists after the start-up round."""
+        return max(0, len(self.rounds) - 1)
+
+    def applied(self) -> int:
+        return self.orch.applied_revision(self.name)
+
+    def in_sync(self) -> bool:
+        return self.orch.status().in_sync
+
+    def state(self, key: str) -> KeyState | None:
+        st = self.plugins.states.get(key)
+        return None if st is None else st.state
+
+    def mark(self, name: str, **extra: Any) -> None:
+        """A phase marker; ``fault.injected`` also notes the VPP write count, so the row
+        reports the writes the fault cost."""
+        if name == "fault.injected" and self.writes_at_fault is None:
+            self.writes_at_fault = sim_writes(self.sim)
+        self.history.mark(name, **extra)
+
+    def sample(self) -> None:
+        """One status sample now (the sampler takes one every 50 ms)."""
+        st = self.orch.status()
+        self.history.status(in_sync=st.in_sync, round_running=st.round_running,
+                            applied_revision=self.applied())  # fmt: skip
+
+    async def settle(self, revision: int, timeout: float = WAIT) -> None:
+        """Applied through ``revision``, and in sync."""
+        await eventually(
+            lambda: self.applied() >= revision and self.in_sync(),
+            f"the agent in sync at revision {revision} (applied {self.applied()}, "
+            f"status {self.orch.status()})",
+            timeout,
+        )
+
+    async def converged(self, store: Mapping[str, bytes], revision: int,
+                        timeout: float = WAIT) -> None:  # fmt: skip
+        """In sync at ``revision`` and VPP's owned interfaces are what ``store`` asks."""
+        want = render_interfaces(store)
+        await eventually(
+            lambda: self.applied() >= revision and self.in_sync()
+            and dataplane_interfaces(self.sim) == want,
+            f"VPP holding the store at revision {revision}",
+            timeout,
+        )  # fmt: skip
+        self.sample()
+
+    def _final_keys(self) -> dict[str, tuple[str, str]]:
+        return {s.key: (s.state.value, s.reason) for s in self.plugins.states
+                if s.state is not KeyState.CONFIGURED}  # fmt: skip
+
+    async def final(self, store: Mapping[str, bytes], revision: int,
+                    noop_resync: bool = True) -> inv.Final:  # fmt: skip
+        """The final dumps; with ``noop_resync`` a forced downstream resync is run and its
+        VPP writes counted (I2)."""
+        plan = await self.plugins.plan()
+        writes_after = None
+        if noop_resync:
+            before = sim_writes(self.sim)
+            await self.plugins.reapply()
+            writes_after = sim_writes(self.sim) - before
+        return inv.Final(
+            store=dict(store),
+            store_revision=revision,
+            in_sync=self.in_sync(),
+            applied_revision=self.applied(),
+            keys=self._final_keys(),
+            plan=plan,
+            desired=render_interfaces(store),
+            dataplane=dataplane_interfaces(self.sim),
+            violations=int(self.sim.counters()["violations"]),
+            writes_after_resync=writes_after,
+        )
+
+    async def verify(
+        self,
+        store: Mapping[str, bytes],
+        revision: int,
+        expect: inv.Expect,
+        record: Callable[[str, object], None] | None = None,
+        only: Sequence[str] | None = None,
+        sb_writes: int | None = None,
+    ) -> inv.Report:
+        """Check the invariants at the end of a row; measurements go to ``record``."""
+        final = await self.final(store, revision)
+        report = inv.check(self.history, final, expect, only=only)
+        if record is not None:
+            t = inv.convergence_time(self.history, final)
+            record("t_conv", None if t is None else round(t, 3))
+            record("relists", self.relists)
+            if sb_writes is None:
+                sb_writes = sim_writes(self.sim) - (self.writes_at_fault or 0)
+            record("sb_writes", sb_writes)
+            record("invariants", "; ".join(str(v) for v in report.verdicts if not v.ok) or "ok")
+            record("unchecked", " ".join(v.id for v in report.unchecked))
+            record("void", report.void)
+        report.raise_for_failures()
+        return report
+
+
+@asynccontextmanager
+async def running(
+    source: Any,
+    sim: Simulator,
+    state_dir: Path,
+    history: History,
+    *,
+    client_opts: Mapping[str, Any] | None = None,
+    **config: Any,
+) -> AsyncIterator[Rig]:
+    """The orchestrator and the plugins on ``source``, driving ``sim``, recorded into
+    ``history``; ``config`` overrides ``ResyncConfig`` fields."""
+    cfg = {"resync_timeout": 20.0, "backoff_initial": 0.1, "backoff_max": 0.5,
+           "escalation": "retry", **config}  # fmt: skip
+    orch = Orchestrator([source], ResyncConfig(**cfg), rng=random.Random(history.seed))
+    assert sim.path is not None
+    client = VppClient(sim.path, timeout=10, backoff_max=0.2,
+                       **{"probe_interval": None, **(client_opts or {})})  # fmt: skip
+    plugins = VppPlugins(client, LABEL, retry=FAST_RETRY, ack_timeout=5,
+                         ledger_path=state_dir / "ledger.json")  # fmt: skip
+    client.on_fault = vpp_fault_handler(orch, plugins)
+    tap = Tap(history, source.name)
+    rig = Rig(history, source, sim, client, orch, plugins, tap)
+
+    def on_event(ev: object) -> None:
+        if isinstance(ev, RoundStarted):
+            rig.rounds.append(ev)
+            history.mark("round.started", relist=len(rig.rounds) > 1, round=ev.round,
+                         reasons=list(ev.reasons))  # fmt: skip
+        elif isinstance(ev, RoundFinished):
+            rig.finished.append(ev)
+            history.mark("round.finished", round=ev.round, ok=ev.ok, errors=dict(ev.errors))
+
+    def on_key(plugin: str, key: str, status: Any) -> None:
+        if status is None:
+            history.decision(key, "removed", plugin=plugin)
+        else:
+            history.decision(key, DECISION[status.state], status.reason, plugin=plugin,
+                             revision=tap.last.get(key, 0))  # fmt: skip
+
+    async def sample() -> None:
+        while True:
+            rig.sample()
+            await asyncio.sleep(0.05)
+
+    orch.add_listener(on_event)
+    sampler: asyncio.Task[None] | None = None
+    try:
+        await client.connect()
+        plugins.add_to(orch)
+        for states in plugins.states.plugins().values():
+            states.add_listener(on_key)
+        orch.add_plugin(tap)
+        if hasattr(source, "bind"):  # a push source reports per-key results
+
+            def state_of(key: str) -> tuple[str, str] | None:
+                st = plugins.states.get(key)
+                return None if st is None else (st.state.value, st.reason)
+
+            source.bind(lambda: orch.applied_revision(source.name), state_of)
+        sampler = asyncio.create_task(sample())
+        yield rig
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        await orch.stop()
+        await plugins.close()
+        await client.close()
+
+
+def seed_of(name: str) -> int:
+    """A stable per-test seed (the history records it; a failure names it)."""
+    return sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 100_000
+
+
+def now() -> float:
+    return time.time()
