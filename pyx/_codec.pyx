@@ -32,6 +32,11 @@ Where the time goes, and what is done about it (callgrind, CPython 3.11):
 - addresses, prefixes, MACs: parsed from text (IPv4 and MACs inline, IPv6 with
   inet_pton) and built as ipaddress objects directly (their ``_ip`` slots); decoded
   prefixes and MACs (immutable values) come from a direct-mapped table keyed by wire bytes;
+- decoded records: one of atomic fields only (ints, bools, text, bytes, MACs) is not
+  tracked by the GC, and freed records go on a free list per size that the next decode
+  takes from (``ds_rec_*`` in ds_codec.h: the codec's namedtuple types get their own
+  tp_dealloc, on 3.11-3.13, checked per type and at import); ~0 as a u32 is one shared
+  int;
 - records of small all-zero structs (MPLS label stacks) are shared, and an array element
   that is the same object as the one before is encoded once and copied;
 - ``encode`` is a METH_FASTCALL method (see ``ds_encode_fast``): a Cython ``**kw``

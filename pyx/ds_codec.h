@@ -29,7 +29,8 @@
      takes from. It frees exactly what subtype_dealloc + tupledealloc free for such a
      type (its items and its type reference; the types have no dict, weakrefs, finalizer
      or slots), and an untracked record skips the trashcan: its items are atomic, so
-     freeing it cannot recurse. A subclass defined in Python reaches it through
+     freeing it cannot recurse (nor, up to a small depth, does a tracked one, see
+     ds_rec_dealloc). A subclass defined in Python reaches it through
      subtype_dealloc, as its base's tp_dealloc, and is freed the ordinary way.
 */
 #define DS_REC_MAXN 40   /* records of up to this many fields are kept */
@@ -41,6 +42,8 @@ static int ds_rec_nfree[DS_REC_MAXN + 1];
 #endif
 
 static void ds_rec_dealloc(PyObject* o);
+#define DS_REC_DEPTH 20
+static int ds_rec_depth = 0;  /* ds_rec_dealloc calls under way without the trashcan */
 
 static void ds_rec_release(PyObject* o) {
     /* the memory of a record whose items are released: onto the free list, or freed */
@@ -82,6 +85,19 @@ static void ds_rec_dealloc(PyObject* o) {
         return;
     }
     PyObject_GC_UnTrack(o);
+#if defined(DS_RECORD_FREELIST)
+    /* Records nest only as deep as the definitions (a few levels): up to DS_REC_DEPTH
+       nested frees go without the trashcan, whose thread-state lookup is most of a
+       small record's free on 3.12+; deeper ones (records a program nests itself) take
+       it. The count is shared by all threads, which the GIL serialises. */
+    if (ds_rec_depth < DS_REC_DEPTH) {
+        ds_rec_depth++;
+        while (--i >= 0) Py_XDECREF(items[i]);
+        ds_rec_release(o);
+        ds_rec_depth--;
+        return;
+    }
+#endif
     Py_TRASHCAN_BEGIN(o, ds_rec_dealloc)
     while (--i >= 0) Py_XDECREF(items[i]);
     ds_rec_release(o);
