@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -61,6 +62,9 @@ DECISION = {
 }
 
 FAST_RETRY = RetryPolicy(initial=0.05, maximum=0.5)
+
+#: a round's reason that says the store was reset (restored, re-created, log emptied)
+_RESET = re.compile(r"StoreReset|Truncated|Recreated|OutOfRange|store reset|cluster id", re.I)
 
 
 def loop_if(name: str, *addrs: str, enabled: bool = True, **kw: Any) -> tuple[str, bytes]:
@@ -233,7 +237,7 @@ class Rig:
     async def converged(self, store: Mapping[str, bytes], revision: int,
                         timeout: float = WAIT) -> None:  # fmt: skip
         """In sync at ``revision`` and VPP's owned interfaces are what ``store`` asks."""
-        want = render_interfaces(store)
+        want = self.desired(store)
         await eventually(
             lambda: self.applied() >= revision and self.in_sync()
             and dataplane_interfaces(self.sim) == want,
@@ -241,6 +245,20 @@ class Rig:
             timeout,
         )  # fmt: skip
         self.sample()
+
+    def desired(self, store: Mapping[str, bytes]) -> dict[str, Any]:
+        """``render_interfaces`` of the values the interfaces model takes (the model's own
+        validation: a value it refuses is INVALID, not desired)."""
+        plugin = next(p for p in self.plugins.plugins if p.name == "interfaces")
+        taken = {}
+        for key, value in store.items():
+            if key.startswith(IF):
+                try:
+                    plugin.validate(key, value)
+                except Exception:
+                    continue
+                taken[key] = value
+        return render_interfaces(taken)
 
     def _final_keys(self) -> dict[str, tuple[str, str]]:
         return {s.key: (s.state.value, s.reason) for s in self.plugins.states
@@ -263,7 +281,7 @@ class Rig:
             applied_revision=self.applied(),
             keys=self._final_keys(),
             plan=plan,
-            desired=render_interfaces(store),
+            desired=self.desired(store),
             dataplane=dataplane_interfaces(self.sim),
             violations=int(self.sim.counters()["violations"]),
             writes_after_resync=writes_after,
@@ -321,6 +339,9 @@ async def running(
 
     def on_event(ev: object) -> None:
         if isinstance(ev, RoundStarted):
+            if any(_RESET.search(r) for r in ev.reasons):
+                # the store's revisions may start again below what was applied (I6)
+                history.mark("store.reset", reasons=list(ev.reasons))
             rig.rounds.append(ev)
             history.mark("round.started", relist=len(rig.rounds) > 1, round=ev.round,
                          reasons=list(ev.reasons))  # fmt: skip
