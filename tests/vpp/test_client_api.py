@@ -18,6 +18,7 @@ from datasync.vpp import defs, errors, retvals, shm, vac
 from datasync.vpp import transport as old_transport
 from datasync.vpp.client import VppClient
 from datasync.vpp.config import VppClientConfig, VppConfigError
+from datasync.vpp.errors import VppConnectionError
 from datasync.vpp.faults import (
     Disconnected,
     Reconnected,
@@ -29,6 +30,7 @@ from datasync.vpp.faults import (
 from datasync.vpp.sim import Simulator
 
 from .helpers import Faults, eventually
+from .test_client import FakeVpp
 
 
 def test_config_errors_name_the_field() -> None:
@@ -162,3 +164,25 @@ async def test_socket_mode_is_the_configured_one_whatever_the_umask(sock_path: s
         with pytest.raises(ValueError, match="mode must be permission bits"):
             await Simulator().start(sock_path, mode=mode)  # type: ignore[arg-type]
     assert not os.path.exists(sock_path)  # noqa: ASYNC240
+
+
+async def test_a_connection_lost_right_after_the_handshake_fails_the_connect(
+    sock_path: str,
+) -> None:
+    async def script(fake: FakeVpp, rw: Any) -> None:
+        r, w = rw
+        await fake.read(r)
+        table = [{"index": i, "name": n} for n, i in fake.sim.message_table]
+        reply = {"context": 124, "response": 0, "index": 0x80000001, "count": len(table)}
+        reply["message_table"] = table
+        w.write(fake.frame(fake.sim.encode("sockclnt_create_reply", reply)))
+        await w.drain()
+        w.transport.abort()  # gone before the client could send anything
+
+    async with FakeVpp(sock_path, script):
+        # a connect that waited for its control_ping would take the whole connect_timeout
+        c = VppClient(sock_path, probe_interval=None, reconnect=False, connect_timeout=60)
+        with pytest.raises(VppConnectionError, match=r"VPP closed the connection|lost"):
+            await c.connect()
+        assert not c.connected
+        await c.close()

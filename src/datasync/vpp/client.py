@@ -279,6 +279,9 @@ class VppClient:
     async def _connect_once(self) -> None:
         self._loop = asyncio.get_running_loop()
         transport, table = await self._open()
+        if not transport.is_open:  # lost between the handshake's reply and now
+            transport.abort()
+            raise VppConnectionError("VPP closed the connection right after the handshake")
         # no await since open() returned: frames the transport delivers find the table
         self._transport, self._conn = transport, table
         self._max_body = transport.max_body

@@ -165,12 +165,11 @@ class _Handshake:
             self.sink.frames_received(bodies)
 
     def transport_lost(self, exc: BaseException | None) -> None:
+        # lost after the reply: open() still returns, and the caller sees is_open False
         if not self.fut.done():
             self.fut.set_exception(
                 VppConnectionError(f"VPP closed the connection during the handshake ({exc})")
             )
-        else:
-            self.sink.transport_lost(exc)
 
 
 async def open(
