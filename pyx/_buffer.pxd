@@ -63,3 +63,10 @@ cdef struct _Table:
     _Best* tab
     size_t mask
     Py_ssize_t used
+
+
+cdef struct _Rev:
+    # A key's last applied revision in the revision filter's open-addressing table.
+    PyObject* key  # a reference held by the table; NULL marks an empty entry
+    Py_hash_t hash
+    int64_t rev

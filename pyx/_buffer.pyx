@@ -5,10 +5,10 @@ Behaves exactly like the pure-Python twin ``datasync._buffer_py``, which is the 
 spec; invalid input is handed to the twin's checks so the errors are the same too.
 
 Hot paths read ``Change`` fields by index straight from the tuple, keep revisions as C
-int64, keep per-key state in objects mutated in place (one dict lookup per known key),
-and sort with a C merge sort over (revision, slot) entries. No Python object is created
-per change. Coalescing finds each key's newest change through a C open-addressing table
-(exact str keys: cached hash, pointer comparison first), and an ``extend`` that crosses
+int64, and sort with a C merge sort over (revision, slot) entries. No Python object is
+created per change. Per-key state lives in C open-addressing tables keyed by the exact
+str keys (their cached hash, pointer comparison first): each key's last applied revision
+in the filter, each key's newest change while coalescing. An ``extend`` that crosses
 the limit coalesces the held changes with the part of the batch that fits, so the
 changes it replaces are never appended.
 """
@@ -45,6 +45,7 @@ from _buffer cimport (
     PyUnicode_KIND,
     _Best,
     _Entry,
+    _Rev,
     _Table,
 )
 
@@ -122,21 +123,74 @@ cdef inline int64_t _valid_revision(PyObject* c) noexcept:
 
 
 cdef inline int _admit(RevisionFilter f, PyObject* key, int64_t rev) except -1:
-    """1 and record ``rev`` if it is new for ``key``, else 0 (the caller counts the drop)."""
-    cdef PyObject* p
-    cdef _KeyState st
+    """1 and record ``rev`` if it is new for ``key`` (an exact str), else 0 (the caller
+    counts the drop)."""
+    cdef Py_hash_t h
+    cdef size_t i
+    cdef _Rev* e
     if rev <= f._snapshot:
         return 0
-    p = PyDict_GetItemWithError(f._last, key)
-    if p != NULL:
-        if rev <= (<_KeyState>p).rev:
-            return 0
-        (<_KeyState>p).rev = rev
-        return 1
-    st = _KeyState.__new__(_KeyState)
-    st.rev = rev
-    PyDict_SetItem(f._last, key, st)
+    h = _str_hash(key)
+    i = <size_t>h & f._mask
+    while True:
+        e = &f._tab[i]
+        if e.key == key or (e.key != NULL and e.hash == h and _str_eq(e.key, key)):
+            if rev <= e.rev:
+                return 0
+            e.rev = rev
+            return 1
+        if e.key == NULL:
+            break
+        i = (i + 1) & f._mask
+    if <size_t>(f._used + 1) * 3 > (f._mask + 1) * 2:
+        _revs_grow(f)
+        e = _revs_free_entry(f._tab, f._mask, h)
+    Py_INCREF(key)
+    e.key = key
+    e.hash = h
+    e.rev = rev
+    f._used += 1
     return 1
+
+
+cdef inline _Rev* _revs_free_entry(_Rev* tab, size_t mask, Py_hash_t h) noexcept:
+    """The empty entry a key of hash ``h`` (not in the table) takes."""
+    cdef size_t i = <size_t>h & mask
+    while tab[i].key != NULL:
+        i = (i + 1) & mask
+    return &tab[i]
+
+
+cdef _Rev* _revs_new(size_t cap) except NULL:
+    cdef _Rev* tab = <_Rev*>calloc(cap, sizeof(_Rev))
+    if tab == NULL:
+        raise MemoryError()
+    return tab
+
+
+cdef int _revs_grow(RevisionFilter f) except -1:
+    """Twice the entries, the same keys (their references move)."""
+    cdef size_t old = f._mask + 1
+    cdef size_t i
+    cdef _Rev* tab = _revs_new(2 * old)
+    for i in range(old):
+        if f._tab[i].key != NULL:
+            _revs_free_entry(tab, 2 * old - 1, f._tab[i].hash)[0] = f._tab[i]
+    free(f._tab)
+    f._tab = tab
+    f._mask = 2 * old - 1
+    return 0
+
+
+cdef void _revs_release(_Rev* tab, size_t cap) noexcept:
+    """Release the keys of a table and the table (str keys: runs no Python code)."""
+    cdef size_t i
+    if tab == NULL:
+        return
+    for i in range(cap):
+        if tab[i].key != NULL:
+            Py_DECREF(tab[i].key)
+    free(tab)
 
 
 cdef inline Py_hash_t _str_hash(PyObject* key) noexcept:
@@ -235,11 +289,6 @@ cdef bint _may_free(list items) noexcept:
     return False
 
 
-cdef class _KeyState:
-    # Per-key last applied revision, mutated in place so a known key costs one dict lookup.
-    cdef int64_t rev
-
-
 cdef class _Slot:
     # Where a key's held change sits in the buffer's arrival list (keyed mode).
     cdef Py_ssize_t slot
@@ -260,12 +309,22 @@ cdef class RevisionFilter:
 
     cdef int64_t _snapshot
     cdef unsigned long long _dropped
-    cdef dict _last  # key -> _KeyState
+    # Each key's last applied revision: an open-addressing table (linear probing) of
+    # _mask + 1 entries, a power of two, _used of them taken (at most two thirds). It
+    # holds a reference to each key (exact str).
+    cdef _Rev* _tab
+    cdef size_t _mask
+    cdef Py_ssize_t _used
 
     def __cinit__(self):
         self._snapshot = 0
         self._dropped = 0
-        self._last = {}
+        self._tab = _revs_new(8)
+        self._mask = 7
+        self._used = 0
+
+    def __dealloc__(self):
+        _revs_release(self._tab, self._mask + 1)
 
     @property
     def snapshot_revision(self):
@@ -284,15 +343,58 @@ cdef class RevisionFilter:
         last applied revision of each key (the highest one wins if a key repeats). All
         previous per-key state is forgotten. Validated first: on error nothing changes.
         """
-        cdef _KeyState st
-        cdef dict last = {}
+        cdef size_t cap = 8
+        cdef _Rev* tab
+        cdef _Rev* e
+        cdef _Rev* old_tab
+        cdef size_t old_cap
+        cdef PyObject* k
         _py_check_int("snapshot revision", snapshot_revision, (1 << 63) - 1)
-        for key, rev in _py_collect_key_revisions(key_revisions).items():
-            st = _KeyState.__new__(_KeyState)
-            st.rev = rev
-            last[key] = st
+        last = _py_collect_key_revisions(key_revisions)  # validated: exact str keys
+        while cap * 2 < <size_t>len(last) * 3 + 2:
+            cap *= 2
+        tab = _revs_new(cap)
+        for key, rev in last.items():
+            k = <PyObject*>key
+            e = _revs_free_entry(tab, cap - 1, _str_hash(k))
+            Py_INCREF(k)
+            e.key = k
+            e.hash = _str_hash(k)
+            e.rev = rev
+        old_tab = self._tab
+        old_cap = self._mask + 1
+        self._tab = tab
+        self._mask = cap - 1
+        self._used = len(last)
         self._snapshot = snapshot_revision
-        self._last = last
+        _revs_release(old_tab, old_cap)
+
+    cdef object _get(self, object key):
+        """The last applied revision of ``key``, or None."""
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h
+        cdef size_t i
+        cdef _Rev* e
+        if type(key) is not str:
+            # What a dict lookup does with any other key (a str subclass, an unhashable).
+            return self._as_dict().get(key)
+        h = _str_hash(k)
+        i = <size_t>h & self._mask
+        while True:
+            e = &self._tab[i]
+            if e.key == NULL:
+                return None
+            if e.key == k or (e.hash == h and _str_eq(e.key, k)):
+                return e.rev
+            i = (i + 1) & self._mask
+
+    cdef dict _as_dict(self):
+        cdef dict d = {}
+        cdef size_t i
+        for i in range(self._mask + 1):
+            if self._tab[i].key != NULL:
+                d[<object>self._tab[i].key] = self._tab[i].rev
+        return d
 
     def accept(self, change):
         """True (and remember its revision) if ``change`` is new, False (counted) if stale."""
@@ -321,7 +423,7 @@ cdef class RevisionFilter:
             _prefetch_ahead(seq, i, n)
             _revision_of(PyList_GET_ITEM(seq, i))
         try:
-            # Keys are plain str: dict operations run no Python code either.
+            # Keys are plain str: the table operations run no Python code either.
             for i in range(n):
                 if i + 8 < n:
                     __builtin_prefetch(PyList_GET_ITEM(seq, i + 8))
@@ -338,18 +440,15 @@ cdef class RevisionFilter:
 
     def last_applied(self, key):
         """The last applied revision of ``key``, or None if it is not tracked."""
-        st = self._last.get(key)
-        if st is None:
-            return None
-        return (<_KeyState>st).rev
+        return self._get(key)
 
     def __len__(self):
         """Number of keys tracked."""
-        return len(self._last)
+        return self._used
 
     def __repr__(self):
         return (
-            f"RevisionFilter(snapshot_revision={self._snapshot}, keys={len(self._last)}, "
+            f"RevisionFilter(snapshot_revision={self._snapshot}, keys={self._used}, "
             f"dropped={self._dropped})"
         )
 

@@ -777,3 +777,22 @@ def test_finalizer_emptying_the_callers_list_during_extend(impl: ModuleType, lim
         newest[c.key] = max(c.revision, newest.get(c.key, 0))
     out = b.drain(f)
     assert {c[0]: c[3] for c in out} == newest
+
+
+def test_last_applied_of_other_keys(impl: ModuleType) -> None:
+    """last_applied answers as a dict lookup would: a str subclass finds its equal key, a
+    key of another type is not tracked, an unhashable one raises."""
+
+    class Sub(str):
+        pass
+
+    f = impl.RevisionFilter()
+    f.reset(0, [("a", 3)])
+    assert f.accept(put("b", 5))
+    assert f.last_applied(Sub("a")) == 3
+    assert f.last_applied(Sub("b")) == 5
+    assert f.last_applied(7) is None
+    assert f.last_applied("c") is None
+    with pytest.raises(TypeError, match="unhashable"):
+        f.last_applied(["a"])
+    assert len(f) == 2
