@@ -1,15 +1,8 @@
-"""What a test does when a service it needs (etcd, the tansu broker) is missing."""
+"""What a test does when a service it needs (etcd, the tansu broker) is missing: the
+package's pytest plugin has the one rule, :func:`datasync.testing.pytest_plugin.missing`."""
 
 from __future__ import annotations
 
-import os
-from typing import NoReturn
+from datasync.testing.pytest_plugin import missing
 
-import pytest
-
-
-def missing(reason: str) -> NoReturn:
-    """Skip on a developer's machine; with ``CI`` set, fail: CI never passes by skipping."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: a missing service fails the suite)", pytrace=False)
-    pytest.skip(reason)
+__all__ = ["missing"]

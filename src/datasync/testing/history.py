@@ -52,7 +52,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,7 @@ class Event:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        doc = {k: v for k, v in asdict(self).items() if v not in ("", 0, None, {})}
-        doc["kind"], doc["t"] = self.kind, self.t
+        doc = {k: v for k, v in asdict(self).items() if v != _DEFAULTS.get(k, _NOTHING)}
         if self.value is not None:
             doc["value"] = base64.b64encode(self.value).decode()
         return doc
@@ -104,6 +103,12 @@ class Event:
         if doc.get("value") is not None:
             doc["value"] = base64.b64decode(doc["value"])
         return cls(**doc)
+
+
+_NOTHING = object()
+#: fields left out of an event's JSON when they hold their default
+_DEFAULTS = {f.name: f.default for f in fields(Event) if f.default is not MISSING}
+_DEFAULTS["extra"] = {}
 
 
 class History:

@@ -21,6 +21,7 @@ them) or a private temporary one.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import functools
 import importlib.resources
@@ -635,6 +636,13 @@ def datasync(
     return out
 
 
+def _raw(value: Any) -> bytes:
+    """A ``/v1/kv`` value as bytes: text as it is, ``{"base64": ...}`` decoded."""
+    if isinstance(value, str):
+        return value.encode()
+    return base64.b64decode(value["base64"])
+
+
 class AgentProcess(_Proc):
     """``datasync agent`` as a process, driven through its HTTP API on ``http``.
 
@@ -648,9 +656,28 @@ class AgentProcess(_Proc):
         self.args = list(args)
         self.log: Path | None = None
         self.proc: subprocess.Popen[str] | None = None
+        #: the recorder polling this agent into a history, if any (the pytest plugin's
+        #: ``datasync_agent`` sets it): :meth:`final` makes it catch up first
+        self.recorder: Any = None
 
     def __repr__(self) -> str:
         return f"AgentProcess({self.http})"
+
+    def final(self, store: Any = None, source: str = "local", **kw: Any) -> Any:
+        """The run's :class:`~datasync.testing.invariants.Final` from this agent: its
+        status, its ``/plan`` and (``source`` "local") its embedded store, unless
+        ``store`` (key -> value) is given with ``store_revision``; the recorder, if any,
+        takes one more sample first."""
+        from .invariants import Final
+
+        if self.recorder is not None:
+            self.recorder.poll()
+        if store is None:
+            kv = self.get("/v1/kv?prefix=/") or {}
+            store = {i["key"]: _raw(i["value"]) for i in kv.get("kvs", [])}
+            kw.setdefault("store_revision", kv.get("revision", 0))
+        kw.setdefault("plan", self.get("/plan"))
+        return Final.from_status(self.status(), store=store, source=source, **kw)
 
     def configure(self, toml: str) -> Path:
         """Write ``toml`` as the agent's config file and pass it with ``--config``."""
