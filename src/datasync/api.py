@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -447,12 +447,13 @@ class Snapshot:
 
 
 @dataclass(slots=True)
-class SourceStats:
+class SourceStats(Mapping[str, int]):
     """A source's counters, since it was made; each source counts what applies to it.
 
-    Transports add their own counters in a subclass (``EtcdSourceStats``...). ``stats[k]``
-    reads a counter by name (or by a subclass's old name for it, ``_aliases``);
-    ``as_dict()`` gives them all.
+    Transports add their own counters in a subclass (``EtcdSourceStats``...). Read them as
+    attributes, or as a read-only mapping of counter name to value (``stats["bad_key"]``,
+    ``stats.get(...)``, ``dict(stats)``), where a subclass's old name for a counter
+    (``_aliases``) reads too; ``as_dict()`` gives them all.
     """
 
     _aliases: ClassVar[dict[str, str]] = {}
@@ -477,10 +478,18 @@ class SourceStats:
         return asdict(self)
 
     def __getitem__(self, name: str) -> int:
+        if not isinstance(name, str) or name.startswith("_"):
+            raise KeyError(name)
         value = getattr(self, self._aliases.get(name, name), None)
         if not isinstance(value, int):
             raise KeyError(name)
         return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
 
 
 #: ``cb(source_name, state, reason)``: a source's connection changed state.

@@ -56,7 +56,13 @@ class Orchestrator:
             for s in sources
         ]
         for feed in self._feeds:
-            feed.source.add_state_listener(self._on_source_state)
+            add_listener = getattr(feed.source, "add_state_listener", None)
+            if add_listener is None:  # part of the Source protocol since it was declared
+                raise ConfigError(
+                    f"source {feed.source.name!r} ({type(feed.source).__name__}) has no "
+                    "add_state_listener(cb): every Source reports its connection state"
+                )
+            add_listener(self._on_source_state)
         self._pending: list[str] = []
         self._wakeup = asyncio.Event()
         self._round: Round | None = None

@@ -315,15 +315,13 @@ class EtcdSource(StateReporter):
         self.request_timeout = request_timeout
         self.progress_interval = progress_interval
         self.stall_timeout = stall_timeout
+        if not 0 < backoff_base <= backoff_cap:
+            raise ValueError(
+                f"EtcdSource {name}: need 0 < backoff_base <= backoff_cap, got "
+                f"backoff_base={backoff_base!r}, backoff_cap={backoff_cap!r}"
+            )
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        #: the reconnect delays: before retry n, ``min(cap, base * 2**n)`` times [0.5, 1]
-        self.backoff = Backoff(
-            initial=min(2 * backoff_base, backoff_cap),
-            multiplier=2.0,
-            maximum=backoff_cap,
-            jitter=0.5,
-        )
         self.max_retries = max_retries
         self.stall_reconnects = stall_reconnects
         self.page_size = page_size
@@ -370,6 +368,17 @@ class EtcdSource(StateReporter):
         self.stats = EtcdSourceStats()
 
     # --- state ---------------------------------------------------------------------------
+
+    @property
+    def backoff(self) -> Backoff:
+        """The reconnect delays: before retry n, ``min(cap, base * 2**n)`` times [0.5, 1]
+        (read from ``backoff_base`` and ``backoff_cap`` at each retry)."""
+        return Backoff(
+            initial=min(2 * self.backoff_base, self.backoff_cap),
+            multiplier=2.0,
+            maximum=self.backoff_cap,
+            jitter=0.5,
+        )
 
     @property
     def cluster_id(self) -> str:

@@ -48,7 +48,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, TypeVar
 
 from confluent_kafka import (
@@ -212,6 +212,21 @@ class KafkaSourceStats(SourceStats):
         "dropped_outside_prefix": "outside_prefix",
     }
 
+    def as_dict(self) -> dict[str, int]:
+        d = asdict(self)
+        d.update((old, d[new]) for old, new in self._aliases.items())
+        return d
+
+    @property
+    def dropped_bad_key(self) -> int:
+        """The old name of ``bad_key``."""
+        return self.bad_key
+
+    @property
+    def dropped_outside_prefix(self) -> int:
+        """The old name of ``outside_prefix``."""
+        return self.outside_prefix
+
 
 # --- the thread-confined consumer ----------------------------------------------------------
 
@@ -349,6 +364,11 @@ class KafkaSource(StateReporter):
             raise ValueError(f"partition must be >= 0, got {partition}")
         if max_value_bytes <= 0 or batch_size <= 0:
             raise ValueError("max_value_bytes and batch_size must be positive")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError(
+                f"KafkaSource {name}: need 0 < backoff_initial <= backoff_max, got "
+                f"backoff_initial={backoff_initial!r}, backoff_max={backoff_max!r}"
+            )
         self._name = name
         self._topic = topic
         self._partition = partition
