@@ -236,5 +236,5 @@ async def test_f17_oversized_value_invalid_large_snapshot_ok(
         assert len(_tags(sim)) == 40
         st = rig.plugins.states.get(huge)
         assert st is not None and st.state is KeyState.INVALID, st
-        await rig.verify(final, rev, inv.Expect(fault="fault.injected",
-                                                faulty=frozenset([huge])), record_property)  # fmt: skip
+        expect = inv.Expect(fault="fault.injected", faulty=frozenset([huge]))
+        await rig.verify(final, rev, expect, record_property)

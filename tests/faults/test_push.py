@@ -16,7 +16,15 @@ from datasync.testing.history import History
 from datasync.transport.push import PushReply, PushSource
 from datasync.vpp.sim import Simulator
 
-from .harness import AGENT_PREFIX, IF, dataplane_interfaces, interfaces, loop_if, running, sim_writes
+from .harness import (
+    AGENT_PREFIX,
+    IF,
+    dataplane_interfaces,
+    interfaces,
+    loop_if,
+    running,
+    sim_writes,
+)
 
 Record = Callable[[str, object], None]
 
