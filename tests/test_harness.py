@@ -224,3 +224,61 @@ def test_an_agent_process_is_recorded_from_its_http_api_and_the_vpp_wire(tmp_pat
     samples = [s.extra for s in h.of("status")]
     assert samples[-1]["in_sync"] and samples[-1]["sources"]["local"] >= 2
     assert inv.check(h, inv.Final(), only=["I6", "I10", "I14"]).ok
+
+
+# -- in-process recording and the store's ground truth ---------------------------------------
+
+import shutil as _shutil  # noqa: E402
+
+from datasync.resync import Orchestrator  # noqa: E402
+from datasync.testing.recorders import (  # noqa: E402
+    EtcdTruthWatcher,
+    RecordingPlugin,
+    record_orchestrator,
+)
+from datasync.transport.local import LocalStore  # noqa: E402
+from tests.orchestrator_helpers import Recorder, eventually  # noqa: E402
+
+
+async def test_an_in_process_orchestrator_is_recorded() -> None:
+    h = History()
+    store = LocalStore(poll_interval=0.02)
+    orch = Orchestrator([store])
+    record_orchestrator(orch, h)
+    plugin = Recorder("p", ["/cfg/"])
+    orch.add_plugin(RecordingPlugin(plugin, h))  # type: ignore[arg-type]
+    try:
+        await store.put("/cfg/a", b"1")
+        await orch.start()
+        await orch.wait_in_sync(10)
+        rev = await store.put("/cfg/a", b"2")
+        await eventually(lambda: plugin.state.get("/cfg/a") == b"2", "the change", 10)
+    finally:
+        await orch.stop()
+        await store.close()
+    (snap,) = [e for e in h.of("nb") if e.extra.get("snapshot")]
+    assert (snap.source, snap.key, snap.revision) == ("local", "/cfg/a", 1)
+    assert [(e.key, e.decision, e.revision) for e in h.of("decision")] == [
+        ("/cfg/a", "applied", rev)
+    ]
+    assert h.marks("round.started") and h.of("status")[-1].extra["in_sync"]
+    assert inv.check(h, inv.Final(), only=["I3", "I5", "I6", "I10", "I12"]).ok
+
+
+@pytest.mark.skipif(not _shutil.which("etcd") and not __import__("os").environ.get("CI"),
+                    reason="etcd is not installed")  # fmt: skip
+def test_the_ground_truth_watcher_outlives_an_etcd_restart(tmp_path: Path) -> None:
+    from datasync.testing.procs import EtcdCluster, etcdctl
+
+    h = History()
+    with EtcdCluster(1, root=tmp_path) as etcd, EtcdTruthWatcher(etcd.endpoints, h) as truth:
+        etcdctl(etcd.endpoints, "put", "/a", "1")
+        truth.wait_caught_up(2)
+        etcd.members[0].restart()  # kill -9 by PID, same data dir
+        etcdctl(etcd.endpoints, "put", "/b", "2")
+        etcdctl(etcd.endpoints, "del", "/a")
+        truth.wait_caught_up(4)
+    assert [(e.key, e.op, e.revision) for e in h.of("truth")] == [
+        ("/a", "put", 2), ("/b", "put", 3), ("/a", "delete", 4)
+    ]  # fmt: skip
+    assert h.store_at() == {"/b": (b"2", 3)}

@@ -441,10 +441,10 @@ def record_orchestrator(
 
 class RecordingPlugin:
     """Wraps a plugin: each change it is handed is recorded as ``nb`` (with its source and
-    revision), each resync's keys as ``nb`` with ``extra.snapshot``; when the plugin has
-    acknowledged by the time its ``change`` returns, every change of the event is
-    ``applied`` (or ``failed`` with the error) at its revision (a plugin that acknowledges
-    later leaves the decision to the key states, see :func:`record_orchestrator`)."""
+    revision), each resync's keys as ``nb`` with ``extra.snapshot``; when its ``change``
+    returns, every change of the event is ``applied`` at its revision, or ``failed`` with
+    the error it raised or acknowledged (per-key outcomes of a plugin that keeps key states
+    come from :func:`record_orchestrator`)."""
 
     def __init__(self, plugin: Any, history: History) -> None:
         self.plugin = plugin
@@ -477,9 +477,15 @@ class RecordingPlugin:
         h = self.history
         for c in ev.changes:
             h.received(ev.source, c.key, c.op.name.lower(), c.revision, plugin=self.name)
-        await self.plugin.change(ev)
-        if ev.ack.is_done:
-            err = ev.ack.error
+        err: BaseException | None = None
+        try:
+            await self.plugin.change(ev)
+        except Exception as exc:  # the orchestrator reports it: recorded, then passed on
+            err = exc
+            raise
+        finally:
+            if err is None and ev.ack.is_done:
+                err = ev.ack.error
             for c in ev.changes:
                 if err is None:
                     h.decision(c.key, "applied", revision=c.revision, plugin=self.name)
