@@ -15,8 +15,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..retvals import INVALID_REGISTRATION, INVALID_SW_IF_INDEX, UNSUPPORTED
-from . import state as st
-from .state import U32_MAX, FibPath
+from . import model
+from .model import U32_MAX, FibPath
 from .wire import Connection, Registration
 
 if TYPE_CHECKING:
@@ -173,12 +173,12 @@ class Handlers:
     # -- interfaces ------------------------------------------------------------
 
     def create_loopback(self, reg: Registration, msg: Any) -> None:
-        rv, out = self.sim.state.create_loopback(st.mac_bytes(msg.mac_address))
+        rv, out = self.sim.state.create_loopback(model.mac_bytes(msg.mac_address))
         self.sim.reply(reg, "create_loopback", msg.context, rv, out)
 
     def create_loopback_instance(self, reg: Registration, msg: Any) -> None:
         instance = int(msg.user_instance) if msg.is_specified else None
-        rv, out = self.sim.state.create_loopback(st.mac_bytes(msg.mac_address), instance)
+        rv, out = self.sim.state.create_loopback(model.mac_bytes(msg.mac_address), instance)
         self.sim.reply(reg, "create_loopback_instance", msg.context, rv, out)
 
     def delete_loopback(self, reg: Registration, msg: Any) -> None:
@@ -202,11 +202,11 @@ class Handlers:
         self.sim.reply(reg, "sw_interface_tag_add_del", msg.context, rv, out)
 
     def sw_interface_set_mac_address(self, reg: Registration, msg: Any) -> None:
-        rv, out = self.sim.state.set_mac(int(msg.sw_if_index), st.mac_bytes(msg.mac_address))
+        rv, out = self.sim.state.set_mac(int(msg.sw_if_index), model.mac_bytes(msg.mac_address))
         self.sim.reply(reg, "sw_interface_set_mac_address", msg.context, rv, out)
 
     def sw_interface_add_del_address(self, reg: Registration, msg: Any) -> None:
-        addr, length = st.to_interface(msg.prefix)
+        addr, length = model.to_interface(msg.prefix)
         rv, out = self.sim.state.add_del_address(
             int(msg.sw_if_index), bool(msg.is_add), bool(msg.del_all), addr, length
         )
@@ -250,7 +250,7 @@ class Handlers:
                     reg,
                     "ip_address_details",
                     msg.context,
-                    {"sw_if_index": iface.sw_if_index, "prefix": st.prefix_struct(addr, length)},
+                    {"sw_if_index": iface.sw_if_index, "prefix": model.prefix_struct(addr, length)},
                 )
 
     def ip_table_add_del(self, reg: Registration, msg: Any) -> None:
@@ -275,7 +275,7 @@ class Handlers:
 
     def ip_route_add_del(self, reg: Registration, msg: Any) -> None:
         route = msg.route
-        addr, length = st.to_interface(route.prefix)
+        addr, length = model.to_interface(route.prefix)
         paths = [path_from_wire(p) for p in list(route.paths)[: int(route.n_paths)]]
         rv, out = self.sim.state.route_add_del(
             bool(msg.is_add), bool(msg.is_multipath), int(route.table_id), addr, length, paths
@@ -295,7 +295,7 @@ class Handlers:
                     "route": {
                         "table_id": table_id,
                         "stats_index": stats_index,
-                        "prefix": st.prefix_struct_int(net, length, is_ip6),
+                        "prefix": model.prefix_struct_int(net, length, is_ip6),
                         "n_paths": len(paths),
                         "paths": [p.wire for p in paths],
                     }
@@ -432,7 +432,7 @@ class Handlers:
             )
 
 
-def iface_details(iface: st.Interface) -> dict[str, Any]:
+def iface_details(iface: model.Interface) -> dict[str, Any]:
     return {
         "sw_if_index": iface.sw_if_index,
         "sup_sw_if_index": iface.sw_if_index,
@@ -453,7 +453,7 @@ def prefix_or_zero(value: Any, version: int) -> Any:
     # tap host prefixes are ip4/ip6_address_with_prefix: plain interface objects
     if value is not None:
         with contextlib.suppress(Exception):
-            addr, length = st.to_interface(value)
+            addr, length = model.to_interface(value)
             return ipaddress.ip_interface((addr, length))
     return ipaddress.ip_interface("0.0.0.0/0" if version == 4 else "::/0")
 
@@ -461,7 +461,7 @@ def prefix_or_zero(value: Any, version: int) -> Any:
 def path_from_wire(p: Any) -> FibPath:
     proto = int(p.proto)
     nh_raw = p.nh.address
-    nh = st.union_address(nh_raw, 1 if proto == 1 else 0)
+    nh = model.union_address(nh_raw, 1 if proto == 1 else 0)
     return FibPath(
         sw_if_index=int(p.sw_if_index),
         table_id=int(p.table_id),
