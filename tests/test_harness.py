@@ -212,6 +212,7 @@ def test_an_agent_process_is_recorded_from_its_http_api_and_the_vpp_wire(tmp_pat
                 wait_for(lambda: h.of("decision", key=IF + "bad"), what="the bad key's decision")
         finally:
             agent.close()
+            _shutil.rmtree(short, ignore_errors=True)
         vpe_pid = sim.counters()["vpe_pid"]
     calls = h.of("sb")
     creates = [c for c in calls if c.op.startswith("create_loopback")]
@@ -282,3 +283,27 @@ def test_the_ground_truth_watcher_outlives_an_etcd_restart(tmp_path: Path) -> No
         ("/a", "put", 2), ("/b", "put", 3), ("/a", "delete", 4)
     ]  # fmt: skip
     assert h.store_at() == {"/b": (b"2", 3)}
+
+
+def test_processes_are_paused_killed_and_restarted_by_pid(tmp_path: Path) -> None:
+    short = Path(tempfile.mkdtemp(prefix="dsh-", dir="/tmp"))
+    with SimProcess.started(tmp_path / "sim") as sim:
+        agent = AgentProcess(short / "data")
+        agent.configure(f'[vpp]\nconnect = "socket"\nsocket = "{sim.path}"\n')
+        try:
+            agent.start().wait_in_sync()
+            agent.put(IF + "loop1", json.dumps({"name": "loop1", "type": "SOFTWARE_LOOPBACK"}))
+            tags = lambda: {i["tag"] for i in sim.state()["interfaces"]}  # noqa: E731
+            wait_for(lambda: "loop1" in tags(), what="loop1 in VPP")
+            old_pid, old_vpe = sim.pid, sim.counters()["vpe_pid"]
+            sim.restart()  # kill -9 of that PID, a new process on the same socket
+            assert sim.pid != old_pid and sim.counters()["vpe_pid"] != old_vpe
+            wait_for(lambda: "loop1" in tags(), what="loop1 reprogrammed after the crash")
+            agent.pause()
+            assert agent.get("/healthz", timeout=0.3) is None  # SIGSTOP: no answer
+            agent.resume()
+            assert agent.get("/healthz") == {"ok": True}
+            assert agent.kill() == -9 and not agent.running
+        finally:
+            agent.close()
+            _shutil.rmtree(short, ignore_errors=True)

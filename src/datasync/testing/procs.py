@@ -710,20 +710,22 @@ class AgentProcess(_Proc):
     def output(self) -> str:
         return self.log.read_text() if self.log is not None and self.log.exists() else ""
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0
+    ) -> Any:
         """``method path`` on the HTTP API: the JSON answer (an error's with ``_status``),
-        or None when the agent does not answer."""
+        or None when the agent does not answer within ``timeout`` seconds."""
         req = urllib.request.Request(f"http://{self.http}{path}", data=body, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read() or b"{}") | {"_status": exc.code}
         except (urllib.error.URLError, ConnectionError, OSError):
             return None
 
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
+    def get(self, path: str, timeout: float = 5.0) -> Any:
+        return self.request("GET", path, timeout=timeout)
 
     def put(self, key: str, value: bytes | str) -> Any:
         """Put ``key`` into the agent's embedded store (``/v1/kv``)."""
