@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 import tomllib
@@ -18,11 +17,20 @@ EXAMPLE = ROOT / "examples" / "user-suite"
 PLUGIN = "datasync.testing.pytest_plugin"
 
 
-def _plugin_args() -> list[str]:
-    """``-p`` for the plugin unless its entry point is installed (then pytest loads it, and
-    loading it twice is an error)."""
-    installed = any(ep.value == PLUGIN for ep in importlib.metadata.entry_points(group="pytest11"))
-    return [] if installed else ["-p", PLUGIN]
+def _as_installed(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the inner pytest find the plugin as an installed package's ``pytest11`` entry
+    point, the way users get it: a distribution's metadata on PYTHONPATH declaring the
+    entry point of pyproject.toml (when the real one is installed too, pytest loads the
+    first of the same name only)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ((name, module),) = project["entry-points"]["pytest11"].items()
+    info = pytester.path / "site" / "datasync_plugin_under_test-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: datasync-plugin-under-test\n"
+                                   "Version: 0\n")  # fmt: skip
+    (info / "entry_points.txt").write_text(f"[pytest11]\n{name} = {module}\n")
+    path = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(info.parent), path])))
 
 
 def _ini(pytester: pytest.Pytester) -> None:
@@ -34,13 +42,16 @@ def test_the_entry_point_names_the_plugin() -> None:
     assert project["entry-points"]["pytest11"] == {"datasync": PLUGIN}
 
 
-def test_the_example_user_suite_passes(pytester: pytest.Pytester) -> None:
+def test_the_example_user_suite_passes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _as_installed(pytester, monkeypatch)
     for path in EXAMPLE.iterdir():
         if path.suffix == ".py":
             shutil.copy(path, pytester.path / path.name)
     _ini(pytester)
     result = pytester.runpytest_subprocess(
-        *_plugin_args(), "-p", "no:cacheprovider", "--benchmark-disable", "-q", timeout=300
+        "-p", "no:cacheprovider", "--benchmark-disable", "-q", timeout=300
     )
     if shutil.which("etcd") or os.environ.get("CI"):
         result.assert_outcomes(passed=5)
@@ -79,10 +90,11 @@ def test_a_failure_prints_its_bundle_and_a_missed_fault_is_void(
     else:
         monkeypatch.delenv("CI", raising=False)
     monkeypatch.setenv("DATASYNC_TANSU_BIN", str(pytester.path / "no-such-tansu"))
+    _as_installed(pytester, monkeypatch)
     pytester.makepyfile(test_inner=INNER)
     _ini(pytester)
     result = pytester.runpytest_subprocess(
-        *_plugin_args(), "-p", "no:cacheprovider", "--datasync-seed", "42", "-rs",
+        "-p", "no:cacheprovider", "--datasync-seed", "42", "-rs",
         "--basetemp", str(pytester.path / "tmp"),
     )  # fmt: skip
     # a missing service skips, or fails under CI
@@ -98,6 +110,6 @@ def test_a_failure_prints_its_bundle_and_a_missed_fault_is_void(
     assert (bundle.parent / "mine.log").exists()
     assert (pytester.path / "tmp" / "test_missed_its_phase0" / "datasync-report").is_dir()
     # never passed: VOID is a skip on a developer's machine and a failure under CI
-    alone = pytester.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", "-k", "missed")
+    alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "missed")
     assert alone.parseoutcomes() == {"void": 1, "deselected": 2}
     assert alone.ret == (pytest.ExitCode.TESTS_FAILED if ci else pytest.ExitCode.OK)
