@@ -12,6 +12,8 @@ import pytest
 from datasync.testing import procs
 from tests.services import missing
 
+from . import conftest
+
 
 def test_a_non_executable_wheel_binary_is_copied_to_a_private_dir(
     monkeypatch: pytest.MonkeyPatch,
@@ -40,3 +42,24 @@ def test_a_non_executable_wheel_binary_is_copied_to_a_private_dir(
     finally:
         if not existed:
             planted.unlink()
+
+
+def test_the_ground_truth_watcher_reads_a_topic_from_the_start(
+    tansu: conftest.TansuBroker, topic: str
+) -> None:
+    from confluent_kafka import Producer
+
+    from datasync.testing.history import History
+    from datasync.testing.recorders import KafkaTruthWatcher
+
+    p = Producer({"bootstrap.servers": tansu.bootstrap, "linger.ms": 0, "logger": conftest._quiet})
+    p.produce(topic, key=b"/a", value=b"1")
+    p.flush(10)
+    h = History()
+    with KafkaTruthWatcher(tansu.bootstrap, topic, h) as truth:
+        truth.wait_caught_up(0)
+        p.produce(topic, key=b"/a", value=None)  # a tombstone
+        p.flush(10)
+        truth.wait_caught_up(1)
+    got = [(e.key, e.op, e.revision, e.value, e.source) for e in h.of("truth")]
+    assert got == [("/a", "put", 0, b"1", f"{topic}/0"), ("/a", "delete", 1, None, f"{topic}/0")]

@@ -147,9 +147,11 @@ class History:
         """One VPP call ``message`` and its ``retval``, in boot ``epoch``."""
         return self.add("sb", op=message, retval=retval, epoch=epoch, **kw)
 
-    def truth(self, key: str, op: str, revision: int, value: bytes | None = None) -> Event:
+    def truth(
+        self, key: str, op: str, revision: int, value: bytes | None = None, **kw: Any
+    ) -> Event:
         """The store changed ``key`` at ``revision`` (ground truth)."""
-        return self.add("truth", key=key, op=op, revision=revision, value=value)
+        return self.add("truth", key=key, op=op, revision=revision, value=value, **kw)
 
     def mark(self, name: str, **extra: Any) -> Event:
         """A phase marker: ``name`` such as ``fault.injected``."""

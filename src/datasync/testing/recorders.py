@@ -1,7 +1,8 @@
 """Recorders that fill a :class:`~datasync.testing.history.History` while a test runs.
 
 - :class:`EtcdTruthWatcher`: the store's ground truth, from ``etcdctl watch --rev=1 -w json``
-  (a process of its own, independent of the agent's etcd client);
+  (a process of its own, independent of the agent's etcd client); :class:`KafkaTruthWatcher`
+  the same for a Kafka topic, read from the earliest offset;
 - :class:`VppWireRecorder`: every VPP API call and its retval, with the dataplane's boot
   epoch (the vpe_pid of its ``control_ping_reply``), read off the binary-API socket by a
   small AF_UNIX proxy the agent connects to instead of VPP (works with the simulator and
@@ -37,6 +38,7 @@ from .procs import ETCDCTL
 __all__ = [
     "AgentRecorder",
     "EtcdTruthWatcher",
+    "KafkaTruthWatcher",
     "RecordingPlugin",
     "VppWireRecorder",
     "record_orchestrator",
@@ -151,6 +153,77 @@ class EtcdTruthWatcher(_Recorder):
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(5)
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+class KafkaTruthWatcher(_Recorder):
+    """Reads ``topic`` from the earliest offset with a consumer of its own (no group, no
+    commits) and records each record as ``truth``: ``revision`` is the offset, ``source``
+    ``<topic>/<partition>``, a tombstone (no value) a delete. :meth:`wait_caught_up`
+    blocks until a partition's records up to an offset are in."""
+
+    def __init__(self, bootstrap: str, topic: str, history: History) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.history = history
+        #: partition -> the newest offset recorded
+        self.confirmed: dict[int, int] = {}
+        self._closed = threading.Event()
+        self._seen = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> KafkaTruthWatcher:
+        from confluent_kafka import Consumer, TopicPartition
+
+        from .procs import quiet_kafka_logger
+
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap, "group.id": "datasync-truth",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 1000,
+        }  # fmt: skip
+        config["logger"] = quiet_kafka_logger
+        consumer = Consumer(config)
+        meta = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        consumer.assign([TopicPartition(self.topic, p, 0) for p in meta.partitions])
+        self._thread = threading.Thread(
+            target=self._run, args=(consumer,), name="kafka-truth", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run(self, consumer: Any) -> None:
+        try:
+            while not self._closed.is_set():
+                msg = consumer.poll(0.1)
+                if msg is None or msg.error() is not None:
+                    continue
+                raw = msg.key() or b""
+                key = raw.decode("utf-8", "surrogateescape")
+                value = msg.value()
+                source = f"{msg.topic()}/{msg.partition()}"
+                op = "put" if value is not None else "delete"
+                self.history.truth(key, op, msg.offset(), value, source=source)
+                with self._seen:
+                    self.confirmed[msg.partition()] = msg.offset()
+                    self._seen.notify_all()
+        finally:
+            consumer.close()
+
+    def wait_caught_up(self, offset: int, partition: int = 0, timeout: float = 10.0) -> None:
+        """Until the record at ``offset`` of ``partition`` is recorded; TimeoutError otherwise."""
+        with self._seen:
+            if not self._seen.wait_for(
+                lambda: self.confirmed.get(partition, -1) >= offset, timeout
+            ):
+                raise TimeoutError(
+                    f"the Kafka ground-truth watcher is at offset "
+                    f"{self.confirmed.get(partition)} of partition {partition}, not {offset}"
+                )
+
+    def close(self) -> None:
+        self._closed.set()
         if self._thread is not None:
             self._thread.join(5)
 
