@@ -1,4 +1,4 @@
-"""FAULTS.md rows through the real VPP plugins into the strict simulator, injected with
+"""docs/faults.md rows through the real VPP plugins into the strict simulator, injected with
 agent failpoints: F12 (a slow plugin past the resync timeout) and F13 (a plugin raises,
 in a resync's apply and in a change's)."""
 

@@ -1,5 +1,8 @@
-"""Fault tests with real etcd processes (FAULTS.md F1-F6): kill -9, SIGSTOP of etcd, compaction
-while cut off, leader loss, restore from backup. Processes are ours, stopped by PID."""
+"""The etcd source alone under real etcd faults: kill -9, SIGSTOP of etcd, compaction while
+cut off, leader loss, restore from backup. These check the source's part of the store rows
+of docs/faults.md (F1-F6: what the source yields or raises); they have no orchestrator,
+plugins or VPP, so they are not the rows themselves, which run end to end in
+tests/faults/test_store.py. Processes are ours, stopped by PID."""
 
 from __future__ import annotations
 
@@ -121,7 +124,8 @@ def states_of(src: EtcdSource) -> list[SourceState]:
 async def test_kill_during_snapshot_returns_no_partial_result(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F1: etcd dies while the snapshot is being paged: an error, never a partial snapshot."""
+    """Source side of F1: etcd dies while the snapshot is being paged: an error, never a partial
+    snapshot."""
     member = etcd1.members[0]
     pub = make_source(etcd1.endpoints)
     for i in range(0, 2000, 100):  # etcd allows 128 operations per txn
@@ -145,8 +149,8 @@ async def test_kill_during_snapshot_returns_no_partial_result(
 async def test_kill_and_restart_during_watch_loses_and_repeats_nothing(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F1 (watch side): the watch resumes after etcd restarts: no loss, no duplicate, no
-    CompactedError, and the outage is visible in the source state."""
+    """Source side of F1 (watch side): the watch resumes after etcd restarts: no loss, no
+    duplicate, no CompactedError, and the outage is visible in the source state."""
     member = etcd1.members[0]
     pub = make_source(etcd1.endpoints, name="pub")
     src = make_source(etcd1.endpoints)
@@ -182,8 +186,8 @@ async def test_kill_and_restart_during_watch_loses_and_repeats_nothing(
 async def test_compaction_while_cut_off_raises_compacted(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str, cut: str
 ) -> None:
-    """F2: writes, deletes, re-creates and a compaction happen while the link is cut: on
-    reconnect the watch raises CompactedError (never resumes at the compact revision)."""
+    """Source side of F2: writes, deletes, re-creates and a compaction happen while the link is
+    cut: on reconnect the watch raises CompactedError (never resumes at the compact revision)."""
     member = etcd1.members[0]
     pub = make_source(etcd1.endpoints, name="pub")
     async with TCPProxy("127.0.0.1", member.client_port) as proxy:
@@ -214,7 +218,8 @@ async def test_compaction_while_cut_off_raises_compacted(
 async def test_compaction_between_snapshot_and_watch(
     etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F3: compaction inside the list->watch window: CompactedError, then a relist works."""
+    """Source side of F3: compaction inside the list->watch window: CompactedError, then a relist
+    works."""
     src = make_source(etcd_endpoints)
     snap = await src.snapshot([prefix])
     await src.put(prefix + "x", b"1")
@@ -238,8 +243,8 @@ async def test_compaction_between_snapshot_and_watch(
 async def test_silent_blackhole_is_stalled_then_resumes_without_loss(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F5 (silent blackhole, no RST): the watchdog finds the stall; after healing the watch
-    resumes from the last delivered revision, no relist, nothing lost."""
+    """Source side of F5 (silent blackhole, no RST): the watchdog finds the stall; after healing
+    the watch resumes from the last delivered revision, no relist, nothing lost."""
     pub = make_source(etcd1.endpoints, name="pub")
     async with TCPProxy("127.0.0.1", etcd1.members[0].client_port) as proxy:
         src = make_source([proxy.address])
@@ -264,8 +269,8 @@ async def test_silent_blackhole_is_stalled_then_resumes_without_loss(
 async def test_sigstop_is_detected_as_stalled(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F5 (a hung member, no RST): a SIGSTOPped etcd keeps its sockets open; the watchdog
-    reports STALLED, and the watch resumes after SIGCONT. (Not F21: that row stops the
+    """Source side of F5 (a hung member, no RST): a SIGSTOPped etcd keeps its sockets open; the
+    watchdog reports STALLED, and the watch resumes after SIGCONT. (Not F21: that row stops the
     agent, not the store.)"""
     member = etcd1.members[0]
     src = make_source(etcd1.endpoints)
@@ -289,8 +294,9 @@ async def test_sigstop_is_detected_as_stalled(
 async def test_leader_kill_resumes_on_another_member_without_relist(
     etcd3: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F4: SIGKILL the leader the source is connected to: the watch resumes on another member
-    from the last delivered revision, without CompactedError, no loss, no duplicate."""
+    """Source side of F4: SIGKILL the leader the source is connected to: the watch resumes on
+    another member from the last delivered revision, without CompactedError, no loss, no
+    duplicate."""
     leader = await asyncio.to_thread(etcd3.leader)
     others = [m.endpoint for m in etcd3.members if m is not leader]
     src = make_source([leader.endpoint, *others])
@@ -324,8 +330,8 @@ async def test_leader_kill_resumes_on_another_member_without_relist(
 async def test_restore_from_backup_raises_store_reset(
     etcd1: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str, tmp_path: Path
 ) -> None:
-    """F6: the store is restored from a backup below the revision already handed out: the
-    watch raises StoreResetError; the relist shows the restored content."""
+    """Source side of F6: the store is restored from a backup below the revision already handed
+    out: the watch raises StoreResetError; the relist shows the restored content."""
     src = make_source(etcd1.endpoints)
     await src.put(prefix + "kept", b"1")
     await asyncio.to_thread(etcd1.snapshot_save, tmp_path / "b.db")
@@ -349,8 +355,8 @@ async def test_cluster_recreated_raises_store_reset(
     make_source: Callable[..., EtcdSource],
     prefix: str,
 ) -> None:
-    """F6 (re-created cluster): the endpoint now answers for another cluster id, even one
-    with a higher revision: StoreResetError, and the relist adopts the new cluster."""
+    """Source side of F6 (re-created cluster): the endpoint now answers for another cluster id,
+    even one with a higher revision: StoreResetError, and the relist adopts the new cluster."""
     other = make_source(etcd1.endpoints, name="other")
     old = make_source(etcd_endpoints, name="old")
     await old.put(prefix + "a", b"1")
@@ -378,9 +384,9 @@ async def test_cluster_recreated_raises_store_reset(
 async def test_leaderless_member_is_not_trusted_and_watch_resumes_after_heal(
     etcd3_peer_proxied: EtcdCluster, make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """F5: every peer link is cut (all processes up, client ports answering, progress
-    requests answered too). With require-leader the members cancel our watch, so the source
-    reports DISCONNECTED instead of a silent, stale CONNECTED. After the heal the watch
+    """Source side of F5: every peer link is cut (all processes up, client ports answering,
+    progress requests answered too). With require-leader the members cancel our watch, so the
+    source reports DISCONNECTED instead of a silent, stale CONNECTED. After the heal the watch
     resumes from the last delivered revision: no relist, nothing lost, nothing repeated."""
     cluster = etcd3_peer_proxied
     leader = await asyncio.to_thread(cluster.leader)

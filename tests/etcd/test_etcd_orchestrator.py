@@ -1,10 +1,12 @@
-"""End-to-end fault tests: the resync orchestrator over the REAL etcd source and real etcd
-processes, stopped by PID (FAULTS.md F1, F2, F3, F4, F5 silent member, F6, F14 scaled down,
-and a blocked event loop standing in for F21; invariants I1, I2, I3, I5, I8, I15).
+"""The resync orchestrator over the real etcd source and real etcd processes, stopped by PID:
+the orchestrator's part of the store rows of docs/faults.md (F1, F2, F3, F4, F5 silent
+member, F6, F14 scaled down, and a blocked event loop, which is not F21: that row stops the
+agent process; invariants I1, I2, I3, I5, I8, I15 checked against the plugin's state).
 
 The plugin is a ``Recorder`` (tests/orchestrator_helpers.py) that keeps the state it was
-told, every change it applied and a count of effective changes. ``rec`` (FAULTS.md I8) is the
-number of rounds after start-up.
+told, every change it applied and a count of effective changes: a dict standing in for the
+dataplane, so these are not the rows themselves; the rows run through the VPP plugins into
+the simulator in tests/faults. ``rec`` (I8) is the number of rounds after start-up.
 """
 
 from __future__ import annotations
