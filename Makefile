@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: run demo test deps install build lint typecheck pytest pytest-twins bench bench-quick wheel-check clean \
-	test-pythons test-py312 test-py313 bench-codec-pythons
+	test-pythons test-py312 test-py313 bench-codec-pythons test-faults faults-report
 
 # System packages the tests need (etcd from Debian). Root only; skipped when present.
 deps:
@@ -48,6 +48,17 @@ CORE_TESTS := tests/test_resync.py tests/test_local_store.py tests/test_idx.py \
 	tests/test_brief_example.py tests/test_buffer.py
 
 test: deps build lint typecheck pytest pytest-twins
+
+# The fault rows (docs/faults.md), slow ones included; `make faults-report` runs them and
+# writes their results into docs/faults.md (FAULTS_REPORT_ARGS=--slow for the slow ones).
+FAULT_TESTS := tests/faults tests/agent/test_faults_plugins.py \
+	tests/agent/test_faults_agent_crash.py tests/etcd/test_etcd_failpoints.py
+test-faults: build
+	DATASYNC_TEST_SLOW=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) $(FAULT_TESTS)
+
+FAULTS_REPORT_ARGS ?=
+faults-report: build
+	$(BIN)/python scripts/faults_report.py $(FAULTS_REPORT_ARGS)
 
 # The other supported CPythons (3.11 is .venv): a venv each from pyenv's interpreter
 # (scripts/pyvenv.sh fails when one is missing), the extensions rebuilt in place for it,

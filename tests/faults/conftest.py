@@ -13,7 +13,7 @@ import pytest
 from datasync.testing import failpoints as fp
 from datasync.testing.history import History
 from datasync.vpp.sim import Simulator
-from tests.etcd.conftest import etcd1, etcd3, make_source  # noqa: F401 - fixtures
+from tests.etcd.conftest import etcd1, etcd3, etcd3_peer_proxied, make_source  # noqa: F401
 from tests.kafka.conftest import fresh_tansu, tansu_bin  # noqa: F401 - fixtures
 
 from .harness import seed_of

@@ -133,18 +133,30 @@ class Tap:
     depends_on: Sequence[str] = ()
     name: str = "nb-tap"
     last: dict[str, int] = field(default_factory=dict)
+    #: per key, every (revision, value) handed out (None: a delete)
+    seen: dict[str, list[tuple[int, bytes | None]]] = field(default_factory=dict)
     sessions: int = 0
+
+    def revision_of(self, key: str, value: bytes | None) -> int:
+        """The latest revision at which ``key`` was handed out with ``value`` (the tap
+        runs ahead of the plugins: the latest revision it saw may not be applied yet)."""
+        for rev, v in reversed(self.seen.get(key, ())):
+            if v == value:
+                return rev
+        return self.last.get(key, 0)
 
     async def resync(self, ev: ResyncEvent) -> None:
         self.sessions += 1
         for key, kv in sorted(ev.kvs.items(), key=lambda item: item[1].revision):
             self.last[key] = kv.revision
+            self.seen.setdefault(key, []).append((kv.revision, kv.value))
             self.history.received(self.source, key, "put", kv.revision,
                                   extra={"snapshot": True, "session": self.sessions})  # fmt: skip
 
     async def change(self, ev: ChangeEvent) -> None:
         for ch in ev.changes:
             self.last[ch.key] = ch.revision
+            self.seen.setdefault(ch.key, []).append((ch.revision, ch.value))
             op = "put" if ch.op is Op.PUT else "delete"
             self.history.received(ch.source or self.source, ch.key, op, ch.revision,
                                   extra={"session": self.sessions})  # fmt: skip
@@ -245,6 +257,17 @@ class Rig:
             timeout,
         )  # fmt: skip
         self.sample()
+        self.history.mark("converged", revision=revision)
+
+    def convergence_time(self) -> float | None:
+        """Seconds from the last ``fault.healed`` to the first time after it that VPP held
+        the store and the agent was in sync at its revision (``converged``); the
+        invariants' measure (the first in-sync status sample) when never marked."""
+        healed = self.history.marks("fault.healed")
+        if not healed:
+            return None
+        after = [m.t for m in self.history.marks("converged") if m.t >= healed[-1].t]
+        return after[0] - healed[-1].t if after else None
 
     def desired(self, store: Mapping[str, bytes]) -> dict[str, Any]:
         """``render_interfaces`` of the values the interfaces model takes (the model's own
@@ -300,7 +323,9 @@ class Rig:
         final = await self.final(store, revision)
         report = inv.check(self.history, final, expect, only=only)
         if record is not None:
-            t = inv.convergence_time(self.history, final)
+            t = self.convergence_time()
+            if t is None:
+                t = inv.convergence_time(self.history, final)
             record("t_conv", None if t is None else round(t, 3))
             record("relists", self.relists)
             if sb_writes is None:
@@ -349,12 +374,22 @@ async def running(
             rig.finished.append(ev)
             history.mark("round.finished", round=ev.round, ok=ev.ok, errors=dict(ev.errors))
 
+    last_decision: dict[str, tuple[str, int]] = {}
+    by_name = {p.name: p for p in plugins.plugins}
+
     def on_key(plugin: str, key: str, status: Any) -> None:
+        # a state change is a decision about the key's value at the revision the tap saw
+        # last; a new reason for the same state and revision is not a new decision
+        value = by_name[plugin].values.get(key) if plugin in by_name else None
         if status is None:
-            history.decision(key, "removed", plugin=plugin)
+            decision, rev = "removed", tap.revision_of(key, None)
         else:
-            history.decision(key, DECISION[status.state], status.reason, plugin=plugin,
-                             revision=tap.last.get(key, 0))  # fmt: skip
+            decision, rev = DECISION[status.state], tap.revision_of(key, value)
+        if last_decision.get(key) == (decision, rev):
+            return
+        last_decision[key] = (decision, rev)
+        reason = "" if status is None else status.reason
+        history.decision(key, decision, reason, plugin=plugin, revision=rev)
 
     async def sample() -> None:
         while True:

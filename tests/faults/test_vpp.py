@@ -184,3 +184,27 @@ async def test_f22_drift_repaired_by_anti_entropy(
         await rig.converged(want, rev)
         assert any(i["name"] == "local0" for i in sim.dump_state()["interfaces"])
         await rig.verify(want, rev, inv.Expect(fault="fault.injected"), record_property)
+
+
+@pytest.mark.parametrize(
+    ("latency", "n"), [(0.1, 20), pytest.param(2.0, 5, marks=pytest.mark.slow)]
+)
+async def test_f23_slow_dataplane_no_false_failures(
+    store: LocalStore, sim: Simulator, tmp_path: Path, history: History,
+    record_property: Record, latency: float, n: int,
+) -> None:  # fmt: skip
+    """F23: every VPP call takes ``latency`` seconds (below the client's 10 s call
+    timeout): nothing is reported FAILED or RETRYING, and the agent converges."""
+    sim.set_latency(latency)
+    w = Writer(store, history)
+    await w.txn(interfaces(n))
+    async with running(store, sim, tmp_path, history, resync_timeout=60.0) as rig:
+        rig.mark("fault.injected", latency=latency)
+        await rig.orch.start()
+        want, rev = await _store(store)
+        await rig.converged(want, rev, timeout=120)
+        bad = [e for e in history.of("decision") if e.decision in ("failed", "retrying")]
+        assert not bad, bad[:3]
+        sim.set_latency(0)
+        rig.mark("fault.healed")
+        await rig.verify(want, rev, inv.Expect(fault="fault.injected"), record_property)
