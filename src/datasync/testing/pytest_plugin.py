@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["Bundle", "missing"]
 
 _BUNDLE = pytest.StashKey["Bundle"]()
+#: the test's phases that did not pass (their bundle was written)
+_FAILED = pytest.StashKey[set[str]]()
 
 
 def missing(reason: str) -> NoReturn:
@@ -123,6 +125,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     void = call.excinfo is not None and call.excinfo.errisinstance(VoidTest)
     bundle = item.stash.get(_BUNDLE, None)
     where = ""
+    if report.failed or void:
+        item.stash.setdefault(_FAILED, set()).add(call.when)
     if bundle is not None and (report.failed or void):
         path = bundle.write(f"{call.when}: {'void' if void else 'failed'}")
         where = f" (report bundle: {path})"
@@ -157,6 +161,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture
 def datasync_seed(request: pytest.FixtureRequest) -> int:
+    """The run's seed: ``--datasync-seed``, ``DATASYNC_SEED``, or a random one (saved in
+    the report bundle)."""
     given = request.config.getoption("--datasync-seed", None)
     if given is None and os.environ.get("DATASYNC_SEED"):
         given = int(os.environ["DATASYNC_SEED"])
@@ -165,11 +171,13 @@ def datasync_seed(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def datasync_rng(datasync_seed: int) -> random.Random:
+    """Randomness for fault timing, seeded by ``datasync_seed``."""
     return random.Random(datasync_seed)
 
 
 @pytest.fixture
 def datasync_bundle(request: pytest.FixtureRequest, tmp_path: Path, datasync_seed: int) -> Bundle:
+    """The report bundle written under ``tmp_path`` when the test fails."""
     bundle = Bundle(tmp_path, datasync_seed)
     request.node.stash[_BUNDLE] = bundle
     return bundle
@@ -177,6 +185,7 @@ def datasync_bundle(request: pytest.FixtureRequest, tmp_path: Path, datasync_see
 
 @pytest.fixture
 def datasync_history(datasync_bundle: Bundle) -> History:
+    """The test's history, saved in its report bundle when it fails."""
     from .history import History
 
     history = History(seed=datasync_bundle.seed)
@@ -186,6 +195,7 @@ def datasync_history(datasync_bundle: Bundle) -> History:
 
 @pytest.fixture
 def datasync_vppsim(datasync_bundle: Bundle) -> Iterator[SimProcess]:
+    """A VPP simulator process with its admin API; its log in the test's tmp dir."""
     from .procs import SimProcess
 
     sim = SimProcess(datasync_bundle.dir / "vppsim").start()
@@ -195,7 +205,11 @@ def datasync_vppsim(datasync_bundle: Bundle) -> Iterator[SimProcess]:
         sim.close()
 
 
-def _etcd(bundle: Bundle, size: int) -> Iterator[EtcdCluster]:
+def _passed(request: pytest.FixtureRequest) -> bool:
+    return not request.node.stash.get(_FAILED, set())
+
+
+def _etcd(request: pytest.FixtureRequest, bundle: Bundle, size: int) -> Iterator[EtcdCluster]:
     from .procs import ETCD, EtcdCluster
 
     if not shutil.which("etcd") and not os.path.exists(ETCD):
@@ -205,20 +219,27 @@ def _etcd(bundle: Bundle, size: int) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.close()
+        if _passed(request):  # etcd preallocates 64 MB of WAL: kept for failures only
+            shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 @pytest.fixture
-def datasync_etcd(datasync_bundle: Bundle) -> Iterator[EtcdCluster]:
-    yield from _etcd(datasync_bundle, 1)
+def datasync_etcd(request: pytest.FixtureRequest, datasync_bundle: Bundle) -> Iterator[EtcdCluster]:
+    """A single-member etcd of the test's own, on free loopback ports."""
+    yield from _etcd(request, datasync_bundle, 1)
 
 
 @pytest.fixture
-def datasync_etcd3(datasync_bundle: Bundle) -> Iterator[EtcdCluster]:
-    yield from _etcd(datasync_bundle, 3)
+def datasync_etcd3(
+    request: pytest.FixtureRequest, datasync_bundle: Bundle
+) -> Iterator[EtcdCluster]:
+    """A three-member etcd cluster of the test's own (``.leader()`` finds the leader)."""
+    yield from _etcd(request, datasync_bundle, 3)
 
 
 @pytest.fixture
 def datasync_kafka(datasync_bundle: Bundle) -> Iterator[TansuBroker]:
+    """A tansu broker of the test's own (memory storage: a restart empties it)."""
     from .procs import TansuBroker, tansu_binary
 
     binary = tansu_binary()
@@ -276,6 +297,8 @@ def datasync_agent(
 
 @pytest.fixture
 def datasync_proxy() -> Iterator[Callable[..., ThreadedTCPProxy]]:
+    """``datasync_proxy(port)``: a fault proxy in front of ``127.0.0.1:port``, closed at
+    teardown."""
     from .netproxy import ThreadedTCPProxy
 
     made: list[ThreadedTCPProxy] = []
@@ -294,6 +317,7 @@ def datasync_proxy() -> Iterator[Callable[..., ThreadedTCPProxy]]:
 
 @pytest.fixture
 def datasync_failpoints() -> Iterator[Any]:
+    """:mod:`datasync.testing.failpoints` for an in-process agent; all off at teardown."""
     from . import failpoints
 
     try:
