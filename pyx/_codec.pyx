@@ -181,6 +181,7 @@ cdef extern from "ds_codec.h":
     void ds_pyver_check(object sample_dict, object sample_ints) noexcept
     object ds_pyver_set_fast(int on, object sample_dict, object sample_ints)
     PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
+    PyObject* ds_dec_simple_fast(int kind, int conv, Py_ssize_t size, const unsigned char* p, PyObject* mac_type) noexcept
     object ds_record_new_gc(object type, Py_ssize_t n, int atomic)
     PyObject* ds_record_new_x(PyObject* type, Py_ssize_t n, int atomic, int filled) noexcept
     void ds_decref "Py_DECREF"(PyObject* o) noexcept
@@ -1451,7 +1452,7 @@ cdef Py_ssize_t _dec_run(
     cdef COp* op
     while i < stop:
         op = &ops[i]
-        pv = ds_dec_simple(op.kind, op.conv, op.size, p + o, <PyObject*>_MAC_TYPE)
+        pv = ds_dec_simple_fast(op.kind, op.conv, op.size, p + o, <PyObject*>_MAC_TYPE)
         if pv == NULL:
             return -1  # MemoryError, set by the allocator
         PyTuple_SET_ITEM(<object>rec, i - start, pv)
@@ -1471,7 +1472,7 @@ cdef PyObject* _dec_flat_rec(_Layout L, const unsigned char* p) noexcept:
     if rec == NULL:
         return NULL
     while op < end:
-        pv = ds_dec_simple(op.kind, op.conv, op.size, p, <PyObject*>_MAC_TYPE)
+        pv = ds_dec_simple_fast(op.kind, op.conv, op.size, p, <PyObject*>_MAC_TYPE)
         if pv == NULL:
             while i < L.n:  # every item is set (ds_record_new_x's `filled`)
                 ds_tuple_set(rec, i, NULL)

@@ -357,6 +357,22 @@ static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
     if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
     return PyLong_FromLongLong(v);
 }
+/* ds_dec_simple for the commonest kinds first (u32, u8: indexes, flags), without its
+   switches on kind and size. */
+static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
+                                      const unsigned char* p, PyObject* mac_type);
+static inline PyObject* ds_dec_simple_fast(int kind, int conv, Py_ssize_t size,
+                                           const unsigned char* p, PyObject* mac_type) {
+    if (kind == 4) {  /* K_U32 */
+        uint32_t x;
+        memcpy(&x, p, 4);
+        x = __builtin_bswap32(x);
+        if (x < 256) { Py_INCREF(ds_small_ints[x]); return ds_small_ints[x]; }
+        return ds_int_new(4, x);
+    }
+    if (kind == 0) { Py_INCREF(ds_small_ints[p[0]]); return ds_small_ints[p[0]]; }  /* K_U8 */
+    return ds_dec_simple(kind, conv, size, p, mac_type);
+}
 static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type);
 static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
                                       const unsigned char* p, PyObject* mac_type) {
