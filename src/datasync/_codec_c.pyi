@@ -9,8 +9,9 @@ CONSTANTS: dict[str, int]
 
 def peek_msg_id(data: bytes | bytearray | memoryview) -> int: ...
 def _fast_paths(on: bool | None = None) -> dict[str, int]:
-    """pyx/ds_pyver.h's fast paths in use ({"ints": 0|1, "dicts": 0|1}); tests only:
-    on=False forces the portable paths, on=True runs the import check again."""
+    """The interpreter-specific fast paths in use ({"ints": 0|1, "dicts": 0|1} from
+    pyx/ds_pyver.h, "records": 0|1 for pyx/ds_codec.h's record free list); tests only:
+    on=False forces the portable paths, on=True runs the import checks again."""
 
 class MessageCodec:
     name: str
