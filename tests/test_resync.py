@@ -348,11 +348,23 @@ async def test_report_error_and_change_failure_start_new_rounds(
     assert len(p.resyncs) == 3
 
 
+@pytest.mark.parametrize(
+    ("coalesce_above", "expected"),
+    [
+        # the default: each key changed during the round once, at its newest value
+        (0, [("/p/b", Op.PUT, 3), ("/p/a", Op.DELETE, 4)]),
+        # below a configured limit every change, in arrival order
+        (100, [("/p/a", Op.PUT, 2), ("/p/b", Op.PUT, 3), ("/p/a", Op.DELETE, 4)]),
+    ],
+)
 async def test_changes_during_resync_are_buffered_and_applied_after(
-    store: LocalStore, orch_factory: Callable[..., Orchestrator]
+    store: LocalStore,
+    orch_factory: Callable[..., Orchestrator],
+    coalesce_above: int,
+    expected: list[tuple[str, Op, int]],
 ) -> None:
     await store.put("/p/a", b"0")
-    orch = orch_factory()
+    orch = orch_factory(buffer_coalesce_above=coalesce_above)
     reg = orch.watch("p", ["/p/"])
     await orch.start()
     ev = await anext(reg.resync_events)
@@ -361,16 +373,17 @@ async def test_changes_during_resync_are_buffered_and_applied_after(
     await store.put("/p/a", b"1")
     await store.put("/p/b", b"2")
     await store.delete("/p/a")
-    await asyncio.sleep(0.1)
+    held = lambda: orch.buffer_stats()["local"]  # noqa: E731
+    await eventually(lambda: held()["buffered"] + held()["coalesced"] == 3)
     assert len(reg.change_events) == 0  # held back until the round is done
     ev.done()
     got: list[tuple[str, Op, int]] = []
     async with asyncio.timeout(WAIT):
-        while len(got) < 3:
+        while len(got) < len(expected):
             cev = await anext(reg.change_events)
             got += [(c.key, c.op, c.revision) for c in cev.changes]
             cev.done()
-    assert got == [("/p/a", Op.PUT, 2), ("/p/b", Op.PUT, 3), ("/p/a", Op.DELETE, 4)]
+    assert got == expected
     await eventually(lambda: orch.applied_revision("local") == 4)
 
 

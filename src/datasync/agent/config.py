@@ -134,6 +134,8 @@ class ResyncSection(Section):
     escalation: Literal["exit", "retry"] = "exit"
     #: seconds between downstream anti-entropy rounds (0: off)
     anti_entropy_interval: Annotated[float, Meta(ge=0)] = 0.0
+    #: changes held during a round before they coalesce per key (0: at once)
+    buffer_coalesce_above: Annotated[int, Meta(ge=0, le=1 << 24)] = 0
 
 
 class PluginsSection(Section):

@@ -98,6 +98,7 @@ class Agent:
                 escalate_window=r.escalate_window,
                 escalation=r.escalation,
                 anti_entropy_interval=r.anti_entropy_interval or None,
+                buffer_coalesce_above=r.buffer_coalesce_above,
             ),
         )
         path = await self._vpp_socket()

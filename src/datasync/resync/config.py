@@ -41,8 +41,11 @@ class ResyncConfig:
     #: supervisor restarts it and VPP); "retry": keep retrying at the backoff cap
     escalation: Literal["exit", "retry"] = "exit"
     exit_code: int = EXIT_RESTART_REQUIRED
-    #: the event buffer coalesces per key above this many held changes
-    buffer_coalesce_above: int = 65536
+    #: the event buffer coalesces per key (latest wins) above this many held changes;
+    #: 0, the default, coalesces from the first: after a round each key changed meanwhile
+    #: is applied once, at its newest value. A larger value delivers every change below
+    #: it in arrival order, for watchers that want each one.
+    buffer_coalesce_above: int = 0
     #: periodic upstream anti-entropy round; None disables it
     anti_entropy_interval: float | None = None
 
