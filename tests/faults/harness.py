@@ -30,7 +30,6 @@ import contextlib
 import json
 import random
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -426,7 +425,3 @@ async def running(
 def seed_of(name: str) -> int:
     """A stable per-test seed (the history records it; a failure names it)."""
     return sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 100_000
-
-
-def now() -> float:
-    return time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,6 @@ from datasync.vpp.client import VppClient
 from tests.etcd.etcdserver import EtcdCluster
 
 from .harness import loop_if
-from .stores import store_now
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -34,7 +34,10 @@ def if_key(label: str, name: str) -> str:
 
 
 def value(label: str, name: str, n: int) -> bytes:
-    _, v = loop_if(name, f"10.{n % 250}.{hash(label) % 250}.1/32")
+    """A loopback with an address unique to (label, name), and an MTU that changes with
+    ``n`` (every write is a real change)."""
+    slot = 10 + int(name[1:]) + (10 if name[0] == "w" else 0)
+    _, v = loop_if(name, f"10.{int(label[1:])}.{slot}.1/32", mtu=1500 + n % 500)
     return v
 
 
@@ -62,6 +65,7 @@ def fleet(tmp_path: Path, etcd3: EtcdCluster) -> Iterator[list[tuple[str, AgentP
     finally:
         for _, a in agents:
             a.close()
+            shutil.rmtree(a.data_dir.parent, ignore_errors=True)
 
 
 def vpp_tags(agent: AgentProcess) -> set[str]:
@@ -94,7 +98,7 @@ class Writer(threading.Thread):
             n = 0
             while not self.stop_.is_set():
                 label = self.labels[n % len(self.labels)]
-                name = f"w{n % 3}"
+                name = f"w{(n // len(self.labels)) % 3}"
                 try:
                     await pub.put(if_key(label, name), value(label, name, n))
                     self.count += 1
@@ -106,6 +110,23 @@ class Writer(threading.Thread):
             await pub.close()
 
 
+async def label_revisions(
+    endpoints: list[str], labels: list[str]
+) -> tuple[dict[str, bytes], dict[str, int]]:
+    """The store under /vnf-agent/, and per label the last revision of its keys."""
+    src = EtcdSource(name="check", endpoints=endpoints, recycle_interval=None)
+    try:
+        snap = await src.snapshot(["/vnf-agent/"])
+    finally:
+        await src.close()
+    revs = dict.fromkeys(labels, 0)
+    for kv in snap.kvs:
+        label = kv.key.split("/")[2]
+        revs[label] = max(revs[label], kv.revision)
+    return {kv.key: kv.value for kv in snap.kvs}, revs
+
+
+@pytest.mark.timeout(900)
 def test_f25_fleet_of_agents_survives_leader_loss_without_relists(
     etcd3: EtcdCluster, fleet: list[tuple[str, AgentProcess]], record_property: Record
 ) -> None:
@@ -135,14 +156,17 @@ def test_f25_fleet_of_agents_survives_leader_loss_without_relists(
     writer.stop_.set()
     writer.join(30)
     others = [m.endpoint for m in etcd3.members if m is not leader]
-    store, head = asyncio.run(store_now(others, "/vnf-agent/"))
+    store, revs = asyncio.run(label_revisions(others, labels))
 
-    def in_sync(a: AgentProcess) -> bool:
+    def in_sync(label: str, a: AgentProcess) -> bool:
+        """In sync, with the last change of its own keys applied (an agent watches its
+        label only: other labels' revisions do not reach it)."""
         st = a.get("/status") or {}
         src = st.get("sources", {}).get("etcd", {})
-        return bool(st.get("agent", {}).get("in_sync") and src.get("applied_revision", 0) >= head)
+        applied = src.get("applied_revision", 0)
+        return bool(st.get("agent", {}).get("in_sync") and applied >= revs[label])
 
-    wait_for(lambda: all(in_sync(a) for _, a in fleet), WAIT, 0.2, "every agent in sync")
+    wait_for(lambda: all(in_sync(*la) for la in fleet), WAIT, 0.2, "every agent in sync")
     t_conv = time.monotonic() - killed_at
     relists = 0
     for label, a in fleet:
