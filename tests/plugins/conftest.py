@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from datasync.agent.wiring import vpp_fault_handler
+from datasync.agent.wiring import follow_vpp_faults
 from datasync.plugins import KeyState, RetryPolicy, VppPlugins
 from datasync.plugins.models import BD_PREFIX, IF_PREFIX, ROUTE_PREFIX, VRF_PREFIX
 from datasync.resync import Orchestrator, ResyncConfig
@@ -152,7 +152,7 @@ async def running_agent(
     plugins = VppPlugins(
         client, LABEL, retry=FAST_RETRY, ack_timeout=5, ledger_path=state_dir / "ledger.json"
     )
-    client.on_fault = vpp_fault_handler(orch, plugins)
+    client.add_fault_listener(follow_vpp_faults(orch, plugins))
     try:
         await client.connect()
         plugins.add_to(orch)

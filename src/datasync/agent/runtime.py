@@ -31,7 +31,7 @@ from ..transport.local import LocalStore
 from ..vpp.client import VppClient
 from ..vpp.sim.server import Simulator
 from .config import AgentConfig, ConfigFileError, load_config, validate
-from .wiring import vpp_fault_handler
+from .wiring import follow_vpp_faults
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "Agent", "main", "run_agent"]
 
@@ -122,7 +122,7 @@ class Agent:
             ledger_path=self.data_dir / "ledger.json",
         )
         self._cleanup.push_async_callback(self.plugins.close)
-        self.client.on_fault = vpp_fault_handler(self.orch, self.plugins)
+        self.client.add_fault_listener(follow_vpp_faults(self.orch, self.plugins))
         self.plugins.add_to(self.orch)
         for src in self.sources:
             if hasattr(src, "bind"):  # push sources report per-key results
@@ -141,7 +141,7 @@ class Agent:
             # VPP may come later: the client keeps reconnecting, the agent is not in sync
             log.warning("VPP at %s not reachable yet: %s", path, exc)
             self.orch.set_southbound("vpp", False, f"VPP not reachable: {exc}")
-            self.client._start_reconnect()
+            self.client.keep_connecting()
         if self.apply is not None:
             await self._apply_document(self.apply)
         self.orch.add_listener(self._log_round)

@@ -40,7 +40,7 @@ def follow_vpp_faults(
 
     def listener(event: VppFault) -> None:
         if plugins is not None:
-            plugins.on_fault(event.kind, event.detail())
+            plugins.on_vpp_fault(event)
         match event:
             case Disconnected(error=error):
                 orch.set_southbound(name, False, f"VPP disconnected: {error}")

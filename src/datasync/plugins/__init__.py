@@ -7,7 +7,7 @@ bad key never fails a round. :class:`VppPlugins` builds the four plugins around 
 
     plugins = VppPlugins(client, label="vpp1")
     plugins.add_to(orch)                     # orchestrator plugins, in dependency order
-    client.on_fault = chain(plugins.on_fault, resync_on_vpp_fault(orch))
+    client.add_fault_listener(follow_vpp_faults(orch, plugins))  # datasync.agent.wiring
     ... plugins.states.counts() ...          # key states of every plugin
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from ..resync import Orchestrator
 from ..vpp.client import VppClient
+from ..vpp.faults import VppFault
 from .base import Call, Ledger, VppContext, VppPlugin
 from .interfaces import InterfacePlugin
 from .l2 import BridgeDomainPlugin
@@ -116,8 +117,12 @@ class VppPlugins:
         for plugin in self.plugins:
             await plugin.reapply()
 
+    def on_vpp_fault(self, event: VppFault) -> None:
+        """A ``VppClient.add_fault_listener`` callback: a VPP restart forgets every index."""
+        self.ctx.on_vpp_fault(event)
+
     def on_fault(self, kind: str, detail: Mapping[str, Any]) -> None:
-        """A ``VppClient`` fault callback: a VPP restart forgets every index."""
+        """The older ``VppClient.on_fault`` callback ``(kind, detail)``."""
         self.ctx.on_fault(kind, detail)
 
     async def close(self) -> None:

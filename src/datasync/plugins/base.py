@@ -37,6 +37,7 @@ from ..errors import AckFailedError, AckTimeoutError, DatasyncError, InvalidValu
 from ..idx import IdxEvent, NameToIndex
 from ..testing import failpoints as _fp
 from ..vpp.client import VppClient
+from ..vpp.faults import VppFault, VppRestarted, fault_from_kind
 from ..vpp.retvals import classify, retval_name
 from .state import KeyState, KeyStates, RetryPolicy, StateRegistry
 
@@ -139,10 +140,14 @@ class VppContext:
         self.interfaces.clear()
         self.vrfs.clear()
 
-    def on_fault(self, kind: str, detail: Mapping[str, Any]) -> None:
-        """A ``VppClient`` fault callback (chain it with the orchestrator's)."""
-        if kind == "vpp_restarted":
+    def on_vpp_fault(self, event: VppFault) -> None:
+        """A ``VppClient.add_fault_listener`` callback: a VPP restart forgets every index."""
+        if isinstance(event, VppRestarted):
             self.vpp_restarted()
+
+    def on_fault(self, kind: str, detail: Mapping[str, Any]) -> None:
+        """The older ``VppClient.on_fault`` callback ``(kind, detail)``."""
+        self.on_vpp_fault(fault_from_kind(kind, detail))
 
 
 def vrf_name(is_ip6: bool, table_id: int) -> str:

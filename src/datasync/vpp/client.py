@@ -1014,6 +1014,13 @@ class VppClient:
             if self._pending.get(ctx) is call:
                 self._abandon(ctx)
 
+    def keep_connecting(self) -> None:
+        """After a failed :meth:`connect`: go on connecting in the background with backoff
+        (a ``Reconnected`` fault event says when it worked); a no-op while connected,
+        closed, or with ``reconnect`` off."""
+        if not self.connected:
+            self._start_reconnect()
+
     def _start_reconnect(self) -> None:
         if not self.reconnect or self._closed:
             return
