@@ -219,6 +219,11 @@ def test_an_agent_process_is_recorded_from_its_http_api_and_the_vpp_wire(tmp_pat
     assert [(c.retval, c.epoch) for c in creates] == [(0, vpe_pid)]
     assert any(c.op == "sw_interface_dump" and c.retval is None for c in calls)
     assert [d.decision for d in h.of("decision", key=IF + "loop1")] == ["applied"]
+    # test mode: /test/history gives what the plugins were handed, with source and
+    # revision, and the revision each decision concerns
+    (got,) = h.of("nb", key=IF + "loop1")
+    assert (got.source, got.op) == ("local", "put") and got.revision >= 1
+    assert h.of("decision", key=IF + "loop1")[0].revision == got.revision
     (bad,) = h.of("decision", key=IF + "bad")
     assert bad.decision == "invalid" and bad.reason
     assert h.marks("round.started") and h.marks("round.finished")

@@ -42,6 +42,23 @@ def test_a_paused_apply_holds_the_change_until_released(agent: AgentProcess) -> 
     assert agent.get("/test/failpoints")["enabled"] is False
 
 
+def test_test_history_pages_the_agents_own_events_by_cursor(agent: AgentProcess) -> None:
+    _test_mode(agent)
+    agent.start()
+    agent.wait_in_sync()
+    agent.cli("put", IF + "loop2", js({"name": "loop2", "type": "SOFTWARE_LOOPBACK"}))
+    agent.wait_in_sync()
+    code, first = request(agent, "GET", "/test/history?since=0")
+    assert code == 200 and first["next"] == len(first["events"]) > 0
+    nb = [e for e in first["events"] if e["kind"] == "nb" and e["key"] == IF + "loop2"]
+    assert [(e["source"], e["op"]) for e in nb] == [("local", "put")]
+    code, rest = request(agent, "GET", f"/test/history?since={first['next']}")
+    assert code == 200 and rest["next"] >= first["next"]
+    assert len(rest["events"]) == rest["next"] - first["next"]
+    code, reply = request(agent, "GET", "/test/history?since=x")
+    assert code == 400 and "since" in reply["error"]
+
+
 def test_a_bad_action_is_400_naming_the_point_and_changes_nothing(agent: AgentProcess) -> None:
     _test_mode(agent)
     agent.start()

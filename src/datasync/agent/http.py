@@ -8,7 +8,9 @@ With ``agent.test_mode`` on (fault tests only) the failpoints of
 :mod:`datasync.testing.failpoints` are served too: ``GET /test/failpoints`` (hit counts),
 ``PUT /test/failpoints/<name>`` (body: an action such as ``pause`` or ``2*raise(OSError)``),
 ``DELETE /test/failpoints[/<name>]`` (off, paused hits released) and
-``POST /test/failpoints/<name>/release``; without it those paths are 404.
+``POST /test/failpoints/<name>/release``, and ``GET /test/history?since=N``: what the
+plugins were handed and decided, rounds and status samples, as
+:mod:`datasync.testing.history` events after the first N; without it those paths are 404.
 Request bodies are limited (``http.max_body_bytes``); listeners are on loopback unless
 configured otherwise.
 """
@@ -231,6 +233,7 @@ class HttpApi:
                 web.delete("/test/failpoints", self.failpoint_delete),
                 web.delete("/test/failpoints/{name}", self.failpoint_delete),
                 web.post("/test/failpoints/{name}/release", self.failpoint_release),
+                web.get("/test/history", self.test_history),
             ])  # fmt: skip
         self._runner: web.AppRunner | None = None
         agent.orch.add_listener(self._on_event)
@@ -349,6 +352,18 @@ class HttpApi:
         name = req.match_info["name"]
         failpoints.release(name)
         return web.json_response({"failpoint": name, "released": True})
+
+    async def test_history(self, req: web.Request) -> web.Response:
+        """The agent's own history (datasync.testing.history events as JSON) after the
+        first ``since`` events; ``next`` is the cursor for the following poll."""
+        try:
+            since = int(req.query.get("since", "0"))
+        except ValueError:
+            return web.json_response({"error": "since: expected an integer"}, status=400)
+        events = self.agent.test_history.since(since)
+        return web.json_response(
+            {"next": max(since, 0) + len(events), "events": [e.to_json() for e in events]}
+        )
 
     async def metrics_text(self, _req: web.Request) -> web.Response:
         return web.Response(

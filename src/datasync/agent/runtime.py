@@ -68,6 +68,8 @@ class Agent:
         self.client: VppClient
         self.plugins: VppPlugins
         self.http: Any = None
+        #: agent.test_mode: a datasync.testing.history.History of the agent's own events
+        self.test_history: Any = None
         self._cleanup = contextlib.AsyncExitStack()
 
     # -- start and stop ----------------------------------------------------------------
@@ -123,7 +125,16 @@ class Agent:
         )
         self._cleanup.push_async_callback(self.plugins.close)
         self.client.add_fault_listener(follow_vpp_faults(self.orch, self.plugins))
-        self.plugins.add_to(self.orch)
+        if c.agent.test_mode:  # what the plugins are handed and decide, for /test/history
+            from ..testing.history import History
+            from ..testing.recorders import RecordingPlugin, record_orchestrator
+
+            h = self.test_history = History()
+            revs: dict[str, int] = {}  # the revision of the value each plugin holds, per key
+            self.plugins.add_to(self.orch, wrap=lambda p: RecordingPlugin(p, h, False, revs))
+            record_orchestrator(self.orch, h, key_states=self.plugins.states, revisions=revs)
+        else:
+            self.plugins.add_to(self.orch)
         for src in self.sources:
             if hasattr(src, "bind"):  # push sources report per-key results
                 src.bind(lambda src=src: self.orch.applied_revision(src.name), self._key_state)

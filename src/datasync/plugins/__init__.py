@@ -14,7 +14,7 @@ bad key never fails a round. :class:`VppPlugins` builds the four plugins around 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..resync import Orchestrator
@@ -79,9 +79,12 @@ class VppPlugins:
         """The key states of every plugin."""
         return self.ctx.registry
 
-    def add_to(self, orch: Orchestrator) -> None:
+    def add_to(self, orch: Orchestrator, wrap: Callable[[Any], Any] | None = None) -> None:
+        """Register the plugins with ``orch``; ``wrap(plugin)``, when given, registers a
+        wrapper instead (a recorder of what each plugin is handed, in an agent's test
+        mode)."""
         for plugin in self.plugins:
-            orch.add_plugin(plugin)
+            orch.add_plugin(plugin if wrap is None else wrap(plugin))
 
     async def plan(self) -> list[Call]:
         """A dry run of a downstream resync: the VPP writes it would make now, in order,

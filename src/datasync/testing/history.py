@@ -177,6 +177,12 @@ class History:
         with self._lock:
             return list(self._events)
 
+    def since(self, seq: int) -> list[Event]:
+        """The events recorded after the first ``seq`` (a poller's cursor: it passes the
+        count it has seen, and adds the length of what it got)."""
+        with self._lock:
+            return self._events[max(seq, 0) :]
+
     def __len__(self) -> int:
         return len(self._events)
 

@@ -28,11 +28,11 @@ import socket
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .history import History
+from .history import Event, History
 from .procs import ETCDCTL
 
 __all__ = [
@@ -409,10 +409,13 @@ def _status_sample(doc: dict[str, Any], source: str | None) -> dict[str, Any]:
 
 class AgentRecorder(_Recorder):
     """Polls an agent process's HTTP API (``http``: host:port) every ``interval`` seconds:
-    ``/status`` as ``status`` samples, and the new entries of ``/history`` as
-    ``round.started``/``round.finished`` markers and key ``decision`` events. A sample's
-    ``applied_revision`` is that of ``source`` (of the most advanced source when None);
-    ``sources`` has them all."""
+    ``/status`` as ``status`` samples, and the agent's own events. An agent in test mode
+    serves them at ``/test/history`` (every change its plugins were handed, as ``nb``, with
+    source and revision; each key's decisions with the revision they concern; rounds), and
+    they are taken as they are; another agent's ``/history`` gives
+    ``round.started``/``round.finished`` markers and key ``decision`` events only. A
+    sample's ``applied_revision`` is that of ``source`` (of the most advanced source when
+    None); ``sources`` has them all."""
 
     def __init__(
         self, http: str, history: History, interval: float = 0.1, source: str | None = None
@@ -422,6 +425,9 @@ class AgentRecorder(_Recorder):
         self.history = history
         self.interval = interval
         self._seen: set[str] = set()
+        #: how many of the agent's /test/history events were taken (None: not known yet
+        #: whether the agent serves it; False: it does not)
+        self._cursor: int | bool | None = None
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -440,8 +446,11 @@ class AgentRecorder(_Recorder):
     def poll(self) -> None:
         """One round of polling (the thread calls it; a test may call it to catch up)."""
         status = self._get("/status")
-        if status is not None:
-            self.history.status(**_status_sample(status, self.source))
+        if status is None:
+            return  # paused, killed or restarting: the gap shows in the samples
+        self.history.status(**_status_sample(status, self.source))
+        if self._cursor is not False and self._poll_test_history():
+            return
         for entry in self._get("/history") or []:
             ident = json.dumps(entry, sort_keys=True)
             if ident in self._seen:
@@ -463,6 +472,23 @@ class AgentRecorder(_Recorder):
                         plugin=plugin,
                     )  # fmt: skip
 
+    def _poll_test_history(self) -> bool:
+        cursor = int(self._cursor or 0)
+        doc = self._get(f"/test/history?since={cursor}")
+        if not isinstance(doc, dict):
+            if self._cursor is None:
+                self._cursor = False  # up, but not in test mode: /history it is
+            return False
+        if doc["next"] < cursor:  # a new agent process: its history starts again
+            cursor = 0
+            doc = self._get("/test/history?since=0")
+            if not isinstance(doc, dict):
+                return True
+        # status samples are this recorder's own (one sampler keeps them in time order)
+        self.history.extend(Event.from_json(e) for e in doc["events"] if e["kind"] != "status")
+        self._cursor = int(doc["next"])
+        return True
+
     def _run(self) -> None:
         while not self._closed.wait(self.interval):
             self.poll()
@@ -478,12 +504,17 @@ class AgentRecorder(_Recorder):
 
 
 def record_orchestrator(
-    orch: Any, history: History, key_states: Any = None, source: str | None = None
+    orch: Any,
+    history: History,
+    key_states: Any = None,
+    source: str | None = None,
+    revisions: Mapping[str, int] | None = None,
 ) -> None:
     """Record an in-process orchestrator's rounds (markers) and a status sample at each of
     its events (``applied_revision`` as :class:`AgentRecorder` has it); with ``key_states``
     (a ``datasync.plugins.StateRegistry``, e.g. ``PluginSet.states``) every key-state
-    change as a decision."""
+    change as a decision, at the key's revision in ``revisions`` (the ``revisions`` of
+    :class:`RecordingPlugin` wrappers: the revision of the value the plugin holds)."""
     from ..resync import RoundFinished, RoundStarted
 
     def sample() -> None:
@@ -508,6 +539,7 @@ def record_orchestrator(
                     "removed" if status is None else STATE_DECISIONS[status.state.value],
                     "" if status is None else status.reason,
                     plugin=plugin,
+                    revision=(revisions or {}).get(key, 0),
                 )
             )
 
@@ -519,9 +551,20 @@ class RecordingPlugin:
     the error it raised or acknowledged (per-key outcomes of a plugin that keeps key states
     come from :func:`record_orchestrator`)."""
 
-    def __init__(self, plugin: Any, history: History) -> None:
+    def __init__(
+        self,
+        plugin: Any,
+        history: History,
+        decisions: bool = True,
+        revisions: dict[str, int] | None = None,
+    ) -> None:
         self.plugin = plugin
         self.history = history
+        #: record applied/failed when ``change`` returns (off for plugins whose key states
+        #: :func:`record_orchestrator` records: their outcome is not the return)
+        self.decisions = decisions
+        #: each key's revision as last handed to the plugin (shareable between wrappers)
+        self.revisions: dict[str, int] = {} if revisions is None else revisions
 
     @property
     def name(self) -> str:
@@ -542,6 +585,7 @@ class RecordingPlugin:
         sources = list(ev.revisions)
         source = sources[0] if len(sources) == 1 else ""
         for kv in ev.kvs.values():
+            self.revisions[kv.key] = kv.revision
             self.history.received(source, kv.key, "put", kv.revision, plugin=self.name,
                                   extra={"snapshot": True})  # fmt: skip
         await self.plugin.resync(ev)
@@ -549,7 +593,11 @@ class RecordingPlugin:
     async def change(self, ev: Any) -> None:
         h = self.history
         for c in ev.changes:
+            self.revisions[c.key] = c.revision
             h.received(ev.source, c.key, c.op.name.lower(), c.revision, plugin=self.name)
+        if not self.decisions:
+            await self.plugin.change(ev)
+            return
         err: BaseException | None = None
         try:
             await self.plugin.change(ev)
