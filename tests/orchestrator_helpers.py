@@ -1,7 +1,7 @@
 """The plugin and harness pieces the end-to-end orchestrator tests share (etcd and Kafka).
 
 ``Recorder`` is a plugin that keeps the state it was told, every change it applied and a
-count of effective changes; ``Rounds.rec`` (FAULTS.md I8) is the number of rounds after
+count of effective changes; ``Rounds.rec`` (docs/faults.md I8) is the number of rounds after
 start-up.
 """
 

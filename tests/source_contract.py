@@ -101,7 +101,7 @@ class SourceContract:
     async def test_write_between_snapshot_and_watch_is_not_lost(
         self, harness: Any, prefix: str
     ) -> None:
-        """The list-then-watch gap (M1): a watch from R+1 sees what came after R."""
+        """The list-then-watch gap: a watch from R+1 sees what came after R."""
         await harness.publisher.put(prefix + "g", b"1")
         snap = await harness.source.snapshot([prefix])
         r = await harness.publisher.put(prefix + "g", b"2")  # after the list, before the watch

@@ -1,5 +1,5 @@
-"""FAULTS.md rows from a real etcd through the real VPP plugins into the strict simulator,
-injected with agent failpoints: F3 (compaction inside the list->watch window) and F1
+"""docs/faults.md rows from a real etcd through the real VPP plugins into the strict
+simulator, injected with agent failpoints: F3 (compaction inside the list->watch window) and F1
 (etcd killed while a round holds a snapshot it has not used yet)."""
 
 from __future__ import annotations

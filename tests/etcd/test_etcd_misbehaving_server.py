@@ -1,4 +1,4 @@
-"""EtcdSource against a scripted etcd gRPC server that misbehaves on purpose (F19, M5).
+"""EtcdSource against a scripted etcd gRPC server that misbehaves on purpose (F19).
 
 Real etcd 3.4.23 can deliver duplicate and time-travelling watch events (#15275, #15271)
 but not on demand, so these cases run against a tiny server speaking etcd's Watch and KV

@@ -257,7 +257,7 @@ async def test_idle_watch_and_blocked_loop_are_not_stalls(
 async def test_periodic_recycle_is_invisible(
     etcd_endpoints: list[str], make_source: Callable[..., EtcdSource], prefix: str
 ) -> None:
-    """M6: the watch is replaced now and then; no change is lost or repeated, and no state
+    """The watch is recycled now and then: no change is lost or repeated, and no state
     change is reported (an orchestrator would take one for an outage)."""
     src = make_source(etcd_endpoints, recycle_interval=(0.2, 0.3), progress_interval=0.1)
     snap = await src.snapshot([prefix])

@@ -1,9 +1,9 @@
 """End-to-end fault tests: the resync orchestrator over the REAL Kafka source and the tansu
-broker (FAULTS.md F7, F8, F19; invariants I1, I3, I5, I8), and over etcd and Kafka at once
+broker (docs/faults.md F7, F8, F19; invariants I1, I3, I5, I8), and over etcd and Kafka at once
 (per-source ownership through a Kafka reset, a dead broker going stale beside etcd).
 
 The plugin is a ``Recorder`` (tests/orchestrator_helpers.py) that keeps the state it was
-told, every change it applied and a count of effective changes. ``rec`` (FAULTS.md I8) is the
+told, every change it applied and a count of effective changes. ``rec`` (docs/faults.md I8) is the
 number of rounds after start-up.
 
 What a redelivered record does, end to end: a producer resend is a second record at a NEW
