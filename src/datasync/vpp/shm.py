@@ -54,7 +54,6 @@ __all__ = [
     "ShmSegment",
     "ShmSegmentError",
     "ShmStream",
-    "backend_name",
     "frame_size",
     "recv_fds",
     "recv_fds_async",
@@ -325,11 +324,6 @@ def _backend_for(module: ModuleType) -> _Backend:
 _DEFAULT_BACKEND = _backend_for(
     _extensions.select("shmring", "datasync._shmring", "datasync.vpp._shmring_py")
 )
-
-
-def backend_name() -> str:
-    """Which ring implementation new segments use by default: "compiled" or "twin"."""
-    return _DEFAULT_BACKEND.name
 
 
 # -- public API ---------------------------------------------------------------------------
