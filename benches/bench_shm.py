@@ -295,3 +295,68 @@ def test_asyncio_ping_pong_64b(benchmark, stream_case: tuple[str, Peer]) -> None
             writer.transport.abort()  # the peer socket is closed by _stop
     finally:
         loop.close()
+
+
+# --- the client's CPU per message, socket vs shm (python benches/bench_shm.py) -----------
+
+
+def client_cpu_per_message(rounds: int = 6, n: int = 20_000, profile: str | None = None) -> None:
+    """One socket and one shm ``VppClient`` on one simulator process, alternating
+    ``call_many("control_ping", [None] * n)``: the best round's rate and the CPU per
+    message of the client (``time.process_time``) and of the simulator (``/proc``).
+    ``profile``: instead, a CPU-time ``cProfile`` of that transport's client."""
+    import cProfile
+    import os
+    import pstats
+    import time
+    from pathlib import Path
+
+    import uvloop
+
+    from datasync.testing.procs import SimProcess
+    from datasync.vpp.client import VppClient
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    async def main(path: str, pid: int) -> None:
+        clients = {}
+        for transport in ("socket", "shm"):
+            clients[transport] = VppClient(path, probe_interval=None, transport=transport)
+            await clients[transport].connect()
+        for client in clients.values():
+            await client.call_many("control_ping", [None] * n)  # warm
+        if profile is not None:
+            prof = cProfile.Profile(time.thread_time)
+            prof.enable()
+            for _ in range(rounds):
+                await clients[profile].call_many("control_ping", [None] * n)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        else:
+            rows: dict[str, list[tuple[float, float, float]]] = {t: [] for t in clients}
+            for _ in range(rounds):
+                for transport, client in clients.items():
+                    c0, s0, w0 = time.process_time(), cpu(pid), time.perf_counter()
+                    await client.call_many("control_ping", [None] * n)
+                    wall = time.perf_counter() - w0
+                    rows[transport].append((wall, time.process_time() - c0, cpu(pid) - s0))
+            for transport, got in rows.items():
+                msgs = n * len(got)
+                print(
+                    f"{transport:6s} best {n / min(r[0] for r in got):8.0f} req/s, "
+                    f"client CPU {sum(r[1] for r in got) / msgs * 1e6:5.2f} us/msg, "
+                    f"simulator CPU {sum(r[2] for r in got) / msgs * 1e6:5.2f} us/msg"
+                )
+        for client in clients.values():
+            await client.close()
+
+    with SimProcess.started(admin=False) as sim:
+        uvloop.run(main(sim.path, sim.pid))
+
+
+if __name__ == "__main__":
+    client_cpu_per_message(profile=sys.argv[1] if len(sys.argv) > 1 else None)
