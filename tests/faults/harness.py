@@ -259,14 +259,16 @@ class Rig:
         self.history.mark("converged", revision=revision)
 
     def convergence_time(self) -> float | None:
-        """Seconds from the last ``fault.healed`` to the first time after it that VPP held
+        """Seconds from the last ``fault.healed`` (or ``t_conv.start``, for a fault that stays
+        on) to the first time after it that VPP held
         the store and the agent was in sync at its revision (``converged``); the
         invariants' measure (the first in-sync status sample) when never marked."""
-        healed = self.history.marks("fault.healed")
-        if not healed:
+        starts = sorted(m.t for m in self.history.marks("fault.healed")
+                        + self.history.marks("t_conv.start"))  # fmt: skip
+        if not starts:
             return None
-        after = [m.t for m in self.history.marks("converged") if m.t >= healed[-1].t]
-        return after[0] - healed[-1].t if after else None
+        after = [m.t for m in self.history.marks("converged") if m.t >= starts[-1]]
+        return after[0] - starts[-1] if after else None
 
     def desired(self, store: Mapping[str, bytes]) -> dict[str, Any]:
         """``render_interfaces`` of the values the interfaces model takes (the model's own

@@ -166,7 +166,12 @@ def test_f25_fleet_of_agents_survives_leader_loss_without_relists(
         applied = src.get("applied_revision", 0)
         return bool(st.get("agent", {}).get("in_sync") and applied >= revs[label])
 
-    wait_for(lambda: all(in_sync(*la) for la in fleet), WAIT, 0.2, "every agent in sync")
+    try:
+        wait_for(lambda: all(in_sync(*la) for la in fleet), WAIT, 0.2, "every agent in sync")
+    except AssertionError:
+        late = {label: (revs[label], (a.get("/status") or {}).get("sources"))
+                for label, a in fleet if not in_sync(label, a)}  # fmt: skip
+        raise AssertionError(f"{len(late)} agent(s) not in sync: {late}") from None
     t_conv = time.monotonic() - killed_at
     relists = 0
     for label, a in fleet:

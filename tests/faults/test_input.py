@@ -241,19 +241,10 @@ async def test_f17_oversized_value_invalid_large_snapshot_ok(
         await rig.verify(final, rev, expect, record_property)
 
 
-_NOT_COALESCED = pytest.mark.xfail(
-    strict=True,
-    reason="the orchestrator's event buffer coalesces per key only above "
-    "ResyncConfig.buffer_coalesce_above held changes (default 65536): below that every "
-    "buffered change is applied, about 2 VPP writes per change instead of per key",
-)
-
-
 @pytest.mark.parametrize(
     ("changes", "keys", "coalesce_above"),
     [
         (2000, 200, 500),
-        pytest.param(2000, 200, None, marks=_NOT_COALESCED, id="default-config"),
         pytest.param(20_000, 2000, 5000, marks=pytest.mark.slow),
     ],
 )
@@ -266,7 +257,7 @@ async def test_f14_storm_during_a_resync_coalesced(
     record_property: Record,
     changes: int,
     keys: int,
-    coalesce_above: int | None,
+    coalesce_above: int,
 ) -> None:
     """F14: a round is held in the interfaces plugin's resync (the watch from R+1 already
     runs, so changes are buffered) while ``changes`` puts and deletes over
@@ -276,8 +267,7 @@ async def test_f14_storm_during_a_resync_coalesced(
     w = Writer(make_source(etcd1.endpoints, name="pub"), history)
     await w.txn(interfaces(50))
     src = make_source(etcd1.endpoints, recycle_interval=None)
-    cfg = {} if coalesce_above is None else {"buffer_coalesce_above": coalesce_above}
-    async with running(src, sim, tmp_path, history, **cfg) as rig:
+    async with running(src, sim, tmp_path, history, buffer_coalesce_above=coalesce_above) as rig:
         await rig.orch.start()
         final, rev = await store_now(etcd1.endpoints)
         await rig.converged(final, rev)
@@ -304,8 +294,8 @@ async def test_f14_storm_during_a_resync_coalesced(
         written = sim_writes(sim) - (rig.writes_at_fault or 0)
         # a key's worst coalesced cost is 4 VPP writes (create, tag, up, address); the
         # first ``coalesce_above`` held changes go uncoalesced, 2 writes each (an
-        # address replaced); the default config is held to the row's bound itself
-        bound = 4 * keys + 2 * (coalesce_above or 0)
+        # address replaced)
+        bound = 4 * keys + 2 * coalesce_above
         assert written <= bound, (written, sim.counters()["writes"])
         await etcd_truth(etcd1.endpoints, history, rev)
         expect = inv.Expect(fault="fault.injected", during="storm")
