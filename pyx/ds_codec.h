@@ -78,6 +78,11 @@ static inline int ds_rec_tracked(PyObject* o) {
 static void ds_rec_dealloc(PyObject* o) {
     Py_ssize_t i = Py_SIZE(o);
     PyObject** items = ((PyTupleObject*)o)->ob_item;
+    if (Py_TYPE(o)->tp_finalize != NULL && Py_TYPE(o)->tp_dealloc == ds_rec_dealloc) {
+        /* a __del__ a program added to a record type later: run it as subtype_dealloc
+           would (it may resurrect the record) */
+        if (PyObject_CallFinalizerFromDealloc(o) < 0) return;
+    }
     if (Py_TYPE(o)->tp_dealloc == ds_rec_dealloc && !ds_rec_tracked(o)) {
         /* a record of atomic fields (ds_record_new): no trashcan needed */
         while (--i >= 0) Py_XDECREF(items[i]);
@@ -140,6 +145,8 @@ static inline PyObject* ds_record_new_x(PyObject* type, Py_ssize_t n, int atomic
     if (n <= DS_REC_MAXN && ds_rec_nfree[n] > 0 && t->tp_dealloc == ds_rec_dealloc
         && ds_rec_fast) {
         o = ds_rec_free[n][--ds_rec_nfree[n]];
+        /* a new object: clear the GC head's flags (an earlier life's "finalized" bit) */
+        ((uintptr_t*)o)[-1] = 0;
         Py_INCREF(t);
         Py_SET_TYPE(o, t);
         Py_SET_REFCNT(o, 1);

@@ -149,3 +149,40 @@ def test_free_list_reports_where_it_is_on() -> None:
     free_threaded = not getattr(sys, "_is_gil_enabled", lambda: True)()
     if known and not free_threaded:
         assert paths["records"] == 1
+
+
+_FINALIZER = """
+from datasync import _codec_c
+from datasync.vpp.codec import codec_for
+from datasync.vpp.defs import builtin_definitions
+from tests.vpp.test_codec import SAMPLES
+
+c = codec_for(builtin_definitions(), "bridge_domain_details", _codec_c)
+data = c.encode(1, SAMPLES["bridge_domain_details"])
+member_type = type(c.decode(data).sw_if_details[0])
+seen = []
+member_type.__del__ = lambda self: seen.append(self.sw_if_index)
+c.decode(data)
+kept = []
+member_type.__del__ = lambda self: kept.append(self)  # resurrects the record
+c.decode(data)
+del member_type.__del__
+assert sorted(seen) == list(range(1, 9)), seen
+assert sorted(k.sw_if_index for k in kept) == list(range(1, 9))
+print("survived")
+"""
+
+
+def test_a_del_added_to_a_record_type_runs() -> None:
+    """A ``__del__`` set on a record type after the codec made it is called for each
+    record freed, and a record it resurrects stays valid (debug allocator)."""
+    env = {**os.environ, "PYTHONMALLOC": "debug"}
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _FINALIZER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert out.returncode == 0 and "survived" in out.stdout, out.stdout + out.stderr
