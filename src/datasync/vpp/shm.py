@@ -153,6 +153,7 @@ class _CffiEnd:
         self._recv = lib.shmring_recv_many
         self._send = lib.shmring_send
         self._unpack = ffi.unpack
+        self._buffer = ffi.buffer
         self._nbytes = ffi.new("size_t *")
         self._need = ffi.new("uint32_t *")
 
@@ -205,13 +206,15 @@ class _CffiEnd:
             n = self._recv(self._p, buf, size, self._lens, 1, self._nbytes, self._need)
         if n < 0:
             return int(n)
-        data = self._unpack(buf, self._nbytes[0])
         if n == 1:
-            return [data]
+            return [self._unpack(buf, self._nbytes[0])]
+        # one copy per frame, straight out of the receive buffer (slicing a cffi buffer
+        # gives bytes), not a copy of the whole batch first
+        view = self._buffer(buf, self._nbytes[0])
         out = []
         pos = 0
         for length in self._unpack(self._lens, n):
-            out.append(data[pos : pos + length])
+            out.append(view[pos : pos + length])
             pos += length
         return out
 
