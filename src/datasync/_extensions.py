@@ -32,6 +32,13 @@ def select(component: str, compiled: str, twin: str) -> ModuleType:
     return module
 
 
+#: the modules that select a hot-path component when imported
+_SELECTORS = ("datasync.buffer", "datasync.vpp.codec", "datasync.vpp.shm")
+
+
 def implementation() -> dict[str, str]:
-    """Which implementation each hot-path component runs on: "compiled" or "twin"."""
+    """Which implementation each hot-path component runs on: "compiled" or "twin" (the one
+    way to ask; every component is selected first, so the answer is complete)."""
+    for name in _SELECTORS:
+        importlib.import_module(name)
     return dict(ACTIVE)

@@ -6,7 +6,7 @@ source's ``RevisionFilter``, which drops everything already covered by the snaps
 already applied. Outside a round, changes go through ``RevisionFilter.filter`` directly.
 One buffer and one filter per source: revisions are per source.
 
-``IMPLEMENTATION`` says which one runs: ``"compiled"`` or ``"twin"``
+``datasync.implementation()["buffer"]`` says which one runs: ``"compiled"`` or ``"twin"``
 (``DATASYNC_NO_EXTENSIONS=1`` selects the twin).
 
 A resync round of one source, as the orchestrator drives it::
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._extensions import ACTIVE, select
+from ._extensions import select
 
-__all__ = ["IMPLEMENTATION", "EventBuffer", "RevisionFilter"]
+__all__ = ["EventBuffer", "RevisionFilter"]
 
 if TYPE_CHECKING:
     # Type checkers read the twin; the compiled module has the same surface (_buffer_c.pyi).
@@ -40,6 +40,3 @@ else:
     _impl = select("buffer", "datasync._buffer_c", "datasync._buffer_py")
     EventBuffer = _impl.EventBuffer
     RevisionFilter = _impl.RevisionFilter
-
-#: "compiled" or "twin".
-IMPLEMENTATION: str = ACTIVE.get("buffer", "twin")

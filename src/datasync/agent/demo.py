@@ -341,9 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvloop
 
     from .. import implementation
-    from ..buffer import IMPLEMENTATION
 
-    print(f"datasync demo on uvloop; event buffer: {IMPLEMENTATION} ({implementation()})")
+    print(f"datasync demo on uvloop; hot path: {implementation()}")
     if args.data_dir is not None:
         if args.data_dir.exists() and not args.data_dir.is_dir():
             print(f"datasync demo: --data-dir {args.data_dir}: not a directory", file=sys.stderr)
