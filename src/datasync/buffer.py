@@ -27,11 +27,45 @@ implementation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._extensions import select
+from .api import Change
 
-__all__ = ["EventBuffer", "RevisionFilter"]
+__all__ = ["EventBuffer", "EventBufferLike", "RevisionFilter", "RevisionFilterLike"]
+
+
+class RevisionFilterLike(Protocol):
+    """The contract both revision filters keep (compiled, and the twin)."""
+
+    @property
+    def snapshot_revision(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    def reset(
+        self, snapshot_revision: int, key_revisions: Iterable[tuple[str, int]] = ()
+    ) -> None: ...
+    def accept(self, change: Change) -> bool: ...
+    def filter(self, changes: Sequence[Change]) -> list[Change]: ...
+    def last_applied(self, key: str) -> int | None: ...
+    def __len__(self) -> int: ...
+
+
+class EventBufferLike(Protocol):
+    """The contract both event buffers keep; ``drain`` takes the filter of its own
+    implementation."""
+
+    @property
+    def coalesced(self) -> int: ...
+    @property
+    def coalesce_above(self) -> int: ...
+    def __len__(self) -> int: ...
+    def append(self, change: Change) -> None: ...
+    def extend(self, changes: Iterable[Change]) -> None: ...
+    def drain(self, filt: Any) -> list[Change]: ...
+    def clear(self) -> None: ...
+
 
 if TYPE_CHECKING:
     # Type checkers read the twin; the compiled module has the same surface (_buffer_c.pyi).
@@ -40,3 +74,13 @@ else:
     _impl = select("buffer", "datasync._buffer_c", "datasync._buffer_py")
     EventBuffer = _impl.EventBuffer
     RevisionFilter = _impl.RevisionFilter
+
+if TYPE_CHECKING:
+    # The type checker holds the compiled module (its .pyi) and the twin to one contract.
+    from . import _buffer_c, _buffer_py
+
+    _buffers: tuple[type[EventBufferLike], ...] = (_buffer_c.EventBuffer, _buffer_py.EventBuffer)
+    _filters: tuple[type[RevisionFilterLike], ...] = (
+        _buffer_c.RevisionFilter,
+        _buffer_py.RevisionFilter,
+    )
