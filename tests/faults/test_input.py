@@ -54,8 +54,12 @@ async def test_f15_malformed_values_invalid_others_unaffected(
         await rig.orch.start()
         final, rev = await store_now(etcd1.endpoints)
         await rig.settle(rev)
+
+        def invalid(key: str) -> Callable[[], bool]:
+            return lambda: rig.state(key) is KeyState.INVALID
+
         for key in bad:
-            await eventually(lambda k=key: rig.state(k) is KeyState.INVALID, f"{key} INVALID")
+            await eventually(invalid(key), f"{key} INVALID")
             st = rig.plugins.states.get(key)
             assert st is not None and st.reason, key
         assert not {"j", "b", "t", "m"} & set(_tags(sim)), "an invalid value reached VPP"
