@@ -248,8 +248,9 @@ async def test_f17_oversized_value_invalid_large_snapshot_ok(
 @pytest.mark.parametrize(
     ("changes", "keys", "coalesce_above"),
     [
-        (2000, 200, 500),
-        pytest.param(20_000, 2000, 5000, marks=pytest.mark.slow),
+        pytest.param(2000, 200, 0, id="default-config"),  # coalesced from the first change
+        pytest.param(2000, 200, 500, id="in-order-below-500"),
+        pytest.param(20_000, 2000, 0, marks=pytest.mark.slow, id="default-config-20k"),
     ],
 )
 async def test_f14_storm_during_a_resync_coalesced(
