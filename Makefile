@@ -39,10 +39,10 @@ pytest: build
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests ran" >&2; fi; exit $$rc
 
-# The core suite again on the stock asyncio loop with the pure-Python twins only.
+# The core and VPP suites again on the stock asyncio loop with the pure-Python twins only.
 pytest-twins: build
 	DATASYNC_NO_EXTENSIONS=1 DATASYNC_TEST_LOOP=asyncio $(BIN)/python -m pytest -q \
-	  -p no:cacheprovider $(CORE_TESTS)
+	  -p no:cacheprovider $(CORE_TESTS) tests/vpp
 
 CORE_TESTS := tests/test_resync.py tests/test_local_store.py tests/test_idx.py \
 	tests/test_brief_example.py tests/test_buffer.py

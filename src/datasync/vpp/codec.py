@@ -89,6 +89,14 @@ class MessageCodec(Protocol):
         ...
 
 
+if TYPE_CHECKING:
+    # The type checker holds the compiled module (its .pyi) and the twin to one contract.
+    from .. import _codec_c
+    from . import _codec_py
+
+    _codecs: tuple[type[MessageCodec], ...] = (_codec_c.MessageCodec, _codec_py.MessageCodec)
+
+
 _compilers: weakref.WeakKeyDictionary[ApiDefinitions, tuple[Compiler, dict[Any, Any]]] = (
     weakref.WeakKeyDictionary()
 )
