@@ -179,7 +179,13 @@ def test_watch_prints_changes_as_json_lines(agent: AgentProcess) -> None:
     start = agent.get("/v1/kv?prefix=/")["revision"] + 1
     cmd = [sys.executable, "-m", "datasync.agent.cli", "watch", "--http", agent.http, IF,
            "--from", str(start)]  # fmt: skip
-    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    # Ctrl-C as in a terminal, even when the test run itself ignores SIGINT (a background
+    # job's children inherit SIG_IGN, and Python then installs no KeyboardInterrupt)
+    def ctrl_c_works() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=ctrl_c_works)
     try:
         out = watcher.stdout
         assert out is not None
