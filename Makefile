@@ -53,8 +53,12 @@ test: deps build lint typecheck pytest pytest-twins
 # writes their results into docs/faults.md (FAULTS_REPORT_ARGS=--slow for the slow ones).
 FAULT_TESTS := tests/faults tests/agent/test_faults_plugins.py \
 	tests/agent/test_faults_agent_crash.py tests/etcd/test_etcd_failpoints.py
+# ... and the fuzz tests of the value models, the codec and the frame parser, 20x longer.
+FUZZ_TESTS := tests/plugins/test_models_fuzz.py tests/vpp/test_codec.py \
+	tests/vpp/test_sim_bad_input.py
 test-faults: build
 	DATASYNC_TEST_SLOW=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) $(FAULT_TESTS)
+	DATASYNC_FUZZ_SCALE=20 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) $(FUZZ_TESTS)
 
 FAULTS_REPORT_ARGS ?=
 faults-report: build

@@ -29,7 +29,7 @@ import uvloop
 from tests.paths import vpp_api_files
 from tests.vpp.simproc import simulator_process
 
-from datasync.agent.wiring import vpp_fault_handler
+from datasync.agent.wiring import follow_vpp_faults
 from datasync.plugins import KeyState, VppPlugins
 from datasync.plugins.models import BD_PREFIX, IF_PREFIX, ROUTE_PREFIX
 from datasync.resync import Orchestrator, ResyncConfig
@@ -103,7 +103,7 @@ async def _agent_resync(store_path: Path, sim_path: str, again: bool) -> float:
     orch = Orchestrator([store], ResyncConfig(resync_timeout=600, change_timeout=600))
     client = VppClient(sim_path, probe_interval=None, timeout=60)
     plugins = VppPlugins(client, LABEL)
-    client.on_fault = vpp_fault_handler(orch, plugins)
+    client.add_fault_listener(follow_vpp_faults(orch, plugins))
     loop = asyncio.get_running_loop()
     try:
         await client.connect()

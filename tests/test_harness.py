@@ -156,6 +156,19 @@ def test_checkers_name_what_broke() -> None:
         report.raise_for_failures()
 
 
+def test_i6_forgives_a_lower_revision_after_an_agent_restart() -> None:
+    t = iter(range(100))
+    h = History(clock=lambda: float(next(t)))
+    h.status(applied_revision=9)
+    h.status(applied_revision=5)
+    assert not inv.check(h, inv.Final(), only=["I6"]).ok
+    h = History(clock=lambda: float(next(t)))
+    h.status(applied_revision=9)
+    h.mark("agent.started")  # a new process counts from its checkpoint
+    h.status(applied_revision=5)
+    assert inv.check(h, inv.Final(), only=["I6"]).ok
+
+
 def test_a_fault_that_missed_its_phase_makes_the_run_void() -> None:
     h, final = _converged_run()
     h.mark("round.started")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasync.agent.wiring import vpp_fault_handler
+from datasync.agent.wiring import follow_vpp_faults
 from datasync.api import ChangeEvent, Op, ResyncEvent
 from datasync.plugins import KeyState, RetryPolicy, VppPlugins
 from datasync.plugins.models import IF_PREFIX
@@ -359,7 +359,7 @@ async def running(
                        **{"probe_interval": None, **(client_opts or {})})  # fmt: skip
     plugins = VppPlugins(client, LABEL, retry=FAST_RETRY, ack_timeout=5,
                          ledger_path=state_dir / "ledger.json")  # fmt: skip
-    client.on_fault = vpp_fault_handler(orch, plugins)
+    client.add_fault_listener(follow_vpp_faults(orch, plugins))
     tap = Tap(history, source.name)
     rig = Rig(history, source, sim, client, orch, plugins, tap)
 

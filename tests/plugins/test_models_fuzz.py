@@ -3,14 +3,13 @@ a plugin either takes the value or rejects it with ``InvalidValueError`` naming 
 (and a field where one is to blame); a config document either gives keys or a
 ``DocumentError``. Nothing else escapes, so one bad key can never fail a round.
 
-Examples per test: ``DATASYNC_FUZZ_EXAMPLES`` (default 150; ``make test-faults`` runs more).
+Examples per test: 150, scaled by ``DATASYNC_FUZZ_SCALE`` (see tests/fuzz.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +23,13 @@ from datasync.plugins import VppPlugins
 from datasync.plugins.document import DocumentError, load_document, to_keys
 from datasync.plugins.models import BridgeDomain, Interface, Route, VrfTable, _camel
 from datasync.vpp.client import VppClient
+from tests.fuzz import examples
 
 from .conftest import BD, IF, LABEL, ROUTE, VRF, bd, loop, route, vrf
 
-EXAMPLES = int(os.environ.get("DATASYNC_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(scope="module")

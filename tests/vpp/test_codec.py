@@ -22,6 +22,7 @@ from datasync.vpp import _codec_plan as plan
 from datasync.vpp import _codec_py
 from datasync.vpp.codec import CodecError, MacAddress, codec_for
 from datasync.vpp.defs import ApiDefinitions, builtin_definitions, load_api_dir
+from tests.fuzz import examples
 from tests.paths import VPP_API_REFERENCE
 from tests.vpp.samples import ADD_ADDR, SW_IF_DETAILS, fib_path
 
@@ -617,7 +618,7 @@ def _outcome(c: Any, msg_id: int, values: dict[str, Any]) -> Any:
 
 
 @pytest.mark.skipif("compiled" not in IMPLS, reason="compiled codec not built")
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), name=st.sampled_from(sorted(SAMPLES)))
 def test_compiled_equals_twin_on_any_input(data: Any, name: str) -> None:
     d = builtin_definitions()
@@ -633,7 +634,7 @@ def test_compiled_equals_twin_on_any_input(data: Any, name: str) -> None:
 
 
 @pytest.mark.skipif("compiled" not in IMPLS, reason="compiled codec not built")
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), name=st.sampled_from(sorted(SAMPLES)))
 def test_compiled_equals_twin_on_corrupt_bytes(data: Any, name: str) -> None:
     d = builtin_definitions()

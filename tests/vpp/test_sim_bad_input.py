@@ -19,6 +19,7 @@ from datasync.vpp.client import VppClient
 from datasync.vpp.framing import MAX_FRAME
 from datasync.vpp.sim import Simulator
 from datasync.vpp.sim.admin import AdminServer
+from tests.fuzz import examples
 
 from .test_sim import Raw, _http, rv
 
@@ -220,7 +221,7 @@ def _parser() -> tuple[Any, list[bytes], _FakeTransport]:
     return conn, got, transport
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), suppress_health_check=[HealthCheck.too_slow])
 @given(
     bodies=st.lists(st.binary(max_size=300), max_size=20),
     cuts=st.lists(st.integers(min_value=0, max_value=7000), max_size=12),

@@ -237,8 +237,13 @@ def i5_no_duplicate_effect(h: History, f: Final, e: Expect) -> Verdict:
     return Verdict("I5", not bad, "; ".join(bad[:10]))
 
 
+#: markers after which an applied revision may be lower: the store was reset (its
+#: revisions start again) or a new agent process started (it counts from its checkpoint)
+RESTART_MARKS = ("store.reset", "agent.started")
+
+
 def i6_watermark(h: History, f: Final, e: Expect) -> Verdict:
-    resets = [m.t for m in h.events if m.kind == "phase" and m.op == "store.reset"]
+    resets = [m.t for m in h.events if m.kind == "phase" and m.op in RESTART_MARKS]
     last: dict[str, int] = {}
     bad = []
     for ev in h.of("status"):
