@@ -377,6 +377,14 @@ class VppPlugin(Generic[M]):
             elif not self.settled(key):
                 yield key, name, m
 
+    def orphans(self, have: Mapping[str, Any], deletes: dict[str, str]) -> None:
+        """For a full apply: every object in ``have`` (by name) that no key of the store
+        wants goes into ``deletes`` as an orphan (name -> "")."""
+        wanted = {self.name_of(k) for k in self.values}
+        for name in have:
+            if name not in wanted:
+                deletes.setdefault(name, "")
+
     def settled(self, key: str) -> bool:
         """A FAILED key whose value did not change since: no VPP call for it."""
         failed = self._failed_at.get(key)

@@ -229,10 +229,7 @@ class InterfacePlugin(VppPlugin[Interface]):
                 recreate[name] = key
             work[key] = m
         if full:
-            wanted = {self.name_of(k) for k in self.values}
-            for name in self.have:
-                if name not in wanted:
-                    deletes.setdefault(name, "")
+            self.orphans(self.have, deletes)
         if deletes:
             for key in await self._delete(deletes):
                 work.pop(key, None)

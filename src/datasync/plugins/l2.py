@@ -106,10 +106,7 @@ class BridgeDomainPlugin(VppPlugin[BridgeDomain]):
                 deletes[name] = key  # VPP cannot change these in place: re-create
             work[key] = m
         if full:
-            wanted = {self.name_of(k) for k in self.values}
-            for name in self.have:
-                if name not in wanted:
-                    deletes.setdefault(name, "")
+            self.orphans(self.have, deletes)
         if deletes:
             for key in await self._delete(deletes):
                 work.pop(key, None)
