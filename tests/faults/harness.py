@@ -30,6 +30,7 @@ import contextlib
 import json
 import random
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -188,6 +189,16 @@ class Writer:
         return await self.txn({}, list(keys))
 
 
+def resources() -> dict[str, float]:
+    """I9's samples of this process: threads and asyncio tasks. File descriptors and RSS
+    are left out: the test's own sockets, proxies and allocations share the process (an
+    agent process is where they mean something)."""
+    return {
+        "threads": float(threading.active_count()),
+        "tasks": float(len(asyncio.all_tasks())),
+    }
+
+
 @dataclass
 class Rig:
     """A running agent in the test's loop, and the history of the run."""
@@ -203,6 +214,10 @@ class Rig:
     finished: list[RoundFinished] = field(default_factory=list)
     #: the simulator's write count when the fault was injected
     writes_at_fault: int | None = None
+    #: rounds the harness itself ran to check I13 (not relists of the row)
+    replay_rounds: int = 0
+    #: resources when the first round finished: the agent running, watches open (I9)
+    resources_at_start: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -211,7 +226,7 @@ class Rig:
     @property
     def relists(self) -> int:
         """Full relists after the start-up round."""
-        return max(0, len(self.rounds) - 1)
+        return max(0, len(self.rounds) - 1 - self.replay_rounds)
 
     def applied(self) -> int:
         return self.orch.applied_revision(self.name)
@@ -228,6 +243,7 @@ class Rig:
         reports the writes the fault cost."""
         if name == "fault.injected" and self.writes_at_fault is None:
             self.writes_at_fault = sim_writes(self.sim)
+
         self.history.mark(name, **extra)
 
     def sample(self) -> None:
@@ -293,11 +309,12 @@ class Rig:
         """The final dumps; with ``noop_resync`` a forced downstream resync is run and its
         VPP writes counted (I2)."""
         plan = await self.plugins.plan()
-        writes_after = None
+        writes_after = replayed = None
         if noop_resync:
             before = sim_writes(self.sim)
             await self.plugins.reapply()
             writes_after = sim_writes(self.sim) - before
+            replayed = await self.replay_snapshot()
         return inv.Final(
             store=dict(store),
             store_revision=revision,
@@ -309,7 +326,34 @@ class Rig:
             dataplane=dataplane_interfaces(self.sim),
             violations=int(self.sim.counters()["violations"]),
             writes_after_resync=writes_after,
+            writes_after_replay=replayed,
+            resources=await self.resources_after(),
         )
+
+    async def resources_after(self, settle: float = 10.0) -> dict[str, tuple[float, float]]:
+        """I9: (at the first round, now) per resource, now being once they are back within
+        10 % of the start (a replaced connection's tasks wind down over a grace period), or
+        after ``settle`` seconds if they never are."""
+        start = self.resources_at_start
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        while True:
+            now = resources()
+            if all(now[k] <= v * 1.1 + 1 for k, v in start.items()) or loop.time() > deadline:
+                return {k: (v, now[k]) for k, v in start.items()}
+            await asyncio.sleep(0.1)
+
+    async def replay_snapshot(self) -> int | None:
+        """I13: the same snapshot fed again (a round of the harness's own, not a relist of
+        the row): the VPP writes it made, or None when the rig is not in sync to begin."""
+        if not self.in_sync():
+            return None
+        before, finished = sim_writes(self.sim), len(self.finished)
+        self.replay_rounds += 1
+        self.orch.request_resync("harness: the same snapshot again (I13)")
+        await eventually(lambda: len(self.finished) > finished and self.in_sync(),
+                         "the replay round", timeout=60)  # fmt: skip
+        return sim_writes(self.sim) - before
 
     async def verify(
         self,
@@ -369,10 +413,13 @@ async def running(
                 # the store's revisions may start again below what was applied (I6)
                 history.mark("store.reset", reasons=list(ev.reasons))
             rig.rounds.append(ev)
-            history.mark("round.started", relist=len(rig.rounds) > 1, round=ev.round,
-                         reasons=list(ev.reasons))  # fmt: skip
+            replay = any("(I13)" in r for r in ev.reasons)
+            history.mark("round.started", relist=len(rig.rounds) > 1 and not replay,
+                         round=ev.round, reasons=list(ev.reasons))  # fmt: skip
         elif isinstance(ev, RoundFinished):
             rig.finished.append(ev)
+            if ev.ok and not rig.resources_at_start:
+                rig.resources_at_start = resources()
             history.mark("round.finished", round=ev.round, ok=ev.ok, errors=dict(ev.errors))
 
     last_decision: dict[str, tuple[str, int]] = {}
