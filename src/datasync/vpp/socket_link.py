@@ -189,6 +189,10 @@ async def open(
     """
     path = os.fspath(path)
     fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    # A connect cancelled just after the socket connected has asyncio close it, and its
+    # loss then fails ``fut`` with nobody left to await it: mark it retrieved up front
+    # (an await of it still raises).
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
     handshake = _Handshake(sink, fut)
     transport = await SocketTransport.connect(path, handshake)
     try:
@@ -200,8 +204,6 @@ async def open(
         transport.abort()
         if not fut.done():
             fut.cancel()
-        elif not fut.cancelled():
-            fut.exception()  # retrieved: the error raised is ours
         if isinstance(exc, TimeoutError):
             raise VppConnectionError(
                 f"no sockclnt_create_reply from {path} within {connect_timeout:g} s"
