@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .._extensions import implementation
 from ..api import Source
 from ..errors import ConfigError, DatasyncError, EscalationError
@@ -89,18 +91,10 @@ class Agent:
         r = c.resync
         self.orch = Orchestrator(
             self.sources,
+            # [resync] names ResyncConfig's own fields; only "off" is spelled 0 in TOML
             ResyncConfig(
-                resync_timeout=r.resync_timeout,
-                change_timeout=r.change_timeout,
-                snapshot_timeout=r.snapshot_timeout,
-                backoff_initial=r.backoff_initial,
-                backoff_max=r.backoff_max,
-                jitter=r.jitter,
-                escalate_after=r.escalate_after,
-                escalate_window=r.escalate_window,
-                escalation=r.escalation,
-                anti_entropy_interval=r.anti_entropy_interval or None,
-                buffer_coalesce_above=r.buffer_coalesce_above,
+                **msgspec.structs.asdict(r)
+                | {"anti_entropy_interval": r.anti_entropy_interval or None}
             ),
         )
         path = await self._vpp_socket()
