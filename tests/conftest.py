@@ -1,13 +1,17 @@
-"""Shared fixtures: uvloop for every async test, and loop exceptions fail the test."""
+"""Shared fixtures: uvloop for every async test, loop exceptions fail the test, failpoints
+off around every test, and the strict VPP simulator in the test's loop (``sim``, on
+``sock_path``), which the VPP, plugin and fault suites share."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +19,8 @@ import uvloop
 from hypothesis import settings
 
 import datasync._extensions as _ext
+from datasync.testing import failpoints as fp
+from datasync.vpp.sim import Simulator
 
 # No deadlines on a shared 2-core machine; CI draws the same examples every run, so a
 # red CI is reproducible (developers keep random draws to find new cases).
@@ -146,3 +152,34 @@ def _fail_on_loop_exceptions() -> Iterator[None]:
 def extensions_enabled() -> bool:
     """True unless DATASYNC_NO_EXTENSIONS=1 selected the pure-Python twins."""
     return not _ext.NO_EXTENSIONS
+
+
+@pytest.fixture(autouse=True)
+def failpoints_off() -> Iterator[None]:
+    """No failpoint armed by one test is left for the next."""
+    fp.reset()
+    yield
+    fp.reset()
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can be longer
+    path = tempfile.mkdtemp(prefix="dstest-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sock_path(sock_dir: str) -> str:
+    return os.path.join(sock_dir, "api.sock")
+
+
+@pytest.fixture
+async def sim(sock_path: str) -> AsyncIterator[Simulator]:
+    """The strict simulator serving ``sock_path`` in the test's event loop: a call that
+    references a missing object is refused and counted, as a real VPP refuses it."""
+    s = Simulator(seed=1, strict=True)
+    await s.start(sock_path)
+    yield s
+    await s.stop()

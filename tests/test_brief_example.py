@@ -11,7 +11,6 @@ negative control shows that it does.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -27,16 +26,6 @@ from datasync.transport.local import LocalStore
 from datasync.vpp.sim import Simulator
 from tests.plugins.conftest import Agent, bd, loop, running_agent
 from tests.vpp.helpers import eventually
-
-
-@pytest.fixture
-async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Simulator]:
-    s = Simulator(strict=True, seed=1)
-    sock_dir = tmp_path_factory.mktemp("s", numbered=True)
-    path = os.path.join("/tmp", f"dsbrief-{os.getpid()}-{sock_dir.name}.sock")
-    await s.start(path)
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

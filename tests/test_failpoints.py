@@ -7,7 +7,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,13 +18,6 @@ from datasync.transport.local import LocalStore
 from tests.orchestrator_helpers import Recorder, Rounds, eventually
 
 WAIT = 10.0
-
-
-@pytest.fixture(autouse=True)
-def all_off() -> Iterator[None]:
-    fp.reset()
-    yield
-    fp.reset()
 
 
 def test_off_by_default_and_one_flag() -> None:

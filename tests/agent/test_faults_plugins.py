@@ -5,7 +5,7 @@ in a resync's apply and in a change's)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,31 +18,6 @@ from datasync.vpp.sim import Simulator
 from tests.plugins.conftest import Agent, bd, loop, route, running_agent
 
 WAIT = 20.0  # safety net against hangs, not a timing goal
-
-
-@pytest.fixture(autouse=True)
-def failpoints_off() -> Iterator[None]:
-    fp.reset()
-    yield
-    fp.reset()
-
-
-@pytest.fixture
-def sock_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import shutil
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix="dsfp-", dir="/tmp")  # AF_UNIX paths are short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def sim(sock_dir: str) -> AsyncIterator[Simulator]:
-    s = Simulator(seed=1, strict=True)
-    await s.start(f"{sock_dir}/api.sock")
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

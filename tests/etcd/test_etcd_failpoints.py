@@ -5,10 +5,7 @@ simulator, injected with agent failpoints: F3 (compaction inside the list->watch
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,23 +23,6 @@ from .test_etcd_faults import put_retrying
 pytestmark = pytest.mark.etcd
 
 WAIT = 30.0  # safety net against hangs, not a timing goal
-
-
-@pytest.fixture(autouse=True)
-def failpoints_off() -> Iterator[None]:
-    fp.reset()
-    yield
-    fp.reset()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    sock_dir = tempfile.mkdtemp(prefix="dsetcdfp-", dir="/tmp")
-    s = Simulator(seed=1, strict=True)
-    await s.start(os.path.join(sock_dir, "api.sock"))
-    yield s
-    await s.stop()
-    shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def reasons(agent: Agent) -> list[tuple[str, ...]]:

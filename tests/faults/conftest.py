@@ -1,45 +1,19 @@
-"""Fixtures of the fault rows: a strict simulator, a history per test, failpoints off,
-and the store fixtures of tests/etcd and tests/kafka (re-exported: fixtures are seen by
-the tests under the conftest that defines them)."""
+"""Fixtures of the fault rows: a history per test (the strict simulator ``sim`` and
+failpoints off come from tests/conftest.py), and the store fixtures of tests/etcd and
+tests/kafka (re-exported: fixtures are seen by the tests under the conftest that
+defines them)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
-from datasync.testing import failpoints as fp
 from datasync.testing.history import History
-from datasync.vpp.sim import Simulator
 from tests.etcd.conftest import etcd1, etcd3, etcd3_peer_proxied, make_source  # noqa: F401
 from tests.kafka.conftest import fresh_tansu, tansu_bin  # noqa: F401 - fixtures
 
 from .harness import seed_of
-
-
-@pytest.fixture(autouse=True)
-def failpoints_off() -> Iterator[None]:
-    fp.reset()
-    yield
-    fp.reset()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="dsflt-", dir="/tmp")  # AF_UNIX paths are short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def sim(sock_dir: str) -> AsyncIterator[Simulator]:
-    """The strict simulator: a call referencing a missing object is refused and counted."""
-    s = Simulator(seed=1, strict=True)
-    await s.start(f"{sock_dir}/api.sock")
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

@@ -4,10 +4,7 @@ the real VppClient and the strict simulator."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,13 +119,6 @@ class Agent:
         return {i["tag"]: i for i in self.sim.dump_state()["interfaces"] if i["tag"]}
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="dsplug-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(params=["socket"])
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -161,14 +151,6 @@ async def running_agent(
         await orch.stop()
         await plugins.close()
         await client.close()
-
-
-@pytest.fixture
-async def sim(sock_dir: str) -> AsyncIterator[Simulator]:
-    s = Simulator(seed=1, strict=True)
-    await s.start(os.path.join(sock_dir, "api.sock"))
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

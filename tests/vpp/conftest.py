@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -27,28 +24,6 @@ SHARED_API = str(VPP_API_REFERENCE)
 def shared_api_files() -> list[str]:
     """The full .api.json files of a real VPP build (the reference set)."""
     return vpp_api_files()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can be longer
-    path = tempfile.mkdtemp(prefix="dsvpp-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def sock_path(sock_dir: str) -> str:
-    return os.path.join(sock_dir, "api.sock")
-
-
-@pytest.fixture
-async def sim(sock_path: str) -> AsyncIterator[Simulator]:
-    """A simulator serving ``sock_path`` inside the test's event loop."""
-    s = Simulator(seed=1, strict=True)
-    await s.start(sock_path)
-    yield s
-    await s.stop()
 
 
 @pytest.fixture
