@@ -41,6 +41,17 @@ class Backoff:
         exp = min(max(attempt - 1, 0), 64)  # bounded: no float overflow after many attempts
         return min(self.maximum, self.initial * self.multiplier**exp)
 
+    @staticmethod
+    def check_range(owner: str, first: tuple[str, float], cap: tuple[str, float]) -> None:
+        """``ValueError`` unless ``0 < first <= cap``, in the names the caller's own
+        parameters have (``first`` and ``cap`` are ``(name, value)``)."""
+        (first_name, first_value), (cap_name, cap_value) = first, cap
+        if not 0 < first_value <= cap_value:
+            raise ValueError(
+                f"{owner}: need 0 < {first_name} <= {cap_name}, got "
+                f"{first_name}={first_value!r}, {cap_name}={cap_value!r}"
+            )
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         r = (rng or random).random()
         return self.step(attempt) * (1 - self.jitter * r)

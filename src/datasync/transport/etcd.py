@@ -315,11 +315,9 @@ class EtcdSource(StateReporter):
         self.request_timeout = request_timeout
         self.progress_interval = progress_interval
         self.stall_timeout = stall_timeout
-        if not 0 < backoff_base <= backoff_cap:
-            raise ValueError(
-                f"EtcdSource {name}: need 0 < backoff_base <= backoff_cap, got "
-                f"backoff_base={backoff_base!r}, backoff_cap={backoff_cap!r}"
-            )
+        Backoff.check_range(
+            f"EtcdSource {name}", ("backoff_base", backoff_base), ("backoff_cap", backoff_cap)
+        )
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_retries = max_retries

@@ -364,11 +364,11 @@ class KafkaSource(StateReporter):
             raise ValueError(f"partition must be >= 0, got {partition}")
         if max_value_bytes <= 0 or batch_size <= 0:
             raise ValueError("max_value_bytes and batch_size must be positive")
-        if not 0 < backoff_initial <= backoff_max:
-            raise ValueError(
-                f"KafkaSource {name}: need 0 < backoff_initial <= backoff_max, got "
-                f"backoff_initial={backoff_initial!r}, backoff_max={backoff_max!r}"
-            )
+        Backoff.check_range(
+            f"KafkaSource {name}",
+            ("backoff_initial", backoff_initial),
+            ("backoff_max", backoff_max),
+        )
         self._name = name
         self._topic = topic
         self._partition = partition
