@@ -47,6 +47,12 @@ def test_converges_from_the_example_document_and_stops_on_sigterm(agent: AgentPr
     assert "datasync_in_sync 1.0" in metrics
     assert 'datasync_buffered_changes{source="local"} 0.0' in metrics
     assert 'datasync_filtered_changes_total{source="local"}' in metrics
+    gauges = dict(
+        line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("datasync_source_")
+    )
+    applied = float(gauges['datasync_source_applied_revision{source="local"}'])
+    assert applied > 0  # in sync: what the agent heard of is what it applied
+    assert float(gauges['datasync_source_received_revision{source="local"}']) == applied
     assert 'datasync_vpp_batch_seconds_count{message="create_loopback_instance"}' in metrics
     assert 'datasync_vpp_plugin_requests_total{message="create_loopback_instance"} 2.0' in metrics
     assert agent.stop(signal.SIGTERM) == 0

@@ -291,7 +291,13 @@ async def test_f14_storm_during_a_resync_coalesced(
                     else:
                         key, value = loop_if(f"s{i}", f"10.{60 + i % 100}.{b % 250}.1/32")
                         puts[key] = value
-                await w.txn(puts, deletes)
+                storm_rev = await w.txn(puts, deletes)
+            # every change of the storm held before the round goes on: the ones a slow
+            # watch delivered after it would be applied one by one, not coalesced
+            await eventually(
+                lambda: rig.orch.buffer_stats()[rig.name]["received_revision"] >= storm_rev,
+                "the storm held in the buffer",
+            )
             fp.release("plugin.interfaces.resync")
         rig.mark("fault.healed")
         final, rev = await store_now(etcd1.endpoints)

@@ -140,11 +140,19 @@ class _Metrics:
         rev = GaugeMetricFamily(
             "datasync_source_applied_revision", "Applied revision", labels=["source"]
         )
+        received = GaugeMetricFamily(
+            "datasync_source_received_revision",
+            "Highest revision the source's watch delivered (applied or not yet)",
+            labels=["source"],
+        )
         for name, s in st.sources.items():
             src.add_metric([name], 1.0 if s.state.name == "CONNECTED" else 0.0)
             rev.add_metric([name], s.applied_revision)
+        for name, b in agent.orch.buffer_stats().items():
+            received.add_metric([name], b["received_revision"])
         yield src
         yield rev
+        yield received
         buffered = GaugeMetricFamily(
             "datasync_buffered_changes", "Changes waiting in the event buffer", labels=["source"]
         )

@@ -51,6 +51,9 @@ class SourceFeed:
         self._stopped = stopped
         self.buffer = EventBuffer(config.buffer_coalesce_above)
         self.filter = RevisionFilter()
+        #: the snapshot's revision, then the highest one the watch delivered (held or
+        #: handed out): how far the agent has heard of the store, applied or not
+        self.received_revision = 0
         #: changes are held in the buffer (a round is running) rather than delivered
         self.buffering = True
         self.watch_task: asyncio.Task[None] | None = None
@@ -97,6 +100,7 @@ class SourceFeed:
             "buffered": len(self.buffer),
             "coalesced": self.buffer.coalesced,
             "filtered": self.filter.dropped,
+            "received_revision": self.received_revision,
         }
 
     # --- snapshots -----------------------------------------------------------------------
@@ -135,7 +139,7 @@ class SourceFeed:
         self.outstanding.clear()
         # R is applied once the round succeeds (the plugins applied the snapshot), not
         # now; a store reset may lower the watermark, nothing else does
-        self.seen_revision = snap.revision
+        self.seen_revision = self.received_revision = snap.revision
         self.applied_revision = min(self.applied_revision, snap.revision)
         self.snapshot_pending = True
         if _fp.ENABLED:
@@ -177,6 +181,9 @@ class SourceFeed:
             async for batch in changes:
                 if not batch:
                     continue
+                last = batch[-1].revision
+                if last > self.received_revision:
+                    self.received_revision = last
                 if self.buffering:
                     self.buffer.extend(batch)
                 else:

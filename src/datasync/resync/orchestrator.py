@@ -200,7 +200,8 @@ class Orchestrator:
         )
 
     def buffer_stats(self) -> dict[str, dict[str, int]]:
-        """Per source: changes buffered now, coalesced and filtered (dropped) so far."""
+        """Per source: changes buffered now, coalesced and filtered (dropped) so far, and
+        the highest revision its watch delivered."""
         return {f.name: f.stats() for f in self._feeds}
 
     def applied_revision(self, source: str) -> int:
