@@ -34,6 +34,7 @@ from datasync.resync import (
     topological_levels,
 )
 from datasync.transport.local import LocalStore
+from tests.orchestrator_helpers import Recorder as GatedRecorder
 
 WAIT = 10.0  # safety net against hangs only
 
@@ -1173,3 +1174,28 @@ async def test_rounds_wait_for_a_southbound_that_is_down_and_never_escalate(
     assert len(events.rounds()) == 3 and events.rounds()[2].ok
     assert not any(isinstance(e, Escalated) for e in events.items)
     assert sleeps.delays == []
+
+
+async def test_request_resync_names_the_round_that_carries_it(
+    orch_factory: Callable[..., Orchestrator],
+) -> None:
+    """Requests made while a round runs go to the next one, coalesced: each is told that
+    round's number, which is the ``round`` of the RoundStarted that lists its reason."""
+    gate = asyncio.Event()
+    p = GatedRecorder("p", ["/p/"], gate=gate)
+    orch = orch_factory()
+    events = Events(orch)
+    orch.add_plugin(p)
+    await orch.start()
+    await p.entered.wait()  # round 1 (start-up) is running, held in the plugin
+    assert orch.request_resync("first") == 2
+    assert orch.request_resync("second") == 2
+    gate.set()
+    await events.until(lambda: len(events.rounds()) >= 2)
+    await orch.wait_in_sync(WAIT)
+    started = {e.round: e.reasons for e in events.items if isinstance(e, RoundStarted)}
+    assert started[2] == ("first", "second")
+    assert orch.request_resync("third") == 3
+    await events.until(lambda: len(events.rounds()) >= 3)
+    started = {e.round: e.reasons for e in events.items if isinstance(e, RoundStarted)}
+    assert started[3] == ("third",)

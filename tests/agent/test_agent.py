@@ -172,7 +172,9 @@ def test_readyz_is_503_during_a_round_and_200_after(
     agent.wait_in_sync()
     assert agent.get("/readyz") == {"ready": True}
     vppsim.post("/fault/latency", {"seconds": 0.3})
-    agent.cli("resync")
+    rounds = agent.get("/status")["agent"]["rounds"]
+    asked = json.loads(agent.cli("resync", "--json").stdout)
+    assert asked["requested"] == "full" and asked["round"] == rounds + 1, asked
     busy = wait_for(lambda: (r := agent.get("/readyz")) and r.get("_status") == 503 and r,
                     what="readyz 503")  # fmt: skip
     assert any("round" in reason for reason in busy["reasons"]), busy

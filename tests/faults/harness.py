@@ -214,8 +214,8 @@ class Rig:
     finished: list[RoundFinished] = field(default_factory=list)
     #: the simulator's write count when the fault was injected
     writes_at_fault: int | None = None
-    #: rounds the harness itself ran to check I13 (not relists of the row)
-    replay_rounds: int = 0
+    #: the numbers of the rounds the harness itself ran to check I13 (not relists)
+    replay_rounds: set[int] = field(default_factory=set)
     #: resources when the first round finished: the agent running, watches open (I9)
     resources_at_start: dict[str, float] = field(default_factory=dict)
 
@@ -226,7 +226,7 @@ class Rig:
     @property
     def relists(self) -> int:
         """Full relists after the start-up round."""
-        return max(0, len(self.rounds) - 1 - self.replay_rounds)
+        return sum(1 for r in self.rounds if r.round > 1 and r.round not in self.replay_rounds)
 
     def applied(self) -> int:
         return self.orch.applied_revision(self.name)
@@ -349,8 +349,7 @@ class Rig:
         if not self.in_sync():
             return None
         before, finished = sim_writes(self.sim), len(self.finished)
-        self.replay_rounds += 1
-        self.orch.request_resync("harness: the same snapshot again (I13)")
+        self.replay_rounds.add(self.orch.request_resync("harness: the same snapshot again (I13)"))
         await eventually(lambda: len(self.finished) > finished and self.in_sync(),
                          "the replay round", timeout=60)  # fmt: skip
         return sim_writes(self.sim) - before
@@ -413,8 +412,8 @@ async def running(
                 # the store's revisions may start again below what was applied (I6)
                 history.mark("store.reset", reasons=list(ev.reasons))
             rig.rounds.append(ev)
-            replay = any("(I13)" in r for r in ev.reasons)
-            history.mark("round.started", relist=len(rig.rounds) > 1 and not replay,
+            replay = ev.round in rig.replay_rounds
+            history.mark("round.started", relist=ev.round > 1 and not replay,
                          round=ev.round, reasons=list(ev.reasons))  # fmt: skip
         elif isinstance(ev, RoundFinished):
             rig.finished.append(ev)

@@ -342,11 +342,11 @@ async def cmd_resync(a: argparse.Namespace) -> int:
     path = "/resync?downstream" if a.downstream else "/resync"
     doc = await _request(a.http, "POST", path)
     if a.wait and not a.downstream:  # a downstream resync is answered when done
-        before = doc["rounds_before"]
+        serving = doc["round"]  # the round that carries this request
         async with asyncio.timeout(a.timeout):
             while True:
                 st = await _request(a.http, "GET", "/status")
-                if st["agent"]["rounds"] > before and st["agent"]["in_sync"]:
+                if st["agent"]["rounds"] >= serving and st["agent"]["in_sync"]:
                     break
                 await asyncio.sleep(0.1)
     print(json.dumps(doc) if a.json else f"resync requested ({doc['requested']})")

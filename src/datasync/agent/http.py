@@ -334,8 +334,10 @@ class HttpApi:
             return web.json_response(
                 {"requested": "downstream", "done": True, "rounds_before": before}
             )
-        self.agent.orch.request_resync("requested over HTTP")
-        return web.json_response({"requested": "full", "rounds_before": before}, status=202)
+        number = self.agent.orch.request_resync("requested over HTTP")
+        return web.json_response(
+            {"requested": "full", "rounds_before": before, "round": number}, status=202
+        )
 
     # -- failpoints (agent.test_mode only) ------------------------------------------------
 

@@ -40,7 +40,7 @@ class SourceFeed:
         source: Source,
         config: ResyncConfig,
         deliver: Callable[[SourceFeed, Sequence[Change]], None],
-        request_resync: Callable[[str], None],
+        request_resync: Callable[[str], object],
         stopped: asyncio.Event,
     ) -> None:
         self.source = source

@@ -148,10 +148,13 @@ class Orchestrator:
         if self._escalation is not None:
             raise self._escalation
 
-    def request_resync(self, reason: str) -> None:
-        """Schedule a resync round; requests made while one is pending coalesce."""
+    def request_resync(self, reason: str) -> int:
+        """Schedule a resync round; requests made while one is pending coalesce. Returns
+        the number of the round that will carry ``reason`` (its ``RoundStarted.round``):
+        the next one to start, since a running round took its reasons when it began."""
         self._pending.append(reason)
         self._wakeup.set()
+        return 1 if self._round is None else self._round.number + 1
 
     def report_error(self, plugin: str, err: BaseException) -> None:
         """A plugin reports a fault: it is marked failed and a new round is scheduled."""

@@ -34,7 +34,7 @@ class WatcherRegistration:
         name: str,
         prefixes: Iterable[str],
         depends_on: Iterable[str],
-        on_change: Callable[[str], None],
+        on_change: Callable[[str], object],
         on_close: Callable[[WatcherRegistration], None],
     ) -> None:
         self._name = name
@@ -110,7 +110,7 @@ class Registry:
     """The registrations by name, and the tasks that run high-level plugins."""
 
     def __init__(
-        self, config: ResyncConfig, health: Health, request_resync: Callable[[str], None]
+        self, config: ResyncConfig, health: Health, request_resync: Callable[[str], object]
     ) -> None:
         self._config = config
         self._health = health
