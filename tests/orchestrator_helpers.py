@@ -159,3 +159,17 @@ async def background(coro: Awaitable[object]) -> AsyncIterator[asyncio.Future[ob
             task.cancel()
         with contextlib.suppress(BaseException):
             await task
+
+
+async def tasks_left(before: set[asyncio.Task[Any]], grace: float = 5.0) -> set[asyncio.Task[Any]]:
+    """The tasks started since ``before`` that are still pending once they had up to
+    ``grace`` seconds to end (a closed gRPC call's status task ends a moment after the
+    call): what is left is a leak."""
+    current = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while True:
+        left = {t for t in asyncio.all_tasks() - before if not t.done() and t is not current}
+        if not left or loop.time() > deadline:
+            return left
+        await asyncio.sleep(0.02)

@@ -15,6 +15,7 @@ from datasync.resync import PluginState, PluginStateChanged, RoundFinished
 from datasync.testing import failpoints as fp
 from datasync.transport.local import LocalStore
 from datasync.vpp.sim import Simulator
+from tests.orchestrator_helpers import tasks_left
 from tests.plugins.conftest import Agent, bd, loop, route, running_agent
 
 WAIT = 20.0  # safety net against hangs, not a timing goal
@@ -94,9 +95,7 @@ async def test_f12_slow_plugin_times_out_others_finish_buffered_changes_applied(
         assert agent.orch.status().failed_rounds == 1
         assert_vpp_holds(agent, {"loop0", "loop1", "bvi0", "loop2"})
         assert "20.0.0.0/8" in routes_of(sim)
-    await asyncio.sleep(0)
-    leaked = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
-    leaked.discard(asyncio.current_task())  # type: ignore[arg-type]
+    leaked = await tasks_left(tasks_before)
     assert not leaked, leaked
 
 

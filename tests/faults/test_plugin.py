@@ -19,6 +19,7 @@ from datasync.testing.history import History
 from datasync.transport.etcd import EtcdSource
 from datasync.vpp.sim import Simulator
 from tests.etcd.etcdserver import EtcdCluster
+from tests.orchestrator_helpers import tasks_left
 
 from .harness import LABEL, WAIT, Writer, interfaces, loop_if, running
 from .stores import etcd_truth, store_now
@@ -78,11 +79,7 @@ async def test_f12_slow_plugin_times_out_others_reconcile_buffered_change_applie
         await etcd_truth(etcd1.endpoints, history, rev)
         expect = inv.Expect(relists=1, fault="fault.injected")
         await rig.verify(final, rev, expect, record_property)
-    await asyncio.sleep(0)
-    leaked = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
-    current = asyncio.current_task()
-    if current is not None:
-        leaked.discard(current)
+    leaked = await tasks_left(tasks_before)
     assert not leaked, leaked
 
 
