@@ -174,7 +174,7 @@ class _CffiEnd:
             return self._send(self._p, buf, len(buf))  # type: ignore[no-any-return]
 
     def send_many(self, bodies: Sequence[bytes]) -> int:
-        lens = array.array("I", [len(b) for b in bodies])
+        lens = array.array("I", map(len, bodies))
         data = b"".join(bodies)
         return int(
             self._lib.shmring_send_many(
