@@ -78,8 +78,8 @@ __all__ = [
 
 log = logging.getLogger("datasync.vpp.client")
 
-#: the context of a message body (the u32 after the u16 message id)
-_CTX = struct.Struct(">I")
+#: the head of a message body: its u16 message id and (in all but events) u32 context
+_HEAD = struct.Struct(">HI")
 
 
 _retval = operator.attrgetter("retval")
@@ -443,15 +443,17 @@ class VppClient:
         by_id = conn.by_id
         pending = self._pending
         stats = self.stats
-        unpack_ctx = _CTX.unpack_from
+        unpack_head = _HEAD.unpack_from
         # call_many replies settled inline: their slots are given back once, at the end
         freed = 0
         try:
             for body in bodies:
-                if len(body) < 6:
+                try:
+                    msg_id, ctx = unpack_head(body)
+                except struct.error:  # shorter than a message id and a context
                     stats["decode_errors"] += 1
                     continue
-                entry = by_id.get((body[0] << 8) | body[1])
+                entry = by_id.get(msg_id)
                 if entry is None:
                     stats["unknown_msg_id"] += 1
                     continue
@@ -461,7 +463,6 @@ class VppClient:
                         freed = self._free_slots(freed)  # a callback sees the true window
                     self._deliver_event(name, codec, body)
                     continue
-                ctx = unpack_ctx(body, 2)[0]
                 call = pending.get(ctx)
                 if call is None:
                     if ctx in self._timed_out:
@@ -908,7 +909,7 @@ class VppClient:
             self._busy_since = self._loop.time()
         room = self._window - self._in_flight + held
         results = batch.results
-        index = len(results)
+        index = start = len(results)
         out = self._out
         max_body = self._max_body
         client_index = conn.client_index
@@ -918,7 +919,6 @@ class VppClient:
             ping = conn.name_to_id["control_ping"]
             ping_codec = conn.by_id[ping][1]
         ctx = self._context
-        used = 0
         error: BaseException | None = None
         try:
             for fields in itertools.chain((first,), itertools.islice(rest, room - 1)):
@@ -942,7 +942,6 @@ class VppClient:
                     # send nothing more, let the requests already sent settle, then raise
                     error = exc
                     break
-                results.append(None)
                 out.append(body)
                 if ping_codec is not None:
                     pending[ctx] = _Member(batch, index, [])
@@ -952,8 +951,9 @@ class VppClient:
                 else:
                     pending[ctx] = _Member(batch, index, None)
                 index += 1
-                used += 1
         finally:
+            used = index - start
+            results += [None] * used  # the replies' places (none arrives during the run)
             self._context = ctx
             batch.left += used
             self._in_flight += used - held
