@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from datasync.vpp.client import VppApiError, VppClient, VppConnectionError, VppTimeoutError
+from datasync.vpp.client import (
+    VppApiError,
+    VppClient,
+    VppConnectionError,
+    VppTimeoutError,
+    _batch_of,
+)
 from datasync.vpp.codec import codec_for
 from datasync.vpp.sim import Simulator
 
@@ -193,7 +199,8 @@ async def test_plain_call_waiting_for_the_window_keeps_its_place(sock_path: str)
             # the batch waited first: it gets the first slot, the call the second
             await eventually(lambda: len(c._pending) == 2 and len(c._window_waiters) == 1)
             batch_ctx, call_ctx = list(c._pending)
-            assert c._pending[batch_ctx].batch is not None and c._pending[call_ctx].batch is None
+            assert _batch_of(c._pending[batch_ctx]) is not None
+            assert _batch_of(c._pending[call_ctx]) is None
             c.frames_received([_reply(vpp, call_ctx, vpe_pid=9)])
             assert (await single).vpe_pid == 9
             await eventually(lambda: len(c._pending) == 2)

@@ -152,8 +152,9 @@ class _Batch:
 
 
 class _Member:
-    """One request of a ``call_many`` batch in flight: no future of its own, its reply
-    goes to the batch's list at ``index`` (a dump's details collect in ``details``)."""
+    """One dump request of a ``call_many`` batch in flight: no future of its own, its
+    details collect in ``details``, and go to the batch's list at ``index`` (any other
+    request of a batch is just ``(batch, index)`` in ``_pending``: no object to make)."""
 
     __slots__ = ("batch", "details", "index")
 
@@ -167,6 +168,15 @@ class _Member:
     @property
     def name(self) -> str:
         return self.batch.name
+
+
+#: what _pending holds for a request in flight: a call (or dump) with its future, or a
+#: member of a call_many batch, as ``(batch, index)`` (a dump's as a _Member)
+_Pending = _Call | _Member | tuple[_Batch, int]
+
+
+def _batch_of(call: _Pending) -> _Batch | None:
+    return call[0] if isinstance(call, tuple) else call.batch
 
 
 class Subscription:
@@ -258,7 +268,7 @@ class VppClient:
         }
         self._transport: Transport | None = None
         self._conn: MessageTable | None = None
-        self._pending: dict[int, _Call | _Member] = {}
+        self._pending: dict[int, _Pending] = {}
         self._timed_out: set[int] = set()
         #: abandoned requests still holding their window slot (vac), and whether to hold
         self._held: set[int] = set()
@@ -481,24 +491,24 @@ class VppClient:
                     stats["decode_errors"] += 1
                     self._finish(ctx, call, exc=exc)
                     continue
-                details = call.details
+                if call.__class__ is tuple:
+                    # the common case, a call_many member: _finish and _Batch.settle inlined
+                    batch, index = call
+                    del pending[ctx]
+                    batch.results[index] = msg
+                    batch.left -= 1
+                    if not batch.left:
+                        batch.wake()
+                    freed += 1
+                    continue
+                details = call.details  # type: ignore[union-attr]
                 if details is not None:
                     if name == "control_ping_reply":
                         self._finish(ctx, call, result=details)
                     else:
                         details.append(msg)
-                    continue
-                batch = call.batch
-                if batch is None:
+                else:
                     self._finish(ctx, call, result=msg)
-                    continue
-                # the common case of call_many, _finish and _Batch.settle inlined
-                del pending[ctx]
-                batch.results[call.index] = msg  # type: ignore[union-attr]
-                batch.left -= 1
-                if not batch.left:
-                    batch.wake()
-                freed += 1
         finally:
             if freed:
                 self._free_slots(freed)
@@ -538,7 +548,9 @@ class VppClient:
         self._connected.clear()
         pending, self._pending = self._pending, {}
         for call in pending.values():
-            if isinstance(call, _Member):
+            if isinstance(call, tuple):
+                call[0].settle(call[1], None, exc)
+            elif isinstance(call, _Member):
                 call.batch.settle(call.index, None, exc)
             elif not call.future.done():
                 call.future.set_exception(exc)
@@ -565,11 +577,13 @@ class VppClient:
         return ctx
 
     def _finish(
-        self, ctx: int, call: _Call | _Member, result: Any = None, exc: BaseException | None = None
+        self, ctx: int, call: _Pending, result: Any = None, exc: BaseException | None = None
     ) -> None:
         del self._pending[ctx]
         self.stats["replies"] += 1
-        if isinstance(call, _Member):
+        if isinstance(call, tuple):
+            call[0].settle(call[1], result, exc)
+        elif isinstance(call, _Member):
             call.batch.settle(call.index, result, exc)
         else:
             fut = call.future
@@ -826,7 +840,8 @@ class VppClient:
         if self._closed:
             raise ClosedError("VppClient is closed")
         limit = self.timeout if timeout is None else timeout
-        # No future per request: each one is a _Member of this batch in _pending, its
+        # No future per request: each one is a (batch, index) in _pending (a dump's a
+        # _Member, for its details), its
         # reply lands in batch.results, and the caller waits on one future for the lot.
         batch = _Batch(name)
         results = batch.results
@@ -869,7 +884,8 @@ class VppClient:
                     await waiter
         except (TimeoutError, asyncio.CancelledError) as exc:
             pending = self._pending
-            for ctx in [c for c, call in pending.items() if call.batch is batch]:
+            mine = [c for c, call in pending.items() if _batch_of(call) is batch]
+            for ctx in mine:
                 self._abandon(ctx)
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -949,7 +965,7 @@ class VppClient:
                         ping_codec.encode(ping, {"client_index": client_index, "context": ctx})
                     )
                 else:
-                    pending[ctx] = _Member(batch, index, None)
+                    pending[ctx] = (batch, index)
                 index += 1
         finally:
             used = index - start
