@@ -456,6 +456,9 @@ class VppClient:
         unpack_head = _HEAD.unpack_from
         # call_many replies settled inline: their slots are given back once, at the end
         freed = 0
+        last_id = -1
+        name, has_context = "", False
+        codec: Any = None
         try:
             for body in bodies:
                 try:
@@ -463,11 +466,13 @@ class VppClient:
                 except struct.error:  # shorter than a message id and a context
                     stats["decode_errors"] += 1
                     continue
-                entry = by_id.get(msg_id)
-                if entry is None:
-                    stats["unknown_msg_id"] += 1
-                    continue
-                name, codec, has_context = entry
+                if msg_id != last_id:  # a batch of replies is mostly of one message
+                    entry = by_id.get(msg_id)
+                    if entry is None:
+                        stats["unknown_msg_id"] += 1
+                        continue
+                    name, codec, has_context = entry
+                    last_id = msg_id
                 if not has_context:
                     if freed:
                         freed = self._free_slots(freed)  # a callback sees the true window
