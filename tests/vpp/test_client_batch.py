@@ -224,3 +224,37 @@ async def test_dumps_and_fields_in_a_batch(sim: Simulator, make_client: Any) -> 
     assert pong.retval == 0
     assert _settled(c) and not c._out
     assert await c.call_many("control_ping", []) == []
+
+
+async def test_one_batch_of_frames_mixing_replies_events_and_garbage(sock_path: str) -> None:
+    async with InOrderVpp(sock_path) as vpp:
+        c = await _hung_client(vpp, sock_path)
+        try:
+            got: list[Any] = []
+            c.subscribe("sw_interface_event", got.append)
+            batch = asyncio.ensure_future(c.call_many("control_ping", [None] * 3))
+            await eventually(lambda: len(c._pending) == 3)
+            ctxs = list(c._pending)
+            event = codec_for(DEFS, "sw_interface_event").encode(
+                vpp.ids["sw_interface_event"], {"sw_if_index": 4, "flags": 1}
+            )
+            unknown = b"\xff\xf0" + _reply(vpp, ctxs[1])[2:]
+            c.frames_received(
+                [
+                    _reply(vpp, ctxs[0], vpe_pid=1),
+                    unknown,
+                    _reply(vpp, ctxs[1], vpe_pid=2),
+                    event,
+                    b"\x00\x01",
+                    _reply(vpp, ctxs[2], vpe_pid=3),
+                    _reply(vpp, 0xFFFF0000),
+                ]
+            )
+            assert [r.vpe_pid for r in await batch] == [1, 2, 3]
+            assert [e.sw_if_index for e in got] == [4]
+            stats = c.stats
+            assert stats["unknown_msg_id"] == 1 and stats["decode_errors"] == 1
+            assert stats["unsolicited"] == 1 and _settled(c)
+        finally:
+            vpp.resume()
+            await c.close()
