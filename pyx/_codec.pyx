@@ -205,9 +205,17 @@ cdef extern from "ds_codec.h":
     bint ds_ascii(object o) noexcept
     PyObject* ds_int_new(int kind, unsigned long long u)
     object ds_text(const char* p, Py_ssize_t n)
+    object ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size)
     ctypedef object (*ds_encode_fn)(object self, object msg_id, object fields, object kw)
     ds_encode_fn ds_encode_impl
     int ds_install_encode(object type, object doc) except -1
+    ctypedef object (*ds_dec_top_fn)(object self, const unsigned char* buf, Py_ssize_t end)
+    ctypedef object (*ds_dec_obj_fn)(object self, object data)
+    ds_dec_top_fn ds_decode_top
+    ds_dec_obj_fn ds_decode_fail
+    ds_dec_obj_fn ds_decode_any
+    int ds_install_decode(object type, object doc) except -1
+    PyObject* ds_take_error() noexcept
     int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
     object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
@@ -1520,7 +1528,7 @@ cdef object _dec_op(
         off[0] = o + op.size
         nul = <const unsigned char*>memchr(buf + o, 0, op.size)
         n = (nul - (buf + o)) if nul != NULL else op.size
-        return ds_text(<const char*>buf + o, n)
+        return ds_fstr(<const char*>buf + o, n, op.size)
     if kind == K_VSTR:
         _need(o, 4, end)
         n = <Py_ssize_t>_get_be(buf + o, 4)
@@ -1796,6 +1804,10 @@ cdef class MessageCodec:
 
     def decode(self, data):
         """The fields (all but ``_vl_msg_id``) as a namedtuple; CodecError on bad bytes."""
+        return self._decode_any(data)
+
+    cdef object _decode_any(self, object data):
+        """decode() of anything: bytes, other buffers, other objects (their error)."""
         cdef Py_buffer view
         cdef const unsigned char* buf
         cdef Py_ssize_t end
@@ -1844,6 +1856,37 @@ cdef object _encode_entry(object self, object msg_id, object fields, object kw):
     return (<MessageCodec>self)._encode(msg_id, values)
 
 
+cdef object _decode_top(object self, const unsigned char* buf, Py_ssize_t end):
+    """decode() of a bytes object, for the METH_O shim (ds_decode_o): no exception frame;
+    an error is left raised for _decode_fail."""
+    cdef Py_ssize_t off = 2
+    if end < 2:
+        raise FieldError(f"truncated: need 2 bytes at offset 0, have {end}", "_vl_msg_id")
+    return _dec_struct((<MessageCodec>self)._layout, buf, end, &off, 1)
+
+
+cdef object _decode_fail(object self, object data):
+    """The error _decode_top left raised, as decode() raises it: a FieldError becomes the
+    CodecError of MessageCodec._decode_error, anything else (MemoryError) is raised again."""
+    cdef PyObject* e = ds_take_error()
+    exc = <object>e
+    ds_decref(e)  # `exc` holds its own reference
+    if isinstance(exc, FieldError):
+        raise (<MessageCodec>self)._decode_error(
+            <const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), exc
+        ) from None
+    raise exc
+
+
+cdef object _decode_any_entry(object self, object data):
+    return (<MessageCodec>self)._decode_any(data)
+
+
 ds_encode_impl = _encode_entry
 _ENCODE_DOC = MessageCodec.encode.__doc__
 ds_install_encode(MessageCodec, _ENCODE_DOC)
+ds_decode_top = _decode_top
+ds_decode_fail = _decode_fail
+ds_decode_any = _decode_any_entry
+_DECODE_DOC = MessageCodec.decode.__doc__
+ds_install_decode(MessageCodec, _DECODE_DOC)

@@ -317,6 +317,54 @@ static int ds_install_encode(PyObject* type, PyObject* doc) {
     return 0;
 }
 
+/* decode() as a METH_O method, for the same reason (a def method's call goes through
+   the cyfunction's argument parsing), and with no exception frame: on 3.12+ a Cython
+   `try` costs a thread-state lookup. ds_decode_top decodes a bytes object (NULL with an
+   exception set on bad bytes); ds_decode_fail turns that exception into the CodecError
+   decode() raises; ds_decode_any takes every other argument (buffers, errors). */
+typedef PyObject* (*ds_dec_top_fn)(PyObject* self, const unsigned char* buf, Py_ssize_t end);
+typedef PyObject* (*ds_dec_obj_fn)(PyObject* self, PyObject* data);
+static ds_dec_top_fn ds_decode_top = NULL;
+static ds_dec_obj_fn ds_decode_fail = NULL;
+static ds_dec_obj_fn ds_decode_any = NULL;
+static PyObject* ds_decode_o(PyObject* self, PyObject* data) {
+    PyObject* r;
+    if (!PyBytes_CheckExact(data)) return ds_decode_any(self, data);
+    r = ds_decode_top(self, (const unsigned char*)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    if (r) return r;
+    return ds_decode_fail(self, data);
+}
+static PyMethodDef ds_decode_def = {"decode", (PyCFunction)ds_decode_o, METH_O, NULL};
+static int ds_install_decode(PyObject* type, PyObject* doc) {
+    PyObject* descr;
+    ds_decode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
+    if (!ds_decode_def.ml_doc) return -1;
+    descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_decode_def);
+    if (!descr) return -1;
+    if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "decode", descr) < 0) {
+        Py_DECREF(descr);
+        return -1;
+    }
+    Py_DECREF(descr);
+    PyType_Modified((PyTypeObject*)type);
+    return 0;
+}
+/* The exception being raised, taken (a new reference, normalized; NULL if none). */
+static PyObject* ds_take_error(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (!t) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb && v) PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+#endif
+}
+
 
 /* Decoding of "simple" fields (fixed-size ints, bools, f64, bytes, MACs, strings):
    no conversion that can fail, so a run of them needs one bounds check and no
@@ -364,6 +412,7 @@ static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
     if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
     return PyLong_FromLongLong(v);
 }
+static inline PyObject* ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size);
 /* ds_dec_simple for the commonest kinds first (u32, u8: indexes, flags), without its
    switches on kind and size. */
 static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
@@ -394,7 +443,7 @@ static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
         return PyBytes_FromStringAndSize((const char*)p, size);
     default:  /* 11: fixed string, up to its first NUL */
         nul = (const unsigned char*)memchr(p, 0, size);
-        return ds_text((const char*)p, nul ? nul - p : size);
+        return ds_fstr((const char*)p, nul ? nul - p : size, size);
     }
 }
 
@@ -459,6 +508,49 @@ static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type) {
     if (o) { Py_INCREF(o); return o; }
     o = ds_bytes_sub(mac_type, (const char*)p, 6);
     if (o) ds_pcache_put(10, p, 6, o);
+    return o;
+}
+
+/* A fixed string's text (its bytes up to the first NUL, n of them) as a new reference.
+   Short ones (a bridge domain's tag, an interface's name: up to 16 bytes) come from the
+   same table as prefixes and MACs, keyed by their bytes: str is an immutable value, and
+   the same tags and names come back in every dump. The empty one is the interpreter's
+   own singleton already (PyUnicode_New(0)). */
+#define DS_CONV_FSTR 64  /* the table's conversion number for fixed strings */
+static inline PyObject* ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size) {
+    PyObject* o;
+    PyObject* old;
+    ds_pkey k;
+    ds_pslot* s;
+    if (n == 0 || n > 16) return ds_text(p, n);
+    if (size >= 16) {  /* the key by two word loads, masked to the n bytes */
+        memcpy(&k.w[0], p, 8);
+        memcpy(&k.w[1], p + 8, 8);
+        if (n < 8) {
+            k.w[0] &= (1ULL << (8 * n)) - 1;
+            k.w[1] = 0;
+        } else if (n < 16) {
+            k.w[1] &= (1ULL << (8 * (n - 8))) - 1;
+        }
+        k.w[2] = 0;
+    } else {
+        ds_pcache_key((const unsigned char*)p, n, &k);
+    }
+    s = &ds_pcache[ds_pcache_index(DS_CONV_FSTR, &k)];
+    if (s->obj && s->conv == DS_CONV_FSTR && s->len == n && s->key.w[0] == k.w[0]
+        && s->key.w[1] == k.w[1] && s->key.w[2] == k.w[2]) {
+        Py_INCREF(s->obj);
+        return s->obj;
+    }
+    o = ds_text(p, n);
+    if (!o) return NULL;
+    old = s->obj;
+    Py_INCREF(o);
+    s->obj = o;
+    s->conv = DS_CONV_FSTR;
+    s->len = (int)n;
+    s->key = k;
+    Py_XDECREF(old);
     return o;
 }
 
