@@ -215,6 +215,11 @@ cdef extern from "ds_codec.h":
     ds_dec_obj_fn ds_decode_fail
     ds_dec_obj_fn ds_decode_any
     int ds_install_decode(object type, object doc) except -1
+    ctypedef struct PyListObject:
+        PyObject** ob_item
+    Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned char* p,
+                            Py_ssize_t esize, PyObject* type, Py_ssize_t n, int atomic,
+                            const unsigned int* prog, PyObject* zero_rec, PyObject* mac_type) noexcept
     PyObject* ds_take_error() noexcept
     int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
     object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
@@ -347,6 +352,7 @@ cdef class _Layout:
     cdef bint all_fast  # messages: _enc_fast takes every field (see MessageCodec._encode)
     cdef bint atomic  # every field decodes to an atomic value: records are not GC-tracked
     cdef object zero_rec  # the record of all-zero bytes, once decoded
+    cdef unsigned int* fprog  # flat structs: kind | conv << 8 | size << 16 a field (ds_flat_fill)
     cdef object tuple_type
     cdef object plan
     cdef dict index
@@ -354,6 +360,7 @@ cdef class _Layout:
 
     def __dealloc__(self):
         free(self.ops)
+        free(self.fprog)
 
 
 cdef _Layout _new_layout(Py_ssize_t n):
@@ -391,6 +398,17 @@ cdef _Layout _build(object pl, dict memo):
             L.ops[i].ek != EK_NONE for i in range(L.skip, L.n)
         )
     L.atomic = L.n > 0 and all(_op_simple(&L.ops[i]) for i in range(L.n))
+    if not L.is_union and L.n > 0 and L.ops[0].run == L.n and L.fixed_size > 0 and all(
+        L.ops[i].size < 0x10000 for i in range(L.n)
+    ):
+        L.fprog = <unsigned int*>malloc(L.n * sizeof(unsigned int))
+        if L.fprog == NULL:
+            raise MemoryError()
+        for i in range(L.n):
+            L.fprog[i] = (
+                <unsigned int>L.ops[i].kind | (<unsigned int>L.ops[i].conv << 8)
+                | (<unsigned int>L.ops[i].size << 16)
+            )
     ds_rec_register(L.tuple_type, _PLAIN_REC)  # the free list, where it works
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
@@ -1621,6 +1639,18 @@ cdef bint _dec_items_fast(
         return False
     # no exception frame (see _dec_fields): on an error (only MemoryError here) the
     # list's unfilled slots get None
+    if L.fprog != NULL:
+        if L.shareable and L.zero_rec is None:
+            L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
+        j = ds_flat_fill(
+            (<PyListObject*>items).ob_item, count, p, esize, <PyObject*>L.tuple_type, L.n,
+            L.atomic, L.fprog, <PyObject*>L.zero_rec if L.shareable else NULL,
+            <PyObject*>_MAC_TYPE,
+        )
+        if j < count:
+            _fill_none(items, j, count)
+            return -1
+        return True
     while j < count:
         if L.shareable and ds_all_zero(p + j * esize, esize):
             # as in _dec_struct: all-zero records are shared

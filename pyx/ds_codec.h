@@ -447,6 +447,77 @@ static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
     }
 }
 
+/* The records of an array of flat structs (every field simple, ds_dec_simple's kinds),
+   `count` of them from p, esize bytes apart, into out[0:count] (a new list's items).
+   prog[i] describes field i: kind | conv << 8 | size << 16 (built with the layout).
+   zero_rec (borrowed, or NULL): the shared record of an all-zero element. Returns how
+   many it filled: count, or fewer with MemoryError set (out[j:] are then NULL). One
+   loop in C with the free list's checks made once: the per-field cost of the general
+   loop (reloads of the op through pointers the stores might alias) was most of it. */
+static Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned char* p,
+                               Py_ssize_t esize, PyObject* type, Py_ssize_t n, int atomic,
+                               const unsigned int* prog, PyObject* zero_rec, PyObject* mac_type) {
+    PyTypeObject* t = (PyTypeObject*)type;
+    Py_ssize_t j, i;
+    int fast = 0;
+#if defined(DS_RECORD_FREELIST)
+    fast = n <= DS_REC_MAXN && t->tp_dealloc == ds_rec_dealloc && ds_rec_fast && atomic;
+#endif
+    for (j = 0; j < count; j++, p += esize) {
+        PyObject* rec;
+        PyObject** it;
+        const unsigned char* q = p;
+        if (zero_rec && ds_all_zero(p, esize)) {
+            Py_INCREF(zero_rec);
+            out[j] = zero_rec;
+            continue;
+        }
+#if defined(DS_RECORD_FREELIST)
+        if (fast && ds_rec_nfree[n] > 0) {
+            rec = ds_rec_free[n][--ds_rec_nfree[n]];
+            ((uintptr_t*)rec)[-1] = 0;  /* as ds_record_new_x */
+            Py_INCREF(t);
+            Py_SET_TYPE(rec, t);
+            Py_SET_REFCNT(rec, 1);
+        } else
+#endif
+        {
+            rec = ds_record_new_x(type, n, atomic, 1);
+            if (!rec) return j;
+        }
+        it = ((PyTupleObject*)rec)->ob_item;
+        for (i = 0; i < n; i++) {
+            unsigned int c = prog[i];
+            int kind = (int)(c & 0xFF);
+            PyObject* v;
+            if (kind == 4) {  /* K_U32 */
+                uint32_t x;
+                memcpy(&x, q, 4);
+                x = __builtin_bswap32(x);
+                if (x < 256) { v = ds_small_ints[x]; Py_INCREF(v); }
+                else v = ds_int_new(4, x);
+            } else if (kind == 0) {  /* K_U8 */
+                v = ds_small_ints[q[0]];
+                Py_INCREF(v);
+            } else if (kind == 9) {  /* K_BOOL */
+                v = q[0] ? Py_True : Py_False;
+                Py_INCREF(v);
+            } else {
+                v = ds_dec_simple(kind, (int)((c >> 8) & 0xFF), (Py_ssize_t)(c >> 16), q, mac_type);
+            }
+            if (!v) {
+                for (; i < n; i++) it[i] = NULL;
+                Py_DECREF(rec);
+                return j;
+            }
+            it[i] = v;
+            q += c >> 16;
+        }
+        out[j] = rec;
+    }
+    return count;
+}
+
 /* Decoded prefixes by wire bytes: a direct-mapped table per conversion (no key object,
    no dict lookup). A slot holds a strong reference until another prefix replaces it. */
 #define DS_PCACHE_SLOTS 512
