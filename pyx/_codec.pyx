@@ -215,6 +215,7 @@ cdef extern from "ds_codec.h":
     ds_dec_obj_fn ds_decode_fail
     ds_dec_obj_fn ds_decode_any
     int ds_install_decode(object type, object doc) except -1
+    object ds_list_new(Py_ssize_t n)
     ctypedef struct PyListObject:
         PyObject** ob_item
     Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned char* p,
@@ -1592,7 +1593,7 @@ cdef object _dec_op(
         count = (end - o) // esize
     if esize > 0:
         _need(o, count * esize, end)
-    items = PyList_New(count)
+    items = ds_list_new(count)
     j = 0
     if esize > 0 and _dec_items_fast(sub, buf + o, count, esize, items):
         off[0] = o + count * esize

@@ -45,6 +45,56 @@ static void ds_rec_dealloc(PyObject* o);
 #define DS_REC_DEPTH 20
 static int ds_rec_depth = 0;  /* ds_rec_dealloc calls under way without the trashcan */
 
+/* Lists of decoded arrays, kept when the record holding them is freed (where the free
+   list is on): a list the dying record held the only reference to is emptied (its
+   items released as list_dealloc releases them), untracked, and kept with its item
+   array (up to DS_LIST_ALLOC slots) for the next decoded array of at most that many
+   elements (ds_list_new). PyList_New and list_dealloc each cost a thread-state lookup
+   or two on 3.12+ (the interpreter's list free list, obmalloc), and two allocations. */
+#define DS_LIST_KEEP 16
+#define DS_LIST_ALLOC 64
+#if defined(DS_RECORD_FREELIST)
+static PyObject* ds_list_free[DS_LIST_KEEP];
+static int ds_list_nfree = 0;
+#endif
+/* An item of a record of the codec's being freed: released, a list as above. */
+static inline void ds_rec_drop(PyObject* v) {
+#if defined(DS_RECORD_FREELIST)
+    if (v && PyList_CheckExact(v) && Py_REFCNT(v) == 1 && ds_list_nfree < DS_LIST_KEEP
+        && ((PyListObject*)v)->allocated <= DS_LIST_ALLOC) {
+        PyObject** items = ((PyListObject*)v)->ob_item;
+        Py_ssize_t n = Py_SIZE(v);
+        PyObject_GC_UnTrack(v);
+        Py_SET_SIZE(v, 0);
+        while (--n >= 0) Py_XDECREF(items[n]);
+        /* the items' release may have run code (a __del__) that filled the pool */
+        if (ds_list_nfree < DS_LIST_KEEP && ((PyListObject*)v)->ob_item == items) {
+            ds_list_free[ds_list_nfree++] = v;
+        } else {
+            Py_DECREF(v);
+        }
+        return;
+    }
+#endif
+    Py_XDECREF(v);
+}
+/* A new list of n NULL items (PyList_New). */
+static inline PyObject* ds_list_new(Py_ssize_t n) {
+#if defined(DS_RECORD_FREELIST)
+    if (ds_list_nfree > 0 && n > 0) {
+        PyObject* v = ds_list_free[ds_list_nfree - 1];
+        if (((PyListObject*)v)->allocated >= n) {
+            ds_list_nfree--;
+            memset(((PyListObject*)v)->ob_item, 0, (size_t)n * sizeof(PyObject*));
+            Py_SET_SIZE(v, n);
+            PyObject_GC_Track(v);
+            return v;
+        }
+    }
+#endif
+    return PyList_New(n);
+}
+
 static void ds_rec_release(PyObject* o) {
     /* the memory of a record whose items are released: onto the free list, or freed */
     PyTypeObject* tp = Py_TYPE(o);
@@ -78,6 +128,25 @@ static inline int ds_rec_tracked(PyObject* o) {
 static void ds_rec_dealloc(PyObject* o) {
     Py_ssize_t i = Py_SIZE(o);
     PyObject** items = ((PyTupleObject*)o)->ob_item;
+#if defined(DS_RECORD_FREELIST)
+    PyTypeObject* tp = Py_TYPE(o);
+    if (tp->tp_dealloc == ds_rec_dealloc && tp->tp_finalize == NULL && ds_rec_fast
+        && ((const uintptr_t*)o)[-2] == 0) {
+        /* the common case, fused: an untracked record of the codec's own type (atomic
+           items, no trashcan), onto the free list when there is room */
+        while (--i >= 0) Py_XDECREF(items[i]);
+        i = Py_SIZE(o);
+        if (i <= DS_REC_MAXN && ds_rec_nfree[i] < DS_REC_KEEP) {
+            Py_SET_TYPE(o, &PyTuple_Type);
+            ds_rec_free[i][ds_rec_nfree[i]++] = o;
+            Py_DECREF(tp);
+            return;
+        }
+        tp->tp_free(o);
+        Py_DECREF(tp);
+        return;
+    }
+#endif
     if (Py_TYPE(o)->tp_finalize != NULL && Py_TYPE(o)->tp_dealloc == ds_rec_dealloc) {
         /* a __del__ a program added to a record type later: run it as subtype_dealloc
            would (it may resurrect the record) */
@@ -97,7 +166,11 @@ static void ds_rec_dealloc(PyObject* o) {
        it. The count is shared by all threads, which the GIL serialises. */
     if (ds_rec_depth < DS_REC_DEPTH) {
         ds_rec_depth++;
-        while (--i >= 0) Py_XDECREF(items[i]);
+        if (ds_rec_fast && Py_TYPE(o)->tp_dealloc == ds_rec_dealloc) {
+            while (--i >= 0) ds_rec_drop(items[i]);
+        } else {
+            while (--i >= 0) Py_XDECREF(items[i]);
+        }
         ds_rec_release(o);
         ds_rec_depth--;
         return;
@@ -171,6 +244,7 @@ static int ds_rec_set_fast(int on) {
         for (n = 0; n <= DS_REC_MAXN; n++) {
             while (ds_rec_nfree[n] > 0) PyObject_GC_Del(ds_rec_free[n][--ds_rec_nfree[n]]);
         }
+        while (ds_list_nfree > 0) Py_DECREF(ds_list_free[--ds_list_nfree]);  /* empty lists */
         ds_rec_fast = 0;
     } else if (on > 0) {
         ds_rec_fast = 1;
