@@ -216,6 +216,9 @@ cdef extern from "ds_codec.h":
     ds_dec_obj_fn ds_decode_any
     int ds_install_decode(object type, object doc) except -1
     object ds_list_new(Py_ssize_t n)
+    PyObject** ds_tuple_items(object t) noexcept
+    Py_ssize_t ds_fill_fields(PyObject** it, const unsigned int* prog, Py_ssize_t n,
+                              const unsigned char* p, PyObject* mac_type) except -1
     ctypedef struct PyListObject:
         PyObject** ob_item
     Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned char* p,
@@ -399,16 +402,17 @@ cdef _Layout _build(object pl, dict memo):
             L.ops[i].ek != EK_NONE for i in range(L.skip, L.n)
         )
     L.atomic = L.n > 0 and all(_op_simple(&L.ops[i]) for i in range(L.n))
-    if not L.is_union and L.n > 0 and L.ops[0].run == L.n and L.fixed_size > 0 and all(
-        L.ops[i].size < 0x10000 for i in range(L.n)
+    if not L.is_union and L.n > 0 and all(
+        L.ops[i].size < 0x10000 or not L.ops[i].run for i in range(L.n)
     ):
+        # the simple ops (runs) of any struct; other ops' entries are not read
         L.fprog = <unsigned int*>malloc(L.n * sizeof(unsigned int))
         if L.fprog == NULL:
             raise MemoryError()
         for i in range(L.n):
             L.fprog[i] = (
                 <unsigned int>L.ops[i].kind | (<unsigned int>L.ops[i].conv << 8)
-                | (<unsigned int>L.ops[i].size << 16)
+                | (<unsigned int>(L.ops[i].size & 0xFFFF) << 16)
             )
     ds_rec_register(L.tuple_type, _PLAIN_REC)  # the free list, where it works
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
@@ -1716,7 +1720,11 @@ cdef object _dec_fields(
         if L.is_union:
             o = base
         elif op.run and op.run_size <= end - o:
-            o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
+            if L.fprog != NULL:
+                o += ds_fill_fields(ds_tuple_items(rec) + (i - start), L.fprog + i, op.run, buf + o,
+                                    <PyObject*>_MAC_TYPE)
+            else:
+                o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
             i += op.run
             continue
         if kind <= K_I64 and (whole or op.size <= end - o):

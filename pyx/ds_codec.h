@@ -47,7 +47,7 @@ static int ds_rec_depth = 0;  /* ds_rec_dealloc calls under way without the tras
 
 /* Lists of decoded arrays, kept when the record holding them is freed (where the free
    list is on): a list the dying record held the only reference to is emptied (its
-   items released as list_dealloc releases them), untracked, and kept with its item
+   items released as list_dealloc releases them) and kept, still tracked, with its item
    array (up to DS_LIST_ALLOC slots) for the next decoded array of at most that many
    elements (ds_list_new). PyList_New and list_dealloc each cost a thread-state lookup
    or two on 3.12+ (the interpreter's list free list, obmalloc), and two allocations. */
@@ -64,8 +64,7 @@ static inline void ds_rec_drop(PyObject* v) {
         && ((PyListObject*)v)->allocated <= DS_LIST_ALLOC) {
         PyObject** items = ((PyListObject*)v)->ob_item;
         Py_ssize_t n = Py_SIZE(v);
-        PyObject_GC_UnTrack(v);
-        Py_SET_SIZE(v, 0);
+        Py_SET_SIZE(v, 0);  /* it stays tracked: an empty list, referenced from here */
         while (--n >= 0) Py_XDECREF(items[n]);
         /* the items' release may have run code (a __del__) that filled the pool */
         if (ds_list_nfree < DS_LIST_KEEP && ((PyListObject*)v)->ob_item == items) {
@@ -87,7 +86,6 @@ static inline PyObject* ds_list_new(Py_ssize_t n) {
             ds_list_nfree--;
             memset(((PyListObject*)v)->ob_item, 0, (size_t)n * sizeof(PyObject*));
             Py_SET_SIZE(v, n);
-            PyObject_GC_Track(v);
             return v;
         }
     }
@@ -444,12 +442,31 @@ static PyObject* ds_take_error(void) {
    no conversion that can fail, so a run of them needs one bounds check and no
    exception handling. Op numbers as in _codec.pxd (K_U8 = 0 ... K_STR = 11, C_MAC). */
 static PyObject* ds_small_ints[256];  /* 0..255, the interpreter's cached ints */
+/* On 3.12 and 3.13 (with the GIL) the cached ints, True and False are immortal: a
+   reference to one needs no count (Py_INCREF only tests that and returns), so the
+   decoders take them without one. ds_init_small_ints checks it (the import fails if
+   not: a build for another interpreter's rules). */
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define DS_IMMORTAL_INTS 1
+#define DS_INCREF_IMM(v) ((void)(v))
+#else
+#define DS_INCREF_IMM(v) Py_INCREF(v)
+#endif
 static int ds_init_small_ints(void) {
     int i;
     for (i = 0; i < 256; i++) {
         ds_small_ints[i] = PyLong_FromLong(i);
         if (!ds_small_ints[i]) return -1;
     }
+#if defined(DS_IMMORTAL_INTS)
+    for (i = 0; i < 256; i++) {
+        if (!_Py_IsImmortal(ds_small_ints[i])) break;
+    }
+    if (i < 256 || !_Py_IsImmortal(Py_True) || !_Py_IsImmortal(Py_False)) {
+        PyErr_SetString(PyExc_ImportError, "datasync._codec_c: small ints are not immortal");
+        return -1;
+    }
+#endif
     ds_u32_max = PyLong_FromUnsignedLong(0xFFFFFFFFUL);
     return ds_u32_max ? 0 : -1;
 }
@@ -480,10 +497,10 @@ static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
     case 5: v = (int)u; break;
     case 7: v = (long long)u; break;
     default:
-        if (u < 256) { Py_INCREF(ds_small_ints[u]); return ds_small_ints[u]; }
+        if (u < 256) { DS_INCREF_IMM(ds_small_ints[u]); return ds_small_ints[u]; }
         return ds_int_new(kind, u);
     }
-    if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
+    if (v >= 0 && v < 256) { DS_INCREF_IMM(ds_small_ints[v]); return ds_small_ints[v]; }
     return PyLong_FromLongLong(v);
 }
 static inline PyObject* ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size);
@@ -497,10 +514,10 @@ static inline PyObject* ds_dec_simple_fast(int kind, int conv, Py_ssize_t size,
         uint32_t x;
         memcpy(&x, p, 4);
         x = __builtin_bswap32(x);
-        if (x < 256) { Py_INCREF(ds_small_ints[x]); return ds_small_ints[x]; }
+        if (x < 256) { DS_INCREF_IMM(ds_small_ints[x]); return ds_small_ints[x]; }
         return ds_int_new(4, x);
     }
-    if (kind == 0) { Py_INCREF(ds_small_ints[p[0]]); return ds_small_ints[p[0]]; }  /* K_U8 */
+    if (kind == 0) { DS_INCREF_IMM(ds_small_ints[p[0]]); return ds_small_ints[p[0]]; }  /* K_U8 */
     return ds_dec_simple(kind, conv, size, p, mac_type);
 }
 static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type);
@@ -510,7 +527,7 @@ static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
     const unsigned char* nul;
     if (kind <= 7) return ds_int_obj(kind, ds_get_be(p, size));
     switch (kind) {
-    case 9: { PyObject* b = p[0] ? Py_True : Py_False; Py_INCREF(b); return b; }
+    case 9: { PyObject* b = p[0] ? Py_True : Py_False; DS_INCREF_IMM(b); return b; }
     case 8: memcpy(&d, p, 8); return PyFloat_FromDouble(d);
     case 10:
         if (conv == 10) return ds_mac_obj(p, mac_type);
@@ -519,6 +536,43 @@ static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
         nul = (const unsigned char*)memchr(p, 0, size);
         return ds_fstr((const char*)p, nul ? nul - p : size, size);
     }
+}
+
+static inline PyObject** ds_tuple_items(PyObject* t) { return ((PyTupleObject*)t)->ob_item; }
+/* Simple fields described by prog[0:n] (kind | conv << 8 | size << 16, see
+   ds_flat_fill) from p into it[0:n]: their wire size, or -1 with MemoryError set
+   (it[i:n] are then NULL). */
+static inline Py_ssize_t ds_fill_fields(PyObject** restrict it, const unsigned int* restrict prog,
+                                        Py_ssize_t n, const unsigned char* p, PyObject* mac_type) {
+    const unsigned char* q = p;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        unsigned int c = prog[i];
+        unsigned int kind = c & 0xFF;
+        PyObject* v;
+        if (kind == 4) {  /* K_U32 */
+            uint32_t x;
+            memcpy(&x, q, 4);
+            x = __builtin_bswap32(x);
+            if (x < 256) { v = ds_small_ints[x]; DS_INCREF_IMM(v); }
+            else v = ds_int_new(4, x);
+        } else if (kind == 0) {  /* K_U8 */
+            v = ds_small_ints[q[0]];
+            DS_INCREF_IMM(v);
+        } else if (kind == 9) {  /* K_BOOL */
+            v = q[0] ? Py_True : Py_False;
+            DS_INCREF_IMM(v);
+        } else {
+            v = ds_dec_simple((int)kind, (int)((c >> 8) & 0xFF), (Py_ssize_t)(c >> 16), q, mac_type);
+        }
+        if (!v) {
+            for (; i < n; i++) it[i] = NULL;
+            return -1;
+        }
+        it[i] = v;
+        q += c >> 16;
+    }
+    return q - p;
 }
 
 /* The records of an array of flat structs (every field simple, ds_dec_simple's kinds),
@@ -532,7 +586,7 @@ static Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned 
                                Py_ssize_t esize, PyObject* type, Py_ssize_t n, int atomic,
                                const unsigned int* prog, PyObject* zero_rec, PyObject* mac_type) {
     PyTypeObject* t = (PyTypeObject*)type;
-    Py_ssize_t j, i;
+    Py_ssize_t j;
     int fast = 0;
 #if defined(DS_RECORD_FREELIST)
     fast = n <= DS_REC_MAXN && t->tp_dealloc == ds_rec_dealloc && ds_rec_fast && atomic;
@@ -541,6 +595,7 @@ static Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned 
         PyObject* rec;
         PyObject** it;
         const unsigned char* q = p;
+        (void)q;
         if (zero_rec && ds_all_zero(p, esize)) {
             Py_INCREF(zero_rec);
             out[j] = zero_rec;
@@ -560,32 +615,9 @@ static Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned 
             if (!rec) return j;
         }
         it = ((PyTupleObject*)rec)->ob_item;
-        for (i = 0; i < n; i++) {
-            unsigned int c = prog[i];
-            int kind = (int)(c & 0xFF);
-            PyObject* v;
-            if (kind == 4) {  /* K_U32 */
-                uint32_t x;
-                memcpy(&x, q, 4);
-                x = __builtin_bswap32(x);
-                if (x < 256) { v = ds_small_ints[x]; Py_INCREF(v); }
-                else v = ds_int_new(4, x);
-            } else if (kind == 0) {  /* K_U8 */
-                v = ds_small_ints[q[0]];
-                Py_INCREF(v);
-            } else if (kind == 9) {  /* K_BOOL */
-                v = q[0] ? Py_True : Py_False;
-                Py_INCREF(v);
-            } else {
-                v = ds_dec_simple(kind, (int)((c >> 8) & 0xFF), (Py_ssize_t)(c >> 16), q, mac_type);
-            }
-            if (!v) {
-                for (; i < n; i++) it[i] = NULL;
-                Py_DECREF(rec);
-                return j;
-            }
-            it[i] = v;
-            q += c >> 16;
+        if (ds_fill_fields(it, prog, n, q, mac_type) < 0) {
+            Py_DECREF(rec);
+            return j;
         }
         out[j] = rec;
     }
