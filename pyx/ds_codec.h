@@ -43,6 +43,10 @@ static int ds_rec_nfree[DS_REC_MAXN + 1];
 
 /* Py_XDECREF, always inlined (GCC keeps 3.13's out of line in the record frees). */
 static inline __attribute__((always_inline)) void ds_xdecref(PyObject* v) {
+#if defined(Py_REF_DEBUG)
+    Py_XDECREF(v);  /* a debug build counts every decref */
+    return;
+#endif
     if (v == NULL) return;
 #if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
     if (_Py_IsImmortal(v)) return;
