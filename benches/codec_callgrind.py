@@ -5,7 +5,7 @@ Run one process per Python and build, and read the dump of every second marker::
 
     PYTHONHASHSEED=0 valgrind --tool=callgrind --dump-before=time_sleep \\
         --callgrind-out-file=/tmp/cg/x .venv313/bin/python benches/codec_callgrind.py
-    for f in $(ls /tmp/cg/x.* | sort -t. -k2 -n | sed -n '2~2p'); do
+    for f in $(ls -v /tmp/cg/x.* | sed -n '2~2p'); do
         echo $(( $(grep -m1 '^summary:' "$f" | cut -d' ' -f2) / 2000 )); done
 
 The numbers come out in the order printed on the first line. ``--build DIR`` loads another

@@ -27,20 +27,26 @@ Where the time goes, and what is done about it (callgrind, CPython 3.11):
 - decoding: runs of fixed-size fields that cannot fail (ints, bools, bytes, MACs, fixed
   strings) take one bounds check per run and no exception frame (``COp.run``); ints
   0-255 are the interpreter's cached objects; arrays of such elements, or of flat structs
-  of them, are filled without a call per element;
+  of them, are filled without a call per element (runs and flat structs from a
+  per-layout field program, ``_Layout.fprog``, by one C loop: ``ds_fill_fields``,
+  ``ds_flat_fill``); on 3.12/3.13 the cached ints, True and False are taken without a
+  reference count (immortal, checked at import);
 - ints: big-endian through bswap;
 - addresses, prefixes, MACs: parsed from text (IPv4 and MACs inline, IPv6 with
   inet_pton) and built as ipaddress objects directly (their ``_ip`` slots); decoded
-  prefixes and MACs (immutable values) come from a direct-mapped table keyed by wire bytes;
+  prefixes and MACs (immutable values) come from a direct-mapped table keyed by wire bytes,
+  and so do fixed strings of 1-16 bytes (``ds_fstr``: tags, interface names);
 - decoded records: one of atomic fields only (ints, bools, text, bytes, MACs) is not
   tracked by the GC, and freed records go on a free list per size that the next decode
   takes from (``ds_rec_*`` in ds_codec.h: the codec's namedtuple types get their own
   tp_dealloc, on 3.11-3.13, checked per type and at import); ~0 as a u32 is one shared
-  int;
+  int; a decoded array's list that only its freed record held is emptied and kept (16,
+  of up to 64 slots) for the next decoded array (``ds_rec_drop``, ``ds_list_new``);
 - records of small all-zero structs (MPLS label stacks) are shared, and an array element
   that is the same object as the one before is encoded once and copied;
 - ``encode`` is a METH_FASTCALL method (see ``ds_encode_fast``): a Cython ``**kw``
-  signature would build a dict on every call.
+  signature would build a dict on every call; ``decode`` a METH_O one (``ds_decode_o``)
+  with no exception frame (a Cython ``try`` costs a thread-state lookup on 3.12+).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -205,9 +211,26 @@ cdef extern from "ds_codec.h":
     bint ds_ascii(object o) noexcept
     PyObject* ds_int_new(int kind, unsigned long long u)
     object ds_text(const char* p, Py_ssize_t n)
+    object ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size)
     ctypedef object (*ds_encode_fn)(object self, object msg_id, object fields, object kw)
     ds_encode_fn ds_encode_impl
     int ds_install_encode(object type, object doc) except -1
+    ctypedef object (*ds_dec_top_fn)(object self, const unsigned char* buf, Py_ssize_t end)
+    ctypedef object (*ds_dec_obj_fn)(object self, object data)
+    ds_dec_top_fn ds_decode_top
+    ds_dec_obj_fn ds_decode_fail
+    ds_dec_obj_fn ds_decode_any
+    int ds_install_decode(object type, object doc) except -1
+    object ds_list_new(Py_ssize_t n)
+    PyObject** ds_tuple_items(object t) noexcept
+    Py_ssize_t ds_fill_fields(PyObject** it, const unsigned int* prog, Py_ssize_t n,
+                              const unsigned char* p, PyObject* mac_type) except -1
+    ctypedef struct PyListObject:
+        PyObject** ob_item
+    Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned char* p,
+                            Py_ssize_t esize, PyObject* type, Py_ssize_t n, int atomic,
+                            const unsigned int* prog, PyObject* zero_rec, PyObject* mac_type) noexcept
+    PyObject* ds_take_error() noexcept
     int ds_long_to_be(object v, unsigned char* p, size_t n) except -1
     object ds_bytes_sub(object type, const char* p, Py_ssize_t n)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
@@ -339,6 +362,7 @@ cdef class _Layout:
     cdef bint all_fast  # messages: _enc_fast takes every field (see MessageCodec._encode)
     cdef bint atomic  # every field decodes to an atomic value: records are not GC-tracked
     cdef object zero_rec  # the record of all-zero bytes, once decoded
+    cdef unsigned int* fprog  # flat structs: kind | conv << 8 | size << 16 a field (ds_flat_fill)
     cdef object tuple_type
     cdef object plan
     cdef dict index
@@ -346,6 +370,7 @@ cdef class _Layout:
 
     def __dealloc__(self):
         free(self.ops)
+        free(self.fprog)
 
 
 cdef _Layout _new_layout(Py_ssize_t n):
@@ -383,6 +408,18 @@ cdef _Layout _build(object pl, dict memo):
             L.ops[i].ek != EK_NONE for i in range(L.skip, L.n)
         )
     L.atomic = L.n > 0 and all(_op_simple(&L.ops[i]) for i in range(L.n))
+    if not L.is_union and L.n > 0 and all(
+        L.ops[i].size < 0x10000 or not L.ops[i].run for i in range(L.n)
+    ):
+        # the simple ops (runs) of any struct; other ops' entries are not read
+        L.fprog = <unsigned int*>malloc(L.n * sizeof(unsigned int))
+        if L.fprog == NULL:
+            raise MemoryError()
+        for i in range(L.n):
+            L.fprog[i] = (
+                <unsigned int>L.ops[i].kind | (<unsigned int>L.ops[i].conv << 8)
+                | (<unsigned int>(L.ops[i].size & 0xFFFF) << 16)
+            )
     ds_rec_register(L.tuple_type, _PLAIN_REC)  # the free list, where it works
     L.shareable = 0 < L.fixed_size <= <Py_ssize_t>sizeof(_ZEROS) and all(
         _op_shareable(&L.ops[i]) for i in range(L.n)
@@ -1520,7 +1557,7 @@ cdef object _dec_op(
         off[0] = o + op.size
         nul = <const unsigned char*>memchr(buf + o, 0, op.size)
         n = (nul - (buf + o)) if nul != NULL else op.size
-        return ds_text(<const char*>buf + o, n)
+        return ds_fstr(<const char*>buf + o, n, op.size)
     if kind == K_VSTR:
         _need(o, 4, end)
         n = <Py_ssize_t>_get_be(buf + o, 4)
@@ -1566,7 +1603,7 @@ cdef object _dec_op(
         count = (end - o) // esize
     if esize > 0:
         _need(o, count * esize, end)
-    items = PyList_New(count)
+    items = ds_list_new(count)
     j = 0
     if esize > 0 and _dec_items_fast(sub, buf + o, count, esize, items):
         off[0] = o + count * esize
@@ -1613,6 +1650,18 @@ cdef bint _dec_items_fast(
         return False
     # no exception frame (see _dec_fields): on an error (only MemoryError here) the
     # list's unfilled slots get None
+    if L.fprog != NULL:
+        if L.shareable and L.zero_rec is None:
+            L.zero_rec = _dec_fields(L, _ZEROS, L.fixed_size, &z, 0)
+        j = ds_flat_fill(
+            (<PyListObject*>items).ob_item, count, p, esize, <PyObject*>L.tuple_type, L.n,
+            L.atomic, L.fprog, <PyObject*>L.zero_rec if L.shareable else NULL,
+            <PyObject*>_MAC_TYPE,
+        )
+        if j < count:
+            _fill_none(items, j, count)
+            return -1
+        return True
     while j < count:
         if L.shareable and ds_all_zero(p + j * esize, esize):
             # as in _dec_struct: all-zero records are shared
@@ -1677,7 +1726,11 @@ cdef object _dec_fields(
         if L.is_union:
             o = base
         elif op.run and op.run_size <= end - o:
-            o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
+            if L.fprog != NULL:
+                o += ds_fill_fields(ds_tuple_items(rec) + (i - start), L.fprog + i, op.run, buf + o,
+                                    <PyObject*>_MAC_TYPE)
+            else:
+                o += _dec_run(L.ops, i, i + op.run, buf + o, <PyObject*>rec, start)
             i += op.run
             continue
         if kind <= K_I64 and (whole or op.size <= end - o):
@@ -1796,6 +1849,10 @@ cdef class MessageCodec:
 
     def decode(self, data):
         """The fields (all but ``_vl_msg_id``) as a namedtuple; CodecError on bad bytes."""
+        return self._decode_any(data)
+
+    cdef object _decode_any(self, object data):
+        """decode() of anything: bytes, other buffers, other objects (their error)."""
         cdef Py_buffer view
         cdef const unsigned char* buf
         cdef Py_ssize_t end
@@ -1844,6 +1901,37 @@ cdef object _encode_entry(object self, object msg_id, object fields, object kw):
     return (<MessageCodec>self)._encode(msg_id, values)
 
 
+cdef object _decode_top(object self, const unsigned char* buf, Py_ssize_t end):
+    """decode() of a bytes object, for the METH_O shim (ds_decode_o): no exception frame;
+    an error is left raised for _decode_fail."""
+    cdef Py_ssize_t off = 2
+    if end < 2:
+        raise FieldError(f"truncated: need 2 bytes at offset 0, have {end}", "_vl_msg_id")
+    return _dec_struct((<MessageCodec>self)._layout, buf, end, &off, 1)
+
+
+cdef object _decode_fail(object self, object data):
+    """The error _decode_top left raised, as decode() raises it: a FieldError becomes the
+    CodecError of MessageCodec._decode_error, anything else (MemoryError) is raised again."""
+    cdef PyObject* e = ds_take_error()
+    exc = <object>e
+    ds_decref(e)  # `exc` holds its own reference
+    if isinstance(exc, FieldError):
+        raise (<MessageCodec>self)._decode_error(
+            <const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), exc
+        ) from None
+    raise exc
+
+
+cdef object _decode_any_entry(object self, object data):
+    return (<MessageCodec>self)._decode_any(data)
+
+
 ds_encode_impl = _encode_entry
 _ENCODE_DOC = MessageCodec.encode.__doc__
 ds_install_encode(MessageCodec, _ENCODE_DOC)
+ds_decode_top = _decode_top
+ds_decode_fail = _decode_fail
+ds_decode_any = _decode_any_entry
+_DECODE_DOC = MessageCodec.decode.__doc__
+ds_install_decode(MessageCodec, _DECODE_DOC)

@@ -41,9 +41,91 @@ static PyObject* ds_rec_free[DS_REC_MAXN + 1][DS_REC_KEEP];
 static int ds_rec_nfree[DS_REC_MAXN + 1];
 #endif
 
+/* Py_XDECREF, always inlined (GCC keeps 3.13's out of line in the record frees). */
+static inline __attribute__((always_inline)) void ds_xdecref(PyObject* v) {
+#if defined(Py_REF_DEBUG)
+    Py_XDECREF(v);  /* a debug build counts every decref */
+    return;
+#endif
+    if (v == NULL) return;
+#if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
+    if (_Py_IsImmortal(v)) return;
+#endif
+    if (--v->ob_refcnt == 0) _Py_Dealloc(v);
+}
 static void ds_rec_dealloc(PyObject* o);
 #define DS_REC_DEPTH 20
 static int ds_rec_depth = 0;  /* ds_rec_dealloc calls under way without the trashcan */
+
+/* Lists of decoded arrays, kept when the record holding them is freed (where the free
+   list is on): a list the dying record held the only reference to is emptied (its
+   items released as list_dealloc releases them) and kept, still tracked, with its item
+   array (up to DS_LIST_ALLOC slots) for the next decoded array of at most that many
+   elements (ds_list_new). PyList_New and list_dealloc each cost a thread-state lookup
+   or two on 3.12+ (the interpreter's list free list, obmalloc), and two allocations. */
+#define DS_LIST_KEEP 16
+#define DS_LIST_ALLOC 64
+#if defined(DS_RECORD_FREELIST)
+static PyObject* ds_list_free[DS_LIST_KEEP];
+static int ds_list_nfree = 0;
+#endif
+/* An item of a kept list released: a record of the codec's own type that only the list
+   held, untracked (atomic items: releasing them runs no code), goes onto the free list
+   here, as ds_rec_dealloc's first case would put it, without the call through
+   _Py_Dealloc; anything else is released as usual. */
+static inline void ds_item_drop(PyObject* x) {
+#if defined(DS_RECORD_FREELIST)
+    PyTypeObject* tp;
+    Py_ssize_t k;
+    if (x && Py_REFCNT(x) == 1 && (tp = Py_TYPE(x))->tp_dealloc == ds_rec_dealloc
+        && tp->tp_finalize == NULL && ((const uintptr_t*)x)[-2] == 0
+        && (k = Py_SIZE(x)) <= DS_REC_MAXN && ds_rec_nfree[k] < DS_REC_KEEP) {
+        PyObject** it = ((PyTupleObject*)x)->ob_item;
+        while (--k >= 0) ds_xdecref(it[k]);
+        k = Py_SIZE(x);
+        Py_SET_TYPE(x, &PyTuple_Type);
+        ds_rec_free[k][ds_rec_nfree[k]++] = x;
+        Py_DECREF(tp);
+        return;
+    }
+#endif
+    Py_XDECREF(x);
+}
+/* An item of a record of the codec's being freed: released, a list as above. */
+static inline void ds_rec_drop(PyObject* v) {
+#if defined(DS_RECORD_FREELIST)
+    if (v && PyList_CheckExact(v) && Py_REFCNT(v) == 1 && ds_list_nfree < DS_LIST_KEEP
+        && ((PyListObject*)v)->allocated <= DS_LIST_ALLOC) {
+        PyObject** items = ((PyListObject*)v)->ob_item;
+        Py_ssize_t n = Py_SIZE(v);
+        Py_SET_SIZE(v, 0);  /* it stays tracked: an empty list, referenced from here */
+        while (--n >= 0) ds_item_drop(items[n]);
+        /* the items' release may have run code (a __del__) that filled the pool */
+        if (ds_list_nfree < DS_LIST_KEEP && ((PyListObject*)v)->ob_item == items) {
+            ds_list_free[ds_list_nfree++] = v;
+        } else {
+            Py_DECREF(v);
+        }
+        return;
+    }
+#endif
+    Py_XDECREF(v);
+}
+/* A new list of n NULL items (PyList_New). */
+static inline PyObject* ds_list_new(Py_ssize_t n) {
+#if defined(DS_RECORD_FREELIST)
+    if (ds_list_nfree > 0 && n > 0) {
+        PyObject* v = ds_list_free[ds_list_nfree - 1];
+        if (((PyListObject*)v)->allocated >= n) {
+            ds_list_nfree--;
+            memset(((PyListObject*)v)->ob_item, 0, (size_t)n * sizeof(PyObject*));
+            Py_SET_SIZE(v, n);
+            return v;
+        }
+    }
+#endif
+    return PyList_New(n);
+}
 
 static void ds_rec_release(PyObject* o) {
     /* the memory of a record whose items are released: onto the free list, or freed */
@@ -78,6 +160,25 @@ static inline int ds_rec_tracked(PyObject* o) {
 static void ds_rec_dealloc(PyObject* o) {
     Py_ssize_t i = Py_SIZE(o);
     PyObject** items = ((PyTupleObject*)o)->ob_item;
+#if defined(DS_RECORD_FREELIST)
+    PyTypeObject* tp = Py_TYPE(o);
+    if (tp->tp_dealloc == ds_rec_dealloc && tp->tp_finalize == NULL && ds_rec_fast
+        && ((const uintptr_t*)o)[-2] == 0) {
+        /* the common case, fused: an untracked record of the codec's own type (atomic
+           items, no trashcan), onto the free list when there is room */
+        while (--i >= 0) ds_xdecref(items[i]);
+        i = Py_SIZE(o);
+        if (i <= DS_REC_MAXN && ds_rec_nfree[i] < DS_REC_KEEP) {
+            Py_SET_TYPE(o, &PyTuple_Type);
+            ds_rec_free[i][ds_rec_nfree[i]++] = o;
+            Py_DECREF(tp);
+            return;
+        }
+        tp->tp_free(o);
+        Py_DECREF(tp);
+        return;
+    }
+#endif
     if (Py_TYPE(o)->tp_finalize != NULL && Py_TYPE(o)->tp_dealloc == ds_rec_dealloc) {
         /* a __del__ a program added to a record type later: run it as subtype_dealloc
            would (it may resurrect the record) */
@@ -97,7 +198,11 @@ static void ds_rec_dealloc(PyObject* o) {
        it. The count is shared by all threads, which the GIL serialises. */
     if (ds_rec_depth < DS_REC_DEPTH) {
         ds_rec_depth++;
-        while (--i >= 0) Py_XDECREF(items[i]);
+        if (ds_rec_fast && Py_TYPE(o)->tp_dealloc == ds_rec_dealloc) {
+            while (--i >= 0) ds_rec_drop(items[i]);
+        } else {
+            while (--i >= 0) Py_XDECREF(items[i]);
+        }
         ds_rec_release(o);
         ds_rec_depth--;
         return;
@@ -171,6 +276,7 @@ static int ds_rec_set_fast(int on) {
         for (n = 0; n <= DS_REC_MAXN; n++) {
             while (ds_rec_nfree[n] > 0) PyObject_GC_Del(ds_rec_free[n][--ds_rec_nfree[n]]);
         }
+        while (ds_list_nfree > 0) Py_DECREF(ds_list_free[--ds_list_nfree]);  /* empty lists */
         ds_rec_fast = 0;
     } else if (on > 0) {
         ds_rec_fast = 1;
@@ -317,17 +423,84 @@ static int ds_install_encode(PyObject* type, PyObject* doc) {
     return 0;
 }
 
+/* decode() as a METH_O method, for the same reason (a def method's call goes through
+   the cyfunction's argument parsing), and with no exception frame: on 3.12+ a Cython
+   `try` costs a thread-state lookup. ds_decode_top decodes a bytes object (NULL with an
+   exception set on bad bytes); ds_decode_fail turns that exception into the CodecError
+   decode() raises; ds_decode_any takes every other argument (buffers, errors). */
+typedef PyObject* (*ds_dec_top_fn)(PyObject* self, const unsigned char* buf, Py_ssize_t end);
+typedef PyObject* (*ds_dec_obj_fn)(PyObject* self, PyObject* data);
+static ds_dec_top_fn ds_decode_top = NULL;
+static ds_dec_obj_fn ds_decode_fail = NULL;
+static ds_dec_obj_fn ds_decode_any = NULL;
+static PyObject* ds_decode_o(PyObject* self, PyObject* data) {
+    PyObject* r;
+    if (!PyBytes_CheckExact(data)) return ds_decode_any(self, data);
+    r = ds_decode_top(self, (const unsigned char*)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    if (r) return r;
+    return ds_decode_fail(self, data);
+}
+static PyMethodDef ds_decode_def = {"decode", (PyCFunction)ds_decode_o, METH_O, NULL};
+static int ds_install_decode(PyObject* type, PyObject* doc) {
+    PyObject* descr;
+    ds_decode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
+    if (!ds_decode_def.ml_doc) return -1;
+    descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_decode_def);
+    if (!descr) return -1;
+    if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "decode", descr) < 0) {
+        Py_DECREF(descr);
+        return -1;
+    }
+    Py_DECREF(descr);
+    PyType_Modified((PyTypeObject*)type);
+    return 0;
+}
+/* The exception being raised, taken (a new reference, normalized; NULL if none). */
+static PyObject* ds_take_error(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (!t) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb && v) PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+#endif
+}
+
 
 /* Decoding of "simple" fields (fixed-size ints, bools, f64, bytes, MACs, strings):
    no conversion that can fail, so a run of them needs one bounds check and no
    exception handling. Op numbers as in _codec.pxd (K_U8 = 0 ... K_STR = 11, C_MAC). */
 static PyObject* ds_small_ints[256];  /* 0..255, the interpreter's cached ints */
+/* On 3.12 and 3.13 (with the GIL) the cached ints, True and False are immortal: a
+   reference to one needs no count (Py_INCREF only tests that and returns), so the
+   decoders take them without one. ds_init_small_ints checks it (the import fails if
+   not: a build for another interpreter's rules). */
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define DS_IMMORTAL_INTS 1
+#define DS_INCREF_IMM(v) ((void)(v))
+#else
+#define DS_INCREF_IMM(v) Py_INCREF(v)
+#endif
 static int ds_init_small_ints(void) {
     int i;
     for (i = 0; i < 256; i++) {
         ds_small_ints[i] = PyLong_FromLong(i);
         if (!ds_small_ints[i]) return -1;
     }
+#if defined(DS_IMMORTAL_INTS)
+    for (i = 0; i < 256; i++) {
+        if (!_Py_IsImmortal(ds_small_ints[i])) break;
+    }
+    if (i < 256 || !_Py_IsImmortal(Py_True) || !_Py_IsImmortal(Py_False)) {
+        PyErr_SetString(PyExc_ImportError, "datasync._codec_c: small ints are not immortal");
+        return -1;
+    }
+#endif
     ds_u32_max = PyLong_FromUnsignedLong(0xFFFFFFFFUL);
     return ds_u32_max ? 0 : -1;
 }
@@ -358,12 +531,13 @@ static inline PyObject* ds_int_obj(int kind, unsigned long long u) {
     case 5: v = (int)u; break;
     case 7: v = (long long)u; break;
     default:
-        if (u < 256) { Py_INCREF(ds_small_ints[u]); return ds_small_ints[u]; }
+        if (u < 256) { DS_INCREF_IMM(ds_small_ints[u]); return ds_small_ints[u]; }
         return ds_int_new(kind, u);
     }
-    if (v >= 0 && v < 256) { Py_INCREF(ds_small_ints[v]); return ds_small_ints[v]; }
+    if (v >= 0 && v < 256) { DS_INCREF_IMM(ds_small_ints[v]); return ds_small_ints[v]; }
     return PyLong_FromLongLong(v);
 }
+static inline PyObject* ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size);
 /* ds_dec_simple for the commonest kinds first (u32, u8: indexes, flags), without its
    switches on kind and size. */
 static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
@@ -374,10 +548,10 @@ static inline PyObject* ds_dec_simple_fast(int kind, int conv, Py_ssize_t size,
         uint32_t x;
         memcpy(&x, p, 4);
         x = __builtin_bswap32(x);
-        if (x < 256) { Py_INCREF(ds_small_ints[x]); return ds_small_ints[x]; }
+        if (x < 256) { DS_INCREF_IMM(ds_small_ints[x]); return ds_small_ints[x]; }
         return ds_int_new(4, x);
     }
-    if (kind == 0) { Py_INCREF(ds_small_ints[p[0]]); return ds_small_ints[p[0]]; }  /* K_U8 */
+    if (kind == 0) { DS_INCREF_IMM(ds_small_ints[p[0]]); return ds_small_ints[p[0]]; }  /* K_U8 */
     return ds_dec_simple(kind, conv, size, p, mac_type);
 }
 static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type);
@@ -387,15 +561,101 @@ static inline PyObject* ds_dec_simple(int kind, int conv, Py_ssize_t size,
     const unsigned char* nul;
     if (kind <= 7) return ds_int_obj(kind, ds_get_be(p, size));
     switch (kind) {
-    case 9: { PyObject* b = p[0] ? Py_True : Py_False; Py_INCREF(b); return b; }
+    case 9: { PyObject* b = p[0] ? Py_True : Py_False; DS_INCREF_IMM(b); return b; }
     case 8: memcpy(&d, p, 8); return PyFloat_FromDouble(d);
     case 10:
         if (conv == 10) return ds_mac_obj(p, mac_type);
         return PyBytes_FromStringAndSize((const char*)p, size);
     default:  /* 11: fixed string, up to its first NUL */
         nul = (const unsigned char*)memchr(p, 0, size);
-        return ds_text((const char*)p, nul ? nul - p : size);
+        return ds_fstr((const char*)p, nul ? nul - p : size, size);
     }
+}
+
+static inline PyObject** ds_tuple_items(PyObject* t) { return ((PyTupleObject*)t)->ob_item; }
+/* Simple fields described by prog[0:n] (kind | conv << 8 | size << 16, see
+   ds_flat_fill) from p into it[0:n]: their wire size, or -1 with MemoryError set
+   (it[i:n] are then NULL). */
+static inline Py_ssize_t ds_fill_fields(PyObject** restrict it, const unsigned int* restrict prog,
+                                        Py_ssize_t n, const unsigned char* p, PyObject* mac_type) {
+    const unsigned char* q = p;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        unsigned int c = prog[i];
+        unsigned int kind = c & 0xFF;
+        PyObject* v;
+        if (kind == 4) {  /* K_U32 */
+            uint32_t x;
+            memcpy(&x, q, 4);
+            x = __builtin_bswap32(x);
+            if (x < 256) { v = ds_small_ints[x]; DS_INCREF_IMM(v); }
+            else if (!(v = ds_int_new(4, x))) goto fail;
+        } else if (kind == 0) {  /* K_U8 */
+            v = ds_small_ints[q[0]];
+            DS_INCREF_IMM(v);
+        } else if (kind == 9) {  /* K_BOOL */
+            v = q[0] ? Py_True : Py_False;
+            DS_INCREF_IMM(v);
+        } else {
+            v = ds_dec_simple((int)kind, (int)((c >> 8) & 0xFF), (Py_ssize_t)(c >> 16), q, mac_type);
+            if (!v) goto fail;
+        }
+        it[i] = v;
+        q += c >> 16;
+    }
+    return q - p;
+fail:
+    for (; i < n; i++) it[i] = NULL;
+    return -1;
+}
+
+/* The records of an array of flat structs (every field simple, ds_dec_simple's kinds),
+   `count` of them from p, esize bytes apart, into out[0:count] (a new list's items).
+   prog[i] describes field i: kind | conv << 8 | size << 16 (built with the layout).
+   zero_rec (borrowed, or NULL): the shared record of an all-zero element. Returns how
+   many it filled: count, or fewer with MemoryError set (out[j:] are then NULL). One
+   loop in C with the free list's checks made once: the per-field cost of the general
+   loop (reloads of the op through pointers the stores might alias) was most of it. */
+static Py_ssize_t ds_flat_fill(PyObject** out, Py_ssize_t count, const unsigned char* p,
+                               Py_ssize_t esize, PyObject* type, Py_ssize_t n, int atomic,
+                               const unsigned int* prog, PyObject* zero_rec, PyObject* mac_type) {
+    PyTypeObject* t = (PyTypeObject*)type;
+    Py_ssize_t j;
+    int fast = 0;
+#if defined(DS_RECORD_FREELIST)
+    fast = n <= DS_REC_MAXN && t->tp_dealloc == ds_rec_dealloc && ds_rec_fast && atomic;
+#endif
+    for (j = 0; j < count; j++, p += esize) {
+        PyObject* rec;
+        PyObject** it;
+        const unsigned char* q = p;
+        (void)q;
+        if (zero_rec && ds_all_zero(p, esize)) {
+            Py_INCREF(zero_rec);
+            out[j] = zero_rec;
+            continue;
+        }
+#if defined(DS_RECORD_FREELIST)
+        if (fast && ds_rec_nfree[n] > 0) {
+            rec = ds_rec_free[n][--ds_rec_nfree[n]];
+            ((uintptr_t*)rec)[-1] = 0;  /* as ds_record_new_x */
+            Py_INCREF(t);
+            Py_SET_TYPE(rec, t);
+            Py_SET_REFCNT(rec, 1);
+        } else
+#endif
+        {
+            rec = ds_record_new_x(type, n, atomic, 1);
+            if (!rec) return j;
+        }
+        it = ((PyTupleObject*)rec)->ob_item;
+        if (ds_fill_fields(it, prog, n, q, mac_type) < 0) {
+            Py_DECREF(rec);
+            return j;
+        }
+        out[j] = rec;
+    }
+    return count;
 }
 
 /* Decoded prefixes by wire bytes: a direct-mapped table per conversion (no key object,
@@ -459,6 +719,49 @@ static PyObject* ds_mac_obj(const unsigned char* p, PyObject* mac_type) {
     if (o) { Py_INCREF(o); return o; }
     o = ds_bytes_sub(mac_type, (const char*)p, 6);
     if (o) ds_pcache_put(10, p, 6, o);
+    return o;
+}
+
+/* A fixed string's text (its bytes up to the first NUL, n of them) as a new reference.
+   Short ones (a bridge domain's tag, an interface's name: up to 16 bytes) come from the
+   same table as prefixes and MACs, keyed by their bytes: str is an immutable value, and
+   the same tags and names come back in every dump. The empty one is the interpreter's
+   own singleton already (PyUnicode_New(0)). */
+#define DS_CONV_FSTR 64  /* the table's conversion number for fixed strings */
+static inline PyObject* ds_fstr(const char* p, Py_ssize_t n, Py_ssize_t size) {
+    PyObject* o;
+    PyObject* old;
+    ds_pkey k;
+    ds_pslot* s;
+    if (n == 0 || n > 16) return ds_text(p, n);
+    if (size >= 16) {  /* the key by two word loads, masked to the n bytes */
+        memcpy(&k.w[0], p, 8);
+        memcpy(&k.w[1], p + 8, 8);
+        if (n < 8) {
+            k.w[0] &= (1ULL << (8 * n)) - 1;
+            k.w[1] = 0;
+        } else if (n < 16) {
+            k.w[1] &= (1ULL << (8 * (n - 8))) - 1;
+        }
+        k.w[2] = 0;
+    } else {
+        ds_pcache_key((const unsigned char*)p, n, &k);
+    }
+    s = &ds_pcache[ds_pcache_index(DS_CONV_FSTR, &k)];
+    if (s->obj && s->conv == DS_CONV_FSTR && s->len == n && s->key.w[0] == k.w[0]
+        && s->key.w[1] == k.w[1] && s->key.w[2] == k.w[2]) {
+        Py_INCREF(s->obj);
+        return s->obj;
+    }
+    o = ds_text(p, n);
+    if (!o) return NULL;
+    old = s->obj;
+    Py_INCREF(o);
+    s->obj = o;
+    s->conv = DS_CONV_FSTR;
+    s->len = (int)n;
+    s->key = k;
+    Py_XDECREF(old);
     return o;
 }
 
