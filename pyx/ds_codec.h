@@ -408,19 +408,23 @@ static PyObject* ds_encode_fast(PyObject* self, PyObject* const* args, Py_ssize_
 static PyMethodDef ds_encode_def = {
     "encode", (PyCFunction)(void (*)(void))ds_encode_fast, METH_FASTCALL | METH_KEYWORDS,
     NULL};
-static int ds_install_encode(PyObject* type, PyObject* doc) {
+/* Installs def as the method def->ml_name of type, replacing Cython's, with doc. */
+static int ds_install_method(PyObject* type, PyMethodDef* def, PyObject* doc) {
     PyObject* descr;
-    ds_encode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
-    if (!ds_encode_def.ml_doc) return -1;
-    descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_encode_def);
+    def->ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
+    if (!def->ml_doc) return -1;
+    descr = PyDescr_NewMethod((PyTypeObject*)type, def);
     if (!descr) return -1;
-    if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "encode", descr) < 0) {
+    if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, def->ml_name, descr) < 0) {
         Py_DECREF(descr);
         return -1;
     }
     Py_DECREF(descr);
     PyType_Modified((PyTypeObject*)type);
     return 0;
+}
+static int ds_install_encode(PyObject* type, PyObject* doc) {
+    return ds_install_method(type, &ds_encode_def, doc);
 }
 
 /* decode() as a METH_O method, for the same reason (a def method's call goes through
@@ -442,18 +446,7 @@ static PyObject* ds_decode_o(PyObject* self, PyObject* data) {
 }
 static PyMethodDef ds_decode_def = {"decode", (PyCFunction)ds_decode_o, METH_O, NULL};
 static int ds_install_decode(PyObject* type, PyObject* doc) {
-    PyObject* descr;
-    ds_decode_def.ml_doc = PyUnicode_AsUTF8(doc);  /* doc is kept alive by the module */
-    if (!ds_decode_def.ml_doc) return -1;
-    descr = PyDescr_NewMethod((PyTypeObject*)type, &ds_decode_def);
-    if (!descr) return -1;
-    if (PyDict_SetItemString(((PyTypeObject*)type)->tp_dict, "decode", descr) < 0) {
-        Py_DECREF(descr);
-        return -1;
-    }
-    Py_DECREF(descr);
-    PyType_Modified((PyTypeObject*)type);
-    return 0;
+    return ds_install_method(type, &ds_decode_def, doc);
 }
 /* The exception being raised, taken (a new reference, normalized; NULL if none). */
 static PyObject* ds_take_error(void) {
