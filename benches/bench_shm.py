@@ -7,6 +7,10 @@ both ends run in parallel as they do between the agent and VPP. Ids read
 
     .venv/bin/python -m pytest benches/bench_shm.py --benchmark-only \\
         --benchmark-columns=min,median,mean,ops,rounds
+
+``python benches/bench_shm.py`` instead compares the client's CPU per message over the
+socket and the ring against one simulator (``... shm`` or ``... socket``: a profile of
+that client), ``... client-only`` the client's own Python path with no VPP at all.
 """
 
 from __future__ import annotations
@@ -358,5 +362,72 @@ def client_cpu_per_message(rounds: int = 6, n: int = 20_000, profile: str | None
         uvloop.run(main(sim.path, sim.pid))
 
 
+def client_only_cpu_per_message(rounds: int = 20, n: int = 20_000) -> None:
+    """The client's own CPU per message of ``call_many("control_ping", [None] * n)``,
+    with no VPP and no transport cost: a fake transport answers every request's body
+    with a ``control_ping_reply`` of its context, delivered on the next loop iteration
+    (what the real transports' receive side does). Steers the shared Python path."""
+    import asyncio
+    import time
+
+    import uvloop
+
+    from datasync.vpp.client import VppClient
+    from datasync.vpp.codec import codec_for
+    from datasync.vpp.defs import builtin_definitions
+    from datasync.vpp.link import MessageTable
+
+    defs = builtin_definitions()
+    ids = {name: 100 + i for i, name in enumerate(sorted(defs.messages))}
+    reply_id = ids["control_ping_reply"]
+    # control_ping is id, client_index, context; its reply id, context, retval, vpe_pid
+    template = codec_for(defs, "control_ping_reply").encode(reply_id, {"vpe_pid": 7})
+
+    class Echo:
+        kind = "echo"
+        max_body = None
+        max_in_flight = None
+        hold_abandoned = False
+        says_goodbye = True
+        is_open = True
+
+        def __init__(self, client: VppClient, loop: asyncio.AbstractEventLoop) -> None:
+            self.client = client
+            self.loop = loop
+
+        def send_many(self, bodies: list[bytes]) -> None:
+            head, tail = template[:2], template[6:]
+            replies = [head + body[6:10] + tail for body in bodies]
+            self.loop.call_soon(self.client.frames_received, replies)
+
+        def send(self, body: bytes) -> None:
+            self.send_many([body])
+
+        def close(self) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    async def main() -> None:
+        client = VppClient("/nonexistent", probe_interval=None, reconnect=False)
+        loop = asyncio.get_running_loop()
+        client._loop = loop
+        client._transport = Echo(client, loop)  # type: ignore[assignment]
+        client._conn = MessageTable({defs.name_crc(k): v for k, v in ids.items()}, defs, 1)
+        await client.call_many("control_ping", [None] * n)  # warm
+        c0 = time.process_time()
+        for _ in range(rounds):
+            replies = await client.call_many("control_ping", [None] * n)
+            assert len(replies) == n and replies[-1].vpe_pid == 7
+        cpu = time.process_time() - c0
+        print(f"client only (echo transport): {cpu / (n * rounds) * 1e6:5.2f} us/msg client CPU")
+
+    uvloop.run(main())
+
+
 if __name__ == "__main__":
-    client_cpu_per_message(profile=sys.argv[1] if len(sys.argv) > 1 else None)
+    if sys.argv[1:] == ["client-only"]:
+        client_only_cpu_per_message()
+    else:
+        client_cpu_per_message(profile=sys.argv[1] if len(sys.argv) > 1 else None)

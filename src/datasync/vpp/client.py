@@ -27,11 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
+import operator
 import os
 import random
+import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import ClosedError, DatasyncError
@@ -75,6 +78,26 @@ __all__ = [
 
 log = logging.getLogger("datasync.vpp.client")
 
+#: the head of a message body: its u16 message id and (in all but events) u32 context
+_HEAD = struct.Struct(">HI")
+
+
+_retval = operator.attrgetter("retval")
+
+
+def _first_negative_retval(replies: list[Any], stop: int) -> int | None:
+    """The index of the first of ``replies[:stop]`` with a negative ``retval`` (None: none)."""
+    head = replies if stop == len(replies) else replies[:stop]
+    try:
+        if min(map(_retval, head), default=0) >= 0:
+            return None
+    except (AttributeError, TypeError):
+        pass  # a reply without retval: look at each
+    for i, reply in enumerate(head):
+        if getattr(reply, "retval", 0) < 0:
+            return i
+    return None
+
 
 class _Stalled(Exception):
     """The probe's verdict: VPP sent nothing for busy_timeout with our requests outstanding."""
@@ -92,10 +115,68 @@ class _Call:
 
     __slots__ = ("details", "future", "name")
 
+    batch = None  # a plain call, not a member of a call_many batch (see _Member)
+
     def __init__(self, name: str, future: asyncio.Future[Any], dump: bool) -> None:
         self.name = name
         self.future = future
         self.details: list[Any] | None = [] if dump else None
+
+
+class _Batch:
+    """The requests of one ``call_many``: their replies by position, the failures, how
+    many are still outstanding, and the one future its caller waits on for all of them."""
+
+    __slots__ = ("failures", "left", "name", "results", "waiter")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.results: list[Any] = []
+        self.failures: dict[int, BaseException] = {}
+        self.left = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def settle(self, index: int, result: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.failures[index] = exc
+        else:
+            self.results[index] = result
+        self.left -= 1
+        if not self.left:
+            self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Member:
+    """One dump request of a ``call_many`` batch in flight: no future of its own, its
+    details collect in ``details``, and go to the batch's list at ``index`` (any other
+    request of a batch is just ``(batch, index)`` in ``_pending``: no object to make)."""
+
+    __slots__ = ("batch", "details", "index")
+
+    future = None
+
+    def __init__(self, batch: _Batch, index: int, details: list[Any] | None) -> None:
+        self.batch = batch
+        self.index = index
+        self.details = details
+
+    @property
+    def name(self) -> str:
+        return self.batch.name
+
+
+#: what _pending holds for a request in flight: a call (or dump) with its future, or a
+#: member of a call_many batch, as ``(batch, index)`` (a dump's as a _Member)
+_Pending = _Call | _Member | tuple[_Batch, int]
+
+
+def _batch_of(call: _Pending) -> _Batch | None:
+    return call[0] if isinstance(call, tuple) else call.batch
 
 
 class Subscription:
@@ -187,7 +268,7 @@ class VppClient:
         }
         self._transport: Transport | None = None
         self._conn: MessageTable | None = None
-        self._pending: dict[int, _Call] = {}
+        self._pending: dict[int, _Pending] = {}
         self._timed_out: set[int] = set()
         #: abandoned requests still holding their window slot (vac), and whether to hold
         self._held: set[int] = set()
@@ -372,45 +453,78 @@ class VppClient:
         by_id = conn.by_id
         pending = self._pending
         stats = self.stats
-        for body in bodies:
-            if len(body) < 6:
-                stats["decode_errors"] += 1
-                continue
-            entry = by_id.get((body[0] << 8) | body[1])
-            if entry is None:
-                stats["unknown_msg_id"] += 1
-                continue
-            name, codec, has_context = entry
-            if not has_context:
-                self._deliver_event(name, codec, body)
-                continue
-            ctx = int.from_bytes(body[2:6], "big")
-            call = pending.get(ctx)
-            if call is None:
-                if ctx in self._timed_out:
-                    stats["late_replies"] += 1
-                    if not name.endswith("_details"):
-                        self._timed_out.discard(ctx)
-                        if ctx in self._held:
-                            self._held.discard(ctx)
-                            self._release_slot()
+        unpack_head = _HEAD.unpack_from
+        # call_many replies settled inline: their slots are given back once, at the end
+        freed = 0
+        last_id = -1
+        name, has_context = "", False
+        codec: Any = None
+        try:
+            for body in bodies:
+                try:
+                    msg_id, ctx = unpack_head(body)
+                except struct.error:  # shorter than a message id and a context
+                    stats["decode_errors"] += 1
+                    continue
+                if msg_id != last_id:  # a batch of replies is mostly of one message
+                    entry = by_id.get(msg_id)
+                    if entry is None:
+                        stats["unknown_msg_id"] += 1
+                        continue
+                    name, codec, has_context = entry
+                    last_id = msg_id
+                if not has_context:
+                    if freed:
+                        freed = self._free_slots(freed)  # a callback sees the true window
+                    self._deliver_event(name, codec, body)
+                    continue
+                call = pending.get(ctx)
+                if call is None:
+                    if ctx in self._timed_out:
+                        stats["late_replies"] += 1
+                        if not name.endswith("_details"):
+                            self._timed_out.discard(ctx)
+                            if ctx in self._held:
+                                self._held.discard(ctx)
+                                self._release_slot()
+                    else:
+                        stats["unsolicited"] += 1
+                    continue
+                try:
+                    msg = codec.decode(body)
+                except Exception as exc:  # codec errors fail just that call
+                    stats["decode_errors"] += 1
+                    self._finish(ctx, call, exc=exc)
+                    continue
+                if call.__class__ is tuple:
+                    # the common case, a call_many member: _finish and _Batch.settle inlined
+                    batch, index = call
+                    del pending[ctx]
+                    batch.results[index] = msg
+                    batch.left -= 1
+                    if not batch.left:
+                        batch.wake()
+                    freed += 1
+                    continue
+                details = call.details  # type: ignore[union-attr]
+                if details is not None:
+                    if name == "control_ping_reply":
+                        self._finish(ctx, call, result=details)
+                    else:
+                        details.append(msg)
                 else:
-                    stats["unsolicited"] += 1
-                continue
-            try:
-                msg = codec.decode(body)
-            except Exception as exc:  # codec errors fail just that call
-                stats["decode_errors"] += 1
-                self._finish(ctx, call, exc=exc)
-                continue
-            details = call.details
-            if details is not None:
-                if name == "control_ping_reply":
-                    self._finish(ctx, call, result=details)
-                else:
-                    details.append(msg)
-            else:
-                self._finish(ctx, call, result=msg)
+                    self._finish(ctx, call, result=msg)
+        finally:
+            if freed:
+                self._free_slots(freed)
+
+    def _free_slots(self, n: int) -> int:
+        """Count ``n`` replies and give back their ``n`` slots; returns 0 (none left to free)."""
+        self.stats["replies"] += n
+        self._in_flight -= n
+        if self._window_waiters:
+            self._wake_window()
+        return 0
 
     def transport_lost(self, exc: BaseException | None) -> None:
         reason, self._abort_reason = self._abort_reason, None
@@ -439,7 +553,11 @@ class VppClient:
         self._connected.clear()
         pending, self._pending = self._pending, {}
         for call in pending.values():
-            if not call.future.done():
+            if isinstance(call, tuple):
+                call[0].settle(call[1], None, exc)
+            elif isinstance(call, _Member):
+                call.batch.settle(call.index, None, exc)
+            elif not call.future.done():
                 call.future.set_exception(exc)
         self._in_flight = 0
         self._timed_out.clear()
@@ -464,19 +582,24 @@ class VppClient:
         return ctx
 
     def _finish(
-        self, ctx: int, call: _Call, result: Any = None, exc: BaseException | None = None
+        self, ctx: int, call: _Pending, result: Any = None, exc: BaseException | None = None
     ) -> None:
         del self._pending[ctx]
         self.stats["replies"] += 1
-        fut = call.future
-        if not fut.done():
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-        dq = self._deadlines
-        while dq and dq[0][2].future.done():
-            dq.popleft()  # replies come mostly in order: the deadline queue stays short
+        if isinstance(call, tuple):
+            call[0].settle(call[1], result, exc)
+        elif isinstance(call, _Member):
+            call.batch.settle(call.index, result, exc)
+        else:
+            fut = call.future
+            if not fut.done():
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+            dq = self._deadlines
+            while dq and dq[0][2].future.done():
+                dq.popleft()  # replies come mostly in order: the deadline queue stays short
         self._release_slot()
 
     def _wake_window(self) -> None:
@@ -508,10 +631,8 @@ class VppClient:
         if self._window_waiters:
             self._wake_window()
 
-    def _encode(self, name: str, fields: Mapping[str, Any] | None, ctx: int) -> tuple[bytes, bool]:
-        conn = self._conn
-        if conn is None:
-            raise VppConnectionError(f"not connected to VPP (calling {name})")
+    def _resolve(self, conn: MessageTable, name: str) -> tuple[int, Any, bool]:
+        """``name``'s message id on this connection, its codec, and whether it is a dump."""
         req = conn.requests.get(name)
         if req is None:
             msg_id = conn.name_to_id.get(name)
@@ -520,7 +641,13 @@ class VppClient:
                     raise VppMessageError(name, "unknown message (not in our definitions)")
                 raise VppMessageError(name, conn.why_missing([name]))
             req = conn.requests[name] = (msg_id, conn.by_id[msg_id][1], self.defs.is_dump(name))
-        msg_id, codec, is_dump = req
+        return req
+
+    def _encode(self, name: str, fields: Mapping[str, Any] | None, ctx: int) -> tuple[bytes, bool]:
+        conn = self._conn
+        if conn is None:
+            raise VppConnectionError(f"not connected to VPP (calling {name})")
+        msg_id, codec, is_dump = self._resolve(conn, name)
         data = dict(fields) if fields else {}
         data["context"] = ctx
         data["client_index"] = conn.client_index
@@ -718,12 +845,20 @@ class VppClient:
         if self._closed:
             raise ClosedError("VppClient is closed")
         limit = self.timeout if timeout is None else timeout
-        submitted: list[tuple[int, _Call]] = []
+        # No future per request: each one is a (batch, index) in _pending (a dump's a
+        # _Member, for its details), its
+        # reply lands in batch.results, and the caller waits on one future for the lot.
+        batch = _Batch(name)
+        results = batch.results
         refused: BaseException | None = None
         losses = self._losses
+        is_dump = False
+        it = iter(requests)
         try:
             async with asyncio.timeout(limit) as scope:
-                for fields in requests:
+                for first in it:
+                    # a run: ``first`` and as many more as the window has room for, no await
+                    held = 0
                     if self._in_flight >= self._window or self._window_waiters:
                         self._flush_out()
                         try:
@@ -731,49 +866,133 @@ class VppClient:
                         except (VppConnectionError, ClosedError) as exc:
                             refused = exc  # lost while waiting: the error the sent ones got
                             break
+                        held = 1
                         scope.reschedule(self._loop.time() + limit)  # progress: a fresh deadline
-                    else:
-                        self._in_flight += 1
+                    conn = self._conn
                     try:
-                        submitted.append(self._submit_since(name, fields, losses))
+                        if conn is None:
+                            raise self._not_connected(name, losses)
+                        msg_id, codec, is_dump = self._resolve(conn, name)
                     except Exception as exc:
-                        # e.g. a field that does not encode, a body too large for the ring:
-                        # send nothing more, let the requests already sent settle, then raise
                         refused = exc
+                        if held:
+                            self._release_slot()
+                        break
+                    refused, more = self._submit_run(
+                        conn, batch, msg_id, codec, is_dump, first, it, held
+                    )
+                    if refused is not None or not more:
                         break
                 self._flush_out()
-                for _, call in submitted:
-                    fut = call.future
-                    if not fut.done():
-                        with contextlib.suppress(Exception):
-                            await fut
+                if batch.left:
+                    waiter = batch.waiter = self._loop.create_future()
+                    await waiter
         except (TimeoutError, asyncio.CancelledError) as exc:
-            for ctx, call in submitted:
-                if call.future.done():
-                    if not call.future.cancelled():
-                        call.future.exception()  # retrieved: we raise our own error
-                else:
-                    self._abandon(ctx)
-                    call.future.cancel()
+            pending = self._pending
+            mine = [c for c, call in pending.items() if _batch_of(call) is batch]
+            for ctx in mine:
+                self._abandon(ctx)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self.stats["timeouts"] += 1
             raise VppTimeoutError(name, limit) from None
-        results = []
-        error: BaseException | None = refused
-        for _, call in submitted:
-            fut = call.future
-            failure = fut.exception()
-            if failure is not None:
-                error = error or failure
-                continue
-            reply = fut.result()
-            if check and call.details is None and getattr(reply, "retval", 0) < 0:
-                error = error or VppApiError(reply.retval, name)
-            results.append(reply)
+        error = refused
+        failures = batch.failures
+        if error is None and (failures or check):
+            stop = min(failures) if failures else len(results)
+            if check and not is_dump:
+                bad = _first_negative_retval(results, stop)
+                if bad is not None:
+                    error = VppApiError(results[bad].retval, name)
+            if error is None and failures:
+                error = failures[stop]
         if error is not None:
             raise error
         return results
+
+    def _submit_run(
+        self,
+        conn: MessageTable,
+        batch: _Batch,
+        msg_id: int,
+        codec: Any,
+        is_dump: bool,
+        first: Mapping[str, Any] | None,
+        rest: Iterator[Mapping[str, Any] | None],
+        held: int,
+    ) -> tuple[BaseException | None, bool]:
+        """Encode and queue ``first`` and then requests from ``rest`` while the window has
+        room (``held``: a slot was taken for ``first`` already); returns the error that
+        stopped it (the request it was raised for is not sent) and whether ``rest`` may
+        hold more. :meth:`_submit` for a run of one batch's requests, with no await."""
+        pending = self._pending
+        if not pending:
+            self._busy_since = self._loop.time()
+        room = self._window - self._in_flight + held
+        results = batch.results
+        index = start = len(results)
+        out = self._out
+        max_body = self._max_body
+        client_index = conn.client_index
+        ping = ping_codec = None
+        if is_dump:
+            # VPP handles one socket in order: the ping's reply marks the end of the details
+            ping = conn.name_to_id["control_ping"]
+            ping_codec = conn.by_id[ping][1]
+        ctx = self._context
+        error: BaseException | None = None
+        try:
+            for fields in itertools.chain((first,), itertools.islice(rest, room - 1)):
+                ctx += 1
+                if ctx > 0xFFFFFFFF:
+                    ctx = 1
+                try:
+                    if fields is None:
+                        data = {"client_index": client_index, "context": ctx}
+                    else:
+                        # ours win over the caller's; in layout order, for the codec's fast path
+                        data = {"client_index": client_index, "context": ctx, **fields}
+                        data["client_index"] = client_index
+                        data["context"] = ctx
+                    body = codec.encode(msg_id, data)
+                    if max_body is not None and len(body) > max_body:
+                        # fail this call alone: sending it would break the ring for every call
+                        raise VppMessageTooLargeError(len(body), max_body, batch.name)
+                except Exception as exc:
+                    # e.g. a field that does not encode, a body too large for the ring:
+                    # send nothing more, let the requests already sent settle, then raise
+                    error = exc
+                    break
+                out.append(body)
+                if ping_codec is not None:
+                    pending[ctx] = _Member(batch, index, [])
+                    out.append(
+                        ping_codec.encode(ping, {"client_index": client_index, "context": ctx})
+                    )
+                else:
+                    pending[ctx] = (batch, index)
+                index += 1
+        finally:
+            used = index - start
+            results += [None] * used  # the replies' places (none arrives during the run)
+            self._context = ctx
+            batch.left += used
+            self._in_flight += used - held
+            if used < held and self._window_waiters:
+                self._wake_window()
+            stats = self.stats
+            stats["requests"] += used
+            if self._in_flight > stats["max_in_flight_seen"]:
+                stats["max_in_flight_seen"] = self._in_flight
+        return error, error is None and used == room
+
+    def _not_connected(self, name: str, losses: int) -> BaseException:
+        """The error for a request made with no connection: the loss's error when the
+        connection was lost since ``losses`` (what the caller's requests in flight got)."""
+        loss = self._loss
+        if self._losses != losses and loss is not None:
+            return loss
+        return VppConnectionError(f"not connected to VPP (calling {name})")
 
     # -- events ------------------------------------------------------------------------
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from itertools import chain
 
 __all__ = ["HEADER_LEN", "MAX_FRAME", "FrameReader", "frame", "frames"]
 
 _HDR = struct.Struct(">QII")
+_LEN = struct.Struct(">I")  # data_len, at bytes 8..11 of the header
 HEADER_LEN = 16
 #: a frame longer than this is treated as garbage (VPP's largest, get_api_json, is ~1.3 MB)
 MAX_FRAME = 64 << 20
@@ -22,14 +24,27 @@ def frame(body: bytes) -> bytes:
     return _HDR.pack(0, len(body), 0) + body
 
 
+class _Headers(dict[int, bytes]):
+    """The header of a body of each length, made once for the lengths of small bodies
+    (most messages are one of a few fixed sizes), packed every time for the others."""
+
+    def __missing__(self, length: int) -> bytes:
+        header = _HDR.pack(0, length, 0)
+        if length < 4096 and len(self) < 4096:
+            self[length] = header
+        return header
+
+
+_headers = _Headers()
+
+
 def frames(bodies: Iterable[bytes]) -> bytes:
     """Several bodies framed into one buffer (one write)."""
-    parts = []
-    pack = _HDR.pack
-    for body in bodies:
-        parts.append(pack(0, len(body), 0))
-        parts.append(body)
-    return b"".join(parts)
+    if not isinstance(bodies, (list, tuple)):
+        bodies = list(bodies)
+    # header, body, header, body ...: every step of it in C, no Python code per body
+    headers = map(_headers.__getitem__, map(len, bodies))
+    return b"".join(chain.from_iterable(zip(headers, bodies, strict=True)))
 
 
 class FrameReader:
@@ -70,8 +85,12 @@ class FrameReader:
         pos = 0
         end = len(view)
         max_frame = self.max_frame
+        unpack_len = _LEN.unpack_from
+        # a slice of bytes is bytes already; of the bytearray, a copy out of it
+        copy = bytes if view is buf else None
+        append = bodies.append
         while end - pos >= HEADER_LEN:
-            length = int.from_bytes(view[pos + 8 : pos + 12], "big")
+            length = unpack_len(view, pos + 8)[0]
             if length > max_frame:
                 self.too_large = length
                 buf.clear()
@@ -79,7 +98,10 @@ class FrameReader:
             stop = pos + HEADER_LEN + length
             if stop > end:
                 break
-            bodies.append(bytes(view[pos + HEADER_LEN : stop]))
+            if copy is None:
+                append(view[pos + HEADER_LEN : stop])  # type: ignore[arg-type]
+            else:
+                append(copy(view[pos + HEADER_LEN : stop]))
             pos = stop
         if view is buf:
             if pos:

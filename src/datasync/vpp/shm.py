@@ -30,6 +30,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import accumulate, chain
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
@@ -174,7 +175,7 @@ class _CffiEnd:
             return self._send(self._p, buf, len(buf))  # type: ignore[no-any-return]
 
     def send_many(self, bodies: Sequence[bytes]) -> int:
-        lens = array.array("I", [len(b) for b in bodies])
+        lens = array.array("I", map(len, bodies))
         data = b"".join(bodies)
         return int(
             self._lib.shmring_send_many(
@@ -211,12 +212,8 @@ class _CffiEnd:
         # one copy per frame, straight out of the receive buffer (slicing a cffi buffer
         # gives bytes), not a copy of the whole batch first
         view = self._buffer(buf, self._nbytes[0])
-        out = []
-        pos = 0
-        for length in self._unpack(self._lens, n):
-            out.append(view[pos : pos + length])
-            pos += length
-        return out
+        stops = list(accumulate(self._unpack(self._lens, n)))
+        return list(map(view.__getitem__, map(slice, chain((0,), stops), stops)))
 
     def arm_recv(self) -> int:
         return int(self._lib.shmring_arm_recv(self._p))

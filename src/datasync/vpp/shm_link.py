@@ -165,13 +165,12 @@ class ShmPipe:
             raise VppConnectionError("shared memory ring is closed")
         limit = self.max_body
         too_large: VppMessageTooLargeError | None = None
-        for body in bodies:
-            if len(body) > limit:
-                too_large = VppMessageTooLargeError(len(body), limit)
-                kept = [b for b in bodies if len(b) <= limit]
-                too_large.dropped = len(bodies) - len(kept)
-                bodies = kept
-                break
+        if bodies and max(map(len, bodies)) > limit:  # one pass in C, mostly a no
+            body = next(b for b in bodies if len(b) > limit)
+            too_large = VppMessageTooLargeError(len(body), limit)
+            kept = [b for b in bodies if len(b) <= limit]
+            too_large.dropped = len(bodies) - len(kept)
+            bodies = kept
         if bodies:
             self._write(bodies)
         if too_large is not None:
