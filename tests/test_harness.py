@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,18 @@ def test_a_converged_run_passes_and_survives_a_round_trip(tmp_path: Path) -> Non
     assert {v.id for v in report.unchecked} >= {"I7", "I9", "I13", "I15"}
     assert h.store_at() == {"/a": (b"3", 4), "/b": (b"2", 3)}
     assert h.store_at(2) == {"/a": (b"1", 2)}
+
+
+def test_i9_names_what_grew() -> None:
+    """A task count past its bound fails I9, and the verdict names the new tasks."""
+    h, final = _converged_run()
+    grown = replace(final, resources={"tasks": (17.0, 21.0), "threads": (3.0, 3.0)},
+                    resources_new=["SourceFeed._watch", "Lost.wait x3"])  # fmt: skip
+    verdict = next(v for v in inv.check(h, grown).verdicts if v.id == "I9")
+    assert not verdict.ok
+    assert verdict.detail == "tasks: 17 -> 21; new: SourceFeed._watch, Lost.wait x3"
+    within = replace(grown, resources={"tasks": (17.0, 19.0)})
+    assert next(v for v in inv.check(h, within).verdicts if v.id == "I9").ok
 
 
 def test_checkers_name_what_broke() -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from datasync.testing.netproxy import is_proxy_task
 from tests.netproxy import TCPProxy, ThreadedTCPProxy
 
 _WRITERS: set[asyncio.StreamWriter] = set()
@@ -68,6 +69,17 @@ async def test_pass_and_delay_forward(proxy: TCPProxy) -> None:
     assert await _roundtrip(r, w, b"hello") == b"hello"
     proxy.set_mode("delay", delay=0.05, jitter=0.01)
     assert await _roundtrip(r, w, b"x" * 100_000) == b"x" * 100_000
+    w.close()
+
+
+async def test_its_tasks_are_told_from_the_code_under_test(proxy: TCPProxy) -> None:
+    """The fault harness counts the agent's tasks (I9) and leaves the proxy's out."""
+    r, w = await _connect(proxy)
+    assert await _roundtrip(r, w, b"x") == b"x"  # the connection's two pumps run now
+    mine = asyncio.current_task()
+    assert mine is not None and not is_proxy_task(mine)
+    pumps = [t for t in asyncio.all_tasks() if is_proxy_task(t)]
+    assert len(pumps) == 2
     w.close()
 
 

@@ -31,6 +31,7 @@ import json
 import random
 import re
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from datasync.plugins import KeyState, RetryPolicy, VppPlugins
 from datasync.plugins.models import IF_PREFIX
 from datasync.resync import Orchestrator, ResyncConfig, RoundFinished, RoundStarted
 from datasync.testing import invariants as inv
+from datasync.testing import netproxy
 from datasync.testing.history import History
 from datasync.vpp.client import VppClient
 from datasync.vpp.sim import Simulator
@@ -189,13 +191,26 @@ class Writer:
         return await self.txn({}, list(keys))
 
 
+def task_names(tasks: set[asyncio.Task[Any]]) -> list[str]:
+    """The tasks as I9 names them: their coroutine's qualified name (the count of each)."""
+    names = Counter(getattr(t.get_coro(), "__qualname__", repr(t.get_coro())) for t in tasks)
+    return [f"{n} x{c}" if c > 1 else n for n, c in sorted(names.items())]
+
+
+def agent_tasks() -> set[asyncio.Task[Any]]:
+    """The loop's tasks but the network stand-in's: a ``TCPProxy`` pumps each connection
+    in two tasks, and after a cut the Kafka clients may hold one more connection than
+    before (a coordinator's, a leader's), which is the broker's business, not a leak."""
+    return {t for t in asyncio.all_tasks() if not netproxy.is_proxy_task(t)}
+
+
 def resources() -> dict[str, float]:
-    """I9's samples of this process: threads and asyncio tasks. File descriptors and RSS
-    are left out: the test's own sockets, proxies and allocations share the process (an
-    agent process is where they mean something)."""
+    """I9's samples of this process: threads and the agent's asyncio tasks. File
+    descriptors and RSS are left out: the test's own sockets, proxies and allocations
+    share the process (an agent process is where they mean something)."""
     return {
         "threads": float(threading.active_count()),
-        "tasks": float(len(asyncio.all_tasks())),
+        "tasks": float(len(agent_tasks())),
     }
 
 
@@ -218,6 +233,8 @@ class Rig:
     replay_rounds: set[int] = field(default_factory=set)
     #: resources when the first round finished: the agent running, watches open (I9)
     resources_at_start: dict[str, float] = field(default_factory=dict)
+    #: the asyncio tasks alive then; I9 names what is new at the end
+    tasks_at_start: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -328,6 +345,7 @@ class Rig:
             writes_after_resync=writes_after,
             writes_after_replay=replayed,
             resources=await self.resources_after(),
+            resources_new=task_names(agent_tasks() - self.tasks_at_start),
         )
 
     async def resources_after(self, settle: float = 10.0) -> dict[str, tuple[float, float]]:
@@ -419,6 +437,7 @@ async def running(
             rig.finished.append(ev)
             if ev.ok and not rig.resources_at_start:
                 rig.resources_at_start = resources()
+                rig.tasks_at_start = agent_tasks()
             history.mark("round.finished", round=ev.round, ok=ev.ok, errors=dict(ev.errors))
 
     last_decision: dict[str, tuple[str, int]] = {}

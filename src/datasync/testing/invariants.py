@@ -95,6 +95,8 @@ class Final:
     writes_after_resync: int | None = None
     writes_after_replay: int | None = None
     resources: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: what the growth is made of (the new asyncio tasks' coroutines), named in I9's verdict
+    resources_new: Sequence[str] = ()
 
     @classmethod
     def from_status(
@@ -321,6 +323,8 @@ def i9_bounded_resources(h: History, f: Final, e: Expect) -> Verdict:
         for name, (before, after) in f.resources.items()
         if after > before * (1 + e.max_resource_growth) + 1
     ]
+    if bad and f.resources_new:
+        bad.append("new: " + ", ".join(f.resources_new))
     return Verdict("I9", not bad, "; ".join(bad))
 
 

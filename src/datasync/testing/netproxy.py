@@ -108,6 +108,12 @@ class _Conn:
         self.proxy._conns.discard(self)
 
 
+def is_proxy_task(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is a proxy's own (accepting or pumping a connection): a test that
+    counts the tasks of the code under test leaves these out (the network is not it)."""
+    return getattr(task.get_coro(), "cr_code", None) in _PROXY_CODE
+
+
 class TCPProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target_host:target_port`` with injectable faults."""
 
@@ -282,3 +288,7 @@ class ThreadedTCPProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: the code of the proxy's task coroutines (``is_proxy_task``)
+_PROXY_CODE = frozenset(f.__code__ for f in (TCPProxy._accept, _Conn._pump))
