@@ -10,7 +10,8 @@ both ends run in parallel as they do between the agent and VPP. Ids read
 
 ``python benches/bench_shm.py`` instead compares the client's CPU per message over the
 socket and the ring against one simulator (``... shm`` or ``... socket``: a profile of
-that client), ``... client-only`` the client's own Python path with no VPP at all.
+that client), ``... client-only`` the client's own Python path with no VPP at all,
+``... sim-only`` the simulator's with no client.
 """
 
 from __future__ import annotations
@@ -426,8 +427,41 @@ def client_only_cpu_per_message(rounds: int = 20, n: int = 20_000) -> None:
     uvloop.run(main())
 
 
+def sim_only_cpu_per_message(rounds: int = 7, n: int = 20_000, batch: int = 256) -> None:
+    """The simulator's own CPU per ``control_ping``, with no client, no loop and no
+    socket: framed batches of ``batch`` requests fed to one ``Connection`` in-process
+    (the replies framed and handed to a transport that drops them). Steers ``vpp/sim``."""
+    import time
+
+    from datasync.vpp.framing import frames
+    from datasync.vpp.sim import Simulator
+    from datasync.vpp.sim.wire import Connection
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            pass
+
+    sim = Simulator()
+    conn = Connection(sim)
+    conn.connection_made(Sink())  # type: ignore[arg-type]
+    reg = sim.register(conn)
+    ping, codec = sim.msg_id("control_ping"), sim.codecs["control_ping"]
+    bodies = [codec.encode(ping, {"client_index": reg.handle, "context": i}) for i in range(n)]
+    chunks = [frames(bodies[i : i + batch]) for i in range(0, n, batch)]
+    best = float("inf")
+    for _ in range(rounds + 1):  # the first warms
+        c0 = time.process_time()
+        for chunk in chunks:
+            conn.data_received(chunk)
+        best = min(best, time.process_time() - c0)
+    assert sim.message_counts["control_ping"] == n * (rounds + 1)
+    print(f"simulator only (in-process): {best / n * 1e6:5.2f} us/msg simulator CPU (best round)")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["client-only"]:
         client_only_cpu_per_message()
+    elif sys.argv[1:] == ["sim-only"]:
+        sim_only_cpu_per_message()
     else:
         client_cpu_per_message(profile=sys.argv[1] if len(sys.argv) > 1 else None)

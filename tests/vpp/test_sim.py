@@ -148,6 +148,41 @@ async def test_bad_input_is_dropped_without_reply(sim: Simulator) -> None:
     await raw.close()
 
 
+async def test_one_slice_of_every_kind_is_answered_in_order_and_counted(
+    sim: Simulator,
+) -> None:
+    """A burst in one write, so one slice handles it all: what is dropped is counted and
+    gets nothing, what a handler rejects is answered INVALID_VALUE, the rest in order."""
+    raw = await Raw.open(sim)
+    await raw.handshake()
+    requests, counts = sim.stats["requests"], sim.message_counts
+    bad_af = bytearray(raw.enc("sw_interface_add_del_address", context=2, sw_if_index=0,
+                               is_add=True, prefix={"address": {"af": 0}, "len": 8}))  # fmt: skip
+    bad_af[16] = 9  # the prefix's address family: no such family (the model's ValueError)
+    burst = [
+        raw.enc("control_ping", context=1),
+        raw.enc("control_ping", context=9, client_index=0x80000999),  # unknown client
+        bytes(bad_af),
+        b"\x00",  # too short for an id
+        raw.enc("show_version", context=3),
+        raw.enc("control_ping", context=4),
+    ]
+    raw.w.write(b"".join(struct.pack(">QII", 0, len(b), 0) + b for b in burst))
+    got = [await raw.recv() for _ in range(4)]
+    assert [(n, r.context) for n, r in got] == [
+        ("control_ping_reply", 1),
+        ("sw_interface_add_del_address_reply", 2),
+        ("show_version_reply", 3),
+        ("control_ping_reply", 4),
+    ]
+    assert got[1][1].retval == RV["INVALID_VALUE"]
+    assert sim.stats["requests"] == requests + 4
+    assert sim.message_counts["control_ping"] == counts.get("control_ping", 0) + 2
+    assert sim.message_counts["sw_interface_add_del_address"] == 1
+    assert sim.stats["dropped_unknown_client"] == 1 and sim.stats["dropped_short"] == 1
+    await raw.close()
+
+
 async def test_frames_split_and_coalesced(sim: Simulator) -> None:
     raw = await Raw.open(sim)
     await raw.handshake()

@@ -62,6 +62,12 @@ class Dispatcher(Protocol):
     def process(self, conn: Connection, body: bytes) -> None:
         """Handle one request body (its replies are queued with ``conn.send``)."""
 
+    def process_slice(
+        self, conn: Connection, bodies: Sequence[bytes], start: int, end: int, deadline: float
+    ) -> int:
+        """Handle ``bodies[start:end]`` until ``conn`` closes or ``deadline``
+        (``time.perf_counter``) passes; the index of the first body not handled."""
+
     def output_pending(self, conn: Connection) -> None:
         """``conn`` queued its first reply since the last flush."""
 
@@ -146,13 +152,7 @@ class Connection(asyncio.Protocol):
         replies; return the index of the first body not processed."""
         server = self.server
         end = min(len(bodies), start + SLICE_MESSAGES)
-        deadline = time.perf_counter() + SLICE_SECONDS
-        i = start
-        while i < end and not self.closing:
-            server.process(self, bodies[i])
-            i += 1
-            if time.perf_counter() > deadline:
-                break
+        i = server.process_slice(self, bodies, start, end, time.perf_counter() + SLICE_SECONDS)
         server.flush()
         return i if not self.closing else len(bodies)
 
