@@ -157,24 +157,26 @@ def test_subscribe_never_drops_silently(grpc_agent: tuple[AgentProcess, str]) ->
     _agent, target = grpc_agent
 
     async def go() -> tuple[bool, set[str]]:
-        async with grpc.aio.insecure_channel(target) as ch:
+        # one bound for every wait, under pytest's 120 s: a stuck step fails naming its line
+        async with asyncio.timeout(100), grpc.aio.insecure_channel(target) as ch:
             stub = pb_grpc.ConfigStub(ch)
             stream = stub.Subscribe(pb.SubscribeRequest(prefix=IF))
+            # subscribed once the initial metadata is here: a SetConfig sent before that
+            # may be applied before the server registered the stream, and its events
+            # would never come (the first read waited forever under CPU load)
+            await stream.initial_metadata()
             await stub.SetConfig(pb.SetConfigRequest(updates=[loop("first")], wait=True))
-            first = await stream.read()  # subscribed: events flow
+            first = await stream.read()  # events flow
             assert first.key == IF + "first"
             many = [loop(f"m{i}") for i in range(1500)]
-            await stub.SetConfig(
-                pb.SetConfigRequest(updates=many, wait=True, wait_seconds=60), timeout=120
-            )
+            await stub.SetConfig(pb.SetConfigRequest(updates=many, wait=True, wait_seconds=60))
             seen: set[str] = set()
             resynced = False
-            async with asyncio.timeout(60):
-                while len(seen) < 1500:
-                    ev = await stream.read()
-                    resynced = resynced or ev.resynced
-                    if ev.key.startswith(IF + "m") and pb.KeyState.Name(ev.state) == "CONFIGURED":
-                        seen.add(ev.key)
+            while len(seen) < 1500:
+                ev = await stream.read()
+                resynced = resynced or ev.resynced
+                if ev.key.startswith(IF + "m") and pb.KeyState.Name(ev.state) == "CONFIGURED":
+                    seen.add(ev.key)
             stream.cancel()
             return resynced, seen
 

@@ -4,8 +4,10 @@ grpcurl-style tools work).
 
 ``SetConfig`` writes the gRPC source (a :class:`~datasync.transport.push.PushSource`);
 ``GetConfig`` reads it; ``Status`` is the agent's status; ``Subscribe`` streams key-state
-changes. A slow subscriber is never silently skipped: when its queue is full it gets a
-``resynced`` marker, then the current state of every key, then live changes again.
+changes from the moment the call's initial metadata is sent (a client awaits
+``call.initial_metadata()`` to know it is subscribed). A slow subscriber is never silently
+skipped: when its queue is full it gets a ``resynced`` marker, then the current state of
+every key, then live changes again.
 """
 
 from __future__ import annotations
@@ -119,6 +121,10 @@ class _Servicer(pb_grpc.ConfigServicer):
     async def Subscribe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         sub = _Subscriber(request.prefix, self.api.subscriber_queue)
         self.api.subscribers.add(sub)
+        # the initial metadata says "subscribed": every change from now on reaches this
+        # stream (grpc.aio would send it only with the first event, so a client could not
+        # tell when changes it makes start to be seen)
+        await context.send_initial_metadata(())
         try:
             while True:
                 ev = await sub.queue.get()
