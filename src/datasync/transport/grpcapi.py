@@ -121,11 +121,11 @@ class _Servicer(pb_grpc.ConfigServicer):
     async def Subscribe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         sub = _Subscriber(request.prefix, self.api.subscriber_queue)
         self.api.subscribers.add(sub)
-        # the initial metadata says "subscribed": every change from now on reaches this
-        # stream (grpc.aio would send it only with the first event, so a client could not
-        # tell when changes it makes start to be seen)
-        await context.send_initial_metadata(())
         try:
+            # the initial metadata says "subscribed": every change from now on reaches this
+            # stream (grpc.aio would send it only with the first event, so a client could
+            # not tell when changes it makes start to be seen)
+            await context.send_initial_metadata(())
             while True:
                 ev = await sub.queue.get()
                 if ev is not _BEHIND:
