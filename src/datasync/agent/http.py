@@ -148,7 +148,8 @@ class _Metrics:
         for name, s in st.sources.items():
             src.add_metric([name], 1.0 if s.state.name == "CONNECTED" else 0.0)
             rev.add_metric([name], s.applied_revision)
-        for name, b in agent.orch.buffer_stats().items():
+        buffers = agent.orch.buffer_stats()  # one snapshot for the received and buffer gauges
+        for name, b in buffers.items():
             received.add_metric([name], b["received_revision"])
         yield src
         yield rev
@@ -165,7 +166,7 @@ class _Metrics:
             "Changes dropped by the revision filter (at or below what was applied)",
             labels=["source"],
         )
-        for name, b in agent.orch.buffer_stats().items():
+        for name, b in buffers.items():
             buffered.add_metric([name], b["buffered"])
             coalesced.add_metric([name], b["coalesced"])
             filtered.add_metric([name], b["filtered"])
